@@ -1,0 +1,42 @@
+"""Shared fixtures. TF is configured here, before any test touches it."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPU devices, so that MirroredStrategy can be tested on one CPU.
+# This must run before TF initialises its devices.
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
+
+import tf_stfusion as stf  # noqa: E402
+
+TINY_SHAPE = (8, 32, 32, 3)  # frames, height, width, channels
+
+
+def make_tiny(num_classes=5, seed=0, **kwargs):
+    """A tiny template at 8x32x32 with reproducible gate noise."""
+    return stf.build_template(
+        "tiny", num_classes=num_classes, num_frames=TINY_SHAPE[0], input_size=TINY_SHAPE[1],
+        seed=seed, **kwargs,
+    )
+
+
+def random_clips(batch, seed=0, shape=TINY_SHAPE):
+    return np.random.default_rng(seed).normal(size=(batch, *shape)).astype("float32")
+
+
+@pytest.fixture
+def tiny():
+    return make_tiny()
+
+
+@pytest.fixture
+def clips():
+    return random_clips(4)

@@ -1,0 +1,52 @@
+"""tf_stfusion: spatiotemporal fusion in 3D CNNs, the probabilistic view (CVPR 2020).
+
+Public API::
+
+    import tf_stfusion as stf
+    model = stf.build_template("densenet121", num_classes=174, num_frames=16, input_size=224)
+    stf.gates(model)                       # ordered gates with layer names and p
+    s = stf.Strategy.uniform("ST", model)  # or Strategy.load(path), sample_strategy(model, seed)
+    stf.apply_strategy(model, s)           # fixed mode; no retrace
+    stf.cost(model, s, input_shape=(16, 224, 224, 3))   # .params, .gflops
+    stf.marginals(model)                   # Eq. 7 per gate and per-layer unit probabilities
+
+Names are resolved lazily, so ``import tf_stfusion`` does not import TensorFlow.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "build_template": "tf_stfusion.models",
+    "layer_names": "tf_stfusion.models",
+    "BACKBONES": "tf_stfusion.models",
+    "UNITS": "tf_stfusion.models",
+    "VariationalDropPath": "tf_stfusion.layers",
+    "gates": "tf_stfusion.gating",
+    "set_gate_mode": "tf_stfusion.gating",
+    "fusion_regularizer": "tf_stfusion.gating",
+    "Strategy": "tf_stfusion.strategy",
+    "StrategyError": "tf_stfusion.strategy",
+    "fixed_strategies": "tf_stfusion.strategy",
+    "sample_strategy": "tf_stfusion.strategy",
+    "apply_strategy": "tf_stfusion.strategy",
+    "marginals": "tf_stfusion.strategy",
+    "cost": "tf_stfusion.accounting",
+    "Cost": "tf_stfusion.accounting",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tf_stfusion' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,98 @@
+"""Finding, switching and regularising the v-DropPath gates of a template."""
+
+import dataclasses
+
+import tensorflow as tf
+
+from tf_stfusion.layers.drop_path import GATE_MODES, VariationalDropPath
+
+GATE_PATHS = ("S", "ST", "D1")
+
+
+@dataclasses.dataclass(frozen=True)
+class GateInfo:
+    """One gate: the fusion layer it sits in, its path, the Keras layer, ``p``."""
+
+    layer: str
+    path: str
+    gate: VariationalDropPath
+
+    @property
+    def p(self):
+        return float(self.gate.drop_prob.numpy())
+
+
+def gate_layers(model):
+    """The model's v-DropPath layers in build order."""
+    return [l for l in model.layers if isinstance(l, VariationalDropPath)]
+
+
+def gates(model):
+    """Ordered gates, as ``GateInfo(layer, path, gate)`` with ``.p``.
+
+    Order: by fusion layer, and inside a layer S, ST, D1.
+    """
+    found = [GateInfo(g.fusion_layer, g.branch, g) for g in gate_layers(model)]
+    if not found:
+        raise ValueError(f"model {model.name!r} has no v-DropPath gates (a pruned model?)")
+    return found
+
+
+def gates_by_layer(model):
+    """``{fusion layer name: {"S": gate, "ST": gate, "D1": gate}}`` in layer order."""
+    table = {}
+    for info in gates(model):
+        table.setdefault(info.layer, {})[info.path] = info.gate
+    for name, paths in table.items():
+        if set(paths) != set(GATE_PATHS):
+            raise ValueError(f"fusion layer {name!r} has gates {sorted(paths)}, expected {GATE_PATHS}")
+    return table
+
+
+def get_gate_mode(model):
+    modes = {g.mode for g in gate_layers(model)}
+    if len(modes) != 1:
+        raise ValueError(f"gates of {model.name!r} are in mixed modes {sorted(modes)}")
+    return modes.pop()
+
+
+def set_gate_mode(model, mode):
+    """Switches every gate to ``off``, ``search`` or ``fixed``.
+
+    The mode is a Python attribute (it decides the graph), so a real change drops
+    Keras' compiled train/test/predict functions; setting the current mode again
+    is a no-op and keeps them (no retrace).
+    """
+    if mode not in GATE_MODES:
+        raise ValueError(f"gate mode must be one of {GATE_MODES}, got {mode!r}")
+    changed = False
+    for gate in gate_layers(model):
+        if gate.mode != mode:
+            gate.mode = mode
+            changed = True
+    if changed:
+        model.train_function = None
+        model.test_function = None
+        model.predict_function = None
+    return changed
+
+
+def drop_probabilities(model):
+    """All gates' ``p`` as one float32 tensor, in ``gates()`` order."""
+    return tf.stack([g.drop_prob for g in gate_layers(model)])
+
+
+def fusion_regularizer(model, length_scale, num_train, entropy="binary"):
+    """Eq. 5 summed over all gates: the KL term added to the search-phase loss.
+
+    ``length_scale`` is the prior ``k`` (paper: 250 Sth-V1, 10 Kinetics-400,
+    50 Sth-V2/UCF101) and ``num_train`` the number of training clips ``N``.
+    """
+    if num_train <= 0:
+        raise ValueError(f"num_train must be > 0, got {num_train!r}")
+    terms = []
+    for gate in gate_layers(model):
+        kernel = model.get_layer(gate.feeds).kernel
+        weight_sq_sum = tf.reduce_sum(tf.square(tf.cast(kernel, tf.float32)))
+        terms.append(gate.kl_divergence(weight_sq_sum, length_scale, num_train, entropy))
+    return tf.add_n(terms)

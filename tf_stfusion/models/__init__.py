@@ -1,0 +1,94 @@
+"""Backbone registry: a name -> an explicit architecture config and its builder.
+
+Builders take explicit arguments and never read flags. ``layer_names`` answers
+without building anything, so that a strategy file can be checked first.
+"""
+
+import dataclasses
+from typing import Optional, Sequence, Tuple
+
+from tf_stfusion.models.densenet3d import UNITS, DenseNet3DConfig, build_densenet3d
+
+BACKBONES = {
+    "densenet121": DenseNet3DConfig(),
+    # Same topology, CPU-sized: tests and the demo.
+    "tiny": DenseNet3DConfig(block_sizes=(2, 2, 2, 2), growth_rate=8, stem_filters=16),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TemplateSpec:
+    """What a template was built from; attached to it as ``model.stf_spec``."""
+
+    backbone: str
+    num_classes: int
+    num_frames: Optional[int]
+    input_size: Tuple[Optional[int], Optional[int]]
+
+
+def backbone_config(backbone):
+    try:
+        return BACKBONES[backbone]
+    except KeyError:
+        raise ValueError(
+            f"unknown backbone {backbone!r}; expected one of {sorted(BACKBONES)}"
+        ) from None
+
+
+def layer_names(backbone):
+    """The fusion layers of a backbone in order, e.g. ``["block1/layer1", ...]``."""
+    return backbone_config(backbone).layer_names()
+
+
+def _input_size(input_size):
+    if isinstance(input_size, int) or input_size is None:
+        return (input_size, input_size)
+    return tuple(input_size)
+
+
+def build_template(
+    backbone="densenet121",
+    num_classes=400,
+    num_frames=16,
+    input_size=224,
+    units: Optional[Sequence[str]] = None,
+    **kwargs,
+):
+    """Builds a backbone's template (all paths, gated) or, with ``units``, the
+    pruned network of that strategy. Extra keyword arguments go to the builder
+    (``init_drop_prob``, ``temperature``, ``sync_batchnorm``, ``seed``)."""
+    config = backbone_config(backbone)
+    kind = "template" if units is None else "pruned"
+    model = build_densenet3d(
+        config,
+        num_classes=num_classes,
+        num_frames=num_frames,
+        input_size=input_size,
+        units=units,
+        name=f"{backbone}_{kind}",
+        **kwargs,
+    )
+    model.stf_spec = TemplateSpec(backbone, num_classes, num_frames, _input_size(input_size))
+    return model
+
+
+def spec_of(model):
+    """The TemplateSpec of a model made by ``build_template``."""
+    spec = getattr(model, "stf_spec", None)
+    if spec is None:
+        raise ValueError(
+            f"model {model.name!r} was not built by tf_stfusion.build_template"
+        )
+    return spec
+
+
+__all__ = [
+    "BACKBONES",
+    "UNITS",
+    "DenseNet3DConfig",
+    "TemplateSpec",
+    "backbone_config",
+    "build_template",
+    "layer_names",
+    "spec_of",
+]
