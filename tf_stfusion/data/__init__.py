@@ -1,0 +1,1 @@
+"""Data: index readers -> prepare (videos -> TFRecords) -> clip pipeline; synthetic sets."""

@@ -1,0 +1,319 @@
+"""``python -m tf_stfusion.data.prepare``: videos -> sharded TFRecords + manifest.
+
+Each video is decoded (PyAV, or JPEG frame folders), its short side resized
+(``--short_side``, default 256) and written as a ``tf.train.SequenceExample``
+(the TF Model Garden video layout)::
+
+    context:       clip/media_id (bytes), clip/label/index (int64),
+                   clip/num_frames, image/height, image/width (int64)
+    feature_lists: image/encoded -- one JPEG per frame
+
+into ``<output_dir>/<split>-<i:05d>-of-<n:05d>.tfrecord``, next to a
+``<split>-manifest.json`` (class names, counts per class, skipped items with
+reasons, frame-count statistics).
+
+Robust by construction: work is split into shards and spread over processes;
+a shard is written under a temporary name and renamed when complete, then its
+``.done.json`` record is written, so no half-written shard ever sits under its
+final name, and a rerun of the same command skips finished shards and
+completes the rest. A video that cannot be used is skipped and reported.
+"""
+
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+
+from absl import app, flags
+
+from tf_stfusion.data import readers, synthetic
+from tf_stfusion.data.video import VideoError, decode, resized_shape
+
+DATASETS = sorted(readers.READERS) + ["synthetic"]
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("dataset", None, DATASETS, "Dataset layout to read.")
+flags.DEFINE_string("data_dir", None, "Dataset root (annotations); not needed for synthetic.")
+flags.DEFINE_string("video_dir", None, "Where the videos/frames are, if not the layout's default.")
+flags.DEFINE_string("annotation_file", None, "Kinetics-400: the split's CSV, if not <data_dir>/<split>.csv.")
+flags.DEFINE_integer("fold", 1, "UCF101 split (1, 2 or 3).")
+flags.DEFINE_enum("split", "train", list(readers.SPLITS), "Split to prepare.")
+flags.DEFINE_string("output_dir", None, "Where shards and the manifest are written.")
+flags.DEFINE_integer("short_side", 256, "Resize the short side to this (0: keep). Synthetic clips keep "
+                     "their size unless this flag is given.")
+flags.DEFINE_integer("examples_per_shard", 32, "Videos per TFRecord shard.")
+flags.DEFINE_integer("num_workers", None, "Worker processes (default: all cores).")
+flags.DEFINE_integer("min_frames", 1, "Skip (and report) videos with fewer frames.")
+flags.DEFINE_integer("max_frames", 0, "Keep at most this many frames per video (0: all).")
+flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of the stored frames.")
+flags.DEFINE_enum("synthetic_kind", "motion", list(synthetic.KINDS), "Synthetic dataset variant.")
+flags.DEFINE_integer("synthetic_videos_per_class", 48, "Synthetic: training videos per class.")
+flags.DEFINE_integer("synthetic_val_videos_per_class", 16, "Synthetic: validation videos per class.")
+flags.DEFINE_integer("synthetic_frames", 16, "Synthetic: frames per clip.")
+flags.DEFINE_integer("synthetic_size", 64, "Synthetic: height and width.")
+flags.DEFINE_integer("seed", 0, "Synthetic: generator seed.")
+
+SYNTHETIC_PREFIX = "synthetic:"
+
+
+# -- one example --------------------------------------------------------------
+def load_frames(source, short_side, max_frames, synthetic_config=None):
+    """Frames of an index entry: a video, a frame folder or a synthetic clip."""
+    if source.startswith(SYNTHETIC_PREFIX):
+        split, index = source[len(SYNTHETIC_PREFIX):].split(":")
+        frames = synthetic.render_clip(synthetic_config, split, int(index))[1]
+        if max_frames:
+            frames = frames[:max_frames]
+        if short_side:
+            frames = _resize_all(frames, short_side)
+        return frames
+    return decode(source, short_side=short_side, max_frames=max_frames)
+
+
+def _resize_all(frames, short_side):
+    from PIL import Image
+
+    h, w = resized_shape(*frames.shape[1:3], short_side)
+    if (h, w) == frames.shape[1:3]:
+        return frames
+    import numpy as np
+
+    return np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BILINEAR)) for f in frames])
+
+
+def encode_jpeg(frame, quality):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def make_sequence_example(video_id, label, frames, quality):
+    import tensorflow as tf
+
+    def int64(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+
+    context = tf.train.Features(feature={
+        "clip/media_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[video_id.encode()])),
+        "clip/label/index": int64(label),
+        "clip/num_frames": int64(len(frames)),
+        "image/height": int64(frames.shape[1]),
+        "image/width": int64(frames.shape[2]),
+    })
+    encoded = [
+        tf.train.Feature(bytes_list=tf.train.BytesList(value=[encode_jpeg(f, quality)]))
+        for f in frames
+    ]
+    lists = tf.train.FeatureLists(feature_list={"image/encoded": tf.train.FeatureList(feature=encoded)})
+    return tf.train.SequenceExample(context=context, feature_lists=lists)
+
+
+# -- one shard ----------------------------------------------------------------
+def shard_name(split, i, n):
+    return f"{split}-{i:05d}-of-{n:05d}.tfrecord"
+
+
+def write_shard(task):
+    """Writes one shard atomically; returns its record (also saved as .done.json)."""
+    import tensorflow as tf
+
+    path, entries, opts = task
+    record = {"shard": os.path.basename(path), "examples": [], "skipped": [], "frames": []}
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.TFRecordWriter(tmp) as writer:
+        for video_id, source, label in entries:
+            try:
+                frames = load_frames(source, opts["short_side"], opts["max_frames"], opts["synthetic"])
+                if len(frames) < opts["min_frames"]:
+                    raise VideoError(f"too short: {len(frames)} frames < --min_frames={opts['min_frames']}")
+            except VideoError as e:
+                record["skipped"].append([video_id, str(e)])
+                continue
+            example = make_sequence_example(video_id, label, frames, opts["jpeg_quality"])
+            writer.write(example.SerializeToString())
+            record["examples"].append([video_id, label])
+            record["frames"].append(len(frames))
+    os.replace(tmp, path)
+    _write_json(f"{path}.done.json", record)
+    return record
+
+
+def _write_json(path, data):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+# -- progress -----------------------------------------------------------------
+class Progress:
+    """A one-line progress bar on stderr (a line per ~10% when not a terminal)."""
+
+    def __init__(self, total, label, stream=sys.stderr):
+        self.total, self.label, self.stream = total, label, stream
+        self.done = 0
+        self.start = time.time()
+        self.tty = stream.isatty()
+        self._last_tenth = -1
+
+    def update(self, done, extra=""):
+        self.done = done
+        elapsed = time.time() - self.start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - done) / rate if rate > 0 else 0.0
+        width = 30
+        filled = int(width * done / max(self.total, 1))
+        line = (f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
+                f"{extra} ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+        if self.tty:
+            self.stream.write("\r" + line)
+            if done >= self.total:
+                self.stream.write("\n")
+        else:
+            tenth = 10 * done // max(self.total, 1)
+            if tenth != self._last_tenth:
+                self._last_tenth = tenth
+                self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+# -- the whole split ----------------------------------------------------------
+def build_index(dataset, data_dir, split, synthetic_config=None, **kwargs):
+    if dataset == "synthetic":
+        n = synthetic.num_videos(synthetic_config, split)
+        classes = synthetic_config.class_names
+        entries = [
+            readers.VideoEntry(f"{split}_{i:06d}", f"{SYNTHETIC_PREFIX}{split}:{i}", i % len(classes))
+            for i in range(n)
+        ]
+        return readers.DatasetIndex(f"synthetic_{synthetic_config.kind}", split, classes, entries)
+    if not data_dir:
+        raise ValueError(f"--data_dir is required for --dataset={dataset}")
+    return readers.read_index(dataset, data_dir, split, **kwargs)
+
+
+def prepare(index, output_dir, examples_per_shard=32, num_workers=None, short_side=256,
+            min_frames=1, max_frames=0, jpeg_quality=90, synthetic_config=None, progress=True):
+    """Writes the shards and manifest of one split; returns the manifest dict."""
+    if examples_per_shard < 1:
+        raise ValueError("examples_per_shard must be >= 1")
+    os.makedirs(output_dir, exist_ok=True)
+    split = index.split
+    entries = sorted(index.entries, key=lambda e: e.video_id)
+    n = max(1, -(-len(entries) // examples_per_shard))
+    stale = [f for f in os.listdir(output_dir)
+             if f.startswith(f"{split}-") and f.endswith(".tfrecord") and not f.endswith(f"-of-{n:05d}.tfrecord")]
+    if stale:
+        raise ValueError(
+            f"{output_dir} already holds {split} shards with a different shard count "
+            f"(e.g. {stale[0]}); use a new --output_dir or the same --examples_per_shard"
+        )
+    opts = {"short_side": short_side, "min_frames": min_frames, "max_frames": max_frames,
+            "jpeg_quality": jpeg_quality, "synthetic": synthetic_config}
+    tasks, records = [], {}
+    for i in range(n):
+        path = os.path.join(output_dir, shard_name(split, i, n))
+        chunk = [(e.video_id, e.source, e.label) for e in entries[i * examples_per_shard:(i + 1) * examples_per_shard]]
+        done = f"{path}.done.json"
+        if os.path.isfile(done) and os.path.isfile(path):
+            with open(done) as f:
+                records[i] = json.load(f)
+        else:
+            tasks.append((path, chunk, opts))
+    bar = Progress(n, f"prepare {index.name}/{split}") if progress else None
+    if bar:
+        bar.update(len(records), f"(resumed {len(records)})" if records else "")
+    workers = min(num_workers or os.cpu_count() or 1, max(len(tasks), 1))
+    if workers > 1:
+        # fork: the parent has not imported TensorFlow, each worker imports its own.
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            for record in pool.imap_unordered(write_shard, tasks):
+                records[_shard_index(record["shard"])] = record
+                if bar:
+                    bar.update(len(records))
+    else:
+        for task in tasks:
+            record = write_shard(task)
+            records[_shard_index(record["shard"])] = record
+            if bar:
+                bar.update(len(records))
+    manifest = summarize(index, [records[i] for i in range(n)], opts)
+    _write_json(os.path.join(output_dir, f"{split}-manifest.json"), manifest)
+    return manifest
+
+
+def _shard_index(name):
+    return int(name.split("-")[1])
+
+
+def summarize(index, records, opts):
+    examples = [e for r in records for e in r["examples"]]
+    frames = [f for r in records for f in r["frames"]]
+    per_class = [0] * len(index.class_names)
+    for _, label in examples:
+        per_class[label] += 1
+    skipped = [list(p) for p in index.problems] + [s for r in records for s in r["skipped"]]
+    return {
+        "dataset": index.name,
+        "split": index.split,
+        "num_examples": len(examples),
+        "num_skipped": len(skipped),
+        "class_names": index.class_names,
+        "counts_per_class": dict(zip(index.class_names, per_class)),
+        "skipped": skipped,
+        "frame_stats": {
+            "min": min(frames, default=0), "max": max(frames, default=0),
+            "mean": statistics.fmean(frames) if frames else 0.0,
+            "median": statistics.median(frames) if frames else 0,
+        },
+        "flip_ok": index.flip_ok,
+        "short_side": opts["short_side"],
+        "shards": [r["shard"] for r in records],
+    }
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS.dataset or not FLAGS.output_dir:
+        raise app.UsageError("--dataset and --output_dir are required")
+    config = None
+    short_side = FLAGS.short_side
+    if FLAGS.dataset == "synthetic":
+        config = synthetic.SyntheticConfig(
+            kind=FLAGS.synthetic_kind, videos_per_class=FLAGS.synthetic_videos_per_class,
+            val_videos_per_class=FLAGS.synthetic_val_videos_per_class,
+            num_frames=FLAGS.synthetic_frames, size=FLAGS.synthetic_size, seed=FLAGS.seed,
+        )
+        if not FLAGS["short_side"].present:
+            short_side = 0
+    try:
+        index = build_index(
+            FLAGS.dataset, FLAGS.data_dir, FLAGS.split, synthetic_config=config,
+            video_dir=FLAGS.video_dir, annotation_file=FLAGS.annotation_file,
+            fold=FLAGS.fold if FLAGS.dataset == "ucf101" else None,
+        )
+        manifest = prepare(
+            index, FLAGS.output_dir, FLAGS.examples_per_shard, FLAGS.num_workers, short_side,
+            FLAGS.min_frames, FLAGS.max_frames, FLAGS.jpeg_quality, config,
+        )
+    except (readers.AnnotationError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{manifest['num_examples']} videos written to {FLAGS.output_dir} "
+          f"({len(manifest['shards'])} shards), {manifest['num_skipped']} skipped")
+    for video_id, reason in manifest["skipped"][:20]:
+        print(f"  skipped {video_id}: {reason}")
+    if manifest["num_skipped"] > 20:
+        print(f"  ... {manifest['num_skipped'] - 20} more in {FLAGS.split}-manifest.json")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
