@@ -214,6 +214,10 @@ def prepare(index, output_dir, examples_per_shard=32, num_workers=None, short_si
             f"{output_dir} already holds {split} shards with a different shard count "
             f"(e.g. {stale[0]}); use a new --output_dir or the same --examples_per_shard"
         )
+    # Leftovers of a killed run: never under a final name, removed here.
+    for name in os.listdir(output_dir):
+        if name.startswith(f"{split}-") and ".tmp-" in name:
+            os.remove(os.path.join(output_dir, name))
     opts = {"short_side": short_side, "min_frames": min_frames, "max_frames": max_frames,
             "jpeg_quality": jpeg_quality, "synthetic": synthetic_config}
     tasks, records = [], {}
