@@ -11,7 +11,6 @@ import tf_stfusion as stf
 from tf_stfusion import gating
 from tf_stfusion.layers.drop_path import VariationalDropPath, binary_entropy_term
 
-from conftest import make_tiny, random_clips
 
 
 def _gate(mode, **kwargs):

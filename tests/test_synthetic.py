@@ -89,3 +89,12 @@ def test_appearance_variant_labels_are_shape_and_colour():
     assert len(config.class_names) == 9 and config.class_names[0] == "square_red"
     with pytest.raises(ValueError, match="synthetic kind"):
         synthetic.SyntheticConfig(kind="colour")
+
+
+def test_video_writer_cli_writes_the_folder_layout(tmp_path, capsys):
+    synthetic.main(["--output_dir", str(tmp_path), "--videos_per_class=1", "--val_videos_per_class=1",
+                    "--num_frames=4", "--size=32"])
+    assert "wrote 16 videos" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == sorted(synthetic.MOTION_CLASSES)
+    with pytest.raises(SystemExit):
+        synthetic.main(["--output_dir", str(tmp_path), "--size=33"])

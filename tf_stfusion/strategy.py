@@ -18,12 +18,12 @@ File (JSON)::
 import dataclasses
 import json
 import math
-import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
 from tf_stfusion import gating
+from tf_stfusion.fileio import atomic_write_text
 from tf_stfusion.models import UNITS, layer_names, spec_of
 
 FORMAT = "stfusion-strategy/1"
@@ -173,10 +173,7 @@ class Strategy:
     def save(self, path):
         """Writes the file atomically (a temporary name, then a rename)."""
         self.validate()
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(self.to_json())
-        os.replace(tmp, path)
+        atomic_write_text(path, self.to_json())
         return path
 
     @classmethod

@@ -7,7 +7,6 @@ decay -- and writes ``probabilities.json`` (per gate ``p`` and Eq. 7 marginal,
 per layer unit probabilities) to ``--model_dir``.
 """
 
-import json
 import os
 import sys
 import time
@@ -70,6 +69,7 @@ def main(argv):
     import tensorflow as tf
 
     import tf_stfusion as stf
+    from tf_stfusion.fileio import atomic_write_json
 
     keras.utils.set_random_seed(FLAGS.seed)
     model = stf.build_template(
@@ -94,8 +94,7 @@ def main(argv):
                     label="Phase 2/2: v-DropPath search")
         os.makedirs(FLAGS.model_dir, exist_ok=True)
         path = os.path.join(FLAGS.model_dir, "probabilities.json")
-        with open(path, "w") as f:
-            json.dump(stf.marginals(model), f, indent=2)
+        atomic_write_json(path, stf.marginals(model))
         print(f"wrote {path}")
     print(f"done in {time.time() - start:.1f}s")
 

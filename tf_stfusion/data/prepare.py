@@ -30,6 +30,7 @@ from absl import app, flags
 
 from tf_stfusion.data import readers, synthetic
 from tf_stfusion.data.video import VideoError, decode, resized_shape
+from tf_stfusion.fileio import atomic_write_json
 
 DATASETS = sorted(readers.READERS) + ["synthetic"]
 
@@ -140,15 +141,8 @@ def write_shard(task):
             record["examples"].append([video_id, label])
             record["frames"].append(len(frames))
     os.replace(tmp, path)
-    _write_json(f"{path}.done.json", record)
+    atomic_write_json(f"{path}.done.json", record)
     return record
-
-
-def _write_json(path, data):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 # -- progress -----------------------------------------------------------------
@@ -248,7 +242,7 @@ def prepare(index, output_dir, examples_per_shard=32, num_workers=None, short_si
             if bar:
                 bar.update(len(records))
     manifest = summarize(index, [records[i] for i in range(n)], opts)
-    _write_json(os.path.join(output_dir, f"{split}-manifest.json"), manifest)
+    atomic_write_json(os.path.join(output_dir, f"{split}-manifest.json"), manifest)
     return manifest
 
 

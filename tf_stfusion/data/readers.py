@@ -23,8 +23,7 @@ import csv
 import dataclasses
 import json
 import os
-import re
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v")
 SPLITS = ("train", "val")

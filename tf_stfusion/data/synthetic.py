@@ -158,3 +158,28 @@ def write_folder(config, root, splits=("train", "val"), codec="libx264", ext=".m
             write_video(os.path.join(folder, video_id + ext), frames, codec=codec)
             written += 1
     return written
+
+
+def main(argv=None):
+    """``python -m tf_stfusion.data.synthetic --output_dir=DIR``: videos in the folder layout."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--kind", choices=KINDS, default="motion")
+    parser.add_argument("--videos_per_class", type=int, default=48)
+    parser.add_argument("--val_videos_per_class", type=int, default=16)
+    parser.add_argument("--num_frames", type=int, default=16)
+    parser.add_argument("--size", type=int, default=64, help="height and width (even, for H.264)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.size % 2:
+        parser.error("--size must be even (H.264 with yuv420p)")
+    config = SyntheticConfig(args.kind, args.videos_per_class, args.val_videos_per_class,
+                             args.num_frames, args.size, args.seed)
+    count = write_folder(config, args.output_dir)
+    print(f"wrote {count} videos to {args.output_dir}/{{train,val}}/<class>/")
+
+
+if __name__ == "__main__":
+    main()
