@@ -29,7 +29,7 @@ import time
 from absl import app, flags
 
 from tf_stfusion.data import readers, synthetic
-from tf_stfusion.data.video import VideoError, decode, resized_shape
+from tf_stfusion.data.video import VideoError, decode, resize_image
 from tf_stfusion.fileio import atomic_write_json
 
 DATASETS = sorted(readers.READERS) + ["synthetic"]
@@ -74,14 +74,9 @@ def load_frames(source, short_side, max_frames, synthetic_config=None):
 
 
 def _resize_all(frames, short_side):
-    from PIL import Image
-
-    h, w = resized_shape(*frames.shape[1:3], short_side)
-    if (h, w) == frames.shape[1:3]:
-        return frames
     import numpy as np
 
-    return np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BILINEAR)) for f in frames])
+    return np.stack([resize_image(f, short_side) for f in frames])
 
 
 def encode_jpeg(frame, quality):

@@ -19,6 +19,17 @@ def resized_shape(height, width, short_side):
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def resize_image(image, short_side):
+    """A uint8 ``[H, W, 3]`` array or PIL image, short side resized (PIL, bilinear)."""
+    from PIL import Image
+
+    img = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    h, w = resized_shape(img.height, img.width, short_side)
+    if (h, w) != (img.height, img.width):
+        img = img.resize((w, h), Image.BILINEAR)
+    return np.asarray(img)
+
+
 def _decode_file(path, short_side, max_frames):
     import av  # PyAV: FFmpeg bindings
 
@@ -55,11 +66,7 @@ def _decode_frames_dir(path, short_side, max_frames):
     for name in names:
         try:
             with Image.open(os.path.join(path, name)) as img:
-                img = img.convert("RGB")
-                h, w = resized_shape(img.height, img.width, short_side)
-                if (h, w) != (img.height, img.width):
-                    img = img.resize((w, h), Image.BILINEAR)
-                frames.append(np.asarray(img))
+                frames.append(resize_image(img.convert("RGB"), short_side))
         except OSError as e:
             raise VideoError(f"cannot read frame {name}: {e}") from None
     return frames
