@@ -176,12 +176,14 @@ class Progress:
 def build_index(dataset, data_dir, split, synthetic_config=None, **kwargs):
     if dataset == "synthetic":
         n = synthetic.num_videos(synthetic_config, split)
-        classes = synthetic_config.class_names
         entries = [
-            readers.VideoEntry(f"{split}_{i:06d}", f"{SYNTHETIC_PREFIX}{split}:{i}", i % len(classes))
+            readers.VideoEntry(video_id, f"{SYNTHETIC_PREFIX}{split}:{i}", label)
             for i in range(n)
+            for video_id, label in [synthetic.clip_entry(synthetic_config, split, i)]
         ]
-        return readers.DatasetIndex(f"synthetic_{synthetic_config.kind}", split, classes, entries)
+        return readers.DatasetIndex(
+            f"synthetic_{synthetic_config.kind}", split, synthetic_config.class_names, entries
+        )
     if not data_dir:
         raise ValueError(f"--data_dir is required for --dataset={dataset}")
     return readers.read_index(dataset, data_dir, split, **kwargs)

@@ -114,10 +114,15 @@ def _render(rng, num_frames, size, shape, colour, motion):
     return clip
 
 
+def clip_entry(config, split, index):
+    """``(video_id, label)`` of clip ``index`` of ``split``, without rendering it."""
+    return f"{split}_{index:06d}", index % len(config.class_names)
+
+
 def render_clip(config, split, index):
     """Clip ``index`` of ``split``: (video_id, frames, label). Deterministic."""
     classes = config.class_names
-    label = index % len(classes)
+    video_id, label = clip_entry(config, split, index)
     rng = np.random.default_rng([config.seed, SPLIT_STREAMS[split], index])
     if config.kind == "motion":
         forward = MOTION_CLASSES[label - label % 2]
@@ -132,7 +137,7 @@ def render_clip(config, split, index):
         clip = _render(rng, config.num_frames, config.size, shape, COLOURS[colour_name], motion)
         if rng.random() < 0.5:
             clip = clip[::-1].copy()
-    return f"{split}_{index:06d}", clip, label
+    return video_id, clip, label
 
 
 def num_videos(config, split):
