@@ -56,12 +56,16 @@ def _check_split(split):
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
-def _read_lines(path):
+def _open_annotation(path, **kwargs):
     try:
-        with open(path, encoding="utf-8") as f:
-            return [line.rstrip("\r\n") for line in f]
+        return open(path, encoding="utf-8", **kwargs)
     except FileNotFoundError:
         raise AnnotationError(f"{path}: annotation file not found") from None
+
+
+def _read_lines(path):
+    with _open_annotation(path) as f:
+        return [line.rstrip("\r\n") for line in f]
 
 
 def _add(index, video_id, source, label, is_frames=False):
@@ -120,11 +124,7 @@ KINETICS_HEADER = ["label", "youtube_id", "time_start", "time_end", "split"]
 
 
 def _read_kinetics_csv(path):
-    try:
-        f = open(path, newline="", encoding="utf-8")
-    except FileNotFoundError:
-        raise AnnotationError(f"{path}: annotation file not found") from None
-    with f:
+    with _open_annotation(path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows or [h.strip() for h in rows[0]][:5] != KINETICS_HEADER:
         raise AnnotationError(
@@ -206,13 +206,11 @@ def _sthv2_template(text):
 
 
 def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
+    with _open_annotation(path) as f:
+        try:
             return json.load(f)
-    except FileNotFoundError:
-        raise AnnotationError(f"{path}: annotation file not found") from None
-    except json.JSONDecodeError as e:
-        raise AnnotationError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        except json.JSONDecodeError as e:
+            raise AnnotationError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
 
 
 def read_sthv2(data_dir, split, video_dir=None):
