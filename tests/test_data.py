@@ -189,3 +189,14 @@ def test_file_level_sharding_for_multiple_workers(synthetic_shards):
     ctx = tf.distribute.InputContext(num_input_pipelines=8, input_pipeline_id=0, num_replicas_in_sync=8)
     with pytest.raises(ValueError, match="4 shard files cannot be split over 8"):
         pipeline.make_dataset(files, training=True, input_context=ctx)
+
+
+def test_progress_eta_ignores_shards_done_before_a_resume():
+    import io
+
+    stream = io.StringIO()
+    bar = prepare.Progress(10, "p", stream=stream)
+    bar.update(8, "(resumed 8)")  # a resumed run: nothing measured yet, no ETA claimed
+    bar.start -= 10.0             # then one shard took 10 s
+    bar.update(9)
+    assert stream.getvalue().splitlines()[-1].endswith("ETA 00:00:10")

@@ -147,14 +147,18 @@ class Progress:
     def __init__(self, total, label, stream=sys.stderr):
         self.total, self.label, self.stream = total, label, stream
         self.done = 0
+        self.initial = None  # shards already done at the first update (a resumed run)
         self.start = time.time()
         self.tty = stream.isatty()
         self._last_tenth = -1
 
     def update(self, done, extra=""):
         self.done = done
+        if self.initial is None:
+            self.initial = done
         elapsed = time.time() - self.start
-        rate = done / elapsed if elapsed > 0 else 0.0
+        # Only work done by this run counts towards the rate.
+        rate = (done - self.initial) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - done) / rate if rate > 0 else 0.0
         width = 30
         filled = int(width * done / max(self.total, 1))
