@@ -46,6 +46,28 @@ def test_search_mask_is_per_sample_and_relaxed_bernoulli():
         assert abs(got - want) < 4 * math.sqrt(want * (1 - want) / 2000) + 1e-3, c
 
 
+def test_sample_is_tfps_relaxed_bernoulli_with_a_stable_sigmoid():
+    import tensorflow_probability as tfp
+
+    gate = _gate("search", init_drop_prob=0.3, seed=11)
+    seed = tf.constant([5, 9], tf.int32)
+    gate._noise_seed = lambda: seed
+    ours = gate.sample_drop(500).numpy()
+    theirs = tfp.distributions.RelaxedBernoulli(0.2, logits=gate.drop_logit.numpy()).sample(500, seed=seed)
+    np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_stays_finite_when_p_is_near_one():
+    # TFP's sigmoid bijector gave NaN gradients here (tf.where over an overflowing exp).
+    gate = _gate("search", init_drop_prob=0.999, seed=2)
+    gate.drop_logit.assign(10.0)
+    x = tf.ones((4096, 1, 1, 1, 1))
+    with tf.GradientTape() as tape:
+        y = tf.reduce_sum(gate(x, training=True))
+    grad = tape.gradient(y, gate.drop_logit.value)
+    assert np.isfinite(grad.numpy())
+
+
 def test_search_noise_is_reproducible_from_seed():
     x = tf.ones((16, 1, 1, 1, 1))
     a = _gate("search", seed=3)(x, training=True)
@@ -65,8 +87,22 @@ def test_fixed_mode_uses_the_mask_variable():
     gate = _gate("fixed")
     x = tf.random.normal((2, 2, 3, 3, 4))
     np.testing.assert_array_equal(gate(x), x)
-    gate.fixed_mask.assign(0.0)
+    gate.set_fixed_masks(0.0)
     assert np.all(gate(x).numpy() == 0)
+
+
+def test_fixed_mode_gives_each_tile_of_the_batch_its_own_mask():
+    gate = _gate("fixed")
+    x = tf.random.normal((6, 2, 3, 3, 4))
+    gate.set_fixed_masks([1.0, 0.0, 1.0])  # 3 tiles of 2 samples
+    y = gate(x).numpy()
+    np.testing.assert_array_equal(y[:2], x[:2])
+    assert np.all(y[2:4] == 0)
+    np.testing.assert_array_equal(y[4:], x[4:])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="whole number of strategy tiles"):
+        gate(tf.random.normal((4, 2, 3, 3, 4)))
+    with pytest.raises(ValueError, match="1 to 32"):
+        gate.set_fixed_masks(np.ones(33))
 
 
 def test_bad_arguments_are_refused():

@@ -100,7 +100,7 @@ def test_apply_strategy_sets_masks(tiny):
     s = stf.Strategy.from_units("tiny", ["S", "ST", "S+ST", "none"] * 2)
     stf.apply_strategy(tiny, s)
     assert gating.get_gate_mode(tiny) == "fixed"
-    got = {(i.layer, i.path): float(i.gate.fixed_mask.numpy()) for i in stf.gates(tiny)}
+    got = {(i.layer, i.path): float(i.gate.fixed_mask.numpy()[0]) for i in stf.gates(tiny)}
     assert got[("block1/layer1", "S")] == 1 and got[("block1/layer1", "ST")] == 0
     assert got[("block1/layer2", "S")] == 0 and got[("block1/layer2", "ST")] == 1
     assert got[("block2/layer1", "S")] == 1 and got[("block2/layer1", "ST")] == 1
@@ -151,3 +151,22 @@ def test_marginals_match_eq7_by_hand(tiny):
         assert layer["none"] == pytest.approx((1 - m2) * (1 - m3), rel=1e-5)
         assert sum(layer[u] for u in ("S", "ST", "S+ST", "none")) == pytest.approx(1.0)
     json.dumps(out)  # the probabilities.json structure serialises as is
+
+
+def test_k_strategies_on_one_tiled_batch_equal_one_at_a_time(tiny, clips):
+    from tf_stfusion.strategy import apply_strategies
+
+    import tensorflow as tf
+
+    # BatchNorm statistics must not be the initial ones, or masks could hide differences.
+    stf.set_gate_mode(tiny, "off")
+    tiny(clips, training=True)
+    strategies = list(stf.fixed_strategies(tiny).values()) + stf.sample_strategies(tiny, 3, seed=1)
+    alone = []
+    for s in strategies:
+        stf.apply_strategy(tiny, s)
+        alone.append(tiny(clips, training=False).numpy())
+    apply_strategies(tiny, strategies)
+    together = tiny(tf.tile(clips, [len(strategies), 1, 1, 1, 1]), training=False).numpy()
+    np.testing.assert_allclose(together, np.concatenate(alone), rtol=1e-5, atol=1e-5)
+    assert len({a.tobytes() for a in alone}) == len(strategies)  # the strategies really differ

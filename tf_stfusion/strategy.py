@@ -229,10 +229,22 @@ def apply_strategy(model, strategy):
 
     Only variables are assigned, so applying another strategy never retraces.
     """
-    masks = strategy_masks(strategy, model)
+    return apply_strategies(model, [strategy])
+
+
+def apply_strategies(model, strategies):
+    """Fixed mode with ``K = len(strategies)`` strategies at once: a batch is
+    read as ``K`` consecutive equal tiles, tile ``k`` runs ``strategies[k]``.
+
+    Build such a batch with ``tf.tile(clips, [K, 1, 1, 1, 1])``; output rows
+    ``k*B:(k+1)*B`` then belong to ``strategies[k]``. Variables only: no retrace.
+    """
+    if not strategies:
+        raise ValueError("apply_strategies needs at least one strategy")
+    masks = np.stack([strategy_masks(s, model) for s in strategies], axis=1)  # [gates, K]
     gating.set_gate_mode(model, "fixed")
-    for info, mask in zip(gating.gates(model), masks):
-        info.gate.fixed_mask.assign(mask)
+    for info, gate_masks in zip(gating.gates(model), masks):
+        info.gate.set_fixed_masks(gate_masks)
     return model
 
 

@@ -18,8 +18,13 @@ A gate holds one trainable logit ``theta``; its drop probability is
   ``search`` at inference (``training=False``) multiplies by the expected keep
   factor ``1 - p`` -- the usual weight-scaling approximation of dropout; the
   paper's evaluation samples hard strategies instead (``fixed`` mode).
-* ``fixed``: a hard 0/1 mask read from a non-trainable variable, so that
+* ``fixed``: hard 0/1 masks read from non-trainable variables, so that
   applying another strategy is a variable assignment and never a retrace.
+  The gate holds up to ``max_tiles`` masks and a tile count ``K``: the batch
+  is read as ``K`` equal, consecutive tiles and tile ``k`` gets mask ``k``.
+  ``K = 1`` (``apply_strategy``) is one strategy for the whole batch; the
+  search evaluates ``K`` strategies on one batch tiled ``K`` times
+  (``apply_strategies``; BatchNorm in inference keeps samples independent).
 
 The Eq. 5 regulariser of one gate, for the convolution of weights ``w`` that the
 gate feeds, a length-scale prior ``k`` and ``N`` training clips, is
@@ -32,11 +37,13 @@ gate feeds, a length-scale prior ``k`` and ``N`` training clips, is
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 GATE_MODES = ("off", "search", "fixed")
 ENTROPY_FORMS = ("binary", "paper")
+MAX_TILES = 32  # strategies one batch can carry in fixed mode
 
 # |theta| <= 10 keeps p in [4.5e-5, 0.99995]: strictly inside (0, 1) in float32
 # (sigmoid saturates to exactly 1.0 near theta = 17), so log p stays finite.
@@ -138,9 +145,15 @@ class VariationalDropPath(keras.layers.Layer):
             initializer=keras.initializers.Constant(drop_logit(self.init_drop_prob)),
             constraint=ClipDropLogit(),
             trainable=True,
+            # Under mixed precision p, the noise and the KL stay float32; only
+            # the final keep factor is cast to the activations' dtype.
+            autocast=False,
         )
         self.fixed_mask = self.add_weight(
-            name="fixed_mask", shape=(), initializer="ones", trainable=False
+            name="fixed_mask", shape=(MAX_TILES,), initializer="ones", trainable=False, autocast=False
+        )
+        self.num_tiles = self.add_weight(
+            name="num_tiles", shape=(), initializer="ones", dtype="int32", trainable=False, autocast=False
         )
 
     @property
@@ -161,22 +174,54 @@ class VariationalDropPath(keras.layers.Layer):
         return seed
 
     def sample_drop(self, batch_size):
-        """Relaxed Bernoulli drop variables ``z`` of shape ``[batch_size]``."""
+        """Relaxed Bernoulli drop variables ``z`` of shape ``[batch_size]``.
+
+        ``RelaxedBernoulli(tau, logits=theta)`` is by definition
+        ``Sigmoid(Logistic(theta / tau, 1 / tau))`` -- TFP builds it that way.
+        We draw the Logistic from TFP and apply ``tf.sigmoid`` ourselves: TFP's
+        own sigmoid bijector is ``tf.where(x < -9, exp(x), sigmoid(x))``, whose
+        unused ``exp`` branch overflows for large ``x`` and turns the gradient
+        into NaN (0 * inf) -- which happened in training once ``p`` neared 1.
+        """
+        return tf.sigmoid(self.relaxed_logit(batch_size))
+
+    def relaxed_logit(self, batch_size):
+        """``(theta + log u - log(1 - u)) / tau``: the relaxed drop before the sigmoid."""
         theta = tf.convert_to_tensor(self.drop_logit)
-        dist = tfp.distributions.RelaxedBernoulli(self.temperature, logits=theta)
-        return dist.sample(batch_size, seed=self._noise_seed())
+        logistic = tfp.distributions.Logistic(theta / self.temperature, 1.0 / self.temperature)
+        return logistic.sample(batch_size, seed=self._noise_seed())
 
     def call(self, inputs, training=None):
         if self._mode == "off":
             return inputs
         if self._mode == "fixed":
-            return inputs * tf.cast(self.fixed_mask, inputs.dtype)
+            return inputs * tf.cast(self.tile_masks(tf.shape(inputs)[0], len(inputs.shape)), inputs.dtype)
         if training:
             z = self.sample_drop(tf.shape(inputs)[0])
             keep = tf.reshape(1.0 - z, [-1] + [1] * (len(inputs.shape) - 1))
         else:
             keep = 1.0 - self.drop_prob
         return inputs * tf.cast(keep, inputs.dtype)
+
+    def tile_masks(self, batch_size, rank=5):
+        """The fixed-mode keep factor per sample, ``[batch, 1, ..., 1]``:
+        mask ``k`` for the ``k``-th of ``num_tiles`` consecutive tiles."""
+        tiles = tf.convert_to_tensor(self.num_tiles)
+        tf.debugging.assert_equal(
+            batch_size % tiles, 0, message="fixed mode: the batch is not a whole number of strategy tiles"
+        )
+        masks = tf.convert_to_tensor(self.fixed_mask)[:tiles]
+        return tf.reshape(tf.repeat(masks, batch_size // tiles), [-1] + [1] * (rank - 1))
+
+    def set_fixed_masks(self, masks):
+        """Fixed-mode masks: one per tile (a sequence of 0/1), or a scalar for the batch."""
+        masks = np.atleast_1d(np.asarray(masks, np.float32))
+        if not 1 <= len(masks) <= MAX_TILES:
+            raise ValueError(f"a gate holds 1 to {MAX_TILES} tile masks, got {len(masks)}")
+        padded = np.ones(MAX_TILES, np.float32)
+        padded[: len(masks)] = masks
+        self.fixed_mask.assign(padded)
+        self.num_tiles.assign(len(masks))
 
     def kl_divergence(self, weight_sq_sum, length_scale, num_train, entropy="binary"):
         """Eq. 5 for this gate, given ``sum(w^2)`` of the convolution it feeds."""
