@@ -35,26 +35,32 @@ from tf_stfusion.fileio import atomic_write_json
 DATASETS = sorted(readers.READERS) + ["synthetic"]
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("dataset", None, DATASETS, "Dataset layout to read.")
-flags.DEFINE_string("data_dir", None, "Dataset root (annotations); not needed for synthetic.")
-flags.DEFINE_string("video_dir", None, "Where the videos/frames are, if not the layout's default.")
-flags.DEFINE_string("annotation_file", None, "Kinetics-400: the split's CSV, if not <data_dir>/<split>.csv.")
-flags.DEFINE_integer("fold", 1, "UCF101 split (1, 2 or 3).")
-flags.DEFINE_enum("split", "train", list(readers.SPLITS), "Split to prepare.")
-flags.DEFINE_string("output_dir", None, "Where shards and the manifest are written.")
-flags.DEFINE_integer("short_side", 256, "Resize the short side to this (0: keep). Synthetic clips keep "
-                     "their size unless this flag is given.")
-flags.DEFINE_integer("examples_per_shard", 32, "Videos per TFRecord shard.")
-flags.DEFINE_integer("num_workers", None, "Worker processes (default: all cores).")
-flags.DEFINE_integer("min_frames", 1, "Skip (and report) videos with fewer frames.")
-flags.DEFINE_integer("max_frames", 0, "Keep at most this many frames per video (0: all).")
-flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of the stored frames.")
-flags.DEFINE_enum("synthetic_kind", "motion", list(synthetic.KINDS), "Synthetic dataset variant.")
-flags.DEFINE_integer("synthetic_videos_per_class", 48, "Synthetic: training videos per class.")
-flags.DEFINE_integer("synthetic_val_videos_per_class", 16, "Synthetic: validation videos per class.")
-flags.DEFINE_integer("synthetic_frames", 16, "Synthetic: frames per clip.")
-flags.DEFINE_integer("synthetic_size", 64, "Synthetic: height and width.")
-flags.DEFINE_integer("seed", 0, "Synthetic: generator seed.")
+
+
+def define_flags():
+    """The CLI's flags; defined only when run as a program, so that importing
+    this module (e.g. from ``train``) does not claim flag names like --dataset."""
+    flags.DEFINE_enum("dataset", None, DATASETS, "Dataset layout to read.")
+    flags.DEFINE_string("data_dir", None, "Dataset root (annotations); not needed for synthetic.")
+    flags.DEFINE_string("video_dir", None, "Where the videos/frames are, if not the layout's default.")
+    flags.DEFINE_string("annotation_file", None, "Kinetics-400: the split's CSV, if not <data_dir>/<split>.csv.")
+    flags.DEFINE_integer("fold", 1, "UCF101 split (1, 2 or 3).")
+    flags.DEFINE_enum("split", "train", list(readers.SPLITS), "Split to prepare.")
+    flags.DEFINE_string("output_dir", None, "Where shards and the manifest are written.")
+    flags.DEFINE_integer("short_side", 256, "Resize the short side to this (0: keep). Synthetic clips keep "
+                         "their size unless this flag is given.")
+    flags.DEFINE_integer("examples_per_shard", 32, "Videos per TFRecord shard.")
+    flags.DEFINE_integer("num_workers", None, "Worker processes (default: all cores).")
+    flags.DEFINE_integer("min_frames", 1, "Skip (and report) videos with fewer frames.")
+    flags.DEFINE_integer("max_frames", 0, "Keep at most this many frames per video (0: all).")
+    flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of the stored frames.")
+    flags.DEFINE_enum("synthetic_kind", "motion", list(synthetic.KINDS), "Synthetic dataset variant.")
+    flags.DEFINE_integer("synthetic_videos_per_class", 48, "Synthetic: training videos per class.")
+    flags.DEFINE_integer("synthetic_val_videos_per_class", 16, "Synthetic: validation videos per class.")
+    flags.DEFINE_integer("synthetic_frames", 16, "Synthetic: frames per clip.")
+    flags.DEFINE_integer("synthetic_size", 64, "Synthetic: height and width.")
+    flags.DEFINE_integer("seed", 0, "Synthetic: generator seed.")
+
 
 SYNTHETIC_PREFIX = "synthetic:"
 
@@ -186,7 +192,9 @@ def build_index(dataset, data_dir, split, synthetic_config=None, **kwargs):
             for video_id, label in [synthetic.clip_entry(synthetic_config, split, i)]
         ]
         return readers.DatasetIndex(
-            f"synthetic_{synthetic_config.kind}", split, synthetic_config.class_names, entries
+            f"synthetic_{synthetic_config.kind}", split, synthetic_config.class_names, entries,
+            # move_left/move_right and the rotations swap under a mirror.
+            flip_ok=synthetic_config.kind != "motion",
         )
     if not data_dir:
         raise ValueError(f"--data_dir is required for --dataset={dataset}")
@@ -230,8 +238,10 @@ def prepare(index, output_dir, examples_per_shard=32, num_workers=None, short_si
         bar.update(len(records), f"(resumed {len(records)})" if records else "")
     workers = min(num_workers or os.cpu_count() or 1, max(len(tasks), 1))
     if workers > 1:
-        # fork: the parent has not imported TensorFlow, each worker imports its own.
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        # fork is fast, but unsafe once the parent has started TensorFlow's threads
+        # (e.g. ``train`` generating the synthetic set): spawn then.
+        method = "spawn" if "tensorflow" in sys.modules else "fork"
+        with multiprocessing.get_context(method).Pool(workers) as pool:
             for record in pool.imap_unordered(write_shard, tasks):
                 records[_shard_index(record["shard"])] = record
                 if bar:
@@ -315,4 +325,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
