@@ -1,27 +1,287 @@
-"""The first training entry point: warm-up then search on random clips."""
+"""Training: phases, regulariser, fixed strategies, resume after kill -9,
+MirroredStrategy vs one device, a two-process MultiWorkerMirroredStrategy run."""
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_stfusion as stf
+from tf_stfusion.data import sources, synthetic
+from tf_stfusion.gating import drop_probabilities, fusion_regularizer, gate_layers
+from tf_stfusion.trainer import DataConfig, TrainConfig, Trainer, TrainError
+
+# 32 training and 32 validation clips in 2 + 2 shards (two workers get one each).
+SMALL = synthetic.SyntheticConfig(videos_per_class=4, val_videos_per_class=4, num_frames=8, size=32)
+SMALL_FLAGS = ["--synthetic_videos_per_class=4", "--synthetic_val_videos_per_class=4",
+               "--synthetic_frames=8", "--synthetic_size=32"]
 
 
-def test_train_runs_both_phases_and_writes_probabilities(tmp_path):
-    cmd = [
-        sys.executable, "-m", "tf_stfusion.train", f"--model_dir={tmp_path}",
-        "--warmup_steps=2", "--search_steps=3", "--batch_size=4", "--learning_rate=0.05",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads((tmp_path / "probabilities.json").read_text())
-    assert len(data["gates"]) == 24 and len(data["layers"]) == 8
-    # The search phase trained the drop probabilities away from their initial 0.1.
-    assert any(abs(g["p"] - 0.1) > 1e-4 for g in data["gates"])
-    assert all(0 < g["p"] < 1 for g in data["gates"])
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("synthetic"))
+    sources.ensure_synthetic(SMALL, folder, progress=False)
+    return folder
 
 
-def test_train_refuses_stray_arguments(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "tf_stfusion.train", f"--model_dir={tmp_path}", "extra"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode != 0 and "unexpected arguments" in proc.stderr
+def small_config(model_dir, synth_dir, **overrides):
+    data = DataConfig(data_dir=synth_dir, num_frames=8, input_size=32, synthetic_config=SMALL)
+    settings = dict(model_dir=str(model_dir), data=data, backbone="tiny", batch_size=8, warmup_epochs=1,
+                    epochs=1, steps_per_epoch=2, learning_rate=0.05, progress=False, checkpoint_every=1)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def cli(model_dir, synth_dir, *extra):
+    return [sys.executable, "-m", "tf_stfusion.train", f"--model_dir={model_dir}", "--dataset=synthetic",
+            f"--data_dir={synth_dir}", *SMALL_FLAGS, "--backbone=tiny", "--num_frames=8",
+            "--input_size=32", "--batch_size=8", "--steps_per_epoch=2", "--learning_rate=0.05",
+            "--progress=false", *extra]
+
+
+def fixed_batch(seed=0, batch=8):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batch, 8, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 8, size=batch).astype("int32")
+    return x, y
+
+
+def weights_equal(a, b):
+    return all(np.array_equal(u, v) for u, v in zip(a.get_weights(), b.get_weights()))
+
+
+def test_warmup_then_search_continues_from_warmup_weights(tmp_path, synth_dir):
+    warm = Trainer(small_config(tmp_path, synth_dir, phases=("warmup",)))
+    warm.run()
+    assert (tmp_path / "warmup" / "done.json").is_file()
+    assert set(json.loads((tmp_path / "metrics.json").read_text())) >= {"top1", "top5"}
+
+    search = Trainer(small_config(tmp_path, synth_dir, phases=("search",), epochs=2))
+    state = search.setup_phase("search")
+    assert state.how.startswith("weights from") and "warmup" in state.how and int(state.step) == 0
+    assert weights_equal(search.model, warm.model)  # the search starts at the warm-up's end
+    # Gate logits are trained only now.
+    gate_vars = {id(g.drop_logit) for g in gate_layers(search.model)}
+    assert gate_vars <= {id(v) for v in state.variables}
+    assert not gate_vars & {id(v) for v in warm.setup_phase("warmup").variables}
+
+    before = drop_probabilities(search.model).numpy()
+    search.run()
+    after = drop_probabilities(search.model).numpy()
+    assert np.abs(after - before).max() > 1e-4
+    probs = json.loads((tmp_path / "probabilities.json").read_text())
+    assert len(probs["gates"]) == 24 and len(probs["layers"]) == 8
+    np.testing.assert_allclose([g["p"] for g in probs["gates"]], after, rtol=1e-5)
+    # The TensorBoard logs hold the gates' p and the regulariser.
+    assert os.listdir(tmp_path / "logs" / "search")
+
+
+def _one_step(trainer, phase, batch):
+    state = trainer.setup_phase(phase)
+    step = trainer.make_step(state)
+    x, y = batch
+    return step(tf.constant(x), tf.constant(y)).numpy()
+
+
+def test_regularizer_is_in_the_search_loss(tmp_path, synth_dir):
+    Trainer(small_config(tmp_path, synth_dir, phases=("warmup",))).run()
+    gated_norms = {}
+    for k in (0.01, 20.0):
+        trainer = Trainer(small_config(tmp_path, synth_dir, phases=("search",), length_scale=k, weight_decay=0.0))
+        trainer.setup_phase("search")
+        model = trainer.model
+        kernels = [model.get_layer(g.feeds).kernel for g in gate_layers(model)]
+        expected_reg = float(fusion_regularizer(model, k, trainer.source.num_train))
+        before = sum(float(tf.reduce_sum(tf.square(w))) for w in kernels)
+        loss, reg, _ = _one_step(trainer, "search", fixed_batch())
+        assert reg == pytest.approx(expected_reg, rel=1e-4)  # the step's loss carried Eq. 5
+        gated_norms[k] = sum(float(tf.reduce_sum(tf.square(w))) for w in kernels) / before
+    # k^2/(2N) * (1 - p) * ||w||^2 pulls the gated kernels towards 0, strongly for k = 20.
+    assert gated_norms[20.0] < 0.5 * gated_norms[0.01]
+
+
+def test_fixed_strategy_trains_only_the_kept_paths(tmp_path, synth_dir):
+    strategy = stf.Strategy.uniform("S", "tiny")
+    trainer = Trainer(small_config(tmp_path, synth_dir, phases=("fixed",), strategy=strategy, epochs=1))
+    names = [layer.name for layer in trainer.model.layers]
+    assert not [n for n in names if n.startswith("block") and "_st_" in n]  # no ST path at all
+    assert not gate_layers(trainer.model)
+    before = [w.copy() for w in trainer.model.get_weights()]
+    metrics = trainer.run()
+    assert metrics["strategy"] == ["S"] * 8 and metrics["phase"] == "fixed"
+    kernels = [i for i, v in enumerate(trainer.model.weights) if v.path.endswith("kernel")]
+    after = trainer.model.get_weights()
+    assert all(not np.array_equal(before[i], after[i]) for i in kernels)
+
+
+def test_mirrored_two_devices_matches_one_device(synth_dir, tmp_path):
+    batch = fixed_batch(seed=3, batch=8)
+    results = {}
+    for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
+                           ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
+        keras.utils.set_random_seed(7)
+        trainer = Trainer(small_config(tmp_path / name, synth_dir, phases=("warmup",)), strategy=strategy)
+        trainer.model.get_layer("head_dropout").rate = 0.0  # dropout noise differs per replica
+        state = trainer.setup_phase("warmup")
+        step = trainer.make_step(state)
+        dist = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
+        clips, labels = next(iter(dist))
+        results[name] = (step(clips, labels).numpy(), [v.numpy() for v in state.variables])
+    assert trainer.replicas == 2 and trainer.model.get_layer("stem_bn").synchronized
+    np.testing.assert_allclose(results["mirrored"][0], results["one"][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(results["mirrored"][1], results["one"][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_mixed_precision_trains_on_cpu(tmp_path, synth_dir):
+    trainer = Trainer(small_config(tmp_path, synth_dir, mixed_precision="bfloat16", steps_per_epoch=1))
+    assert trainer.model.get_layer("stem_conv").compute_dtype == "bfloat16"
+    metrics = trainer.run()
+    assert np.isfinite(metrics["loss"])
+    assert keras.config.dtype_policy().name == "float32"  # the global policy was restored
+
+
+def test_kill_minus_9_then_rerun_resumes_at_the_checkpoint(tmp_path, synth_dir):
+    cmd = cli(tmp_path, synth_dir, "--phase=warmup", "--warmup_epochs=60", "--checkpoint_every=3",
+              "--keep_checkpoints=100")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 240
+    latest = None
+    while time.time() < deadline and proc.poll() is None:
+        latest = tf.train.latest_checkpoint(str(tmp_path / "warmup"))
+        if latest and int(latest.rsplit("-", 1)[1]) >= 6:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    latest = tf.train.latest_checkpoint(str(tmp_path / "warmup"))
+    saved_step = int(latest.rsplit("-", 1)[1])
+    assert not (tmp_path / "warmup" / "done.json").exists()
+
+    # A restarted trainer stands exactly at that checkpoint.
+    config = small_config(tmp_path, synth_dir, phases=("warmup",), warmup_epochs=60)
+    trainer = Trainer(config)
+    state = trainer.setup_phase("warmup")
+    assert state.how == f"resumed from {latest}" and int(state.step) == saved_step
+    reader = tf.train.load_checkpoint(latest)
+    assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == saved_step
+    reference = stf.build_template("tiny", num_classes=8, num_frames=8, input_size=32)
+    tf.train.Checkpoint(model=reference).restore(latest).expect_partial()
+    assert weights_equal(trainer.model, reference)
+
+    # The same command again: continues from there and finishes the phase.
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resumed from {latest} (step {saved_step}/120)" in done.stdout
+    record = json.loads((tmp_path / "warmup" / "done.json").read_text())
+    assert record["step"] == 120
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert "already finished at step 120" in again.stdout  # a finished phase is not redone
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_two_process_multi_worker_run_completes_and_only_the_chief_writes(tmp_path, synth_dir):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    model_dir = tmp_path / "run"
+    procs = []
+    for index in range(2):
+        tmp = tmp_path / f"tmp{index}"
+        tmp.mkdir()
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+                   TMPDIR=str(tmp), CUDA_VISIBLE_DEVICES="")
+        procs.append(subprocess.Popen(
+            cli(model_dir, synth_dir, "--distribution=multi_worker", "--warmup_epochs=1", "--epochs=1"),
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    assert "MultiWorkerMirroredStrategy with 2 replica(s)" in outputs[0][0]
+    assert outputs[1][0].strip() == ""  # the worker reports nothing
+    assert (model_dir / "metrics.json").is_file() and (model_dir / "probabilities.json").is_file()
+    for phase in ("warmup", "search"):
+        assert len(os.listdir(model_dir / "logs" / phase)) == 1  # one event file: the chief's
+        assert (model_dir / phase / "done.json").is_file()
+    # The worker's share of each checkpoint went to a temporary folder, since removed.
+    assert not [p for p in (tmp_path / "tmp1").iterdir() if p.name.startswith("stfusion-worker-ckpt")]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--strategy=S", "--phase=search"], "take no --strategy"),
+    (["--phase=fixed"], "needs --strategy"),
+    (["--phase=search"], "starts from warm-up weights"),
+    (["--strategy=nope.json"], "no such file"),
+    (["--lr_steps=5", "--epochs=3"], "lr steps"),
+    (["--mixed_precision=float16"], "needs a GPU"),
+])
+def test_cli_refuses_contradictions_before_work(tmp_path, synth_dir, extra, message):
+    proc = subprocess.run(cli(tmp_path / "run", synth_dir, *extra), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_refuses_a_strategy_file_of_another_backbone(tmp_path, synth_dir):
+    path = tmp_path / "s.json"
+    stf.Strategy.uniform("ST", "densenet121").save(str(path))
+    proc = subprocess.run(cli(tmp_path / "run", synth_dir, f"--strategy={path}"), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "densenet121" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_global_batch_that_does_not_split_over_replicas_is_refused(tmp_path, synth_dir):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with pytest.raises(TrainError, match="not divisible by the 2 replicas"):
+        Trainer(small_config(tmp_path, synth_dir, batch_size=7), strategy=strategy)
+
+
+def test_a_model_dir_of_another_run_is_refused(tmp_path, synth_dir):
+    Trainer(small_config(tmp_path, synth_dir, phases=("warmup",))).run()
+    with pytest.raises(TrainError, match="holds another run"):
+        Trainer(small_config(tmp_path, synth_dir, phases=("fixed",), strategy=stf.Strategy.uniform("S", "tiny")))
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("name, k, batch, epochs, lr, lr_steps", [
+    ("k400", 10, 64, 110, 0.01, (40, 80)),
+    ("sthv1", 250, 32, 90, 0.005, (40, 60, 80)),
+    ("sthv2", 50, 32, 90, 0.005, (40, 60, 80)),
+    ("ucf101", 50, 32, 90, 0.005, (40, 60, 80)),
+    ("demo", 4, 16, 10, 0.05, (7,)),
+])
+def test_config_files_hold_the_papers_settings(name, k, batch, epochs, lr, lr_steps):
+    from absl import flags
+    from absl.testing import flagsaver
+
+    import tf_stfusion.train as train_cli
+
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["train", f"--flagfile={REPO}/configs/{name}.flags"])
+        config = train_cli.config_from_flags()
+    assert (config.length_scale, config.batch_size, config.epochs, config.learning_rate) == (k, batch, epochs, lr)
+    assert config.lr_steps == lr_steps and config.phases == ("warmup", "search")
+    assert config.warmup_epochs == (15 if name == "demo" else 50)
+    assert config.backbone == ("tiny" if name == "demo" else "densenet121")
+    assert config.data.dataset == ("synthetic" if name == "demo" else "tfrecord")

@@ -1,108 +1,198 @@
-"""``python -m tf_stfusion.train``: warm-up, then the v-DropPath search phase.
+"""``python -m tf_stfusion.train --flagfile=configs/k400.flags``: the main job.
 
-This first version trains on random clips (``--dataset=random``): it exercises
-the whole two-phase recipe (SPEC §3) -- gates off for warm-up, then relaxed
-Bernoulli gates with the Eq. 5 regulariser added to the loss and no weight
-decay -- and writes ``probabilities.json`` (per gate ``p`` and Eq. 7 marginal,
-per layer unit probabilities) to ``--model_dir``.
+Flags are turned into a ``TrainConfig`` here and nowhere else; everything
+below (``tf_stfusion.trainer``) takes plain arguments. A run is
+
+* ``--phase=warmup,search`` (default): the template with gates off, then the
+  v-DropPath phase from the warm-up weights; writes ``probabilities.json``;
+* ``--phase=warmup`` / ``--phase=search`` alone (the latter continues a
+  finished warm-up in the same ``--model_dir``, or starts from ``--init_from``);
+* ``--strategy=FILE`` (or ``S``, ``ST``, ``S+ST``): the pruned network of that
+  fixed strategy trained from scratch (``--phase=fixed``, implied).
+
+Every run ends with a multi-clip evaluation written to ``metrics.json``. The
+same command, started again after an interruption, resumes from the newest
+checkpoint; finished phases are skipped.
 """
 
 import os
 import sys
-import time
 
-from absl import app, flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
+
+from absl import app, flags, logging  # noqa: E402
+
+from tf_stfusion.data import synthetic  # noqa: E402
+from tf_stfusion.data.sources import DATASETS  # noqa: E402
+from tf_stfusion.distribute import DISTRIBUTIONS  # noqa: E402
+from tf_stfusion.models import BACKBONES  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("dataset", "random", ["random"], "Training data. 'random': Gaussian clips, random labels.")
-flags.DEFINE_string("backbone", "tiny", "Template backbone (tiny, densenet121).")
-flags.DEFINE_integer("num_classes", 5, "Number of classes.")
-flags.DEFINE_integer("num_frames", 8, "Frames per clip.")
-flags.DEFINE_integer("input_size", 32, "Height and width of a clip.")
-flags.DEFINE_integer("batch_size", 8, "Batch size.")
-flags.DEFINE_integer("warmup_steps", 10, "Steps of the warm-up phase (gates off).")
-flags.DEFINE_integer("search_steps", 10, "Steps of the v-DropPath search phase.")
-flags.DEFINE_float("learning_rate", 0.01, "SGD learning rate.")
-flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-flags.DEFINE_float("length_scale", 50.0, "Length-scale prior k of Eq. 5.")
-flags.DEFINE_integer("num_train", 10000, "N of Eq. 5: the number of training clips the data stands for.")
-flags.DEFINE_float("temperature", 0.2, "Relaxed Bernoulli temperature.")
+
+# -- data --------------------------------------------------------------------
+flags.DEFINE_enum("dataset", "synthetic", list(DATASETS),
+                  "'tfrecord': shards written by tf_stfusion.data.prepare in --data_dir; 'synthetic': the "
+                  "built-in set, generated once into --data_dir (default: a cache folder).")
+flags.DEFINE_string("data_dir", None, "Folder of <split>-*.tfrecord shards and <split>-manifest.json.")
+flags.DEFINE_string("train_split", "train", "Split trained on.")
+flags.DEFINE_string("val_split", "val", "Split evaluated on.")
+flags.DEFINE_enum("synthetic_kind", "motion", list(synthetic.KINDS), "Synthetic set: motion or appearance.")
+flags.DEFINE_integer("synthetic_videos_per_class", 48, "Synthetic: training videos per class.")
+flags.DEFINE_integer("synthetic_val_videos_per_class", 16, "Synthetic: validation videos per class.")
+flags.DEFINE_integer("synthetic_frames", 16, "Synthetic: frames per video.")
+flags.DEFINE_integer("synthetic_size", 64, "Synthetic: height and width of the videos.")
+flags.DEFINE_integer("num_frames", 16, "Frames per clip.")
+flags.DEFINE_integer("frame_stride", 1, "Dense sampling: take every n-th frame.")
+flags.DEFINE_enum("sampler", "dense", ["dense", "uniform"], "Clip sampler (dense: consecutive frames with "
+                  "--frame_stride; uniform: one frame per segment, TSN style).")
+flags.DEFINE_integer("input_size", 224, "Training crop (height = width).")
+flags.DEFINE_integer("eval_size", 0, "Evaluation: short side and centre crop (0: --input_size).")
+flags.DEFINE_integer("eval_clips", 1, "Evaluation: clips per video, spread uniformly; scores averaged.")
+flags.DEFINE_enum("flip", "auto", ["auto", "on", "off"],
+                  "Random horizontal flip in training (auto: unless the dataset forbids it).")
+flags.DEFINE_list("scale_range", ["1.0", "1.25"], "Training: the short side is resized to input_size "
+                  "times a factor drawn from this range, then cropped.")
+flags.DEFINE_integer("shuffle_buffer", 256, "Examples in the shuffle buffer.")
+# -- model --------------------------------------------------------------------
+flags.DEFINE_enum("backbone", "densenet121", sorted(BACKBONES), "Template backbone.")
+flags.DEFINE_string("strategy", None, "Train this fixed strategy network from scratch: a strategy file, "
+                    "or S, ST, S+ST for the uniform baselines. Implies --phase=fixed.")
+flags.DEFINE_string("init_from", None, "Start from the weights of another run (folder) or checkpoint.")
 flags.DEFINE_float("init_drop_prob", 0.1, "Initial drop probability p of every gate.")
+flags.DEFINE_float("temperature", 0.2, "Relaxed Bernoulli temperature tau.")
+# -- optimisation -------------------------------------------------------------------
+flags.DEFINE_list("phase", ["warmup", "search"], "Phases to run, in order: warmup, search (or fixed).")
+flags.DEFINE_integer("batch_size", 32, "Global batch size (split over replicas).")
+flags.DEFINE_integer("eval_batch_size", 0, "Videos per evaluation batch (0: --batch_size).")
+flags.DEFINE_integer("warmup_epochs", 50, "Epochs of the warm-up phase.")
+flags.DEFINE_integer("epochs", 90, "Epochs of the search phase (or of a fixed-strategy run).")
+flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch (0: training clips // batch size).")
+flags.DEFINE_float("learning_rate", 0.005, "SGD learning rate of the search / fixed phase.")
+flags.DEFINE_float("warmup_learning_rate", None, "Learning rate of the warm-up (default: --learning_rate).")
+flags.DEFINE_list("lr_steps", [], "Epochs of the search / fixed phase after which lr *= --lr_decay.")
+flags.DEFINE_list("warmup_lr_steps", [], "The same for the warm-up phase.")
+flags.DEFINE_float("lr_decay", 0.1, "Factor of each learning-rate step.")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+flags.DEFINE_float("weight_decay", 1e-4, "L2 weight decay of conv/dense kernels (search phase: not on the "
+                   "gated convolutions, whose prior is the Eq. 5 term).")
+flags.DEFINE_float("length_scale", 50.0, "Length-scale prior k of Eq. 5 (paper: 250 Sth-V1, 10 K400, "
+                   "50 Sth-V2 / UCF101).")
 flags.DEFINE_enum("entropy", "binary", ["binary", "paper"], "Entropy term of Eq. 5.")
-flags.DEFINE_string("model_dir", "runs/demo", "Where probabilities.json is written.")
-flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_enum("mixed_precision", "auto", ["auto", "off", "float16", "bfloat16"],
+                  "Mixed precision (auto: float16 on a GPU, off on a CPU).")
+# -- run --------------------------------------------------------------------------
+flags.DEFINE_string("model_dir", None, "Run folder: checkpoints, logs, probabilities.json, metrics.json.")
+flags.DEFINE_integer("checkpoint_every", 500, "Checkpoint every n steps (and at each epoch end).")
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept per phase.")
+flags.DEFINE_integer("log_every", 20, "TensorBoard scalars every n steps.")
+flags.DEFINE_integer("eval_every", 0, "Validate every n epochs during training (0: only at the end).")
+flags.DEFINE_enum("distribution", "auto", list(DISTRIBUTIONS),
+                  "auto: multi_worker if TF_CONFIG lists several workers, mirrored on several GPUs, else "
+                  "one_device (GPU or CPU).")
+flags.DEFINE_list("devices", [], "Devices for mirrored / one_device (default: all GPUs, or the CPU).")
+flags.DEFINE_integer("seed", 0, "Random seed (weights, gate noise, data order).")
+flags.DEFINE_bool("progress", True, "Progress bars on the terminal.")
+flags.DEFINE_integer("num_strategy_samples", 0, "After the search phase, sample and evaluate this many "
+                     "strategies (python -m tf_stfusion.search; 0: skip).")
 
 
-def train_phase(model, dataset, steps, phase, optimizer, regularizer=None, label=""):
-    """Runs ``steps`` SGD steps of one phase; returns the last loss."""
-    import keras
-    import tensorflow as tf
+def _ints(name):
+    try:
+        return tuple(int(v) for v in FLAGS[name].value)
+    except ValueError:
+        raise ValueError(f"--{name} takes comma-separated integers, got {','.join(FLAGS[name].value)}") from None
 
-    from tf_stfusion.gating import set_gate_mode
 
-    set_gate_mode(model, "off" if phase == "warmup" else "search")
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+def load_strategy(value, backbone):
+    """``S``/``ST``/``S+ST`` or a strategy file, checked before anything is built."""
+    from tf_stfusion.strategy import Strategy
 
-    @tf.function
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-            reg = regularizer() if regularizer is not None else tf.constant(0.0)
-            total = loss + reg
-        variables = model.trainable_variables
-        optimizer.apply(tape.gradient(total, variables), variables)
-        return loss, reg
+    if value in ("S", "ST", "S+ST"):
+        return Strategy.uniform(value, backbone)
+    if not os.path.isfile(value):
+        raise ValueError(f"--strategy={value}: no such file (or give S, ST, S+ST)")
+    return Strategy.load(value)
 
-    bar = keras.utils.Progbar(steps, stateful_metrics=["loss", "kl"], unit_name="step")
-    print(label)
-    loss = reg = None
-    for i, (x, y) in enumerate(dataset.take(steps)):
-        loss, reg = step(x, y)
-        bar.update(i + 1, [("loss", float(loss)), ("kl", float(reg))])
-    return float(loss)
+
+def config_from_flags():
+    """The ``TrainConfig`` of the command line (validated)."""
+    from tf_stfusion.trainer import DataConfig, TrainConfig
+
+    if not FLAGS.model_dir:
+        raise ValueError("--model_dir is required")
+    phases = tuple(FLAGS.phase)
+    if FLAGS.strategy and not FLAGS["phase"].present:
+        phases = ("fixed",)
+    try:
+        scale = tuple(float(v) for v in FLAGS.scale_range)
+    except ValueError:
+        raise ValueError(f"--scale_range takes two numbers, got {','.join(FLAGS.scale_range)}") from None
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+        raise ValueError(f"--scale_range takes two numbers 0 < lo <= hi, got {','.join(FLAGS.scale_range)}")
+    data = DataConfig(
+        dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, train_split=FLAGS.train_split,
+        val_split=FLAGS.val_split, num_frames=FLAGS.num_frames, stride=FLAGS.frame_stride,
+        sampler=FLAGS.sampler, input_size=FLAGS.input_size, eval_size=FLAGS.eval_size or None,
+        eval_views=FLAGS.eval_clips, flip={"auto": None, "on": True, "off": False}[FLAGS.flip],
+        scale_range=scale, shuffle_buffer=FLAGS.shuffle_buffer,
+        synthetic_config=synthetic.SyntheticConfig(
+            kind=FLAGS.synthetic_kind, videos_per_class=FLAGS.synthetic_videos_per_class,
+            val_videos_per_class=FLAGS.synthetic_val_videos_per_class,
+            num_frames=FLAGS.synthetic_frames, size=FLAGS.synthetic_size, seed=FLAGS.seed,
+        ),
+    )
+    if FLAGS.num_strategy_samples and "search" not in phases:
+        raise ValueError("--num_strategy_samples samples from a search phase; this run has none "
+                         f"(--phase={','.join(phases)})")
+    if FLAGS.dataset != "synthetic":
+        given = [n for n in FLAGS if n.startswith("synthetic_") and FLAGS[n].present]
+        if given:
+            raise ValueError(f"--{given[0]} applies to --dataset=synthetic only")
+    return TrainConfig(
+        model_dir=FLAGS.model_dir, data=data, backbone=FLAGS.backbone, phases=phases,
+        strategy=load_strategy(FLAGS.strategy, FLAGS.backbone) if FLAGS.strategy else None,
+        init_from=FLAGS.init_from, batch_size=FLAGS.batch_size, warmup_epochs=FLAGS.warmup_epochs,
+        epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch, learning_rate=FLAGS.learning_rate,
+        warmup_learning_rate=FLAGS.warmup_learning_rate, lr_steps=_ints("lr_steps"),
+        warmup_lr_steps=_ints("warmup_lr_steps"), lr_decay=FLAGS.lr_decay, momentum=FLAGS.momentum,
+        weight_decay=FLAGS.weight_decay, length_scale=FLAGS.length_scale, temperature=FLAGS.temperature,
+        init_drop_prob=FLAGS.init_drop_prob, entropy=FLAGS.entropy, checkpoint_every=FLAGS.checkpoint_every,
+        keep_checkpoints=FLAGS.keep_checkpoints, log_every=FLAGS.log_every, eval_every=FLAGS.eval_every,
+        eval_batch_size=FLAGS.eval_batch_size, mixed_precision=FLAGS.mixed_precision, seed=FLAGS.seed,
+        progress=FLAGS.progress,
+    ).validate()
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    import keras
-    import tensorflow as tf
+    logging.set_verbosity(logging.WARNING)  # TF's checkpoint INFO lines would break the progress bars
+    try:
+        config = config_from_flags()  # flag and strategy-file errors: before TensorFlow starts
+        import keras
 
-    import tf_stfusion as stf
-    from tf_stfusion.fileio import atomic_write_json
+        from tf_stfusion import distribute
+        from tf_stfusion.trainer import Trainer
 
-    keras.utils.set_random_seed(FLAGS.seed)
-    model = stf.build_template(
-        FLAGS.backbone, num_classes=FLAGS.num_classes, num_frames=FLAGS.num_frames,
-        input_size=FLAGS.input_size, init_drop_prob=FLAGS.init_drop_prob,
-        temperature=FLAGS.temperature, seed=FLAGS.seed,
-    )
-    shape = (FLAGS.num_frames, FLAGS.input_size, FLAGS.input_size, 3)
-    data = tf.data.Dataset.from_tensors(0).repeat().map(
-        lambda _: (tf.random.normal(shape), tf.random.uniform([], 0, FLAGS.num_classes, tf.int32))
-    ).batch(FLAGS.batch_size)
-    num_train = FLAGS.num_train
+        keras.utils.set_random_seed(FLAGS.seed)
+        strategy = distribute.make_distribution(FLAGS.distribution, FLAGS.devices or None)
+        trainer = Trainer(config, strategy)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    trainer.run()
+    if FLAGS.num_strategy_samples > 0 and trainer.chief:
+        from tf_stfusion.search import SearchConfig, run_search
 
-    start = time.time()
-    if FLAGS.warmup_steps:
-        opt = keras.optimizers.SGD(FLAGS.learning_rate, momentum=FLAGS.momentum)
-        train_phase(model, data, FLAGS.warmup_steps, "warmup", opt, label="Phase 1/2: warm-up (gates off)")
-    if FLAGS.search_steps:
-        opt = keras.optimizers.SGD(FLAGS.learning_rate, momentum=FLAGS.momentum)
-        reg = lambda: stf.fusion_regularizer(model, FLAGS.length_scale, num_train, FLAGS.entropy)  # noqa: E731
-        train_phase(model, data, FLAGS.search_steps, "search", opt, reg,
-                    label="Phase 2/2: v-DropPath search")
-        os.makedirs(FLAGS.model_dir, exist_ok=True)
-        path = os.path.join(FLAGS.model_dir, "probabilities.json")
-        atomic_write_json(path, stf.marginals(model))
-        print(f"wrote {path}")
-    print(f"done in {time.time() - start:.1f}s")
+        run_search(SearchConfig(model_dir=config.model_dir, num_samples=FLAGS.num_strategy_samples,
+                                seed=FLAGS.seed, progress=FLAGS.progress))
+    return 0
 
 
 def run():
-    """Console-script entry point."""
+    """Console-script entry point (``stfusion-train``)."""
     app.run(main)
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    run()
