@@ -1,0 +1,134 @@
+"""Strategy search: many strategies through one compiled function, results equal
+to a fixed-strategy evaluation, resume, best under a budget, plots and report."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_stfusion as stf
+from tf_stfusion.data import sources, synthetic
+from tf_stfusion.evaluation import MultiClipEvaluator
+from tf_stfusion.search import SearchConfig, pareto_front, pick_best, read_results, run_search
+from tf_stfusion.trainer import DataConfig, TrainConfig, Trainer, load_run_config
+
+SMALL = synthetic.SyntheticConfig(videos_per_class=4, val_videos_per_class=2, num_frames=8, size=32)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A tiny template after a short warm-up and search phase."""
+    data_dir = str(tmp_path_factory.mktemp("synthetic"))
+    sources.ensure_synthetic(SMALL, data_dir, progress=False)
+    model_dir = str(tmp_path_factory.mktemp("run"))
+    data = DataConfig(data_dir=data_dir, num_frames=8, input_size=32, eval_views=2, synthetic_config=SMALL)
+    config = TrainConfig(model_dir=model_dir, data=data, backbone="tiny", batch_size=8, warmup_epochs=1,
+                         epochs=1, steps_per_epoch=3, learning_rate=0.05, length_scale=2.0, progress=False)
+    Trainer(config).run()
+    return model_dir
+
+
+def _fresh_copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
+def test_twenty_strategies_through_one_trace_and_outputs(trained_run, tmp_path):
+    model_dir = _fresh_copy(trained_run, tmp_path / "run")
+    result = run_search(SearchConfig(model_dir=model_dir, num_samples=17, tiles=8, progress=False))
+    assert len(result.rows) == 20 and result.traces == 1
+    assert 1 <= result.evaluated <= 20
+    out = tmp_path / "run" / "search"
+    lines = read_results(out / "strategies.jsonl")
+    assert len(lines) == 20
+    for row in lines.values():
+        assert 0 <= row["top1"] <= row["top5"] <= 1 and row["params"] > 0 and row["gflops"] > 0
+        assert len(row["units"]) == 8
+    best = stf.Strategy.load(str(out / "best.json"))
+    assert best.metrics["top1"] == max(r["top1"] for r in lines.values() if r["kind"] == "sampled")
+    assert best.provenance["kind"] == "search"
+    for name in ("fusion.png", "pareto.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    report = (out / "report.md").read_text()
+    assert "| Opt |" in report and "| S |" in report and "| ST |" in report and "| S+ST |" in report
+    assert "Mean path marginal" in report
+    marginals = json.loads((out / "marginals.json").read_text())
+    assert len(marginals["layers"]) == 8
+
+
+def test_search_results_equal_a_fresh_model_in_fixed_mode(trained_run, tmp_path):
+    model_dir = _fresh_copy(trained_run, tmp_path / "run")
+    result = run_search(SearchConfig(model_dir=model_dir, num_samples=5, tiles=3, progress=False))
+    trainer = Trainer(dataclasses.replace(load_run_config(model_dir), progress=False))
+    done = json.loads(open(f"{model_dir}/search/done.json").read())
+    tf.train.Checkpoint(model=trainer.model).restore(f"{model_dir}/search/{done['checkpoint']}").expect_partial()
+    evaluator = MultiClipEvaluator(trainer.model, 2)
+    for row in result.rows[:2] + result.rows[-2:]:  # two fixed, two sampled
+        stf.apply_strategy(trainer.model, stf.Strategy.from_units("tiny", row["units"]))
+        metrics = evaluator(trainer.eval_dataset_fn(), progress=False)
+        assert metrics["top1"] == pytest.approx(row["top1"]) and metrics["top5"] == pytest.approx(row["top5"])
+
+
+def test_an_interrupted_search_evaluates_only_the_rest(trained_run, tmp_path):
+    model_dir = _fresh_copy(trained_run, tmp_path / "run")
+    first = run_search(SearchConfig(model_dir=model_dir, num_samples=9, tiles=4, progress=False))
+    path = tmp_path / "run" / "search" / "strategies.jsonl"
+    lines = path.read_text().splitlines()
+    kept = lines[:5]
+    path.write_text("\n".join(kept) + "\n" + lines[5][:17])  # killed while writing line 6
+    again = run_search(SearchConfig(model_dir=model_dir, num_samples=9, tiles=4, progress=False))
+    kept_keys = {"|".join(json.loads(line)["units"]) for line in kept}
+    assert again.evaluated == len({"|".join(r["units"]) for r in first.rows} - kept_keys)
+    assert [(r["id"], r["top1"]) for r in again.rows] == [(r["id"], r["top1"]) for r in first.rows]
+    # Other settings in the same folder are refused instead of mixed in.
+    with pytest.raises(ValueError, match="num_samples"):
+        run_search(SearchConfig(model_dir=model_dir, num_samples=10, tiles=4, progress=False))
+
+
+def test_best_under_a_budget_comes_from_the_pareto_set():
+    rows = [{"id": "fixed-ST", "kind": "fixed", "top1": 0.9, "top5": 1, "gflops": 5.0},
+            {"id": "a", "kind": "sampled", "top1": 0.8, "top5": 1, "gflops": 2.0},
+            {"id": "b", "kind": "sampled", "top1": 0.7, "top5": 1, "gflops": 3.0},
+            {"id": "c", "kind": "sampled", "top1": 0.85, "top5": 1, "gflops": 4.0}]
+    assert [r["id"] for r in pareto_front(rows)] == ["a", "c", "fixed-ST"]
+    assert pick_best(rows)["id"] == "c"
+    assert pick_best(rows, max_gflops=3.5)["id"] == "a"
+    with pytest.raises(ValueError, match="1.0 GFLOPs"):
+        pick_best(rows, max_gflops=1.0)
+
+
+def test_cli_runs_and_refuses_a_run_without_search(trained_run, tmp_path):
+    model_dir = _fresh_copy(trained_run, tmp_path / "run")
+    proc = subprocess.run([sys.executable, "-m", "tf_stfusion.search", f"--model_dir={model_dir}",
+                           "--num_samples=4", "--max_gflops=1000", "--noprogress"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 trace(s)" in proc.stdout
+    assert stf.Strategy.load(f"{model_dir}/search/best.json").provenance["max_gflops"] == 1000
+    proc = subprocess.run([sys.executable, "-m", "tf_stfusion.search", f"--model_dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not a training run folder" in proc.stderr
+
+
+def test_sampled_strategies_follow_the_learned_probabilities():
+    model = stf.build_template("tiny", num_classes=3, num_frames=4, input_size=32)
+    rng = np.random.default_rng(0)
+    for info in stf.gates(model):
+        info.gate.drop_logit.assign(float(rng.uniform(-2, 2)))
+    probs = {(i.layer, i.path): i.p for i in stf.gates(model)}
+    strategies = stf.sample_strategies(model, 4000, seed=3)
+    for layer in stf.layer_names("tiny")[:3]:
+        p_s, p_st, p_d1 = (probs[(layer, path)] for path in ("S", "ST", "D1"))
+        want_none = p_d1 + (1 - p_d1) * p_s * p_st
+        want_st = (1 - p_d1) * p_s * (1 - p_st)
+        units = [dict(s.layers)[layer] for s in strategies]
+        for unit, want in (("none", want_none), ("ST", want_st)):
+            got = units.count(unit) / len(units)
+            assert abs(got - want) < 4 * np.sqrt(want * (1 - want) / len(units)) + 1e-3

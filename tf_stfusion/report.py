@@ -1,0 +1,130 @@
+"""Plots and the markdown report of a strategy search.
+
+``fusion_plot``: the paper's Fig. 4 -- per fusion layer, bars of the S, ST and
+S+ST unit probabilities (from the Eq. 7 marginals) and, as a line, the unit the
+best strategy chose. ``pareto_plot``: top-1 against GFLOPs of every evaluated
+strategy, the Pareto front, the fixed strategies and the best one marked.
+``write_report``: the paper's Table 2 (Opt vs S / ST / S+ST) and what the
+marginals say, block by block -- statements computed from the numbers.
+"""
+
+import os
+import statistics
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from tf_stfusion.fileio import atomic_write_text  # noqa: E402
+
+UNIT_LEVELS = {"none": 0, "S": 1, "ST": 2, "S+ST": 3}
+COLOURS = {"S": "#4C72B0", "ST": "#DD8452", "S+ST": "#55A868"}
+
+
+def _save(fig, path):
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def fusion_plot(probs, best_units, path, title="Layer-level fusion preference"):
+    layers = [row["layer"] for row in probs["layers"]]
+    n = len(layers)
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.32 * n + 2), 4.2))
+    width = 0.27
+    for i, unit in enumerate(("S", "ST", "S+ST")):
+        xs = [x + (i - 1) * width for x in range(n)]
+        ax.bar(xs, [row[unit] for row in probs["layers"]], width, label=f"P({unit})", color=COLOURS[unit])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("unit probability (Eq. 7 marginals)")
+    ax.set_xticks(range(n))
+    ax.set_xticklabels(layers, rotation=90, fontsize=7 if n > 20 else 9)
+    ax.set_xlim(-0.6, n - 0.4)
+    # Block boundaries help reading a 58-layer DenseNet.
+    blocks = [name.split("/")[0] for name in layers]
+    for x in range(1, n):
+        if blocks[x] != blocks[x - 1]:
+            ax.axvline(x - 0.5, color="grey", lw=0.6, ls=":")
+    twin = ax.twinx()
+    twin.plot(range(n), [UNIT_LEVELS[u] for u in best_units], color="black", marker="o", ms=3, lw=1.2,
+              label="best strategy's unit")
+    twin.set_yticks(list(UNIT_LEVELS.values()))
+    twin.set_yticklabels(list(UNIT_LEVELS))
+    twin.set_ylim(-0.3, 3.3)
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="upper center", ncol=4, fontsize=8,
+              bbox_to_anchor=(0.5, 1.13), frameon=False)
+    ax.set_title(title, pad=24)
+    _save(fig, path)
+
+
+def pareto_plot(rows, front, best, path):
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    sampled = [r for r in rows if r["kind"] == "sampled"]
+    ax.scatter([r["gflops"] for r in sampled], [100 * r["top1"] for r in sampled], s=14, color="#999999",
+               label=f"sampled ({len(sampled)})")
+    ax.plot([r["gflops"] for r in front], [100 * r["top1"] for r in front], color="#4C72B0", lw=1,
+            label="Pareto front")
+    for r in rows:
+        if r["kind"] == "fixed":
+            unit = r["id"].split("-", 1)[1]
+            ax.scatter([r["gflops"]], [100 * r["top1"]], marker="s", s=40, color=COLOURS[unit])
+            ax.annotate(unit, (r["gflops"], 100 * r["top1"]), textcoords="offset points", xytext=(5, 4))
+    ax.scatter([best["gflops"]], [100 * best["top1"]], marker="*", s=160, color="#C44E52", label="best (Opt)",
+               zorder=5)
+    ax.set_xlabel("GFLOPs per clip")
+    ax.set_ylabel("top-1 (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def observations(probs, rows):
+    """Sentences the marginals and results support, computed from them."""
+    gates = probs["gates"]
+    lines = []
+    mean = {p: statistics.fmean(g["marginal"] for g in gates if g["path"] == p) for p in ("S", "ST", "D1")}
+    more = "ST" if mean["ST"] > mean["S"] else "S"
+    lines.append(f"Mean path marginal (Eq. 7): S {mean['S']:.3f}, ST {mean['ST']:.3f}, D1 {mean['D1']:.3f} -- "
+                 f"the template prefers {more} paths overall.")
+    blocks = {}
+    for row in probs["layers"]:
+        blocks.setdefault(row["layer"].split("/")[0], []).append(row)
+    for block, layer_rows in blocks.items():
+        avg = {u: statistics.fmean(r[u] for r in layer_rows) for u in ("S", "ST", "S+ST", "none")}
+        top = max(("S", "ST", "S+ST"), key=avg.get)
+        lines.append(f"{block} ({len(layer_rows)} layers): mean P(S) {avg['S']:.2f}, P(ST) {avg['ST']:.2f}, "
+                     f"P(S+ST) {avg['S+ST']:.2f}, P(none) {avg['none']:.2f}; most likely unit {top}.")
+    skipped = [r["layer"] for r in probs["layers"] if r["none"] > 0.5]
+    if skipped:
+        lines.append(f"{len(skipped)} layer(s) are more likely skipped than used: {', '.join(skipped[:12])}"
+                     + (" ..." if len(skipped) > 12 else "") + ".")
+    sampled = [r for r in rows if r["kind"] == "sampled"]
+    if sampled:
+        top1 = [r["top1"] for r in sampled]
+        lines.append(f"Sampled strategies: top-1 mean {100 * statistics.fmean(top1):.2f}%, "
+                     f"min {100 * min(top1):.2f}%, max {100 * max(top1):.2f}% over {len(sampled)} samples.")
+    return lines
+
+
+def write_report(path, rows, best, probs, plan, max_gflops=0.0):
+    fixed = {r["id"].split("-", 1)[1]: r for r in rows if r["kind"] == "fixed"}
+    lines = ["# Fusion strategy search", "",
+             f"Checkpoint `{plan['checkpoint']}`, {plan['num_samples']} sampled strategies (seed {plan['seed']}), "
+             f"{plan['clips_per_video']} clip(s) per video on the `{plan['val_split']}` split, every strategy with "
+             "the template's weights (no retraining).", ""]
+    if max_gflops:
+        lines += [f"Opt is the best sampled strategy within {max_gflops} GFLOPs.", ""]
+    lines += ["| strategy | top-1 (%) | top-5 (%) | params (M) | GFLOPs |", "|---|---|---|---|---|"]
+    for name, r in [(u, fixed[u]) for u in ("S", "ST", "S+ST") if u in fixed] + [("Opt", best)]:
+        lines.append(f"| {name} | {100 * r['top1']:.2f} | {100 * r['top5']:.2f} | {r['params'] / 1e6:.3f} | "
+                     f"{r['gflops']:.3f} |")
+    counts = {u: best["units"].count(u) for u in UNIT_LEVELS}
+    lines += ["", f"Opt (`{best['id']}`) uses " + ", ".join(f"{counts[u]} {u}" for u in ("S", "ST", "S+ST", "none"))
+              + " layers; it is written to `best.json`.", "", "## What the marginals show", ""]
+    lines += [f"- {line}" for line in observations(probs, rows)]
+    lines += ["", "Figures: `fusion.png` (per-layer unit probabilities and Opt's units), `pareto.png` "
+              "(top-1 vs GFLOPs of every evaluated strategy).", ""]
+    atomic_write_text(path, "\n".join(lines))
