@@ -6,5 +6,6 @@ from tf_stfusion.layers.drop_path import (
     ClipDropLogit,
     VariationalDropPath,
 )
+from tf_stfusion.layers.temporal_bias import TemporalBias
 
-__all__ = ["ENTROPY_FORMS", "GATE_MODES", "ClipDropLogit", "VariationalDropPath"]
+__all__ = ["ENTROPY_FORMS", "GATE_MODES", "ClipDropLogit", "TemporalBias", "VariationalDropPath"]

@@ -15,7 +15,10 @@ No layer strides or pools over time.
 ``build_densenet3d(config, ..., units=None)`` builds the *template* (every path,
 with gates); given ``units`` (one of S/ST/S+ST/none per layer) it builds the
 *pruned* network of that strategy: dropped paths, their BatchNorms and gates
-are absent and a layer with unit ``none`` adds no channels at all.
+are absent and a layer with unit ``none`` adds no channels at all. (Convs that
+read a block with a skipped layer get a ``TemporalBias``: the template's zero
+channels become constants after the next BatchNorm, which the pruned network
+must add back to compute the same function.)
 
 Keras layer names are ``block{b}_layer{l}_{part}``; the fusion layer's name in
 strategy files is ``block{b}/layer{l}``.
@@ -27,6 +30,7 @@ from typing import Optional, Sequence, Tuple
 import keras
 
 from tf_stfusion.layers.drop_path import VariationalDropPath
+from tf_stfusion.layers.temporal_bias import TemporalBias
 
 UNITS = ("S", "ST", "S+ST", "none")
 BN_EPSILON = 1e-5
@@ -104,11 +108,19 @@ class _GateFactory:
         )
 
 
-def dense_layer(x, name, fusion_layer, config, unit, make_gate, synchronized):
+def _folded_conv(h, filters, kernel, name, fold):
+    """A conv; in a pruned network after a skipped layer (``fold``), followed by
+    the ``TemporalBias`` that stands for the skipped layer's constant channels."""
+    h = _conv(filters, kernel, name)(h)
+    return TemporalBias(kernel[0], name=f"{name}_fold")(h) if fold else h
+
+
+def dense_layer(x, name, fusion_layer, config, unit, make_gate, synchronized, fold=False):
     """One dense layer (fusion unit + 1x3x3 conv); returns the new k channels.
 
     ``unit`` is None for the template (both paths, gated) or the strategy's unit
-    for a pruned network (no gates). Returns None for unit ``none``.
+    for a pruned network (no gates). Returns None for unit ``none``. ``fold``:
+    an earlier layer of the block was skipped (see ``TemporalBias``).
     """
     if unit == "none":
         return None
@@ -121,7 +133,7 @@ def dense_layer(x, name, fusion_layer, config, unit, make_gate, synchronized):
         conv_name = f"{name}_{tag}_conv"
         if make_gate is not None:
             h = make_gate(f"{name}_{tag}_gate", fusion_layer, path, conv_name)(h)
-        paths.append(_conv(width, kernel, conv_name)(h))
+        paths.append(_folded_conv(h, width, kernel, conv_name, fold))
     h = keras.layers.Add(name=f"{name}_sum")(paths) if len(paths) > 1 else paths[0]
     h = _bn_relu(h, name, synchronized)
     if make_gate is not None:
@@ -129,11 +141,11 @@ def dense_layer(x, name, fusion_layer, config, unit, make_gate, synchronized):
     return _conv(config.growth_rate, (1, 3, 3), f"{name}_conv")(h)
 
 
-def transition(x, filters, name, synchronized):
+def transition(x, filters, name, synchronized, fold=False):
     """BN -> ReLU -> (1x1x1 + 3x1x1) -> AvgPool 1x2x2; halves the channels."""
     h = _bn_relu(x, name, synchronized)
-    s = _conv(filters, (1, 1, 1), f"{name}_s_conv")(h)
-    st = _conv(filters, (3, 1, 1), f"{name}_st_conv")(h)
+    s = _folded_conv(h, filters, (1, 1, 1), f"{name}_s_conv", fold)
+    st = _folded_conv(h, filters, (3, 1, 1), f"{name}_st_conv", fold)
     h = keras.layers.Add(name=f"{name}_sum")([s, st])
     return keras.layers.AveragePooling3D((1, 2, 2), strides=(1, 2, 2), name=f"{name}_pool")(h)
 
@@ -178,11 +190,13 @@ def build_densenet3d(
     channels = config.stem_filters
     index = 0
     for b, num_layers in enumerate(config.block_sizes, start=1):
+        skipped = False  # a layer of this block was skipped: later consumers fold its constants
         for l in range(1, num_layers + 1):
             unit = None if units is None else units[index]
             new = dense_layer(
-                x, f"block{b}_layer{l}", layer_names[index], config, unit, make_gate, sync
+                x, f"block{b}_layer{l}", layer_names[index], config, unit, make_gate, sync, skipped
             )
+            skipped = skipped or unit == "none"
             index += 1
             if new is not None:
                 x = keras.layers.Concatenate(name=f"block{b}_layer{l}_concat")([x, new])
@@ -191,7 +205,7 @@ def build_densenet3d(
             # The template's channel count sets the transition width, so a pruned
             # network keeps the template's transitions (and their weights).
             channels = int(channels * config.compression)
-            x = transition(x, channels, f"transition{b}", sync)
+            x = transition(x, channels, f"transition{b}", sync, skipped)
     x = _bn_relu(x, "head", sync)
     x = keras.layers.GlobalAveragePooling3D(name="head_pool")(x)
     x = keras.layers.Dropout(config.dropout_rate, name="head_dropout")(x)
