@@ -15,7 +15,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 flags.DEFINE_list("backbones", ["tiny", "densenet121"], "Templates to measure.")
 flags.DEFINE_integer("num_frames", 8, "Frames per clip.")
@@ -62,6 +62,7 @@ def measure(backbone, phase, batch, tf, keras):
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)
     import keras
     import tensorflow as tf
 

@@ -11,26 +11,9 @@ import pytest
 import tensorflow as tf
 
 import tf_stfusion as stf
-from tf_stfusion.data import sources, synthetic
 from tf_stfusion.evaluation import MultiClipEvaluator
 from tf_stfusion.search import SearchConfig, pareto_front, pick_best, read_results, run_search
-from tf_stfusion.trainer import DataConfig, TrainConfig, Trainer, load_run_config
-
-SMALL = synthetic.SyntheticConfig(videos_per_class=4, val_videos_per_class=2, num_frames=8, size=32)
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A tiny template after a short warm-up and search phase."""
-    data_dir = str(tmp_path_factory.mktemp("synthetic"))
-    sources.ensure_synthetic(SMALL, data_dir, progress=False)
-    model_dir = str(tmp_path_factory.mktemp("run"))
-    data = DataConfig(data_dir=data_dir, num_frames=8, input_size=32, eval_views=2, synthetic_config=SMALL)
-    config = TrainConfig(model_dir=model_dir, data=data, backbone="tiny", batch_size=8, warmup_epochs=1,
-                         epochs=1, steps_per_epoch=3, learning_rate=0.05, length_scale=2.0, progress=False)
-    Trainer(config).run()
-    return model_dir
-
+from tf_stfusion.trainer import Trainer, load_run_config
 
 def _fresh_copy(src, dst):
     import shutil

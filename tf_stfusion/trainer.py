@@ -461,10 +461,9 @@ class Trainer:
         if source is None and self.config.init_from:
             source = find_checkpoint(self.config.init_from)
         if source:
-            status = tf.train.Checkpoint(model=self.model).restore(source)
             try:
-                status.expect_partial().assert_existing_objects_matched()
-            except AssertionError as e:
+                tf.train.Checkpoint(model=self.model).restore(source).expect_partial().assert_existing_objects_matched()
+            except (AssertionError, ValueError) as e:  # missing objects / a variable of another shape
                 raise TrainError(f"{source} does not match this model ({self.config.backbone}, "
                                  f"{self.num_classes} classes): {str(e)[:300]}") from None
             return f"weights from {source}"

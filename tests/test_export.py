@@ -1,0 +1,149 @@
+"""Export: pruned network parity with the template, SavedModel for TF Serving,
+ONNX Runtime, the cost accounting's parameter count, refusals, cleanup."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_stfusion as stf
+from tf_stfusion.export import main as export_main
+from tf_stfusion.export.main import ExportConfig, ExportError, export
+from tf_stfusion.export.prune import prune
+
+MIXED = ["S", "none", "ST", "S+ST", "none", "none", "ST", "S"]
+
+
+def _strategy_file(tmp_path, units, backbone="tiny"):
+    path = tmp_path / "strategy.json"
+    if isinstance(units, str):
+        stf.Strategy.uniform(units, backbone).save(str(path))
+    else:
+        stf.Strategy.from_units(backbone, units).save(str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("units", ["S", "ST", "S+ST", "mixed"])
+def test_export_passes_every_parity_check(trained_run, tmp_path, units):
+    out = tmp_path / "out"
+    strategy_file = _strategy_file(tmp_path, MIXED if units == "mixed" else units)
+    report = export(ExportConfig(strategy_file=strategy_file, model_dir=trained_run, export_dir=str(out)),
+                    log=lambda *a: None)
+    assert set(report["parity"]) == {"keras_pruned_vs_template_fixed", "saved_model_vs_keras_pruned",
+                                     "onnx_runtime_vs_keras_pruned"}
+    for check in report["parity"].values():
+        assert check["passed"] and check["max_abs_diff"] <= 1e-4 * check["scale"]
+    on_disk = json.loads((out / "export_report.json").read_text())
+    assert on_disk["parity"] == report["parity"]
+    # The pruned network is smaller exactly as the cost accounting predicts.
+    assert report["pruned"]["params"] <= report["template"]["params"]
+    if units == "S+ST":
+        assert report["pruned"]["params"] == report["template"]["params"]
+    version = out / "stfusion" / "1"
+    loaded = tf.saved_model.load(str(version))
+    sig = loaded.signatures["serving_default"]
+    assert set(sig.structured_outputs) == {"probabilities", "top_k", "labels"}
+    video = np.random.default_rng(5).integers(0, 256, (1, 8, 32, 32, 3), dtype=np.uint8)
+    result = sig(video=tf.constant(video))
+    assert result["labels"].shape == (1, 5) and (version / "assets" / "labels.txt").is_file()
+    # No gate or mask is left in the exported graph; dropped paths' weights are not in the file.
+    graph = str(loaded.signatures["serving_default"].graph.as_graph_def())
+    assert "drop_logit" not in graph and "fixed_mask" not in graph
+    names = [n for n, _ in tf.train.list_variables(str(version / "variables" / "variables"))]
+    assert not any("gate" in n for n in names)
+
+
+def test_pruned_model_drops_paths_and_matches_cost_accounting(trained_run):
+    template = stf.build_template("tiny", num_classes=8, num_frames=8, input_size=32)
+    done = json.loads(open(f"{trained_run}/search/done.json").read())
+    tf.train.Checkpoint(model=template).restore(f"{trained_run}/search/{done['checkpoint']}").expect_partial()
+    for units in (["S"] * 8, ["ST"] * 8, MIXED):
+        strategy = stf.Strategy.from_units("tiny", units)
+        stf.apply_strategy(template, strategy)
+        pruned = prune(template, strategy)
+        layer_names = {layer.name for layer in pruned.layers}
+        assert not any("gate" in n for n in layer_names)
+        for name, unit in zip(stf.layer_names("tiny"), units):
+            prefix = name.replace("/", "_")
+            assert (f"{prefix}_s_conv" in layer_names) == (unit in ("S", "S+ST"))
+            assert (f"{prefix}_st_conv" in layer_names) == (unit in ("ST", "S+ST"))
+            assert (f"{prefix}_conv" in layer_names) == (unit != "none")
+        cost = stf.cost(template, strategy, input_shape=(8, 32, 32, 3))
+        assert pruned.count_params() == cost.params_with_bn_stats
+        assert sum(int(np.prod(v.shape)) for v in pruned.trainable_weights) == cost.params
+        x = np.random.default_rng(1).normal(size=(2, 8, 32, 32, 3)).astype("float32")
+        ref = template(x, training=False).numpy()
+        np.testing.assert_allclose(pruned(x, training=False).numpy(), ref, atol=1e-4 * max(1, np.abs(ref).max()))
+
+
+def test_refusals_leave_nothing_behind(trained_run, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    other = _strategy_file(tmp_path, "ST", backbone="densenet121")
+    with pytest.raises(ExportError, match="backbone 'densenet121'"):
+        export(ExportConfig(strategy_file=other, model_dir=trained_run, export_dir=str(out)))
+    assert not out.exists()
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ExportError, match="bad.json"):
+        export(ExportConfig(strategy_file=str(tmp_path / "bad.json"), model_dir=trained_run, export_dir=str(out)))
+    good = _strategy_file(tmp_path, "S")
+    # A checkpoint of another template does not match.
+    foreign = stf.build_template("tiny", num_classes=3, num_frames=8, input_size=32)
+    prefix = tf.train.Checkpoint(model=foreign).write(str(tmp_path / "foreign" / "ckpt"))
+    with pytest.raises(ExportError, match="does not match"):
+        export(ExportConfig(strategy_file=good, model_dir=trained_run, export_dir=str(out), checkpoint=prefix))
+    # A failed parity check removes everything it wrote.
+    monkeypatch.setattr(export_main, "TOLERANCE", -1.0)
+    with pytest.raises(ExportError, match="parity check"):
+        export(ExportConfig(strategy_file=good, model_dir=trained_run, export_dir=str(out)), log=lambda *a: None)
+    assert os.listdir(out) == []
+    monkeypatch.undo()
+    # An existing version is refused unless --overwrite.
+    config = ExportConfig(strategy_file=good, model_dir=trained_run, export_dir=str(out), formats=("saved_model",))
+    export(config, log=lambda *a: None)
+    with pytest.raises(ExportError, match="exists"):
+        export(config)
+    export(ExportConfig(**{**config.__dict__, "overwrite": True}), log=lambda *a: None)
+
+
+def test_cli_and_saved_model_cli(trained_run, tmp_path):
+    out = tmp_path / "out"
+    strategy_file = _strategy_file(tmp_path, MIXED)
+    proc = subprocess.run([sys.executable, "-m", "tf_stfusion.export.main", f"--strategy={strategy_file}",
+                           f"--model_dir={trained_run}", f"--export_dir={out}", "--model_name=demo", "--version=3"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "parity onnx_runtime_vs_keras_pruned" in proc.stdout
+    show = subprocess.run(["saved_model_cli", "show", "--dir", str(out / "demo" / "3"), "--tag_set", "serve",
+                           "--signature_def", "serving_default"], capture_output=True, text=True, timeout=120)
+    assert show.returncode == 0, show.stderr[-2000:]
+    assert "inputs['video']" in show.stdout and "DT_UINT8" in show.stdout
+    assert "outputs['probabilities']" in show.stdout and "outputs['top_k']" in show.stdout
+    import onnx
+
+    model = onnx.load(str(out / "demo.onnx"))
+    assert model.opset_import[0].version >= 17
+    assert [i.name for i in model.graph.input] == ["video"]
+    assert {o.name for o in model.graph.output} == {"probabilities", "top_k"}
+    assert json.loads({p.key: p.value for p in model.metadata_props}["class_names"])[0] == "move_right"
+
+
+def test_onnx_client_example_classifies_a_video(trained_run, tmp_path):
+    from tf_stfusion.data import synthetic
+    from tf_stfusion.data.video import write_video
+
+    out = tmp_path / "out"
+    export(ExportConfig(strategy_file=_strategy_file(tmp_path, "ST"), model_dir=trained_run, export_dir=str(out),
+                        formats=("onnx",)), log=lambda *a: None)
+    config = synthetic.SyntheticConfig(num_frames=12, size=48)
+    _, frames, _ = synthetic.render_clip(config, "val", 0)
+    write_video(str(tmp_path / "clip.mp4"), frames)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(repo, "export", "onnx_client.py"), f"--model={out}/stfusion.onnx",
+                           f"--video={tmp_path}/clip.mp4"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 5 and all(line.split()[1] in synthetic.MOTION_CLASSES for line in lines)

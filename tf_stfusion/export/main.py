@@ -1,0 +1,232 @@
+"""``stfusion-export --strategy best.json --model_dir=RUN --export_dir=OUT``.
+
+Builds the *pruned* network of a strategy from the template checkpoint of a
+training run and writes, under ``OUT``:
+
+    <model_name>/<version>/      SavedModel, TF Serving layout, signature serving_default
+    <model_name>.onnx            the same function as ONNX (opset 17)
+    export_report.json           params / GFLOPs of template and pruned network, and the
+                                 measured parity: (a) pruned Keras vs template in fixed mode,
+                                 (b) SavedModel vs pruned Keras, (c) ONNX Runtime vs pruned Keras
+
+Everything is written into a temporary folder next to ``OUT`` and moved into
+place only when every parity check passed (max abs difference <= 1e-4 times
+the output scale); otherwise nothing is left behind and the exit code is 1.
+A bad strategy file, a strategy for another backbone, a checkpoint that does
+not match, or an existing version folder (without ``--overwrite``) stop the
+export before anything is built.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+
+FLAGS = flags.FLAGS
+FORMATS = ("saved_model", "onnx")
+TOLERANCE = 1e-4  # relative to the output scale
+
+
+class ExportError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    strategy_file: str
+    model_dir: str
+    export_dir: str
+    checkpoint: str = ""
+    formats: tuple = FORMATS
+    model_name: str = "stfusion"
+    version: int = 1
+    num_frames: int = 0  # 0: the run's
+    size: int = 0  # 0: the run's eval size
+    overwrite: bool = False
+    parity_clips: int = 2
+    seed: int = 0
+
+
+def _max_diff(a, b):
+    import numpy as np
+
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def export(config: ExportConfig, log=print):
+    """Runs the export; returns the report dict. Raises ExportError on failure."""
+    from tf_stfusion.strategy import Strategy, StrategyError
+
+    # -- checks that need no model ----------------------------------------------
+    try:
+        strategy = Strategy.load(config.strategy_file)
+    except StrategyError as e:
+        raise ExportError(str(e)) from None
+    bad = [f for f in config.formats if f not in FORMATS]
+    if bad or not config.formats:
+        raise ExportError(f"--formats: unknown {bad}; expected some of {FORMATS}")
+    if not config.model_name or "/" in config.model_name or config.version < 1:
+        raise ExportError("--model_name must be a plain name and --version >= 1")
+    from tf_stfusion.trainer import TrainError, find_checkpoint, load_run_config
+
+    try:
+        run = load_run_config(config.model_dir)
+    except TrainError as e:
+        raise ExportError(str(e)) from None
+    if run.strategy is not None:
+        raise ExportError(f"{config.model_dir} trained the fixed strategy network itself; export prunes a "
+                          "template run (warm-up / search)")
+    if strategy.backbone != run.backbone:
+        raise ExportError(f"{config.strategy_file}: strategy for backbone {strategy.backbone!r}, but the run in "
+                          f"{config.model_dir} trained {run.backbone!r}")
+    version_dir = os.path.join(config.export_dir, config.model_name, str(config.version))
+    if os.path.exists(version_dir) and not config.overwrite:
+        raise ExportError(f"{version_dir} exists; choose another --version or pass --overwrite")
+    try:
+        checkpoint = find_checkpoint(config.checkpoint or config.model_dir)
+    except TrainError as e:
+        raise ExportError(str(e)) from None
+
+    import numpy as np
+    import tensorflow as tf
+
+    import tf_stfusion as stf
+    from tf_stfusion.data.pipeline import normalize
+    from tf_stfusion.export import writers
+    from tf_stfusion.export.prune import prune
+
+    with open(os.path.join(config.model_dir, "run.json")) as f:
+        class_names = json.load(f)["identity"]["class_names"]
+    frames = config.num_frames or run.data.num_frames
+    size = config.size or run.data.eval_input_size
+    template = stf.build_template(run.backbone, num_classes=len(class_names), num_frames=frames, input_size=size)
+    try:
+        tf.train.Checkpoint(model=template).restore(checkpoint).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:  # missing objects / a variable of another shape
+        raise ExportError(f"checkpoint {checkpoint} does not match a {run.backbone} template with "
+                          f"{len(class_names)} classes: {str(e)[:300]}") from None
+    log(f"export: {config.strategy_file} ({strategy.counts()}) from {checkpoint}")
+
+    stf.apply_strategy(template, strategy)
+    pruned = prune(template, strategy)
+    shape = (frames, size, size, 3)
+    template_cost = stf.cost(template, None, input_shape=shape)
+    pruned_cost = stf.cost(template, strategy, input_shape=shape)
+    if pruned.count_params() != pruned_cost.params_with_bn_stats:
+        raise ExportError(f"internal: the pruned network has {pruned.count_params()} parameters, cost accounting "
+                          f"predicts {pruned_cost.params_with_bn_stats}")
+
+    # -- parity on random clips ------------------------------------------------------
+    video = np.random.default_rng(config.seed).integers(0, 256, (config.parity_clips, *shape), dtype=np.uint8)
+    x = normalize(tf.constant(video))
+    ref_logits = template(x, training=False).numpy()
+    pruned_logits = pruned(x, training=False).numpy()
+    pruned_probs = tf.nn.softmax(pruned_logits).numpy()
+    scale = max(1.0, float(np.max(np.abs(ref_logits))))
+    parity = {"keras_pruned_vs_template_fixed": {"max_abs_diff": _max_diff(pruned_logits, ref_logits),
+                                                 "output": "logits", "scale": scale}}
+
+    parent = os.path.abspath(config.export_dir)
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=".stfusion-export-", dir=parent)
+    try:
+        files = {}
+        if "saved_model" in config.formats:
+            path = os.path.join(work, config.model_name, str(config.version))
+            os.makedirs(os.path.dirname(path))
+            writers.write_saved_model(pruned, class_names, path, frames, size)
+            out = writers.run_saved_model(path, video)
+            parity["saved_model_vs_keras_pruned"] = {"max_abs_diff": _max_diff(out["probabilities"], pruned_probs),
+                                                     "output": "probabilities", "scale": 1.0}
+            files["saved_model"] = os.path.join(config.model_name, str(config.version))
+        if "onnx" in config.formats:
+            path = os.path.join(work, f"{config.model_name}.onnx")
+            writers.write_onnx(pruned, class_names, path, frames, size)
+            out = writers.run_onnx(path, video)
+            parity["onnx_runtime_vs_keras_pruned"] = {"max_abs_diff": _max_diff(out["probabilities"], pruned_probs),
+                                                      "output": "probabilities", "scale": 1.0}
+            files["onnx"] = f"{config.model_name}.onnx"
+        for check in parity.values():
+            check["passed"] = check["max_abs_diff"] <= TOLERANCE * check["scale"]
+        report = {
+            "strategy": strategy.to_dict(), "strategy_file": os.path.abspath(config.strategy_file),
+            "checkpoint": checkpoint, "input": {"name": "video", "dtype": "uint8", "shape": [None, *shape]},
+            "outputs": ["probabilities", "top_k"] + (["labels"] if "saved_model" in config.formats else []),
+            "template": template_cost.to_dict(), "pruned": pruned_cost.to_dict(),
+            "gflops_ratio": pruned_cost.gflops / template_cost.gflops,
+            "parity": parity, "tolerance": f"{TOLERANCE} x output scale", "files": files,
+        }
+        failed = [name for name, check in parity.items() if not check["passed"]]
+        if failed:
+            raise ExportError("parity check(s) failed: " + ", ".join(
+                f"{n} max abs diff {parity[n]['max_abs_diff']:.3g}" for n in failed) + "; nothing was written")
+        from tf_stfusion.fileio import atomic_write_json
+
+        atomic_write_json(os.path.join(work, "export_report.json"), report)
+        # Move into place: the version folder last, so TF Serving never sees a partial one.
+        if "onnx" in files:
+            os.replace(os.path.join(work, files["onnx"]), os.path.join(parent, files["onnx"]))
+        if "saved_model" in files:
+            final = os.path.join(parent, files["saved_model"])
+            if os.path.exists(final):
+                shutil.rmtree(final)  # --overwrite was given
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.replace(os.path.join(work, files["saved_model"]), final)
+        os.replace(os.path.join(work, "export_report.json"), os.path.join(parent, "export_report.json"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for name, check in parity.items():
+        log(f"  parity {name}: max abs diff {check['max_abs_diff']:.2e} (scale {check['scale']:.3g})")
+    log(f"  params {template_cost.params:,} -> {pruned_cost.params:,}; GFLOPs {template_cost.gflops:.3f} -> "
+        f"{pruned_cost.gflops:.3f}; written to {parent}")
+    return report
+
+
+def define_flags():
+    flags.DEFINE_string("strategy", None, "Strategy file (e.g. RUN/search/best.json).")
+    flags.DEFINE_string("model_dir", None, "The training run whose template weights are used.")
+    flags.DEFINE_string("checkpoint", None, "Checkpoint (default: the run's newest, search before warm-up).")
+    flags.DEFINE_string("export_dir", None, "Output folder.")
+    flags.DEFINE_list("formats", list(FORMATS), "saved_model, onnx.")
+    flags.DEFINE_string("model_name", "stfusion", "Model name (TF Serving's model folder).")
+    flags.DEFINE_integer("version", 1, "Model version folder.")
+    flags.DEFINE_integer("num_frames", 0, "Frames per input clip (0: the run's).")
+    flags.DEFINE_integer("size", 0, "Input height and width (0: the run's evaluation size).")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing version folder.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.ERROR)
+    missing = [n for n in ("strategy", "model_dir", "export_dir") if not FLAGS[n].value]
+    if missing:
+        print(f"error: --{', --'.join(missing)} required", file=sys.stderr)
+        return 2
+    config = ExportConfig(
+        strategy_file=FLAGS.strategy, model_dir=FLAGS.model_dir, export_dir=FLAGS.export_dir,
+        checkpoint=FLAGS.checkpoint or "", formats=tuple(FLAGS.formats), model_name=FLAGS.model_name,
+        version=FLAGS.version, num_frames=FLAGS.num_frames, size=FLAGS.size, overwrite=FLAGS.overwrite,
+    )
+    try:
+        export(config)
+    except (ExportError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run():
+    """Console-script entry point (``stfusion-export``)."""
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
