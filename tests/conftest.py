@@ -32,6 +32,14 @@ def random_clips(batch, seed=0, shape=TINY_SHAPE):
     return np.random.default_rng(seed).normal(size=(batch, *shape)).astype("float32")
 
 
+@pytest.fixture(scope="session")
+def mirrored_two_cpus():
+    """One MirroredStrategy over the two logical CPUs for the whole session: two
+    strategy objects in one process hand out colliding collective instance keys
+    (TF then fails with "Shape mismatch in the collective instance")."""
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
 @pytest.fixture
 def tiny():
     return make_tiny()

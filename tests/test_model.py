@@ -5,7 +5,6 @@ import math
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import tf_stfusion as stf
 from tf_stfusion import gating
@@ -102,9 +101,8 @@ def test_cost_orders_units_and_scales_with_input(tiny):
         stf.cost(tiny, stf.Strategy.uniform("S", "densenet121"))
 
 
-def test_search_mode_trains_under_mirrored_strategy():
-    devices = ["/cpu:0", "/cpu:1"]
-    strategy = tf.distribute.MirroredStrategy(devices)
+def test_search_mode_trains_under_mirrored_strategy(mirrored_two_cpus):
+    strategy = mirrored_two_cpus
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
         model = make_tiny(sync_batchnorm=True)

@@ -122,11 +122,11 @@ def test_fixed_strategy_trains_only_the_kept_paths(tmp_path, synth_dir):
     assert all(not np.array_equal(before[i], after[i]) for i in kernels)
 
 
-def test_mirrored_two_devices_matches_one_device(synth_dir, tmp_path):
+def test_mirrored_two_devices_matches_one_device(synth_dir, tmp_path, mirrored_two_cpus):
     batch = fixed_batch(seed=3, batch=8)
     results = {}
     for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
-                           ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
+                           ("mirrored", mirrored_two_cpus)):
         keras.utils.set_random_seed(7)
         trainer = Trainer(small_config(tmp_path / name, synth_dir, phases=("warmup",)), strategy=strategy)
         trainer.model.get_layer("head_dropout").rate = 0.0  # dropout noise differs per replica
@@ -248,8 +248,8 @@ def test_cli_refuses_a_strategy_file_of_another_backbone(tmp_path, synth_dir):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_global_batch_that_does_not_split_over_replicas_is_refused(tmp_path, synth_dir):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_a_global_batch_that_does_not_split_over_replicas_is_refused(tmp_path, synth_dir, mirrored_two_cpus):
+    strategy = mirrored_two_cpus
     with pytest.raises(TrainError, match="not divisible by the 2 replicas"):
         Trainer(small_config(tmp_path, synth_dir, batch_size=7), strategy=strategy)
 

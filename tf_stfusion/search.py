@@ -163,7 +163,7 @@ def run_search(config: SearchConfig, log=print):
     import tensorflow as tf
 
     from tf_stfusion.accounting import cost
-    from tf_stfusion.fileio import atomic_write_json
+    from tf_stfusion.fileio import atomic_write_json, claim_settings
     from tf_stfusion.strategy import Strategy, marginals
     from tf_stfusion.trainer import Trainer, find_checkpoint, load_run_config
 
@@ -184,15 +184,9 @@ def run_search(config: SearchConfig, log=print):
     os.makedirs(out_dir, exist_ok=True)
     plan = {"checkpoint": os.path.basename(checkpoint), "num_samples": config.num_samples, "seed": config.seed,
             "clips_per_video": data.eval_views, "val_split": data.val_split}
-    plan_path = os.path.join(out_dir, PLAN)
-    if os.path.isfile(plan_path):
-        with open(plan_path) as f:
-            old = json.load(f)
-        if old != plan:
-            diff = sorted(k for k in plan if old.get(k) != plan[k])
-            raise ValueError(f"{out_dir} holds a search with other settings ({', '.join(diff)} differ); "
-                             "remove that folder or use the same settings to resume it")
-    atomic_write_json(plan_path, plan)
+    claim_settings(os.path.join(out_dir, PLAN), plan,
+                   f"{out_dir} holds a search with other settings ({{keys}} differ); remove that folder or use "
+                   "the same settings to resume it")
 
     planned = plan_strategies(model, config)
     results_path = os.path.join(out_dir, RESULTS)

@@ -18,7 +18,7 @@ import sys
 from typing import List, Optional
 
 from tf_stfusion.data import synthetic
-from tf_stfusion.fileio import atomic_write_json
+from tf_stfusion.fileio import claim_settings
 
 DATASETS = ("synthetic", "tfrecord")
 
@@ -59,18 +59,10 @@ def _locked(folder):
 def ensure_synthetic(config, data_dir=None, splits=("train", "val"), progress=True):
     """Generates the synthetic set as shards (once; later calls reuse it)."""
     data_dir = data_dir or default_synthetic_dir(config)
-    wanted = dataclasses.asdict(config)
-    record = os.path.join(data_dir, "synthetic.json")
     with _locked(data_dir):
-        if os.path.isfile(record):
-            with open(record) as f:
-                found = json.load(f)
-            if found != wanted:
-                diff = sorted(k for k in wanted if found.get(k) != wanted[k])
-                raise ValueError(f"{data_dir} holds a synthetic set made with other settings ({', '.join(diff)} "
-                                 "differ); use another --data_dir or the same --synthetic_* flags")
-        else:
-            atomic_write_json(record, wanted)
+        claim_settings(os.path.join(data_dir, "synthetic.json"), dataclasses.asdict(config),
+                       f"{data_dir} holds a synthetic set made with other settings ({{keys}} differ); "
+                       "use another --data_dir or the same --synthetic_* flags")
         for split in splits:
             if os.path.isfile(os.path.join(data_dir, f"{split}-manifest.json")):
                 continue
