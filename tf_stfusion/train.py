@@ -57,6 +57,8 @@ flags.DEFINE_integer("shuffle_buffer", 256, "Examples in the shuffle buffer.")
 flags.DEFINE_enum("backbone", "densenet121", sorted(BACKBONES), "Template backbone.")
 flags.DEFINE_string("strategy", None, "Train this fixed strategy network from scratch: a strategy file, "
                     "or S, ST, S+ST for the uniform baselines. Implies --phase=fixed.")
+flags.DEFINE_enum("init", "none", ["none", "imagenet"], "Starting weights of a run from scratch: imagenet "
+                  "inflates Keras' 2D ImageNet DenseNet-121 / ResNet-50 (downloaded by Keras at run time).")
 flags.DEFINE_string("init_from", None, "Start from the weights of another run (folder) or checkpoint.")
 flags.DEFINE_float("init_drop_prob", 0.1, "Initial drop probability p of every gate.")
 flags.DEFINE_float("temperature", 0.2, "Relaxed Bernoulli temperature tau.")
@@ -151,7 +153,7 @@ def config_from_flags():
     return TrainConfig(
         model_dir=FLAGS.model_dir, data=data, backbone=FLAGS.backbone, phases=phases,
         strategy=load_strategy(FLAGS.strategy, FLAGS.backbone) if FLAGS.strategy else None,
-        init_from=FLAGS.init_from, batch_size=FLAGS.batch_size, warmup_epochs=FLAGS.warmup_epochs,
+        init_from=FLAGS.init_from, init=FLAGS.init, batch_size=FLAGS.batch_size, warmup_epochs=FLAGS.warmup_epochs,
         epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch, learning_rate=FLAGS.learning_rate,
         warmup_learning_rate=FLAGS.warmup_learning_rate, lr_steps=_ints("lr_steps"),
         warmup_lr_steps=_ints("warmup_lr_steps"), lr_decay=FLAGS.lr_decay, momentum=FLAGS.momentum,

@@ -86,6 +86,7 @@ class TrainConfig:
     phases: Tuple[str, ...] = ("warmup", "search")
     strategy: Optional[Strategy] = None  # the fixed phase's strategy
     init_from: Optional[str] = None
+    init: str = "none"  # "imagenet": inflate Keras' 2D ImageNet weights when starting from scratch
     batch_size: int = 8  # global
     warmup_epochs: int = 1
     epochs: int = 1  # of the search (or fixed) phase
@@ -144,6 +145,15 @@ class TrainConfig:
             if list(steps) != sorted(set(steps)) or any(not 0 < s < epochs for s in steps):
                 raise TrainError(f"lr steps of the {phase} phase must increase strictly and lie inside "
                                  f"(0, {epochs}) epochs, got {list(steps)}")
+        if self.init not in ("none", "imagenet"):
+            raise TrainError(f"--init must be none or imagenet, got {self.init!r}")
+        if self.init == "imagenet":
+            from tf_stfusion.inflate import INFLATABLE
+
+            if self.backbone not in INFLATABLE:
+                raise TrainError(f"--init=imagenet is available for {sorted(INFLATABLE)}, not {self.backbone}")
+            if self.init_from:
+                raise TrainError("--init=imagenet and --init_from both set the starting weights; give one")
         if not 0.0 < self.init_drop_prob < 1.0:
             raise TrainError(f"--init_drop_prob must lie in (0, 1), got {self.init_drop_prob}")
         if self.temperature <= 0 or self.length_scale <= 0:
@@ -467,7 +477,28 @@ class Trainer:
                 raise TrainError(f"{source} does not match this model ({self.config.backbone}, "
                                  f"{self.num_classes} classes): {str(e)[:300]}") from None
             return f"weights from {source}"
+        if self.config.init == "imagenet":
+            self.inflate_imagenet()
+            return "from ImageNet weights (inflated)"
         return "from scratch"
+
+    def inflate_imagenet(self):
+        """Keras' 2D ImageNet weights inflated into the model (via the template and
+        ``prune`` for a fixed strategy, so skipped layers are handled)."""
+        from tf_stfusion import inflate
+        from tf_stfusion.export.prune import prune
+        from tf_stfusion.strategy import apply_strategy
+
+        model2d = inflate.imagenet_2d(self.config.backbone)
+        if self.config.strategy is None:
+            inflate.inflate(self.model, model2d)
+            return
+        spec = self.model.stf_spec
+        template = build_template(spec.backbone, num_classes=spec.num_classes, num_frames=spec.num_frames,
+                                  input_size=spec.input_size)
+        inflate.inflate(template, model2d)
+        apply_strategy(template, self.config.strategy)
+        self.model.set_weights(prune(template, self.config.strategy).get_weights())
 
     def setup_phase(self, phase):
         """Gate mode, optimizer, step counter and checkpoint of a phase, restored

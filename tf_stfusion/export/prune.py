@@ -19,7 +19,7 @@ Two things need more than a copy:
 import numpy as np
 
 from tf_stfusion.models import backbone_config, build_template, spec_of
-from tf_stfusion.models.densenet3d import BN_EPSILON
+from tf_stfusion.models.densenet3d import BN_EPSILON, DenseNet3DConfig
 
 
 def block_layout(template):
@@ -59,6 +59,20 @@ def prune(template, strategy):
     spec = spec_of(template)
     pruned = build_template(spec.backbone, num_classes=spec.num_classes, num_frames=spec.num_frames,
                             input_size=spec.input_size, units=strategy.units)
+    handled = set()
+    if isinstance(backbone_config(spec.backbone), DenseNet3DConfig):
+        handled = _copy_dense_blocks(template, pruned, strategy)
+    # Everything else (and every layer of residual backbones, whose skipped blocks
+    # leave no channels behind) has the template's shapes: copy by name.
+    for layer in pruned.layers:
+        if layer.name in handled or not layer.weights:
+            continue
+        layer.set_weights(template.get_layer(layer.name).get_weights())
+    return pruned
+
+
+def _copy_dense_blocks(template, pruned, strategy):
+    """Dense blocks, transitions and head: kept channels, folded constants. Returns the layers done."""
     units = dict(strategy.layers)
     handled = set()
     layout = block_layout(template)
@@ -93,8 +107,4 @@ def prune(template, strategy):
                 bias = bias + _bn_constants(template.get_layer("head_bn"), dropped) @ kernel[dropped]
             pruned.get_layer("head_logits").set_weights([kernel[keep], bias.astype(np.float32)])
             handled.update({"head_bn", "head_logits"})
-    for layer in pruned.layers:
-        if layer.name in handled or not layer.weights:
-            continue
-        layer.set_weights(template.get_layer(layer.name).get_weights())
-    return pruned
+    return handled

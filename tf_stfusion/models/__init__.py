@@ -8,13 +8,19 @@ import dataclasses
 from typing import Optional, Sequence, Tuple
 
 from tf_stfusion.models.densenet3d import UNITS, DenseNet3DConfig, build_densenet3d
+from tf_stfusion.models.resnet3d import ResNet3DConfig, build_resnet3d
 
 BACKBONES = {
     "densenet121": DenseNet3DConfig(),
     # Same topology, CPU-sized: tests and the demo.
     # No dropout: with 32 features before the classifier, dropout 0.5 slowed learning several-fold.
     "tiny": DenseNet3DConfig(block_sizes=(2, 2, 2, 2), growth_rate=8, stem_filters=16, dropout_rate=0.0),
+    "resnet50": ResNet3DConfig(block_sizes=(3, 4, 6, 3)),
+    "resnext50_32x4d": ResNet3DConfig(block_sizes=(3, 4, 6, 3), groups=32, width_per_group=4),
+    "resnext101_32x4d": ResNet3DConfig(block_sizes=(3, 4, 23, 3), groups=32, width_per_group=4),
 }
+# Which builder makes a backbone of each config type.
+BUILDERS = {DenseNet3DConfig: build_densenet3d, ResNet3DConfig: build_resnet3d}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +66,7 @@ def build_template(
     (``init_drop_prob``, ``temperature``, ``sync_batchnorm``, ``seed``)."""
     config = backbone_config(backbone)
     kind = "template" if units is None else "pruned"
-    model = build_densenet3d(
+    model = BUILDERS[type(config)](
         config,
         num_classes=num_classes,
         num_frames=num_frames,
@@ -87,6 +93,7 @@ __all__ = [
     "BACKBONES",
     "UNITS",
     "DenseNet3DConfig",
+    "ResNet3DConfig",
     "TemplateSpec",
     "backbone_config",
     "build_template",

@@ -85,6 +85,23 @@ def _bn_relu(x, name, synchronized):
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
+def stem(inputs, filters, kernel, synchronized):
+    """Conv ``kT x 7 x 7`` stride (1, 2, 2) -> BN -> ReLU -> MaxPool 1x3x3 stride (1, 2, 2).
+
+    Padded like Keras' 2D ImageNet models (zero padding of 3 then a "valid"
+    conv, padding of 1 then a "valid" pool) so that inflated ImageNet weights
+    see the same pixels; over time the conv is "same" (``kT // 2`` frames each side).
+    """
+    kt, kh, kw = kernel
+    x = keras.layers.ZeroPadding3D(((kt // 2, kt // 2), (kh // 2, kh // 2), (kw // 2, kw // 2)),
+                                   name="stem_pad")(inputs)
+    x = keras.layers.Conv3D(filters, kernel, strides=(1, 2, 2), padding="valid", use_bias=False,
+                            kernel_initializer="he_normal", name="stem_conv")(x)
+    x = _bn_relu(x, "stem", synchronized)
+    x = keras.layers.ZeroPadding3D(((0, 0), (1, 1), (1, 1)), name="stem_pool_pad")(x)  # after ReLU: >= 0
+    return keras.layers.MaxPooling3D((1, 3, 3), strides=(1, 2, 2), name="stem_pool")(x)
+
+
 class _GateFactory:
     """Makes the gates of one template with distinct, reproducible seeds."""
 
@@ -184,9 +201,7 @@ def build_densenet3d(
     sync = sync_batchnorm
 
     inputs = keras.Input((num_frames, *input_size, 3), name="clip")
-    x = _conv(config.stem_filters, config.stem_kernel, "stem_conv", strides=(1, 2, 2))(inputs)
-    x = _bn_relu(x, "stem", sync)
-    x = keras.layers.MaxPooling3D((1, 3, 3), strides=(1, 2, 2), padding="same", name="stem_pool")(x)
+    x = stem(inputs, config.stem_filters, config.stem_kernel, sync)
     channels = config.stem_filters
     index = 0
     for b, num_layers in enumerate(config.block_sizes, start=1):

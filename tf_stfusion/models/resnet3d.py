@@ -1,0 +1,123 @@
+"""3D ResNet / ResNeXt templates with fusion units in every bottleneck (SPEC §7).
+
+A bottleneck block (post-activation, as ResNet-50 v1), input ``x``::
+
+    S  path:  Conv 1x1x1 (width) -> BN -> [gate S]
+    ST path:  Conv 3x1x1 (width) -> BN -> [gate ST]
+    (S + ST) -> ReLU -> Conv 1x3x3 (width, groups, spatial stride) -> BN -> ReLU
+             -> Conv 1x1x1 (4 x filters) -> BN -> [gate D1] -> + shortcut(x) -> ReLU
+
+so the unit around the block's 3x3 is S = 1x1x1 then 1x3x3 (the 2D block),
+ST = 3x1x1 then 1x3x3 ((2+1)D) and S+ST = both summed -- the same three paths
+and gates as a DenseNet layer. The gates sit *after* their path's BatchNorm,
+so a dropped path contributes exact zeros; dropping D1 removes the residual
+branch (the block becomes its shortcut: the identity, or the projection of
+the first block of a stage). The Eq. 5 term of a gate uses the convolution of
+its path (D1: the 1x3x3). No temporal striding anywhere; channels last.
+
+ResNeXt: ``groups`` = cardinality, width per group ``width_per_group``
+(32x4d: 32 groups of 4 channels at the first stage, doubling per stage).
+"""
+
+import dataclasses
+from typing import Optional, Sequence, Tuple
+
+import keras
+
+from tf_stfusion.models.densenet3d import BN_EPSILON, BN_MOMENTUM, UNITS, _GateFactory, _conv, stem
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNet3DConfig:
+    """Explicit architecture of a 3D ResNet / ResNeXt template."""
+
+    block_sizes: Tuple[int, ...] = (3, 4, 6, 3)
+    groups: int = 1
+    width_per_group: int = 64
+    stem_filters: int = 64
+    stem_kernel: Tuple[int, int, int] = (5, 7, 7)
+    expansion: int = 4
+    dropout_rate: float = 0.5
+
+    def layer_names(self):
+        return [f"conv{s}/block{b}" for s, n in enumerate(self.block_sizes, start=2) for b in range(1, n + 1)]
+
+    def stage_widths(self, stage):
+        """(bottleneck width, output channels) of stage 0, 1, 2, 3."""
+        width = self.groups * self.width_per_group * 2**stage
+        return width, 64 * 2**stage * self.expansion
+
+
+def _bn(name, synchronized):
+    return keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, synchronized=synchronized,
+                                           name=name)
+
+
+def bottleneck(x, name, fusion_layer, width, out_channels, stride, groups, unit, make_gate, synchronized):
+    """One bottleneck block with its fusion unit; ``unit`` None for the template."""
+    shortcut = x
+    if stride != 1 or x.shape[-1] != out_channels:
+        shortcut = _conv(out_channels, (1, 1, 1), f"{name}_shortcut_conv", strides=(1, stride, stride))(x)
+        shortcut = _bn(f"{name}_shortcut_bn", synchronized)(shortcut)
+    if unit == "none":
+        return keras.layers.ReLU(name=f"{name}_out")(shortcut)
+    paths = []
+    for path, tag, kernel in (("S", "s", (1, 1, 1)), ("ST", "st", (3, 1, 1))):
+        if unit is not None and path not in unit.split("+"):
+            continue
+        h = _conv(width, kernel, f"{name}_{tag}_conv")(x)
+        h = _bn(f"{name}_{tag}_bn", synchronized)(h)
+        if make_gate is not None:
+            h = make_gate(f"{name}_{tag}_gate", fusion_layer, path, f"{name}_{tag}_conv")(h)
+        paths.append(h)
+    h = keras.layers.Add(name=f"{name}_sum")(paths) if len(paths) > 1 else paths[0]
+    h = keras.layers.ReLU(name=f"{name}_sum_relu")(h)
+    h = keras.layers.Conv3D(width, (1, 3, 3), strides=(1, stride, stride), padding="same", groups=groups,
+                            use_bias=False, kernel_initializer="he_normal", name=f"{name}_conv")(h)
+    h = _bn(f"{name}_bn", synchronized)(h)
+    h = keras.layers.ReLU(name=f"{name}_relu")(h)
+    h = _conv(out_channels, (1, 1, 1), f"{name}_expand_conv")(h)
+    h = _bn(f"{name}_expand_bn", synchronized)(h)
+    if make_gate is not None:
+        h = make_gate(f"{name}_d1_gate", fusion_layer, "D1", f"{name}_conv")(h)
+    h = keras.layers.Add(name=f"{name}_add")([shortcut, h])
+    return keras.layers.ReLU(name=f"{name}_out")(h)
+
+
+def build_resnet3d(
+    config: ResNet3DConfig,
+    num_classes: int,
+    num_frames: Optional[int] = 16,
+    input_size=224,
+    units: Optional[Sequence[str]] = None,
+    init_drop_prob: float = 0.1,
+    temperature: float = 0.2,
+    sync_batchnorm: bool = False,
+    seed: Optional[int] = None,
+    name: str = "resnet3d",
+):
+    """The template (``units=None``) or the pruned network of ``units``."""
+    names = config.layer_names()
+    if units is not None:
+        units = list(units)
+        if len(units) != len(names) or any(u not in UNITS for u in units):
+            raise ValueError(f"expected {len(names)} units out of {UNITS}")
+    if isinstance(input_size, int) or input_size is None:
+        input_size = (input_size, input_size)
+    make_gate = _GateFactory(init_drop_prob, temperature, seed) if units is None else None
+    sync = sync_batchnorm
+    inputs = keras.Input((num_frames, *input_size, 3), name="clip")
+    x = stem(inputs, config.stem_filters, config.stem_kernel, sync)
+    index = 0
+    for stage, num_blocks in enumerate(config.block_sizes):
+        width, out_channels = config.stage_widths(stage)
+        for b in range(1, num_blocks + 1):
+            stride = 2 if (b == 1 and stage > 0) else 1
+            unit = None if units is None else units[index]
+            x = bottleneck(x, names[index].replace("/", "_"), names[index], width, out_channels, stride,
+                           config.groups, unit, make_gate, sync)
+            index += 1
+    x = keras.layers.GlobalAveragePooling3D(name="head_pool")(x)
+    x = keras.layers.Dropout(config.dropout_rate, name="head_dropout")(x)
+    outputs = keras.layers.Dense(num_classes, name="head_logits")(x)
+    return keras.Model(inputs, outputs, name=name)
