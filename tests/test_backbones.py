@@ -10,7 +10,7 @@ import tf_stfusion as stf
 from tf_stfusion.export.prune import prune
 from tf_stfusion.transfer import map_strategy, paper_opt_strategy
 
-RESIDUAL = ["resnet50", "resnext50_32x4d", "resnext101_32x4d"]
+RESIDUAL = ["resnet50", "resnext50_32x4d", "resnext101_32x4d", "mobilenet_v2"]
 SHAPE = (4, 32, 32, 3)
 
 
@@ -52,7 +52,7 @@ def test_s_only_units_are_really_2d(backbone):
     n = len(stf.layer_names(backbone))
     pruned = stf.build_template(backbone, num_classes=6, num_frames=SHAPE[0], input_size=SHAPE[1], units=["S"] * n)
     # The units: every conv of a fusion layer (blocks/stages), not the stem, shortcuts or transitions.
-    unit_convs = [l for l in pruned.layers if isinstance(l, keras.layers.Conv3D) and l.name.startswith(("conv", "block"))
+    unit_convs = [l for l in pruned.layers if isinstance(l, keras.layers.Conv3D) and l.name.startswith(("conv", "block", "stage"))
                   and "shortcut" not in l.name]
     assert unit_convs
     assert all(l.kernel_size[0] == 1 for l in unit_convs), [l.name for l in unit_convs if l.kernel_size[0] != 1]
@@ -67,3 +67,24 @@ def test_paper_opt_rule_and_mapping():
     assert mapped.provenance["from_backbone"] == "densenet121"
     mixed = stf.Strategy.from_units("tiny", ["S", "ST"] * 4)  # per stage: first S, second ST
     assert map_strategy(mixed, "resnet50").units[:3] == ["S", "S", "ST"]
+
+
+def test_resnext_exports_to_saved_model_and_onnx(tmp_path):
+    # Keras computes grouped convs in a nested XLA function tf2onnx cannot read; the
+    # exporter switches GroupConv3D to one conv per group.
+    from tf_stfusion.data.pipeline import normalize
+    from tf_stfusion.export import writers
+
+    backbone = "resnext50_32x4d"
+    model = _template(backbone)
+    n = len(stf.layer_names(backbone))
+    strategy = stf.Strategy.from_units(backbone, (["S+ST", "none", "ST", "S"] * n)[:n])
+    stf.apply_strategy(model, strategy)
+    pruned = prune(model, strategy)
+    video = np.random.default_rng(2).integers(0, 256, (2, *SHAPE), dtype=np.uint8)
+    want = tf.nn.softmax(pruned(normalize(tf.constant(video)), training=False)).numpy()
+    (tmp_path / "m").mkdir()
+    writers.write_saved_model(pruned, list("abcdef"), str(tmp_path / "m" / "1"), SHAPE[0], SHAPE[1])
+    writers.write_onnx(pruned, list("abcdef"), str(tmp_path / "m.onnx"), SHAPE[0], SHAPE[1])
+    for got in (writers.run_saved_model(str(tmp_path / "m" / "1"), video), writers.run_onnx(str(tmp_path / "m.onnx"), video)):
+        np.testing.assert_allclose(got["probabilities"], want, atol=1e-4)

@@ -68,6 +68,9 @@ def write_onnx(model, class_names, path, num_frames, size, top_k=5):
     import onnx
     import tf2onnx
 
+    from tf_stfusion.layers.group_conv import split_grouped_convs
+
+    split_grouped_convs(model)  # tf2onnx cannot convert Keras' XLA grouped convolution
     top_k = min(top_k, len(class_names))
 
     @tf.function(input_signature=[video_signature(num_frames, size)])

@@ -8,6 +8,7 @@ import dataclasses
 from typing import Optional, Sequence, Tuple
 
 from tf_stfusion.models.densenet3d import UNITS, DenseNet3DConfig, build_densenet3d
+from tf_stfusion.models.mobilenet3d import MobileNetV23DConfig, build_mobilenet3d
 from tf_stfusion.models.resnet3d import ResNet3DConfig, build_resnet3d
 
 BACKBONES = {
@@ -18,9 +19,11 @@ BACKBONES = {
     "resnet50": ResNet3DConfig(block_sizes=(3, 4, 6, 3)),
     "resnext50_32x4d": ResNet3DConfig(block_sizes=(3, 4, 6, 3), groups=32, width_per_group=4),
     "resnext101_32x4d": ResNet3DConfig(block_sizes=(3, 4, 23, 3), groups=32, width_per_group=4),
+    "mobilenet_v2": MobileNetV23DConfig(),
 }
 # Which builder makes a backbone of each config type.
-BUILDERS = {DenseNet3DConfig: build_densenet3d, ResNet3DConfig: build_resnet3d}
+BUILDERS = {DenseNet3DConfig: build_densenet3d, ResNet3DConfig: build_resnet3d,
+            MobileNetV23DConfig: build_mobilenet3d}
 
 
 @dataclasses.dataclass(frozen=True)

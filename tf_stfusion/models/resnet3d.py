@@ -24,6 +24,7 @@ from typing import Optional, Sequence, Tuple
 
 import keras
 
+from tf_stfusion.layers.group_conv import GroupConv3D
 from tf_stfusion.models.densenet3d import BN_EPSILON, BN_MOMENTUM, UNITS, _GateFactory, _conv, stem
 
 
@@ -72,8 +73,8 @@ def bottleneck(x, name, fusion_layer, width, out_channels, stride, groups, unit,
         paths.append(h)
     h = keras.layers.Add(name=f"{name}_sum")(paths) if len(paths) > 1 else paths[0]
     h = keras.layers.ReLU(name=f"{name}_sum_relu")(h)
-    h = keras.layers.Conv3D(width, (1, 3, 3), strides=(1, stride, stride), padding="same", groups=groups,
-                            use_bias=False, kernel_initializer="he_normal", name=f"{name}_conv")(h)
+    h = GroupConv3D(width, (1, 3, 3), strides=(1, stride, stride), padding="same", groups=groups,
+                    use_bias=False, kernel_initializer="he_normal", name=f"{name}_conv")(h)
     h = _bn(f"{name}_bn", synchronized)(h)
     h = keras.layers.ReLU(name=f"{name}_relu")(h)
     h = _conv(out_channels, (1, 1, 1), f"{name}_expand_conv")(h)

@@ -1,0 +1,142 @@
+"""3D MobileNetV2 template with a fusion unit in every inverted-residual block.
+
+One block, input ``x`` with ``c`` channels, expansion ``t``::
+
+    S  path:  Conv 1x1x1 (t*c) -> BN -> [gate S]
+    ST path:  Conv 3x1x1 (t*c) -> BN -> [gate ST]
+    (S + ST) -> ReLU6 -> depthwise 1x3x3 (spatial stride) -> BN -> ReLU6
+             -> Conv 1x1x1 (out) -> BN -> [gate D1] -> (+ x when the shapes allow)
+
+so the block's depthwise 3x3 is preceded by a 2D (S) or (2+1)D (ST) expansion,
+as the DenseNet and ResNet units. The first block (t = 1, no expansion in the
+2D network) gets a ``1x1x1`` expansion of width ``c`` here so that it has a
+unit like every other block. Dropping D1 skips a block: a residual block becomes
+the identity; a block that changes the shape then outputs zeros (``ZeroBlock``),
+which is what the template computes -- such strategies exist but are useless.
+Stages for strategy files (by resolution): stage1 = 16/24 channels,
+stage2 = 32, stage3 = 64/96, stage4 = 160/320.
+"""
+
+import dataclasses
+from typing import Optional, Sequence, Tuple
+
+import keras
+import tensorflow as tf
+
+from tf_stfusion.layers.group_conv import GroupConv3D
+from tf_stfusion.models.densenet3d import BN_EPSILON, BN_MOMENTUM, UNITS, _GateFactory, _conv
+
+# (expansion t, channels, blocks, first stride, stage) -- the 2D MobileNetV2 table plus our stages.
+INVERTED_RESIDUALS = ((1, 16, 1, 1, 1), (6, 24, 2, 2, 1), (6, 32, 3, 2, 2), (6, 64, 4, 2, 3),
+                      (6, 96, 3, 1, 3), (6, 160, 3, 2, 4), (6, 320, 1, 1, 4))
+
+
+@dataclasses.dataclass(frozen=True)
+class MobileNetV23DConfig:
+    blocks: Tuple[Tuple[int, int, int, int, int], ...] = INVERTED_RESIDUALS
+    stem_filters: int = 32
+    stem_kernel: Tuple[int, int, int] = (3, 3, 3)
+    last_filters: int = 1280
+    dropout_rate: float = 0.2
+
+    def block_specs(self):
+        """``(name, expansion, channels, stride)`` per block, in order."""
+        specs, count = [], {}
+        for t, c, n, s, stage in self.blocks:
+            for i in range(n):
+                count[stage] = count.get(stage, 0) + 1
+                specs.append((f"stage{stage}/block{count[stage]}", t, c, s if i == 0 else 1))
+        return specs
+
+    def layer_names(self):
+        return [name for name, *_ in self.block_specs()]
+
+
+@keras.saving.register_keras_serializable(package="tf_stfusion")
+class ZeroBlock(keras.layers.Layer):
+    """The output of a skipped block that changes the shape: zeros ``[B, T, H/s, W/s, C]``."""
+
+    def __init__(self, channels, stride, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.stride = int(channels), int(stride)
+
+    def call(self, inputs):
+        shape = tf.shape(inputs)
+        size = lambda n: (n + self.stride - 1) // self.stride  # noqa: E731  ("same" padding)
+        return tf.zeros(tf.stack([shape[0], shape[1], size(shape[2]), size(shape[3]), self.channels]), inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        b, t, h, w, _ = input_shape
+        size = (lambda n: None if n is None else -(-n // self.stride))
+        return (b, t, size(h), size(w), self.channels)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "stride": self.stride}
+
+
+def _bn(name, synchronized):
+    return keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, synchronized=synchronized,
+                                           name=name)
+
+
+def inverted_residual(x, name, fusion_layer, expansion, channels, stride, unit, make_gate, synchronized):
+    residual = stride == 1 and x.shape[-1] == channels
+    if unit == "none":
+        return x if residual else ZeroBlock(channels, stride, name=f"{name}_zero")(x)
+    width = x.shape[-1] * expansion
+    paths = []
+    for path, tag, kernel in (("S", "s", (1, 1, 1)), ("ST", "st", (3, 1, 1))):
+        if unit is not None and path not in unit.split("+"):
+            continue
+        h = _conv(width, kernel, f"{name}_{tag}_conv")(x)
+        h = _bn(f"{name}_{tag}_bn", synchronized)(h)
+        if make_gate is not None:
+            h = make_gate(f"{name}_{tag}_gate", fusion_layer, path, f"{name}_{tag}_conv")(h)
+        paths.append(h)
+    h = keras.layers.Add(name=f"{name}_sum")(paths) if len(paths) > 1 else paths[0]
+    h = keras.layers.ReLU(6.0, name=f"{name}_sum_relu")(h)
+    h = GroupConv3D(width, (1, 3, 3), strides=(1, stride, stride), padding="same", groups=width, use_bias=False,
+                    kernel_initializer="he_normal", name=f"{name}_conv")(h)
+    h = _bn(f"{name}_bn", synchronized)(h)
+    h = keras.layers.ReLU(6.0, name=f"{name}_relu")(h)
+    h = _conv(channels, (1, 1, 1), f"{name}_project_conv")(h)
+    h = _bn(f"{name}_project_bn", synchronized)(h)
+    if make_gate is not None:
+        h = make_gate(f"{name}_d1_gate", fusion_layer, "D1", f"{name}_conv")(h)
+    return keras.layers.Add(name=f"{name}_add")([x, h]) if residual else h
+
+
+def build_mobilenet3d(
+    config: MobileNetV23DConfig,
+    num_classes: int,
+    num_frames: Optional[int] = 16,
+    input_size=224,
+    units: Optional[Sequence[str]] = None,
+    init_drop_prob: float = 0.1,
+    temperature: float = 0.2,
+    sync_batchnorm: bool = False,
+    seed: Optional[int] = None,
+    name: str = "mobilenet3d",
+):
+    specs = config.block_specs()
+    if units is not None:
+        units = list(units)
+        if len(units) != len(specs) or any(u not in UNITS for u in units):
+            raise ValueError(f"expected {len(specs)} units out of {UNITS}")
+    if isinstance(input_size, int) or input_size is None:
+        input_size = (input_size, input_size)
+    make_gate = _GateFactory(init_drop_prob, temperature, seed) if units is None else None
+    inputs = keras.Input((num_frames, *input_size, 3), name="clip")
+    x = _conv(config.stem_filters, config.stem_kernel, "stem_conv", strides=(1, 2, 2))(inputs)
+    x = _bn("stem_bn", sync_batchnorm)(x)
+    x = keras.layers.ReLU(6.0, name="stem_relu")(x)
+    for i, (layer, t, c, s) in enumerate(specs):
+        x = inverted_residual(x, layer.replace("/", "_"), layer, t, c, s, None if units is None else units[i],
+                              make_gate, sync_batchnorm)
+    x = _conv(config.last_filters, (1, 1, 1), "head_conv")(x)
+    x = _bn("head_bn", sync_batchnorm)(x)
+    x = keras.layers.ReLU(6.0, name="head_relu")(x)
+    x = keras.layers.GlobalAveragePooling3D(name="head_pool")(x)
+    x = keras.layers.Dropout(config.dropout_rate, name="head_dropout")(x)
+    outputs = keras.layers.Dense(num_classes, name="head_logits")(x)
+    return keras.Model(inputs, outputs, name=name)
