@@ -102,6 +102,38 @@ def stem(inputs, filters, kernel, synchronized):
     return keras.layers.MaxPooling3D((1, 3, 3), strides=(1, 2, 2), name="stem_pool")(x)
 
 
+def template_inputs(layer_names, units, num_frames, input_size, init_drop_prob, temperature, seed):
+    """Shared start of every builder: checked ``units`` (None: template), the gate
+    factory (None for a pruned network) and the ``clip`` input."""
+    if units is not None:
+        units = list(units)
+        if len(units) != len(layer_names):
+            raise ValueError(f"expected {len(layer_names)} units, got {len(units)}")
+        bad = [u for u in units if u not in UNITS]
+        if bad:
+            raise ValueError(f"unknown unit(s) {bad}; expected one of {UNITS}")
+    if isinstance(input_size, int) or input_size is None:
+        input_size = (input_size, input_size)
+    make_gate = _GateFactory(init_drop_prob, temperature, seed) if units is None else None
+    return units, make_gate, keras.Input((num_frames, *input_size, 3), name="clip")
+
+
+def post_norm_paths(x, name, fusion_layer, width, unit, make_gate, synchronized):
+    """S path Conv 1x1x1 -> BN -> [gate S] and ST path Conv 3x1x1 -> BN -> [gate ST],
+    summed: the fusion unit of the post-activation blocks (ResNet, MobileNetV2).
+    The gates follow the BatchNorms, so a dropped path adds exact zeros."""
+    paths = []
+    for path, tag, kernel in (("S", "s", (1, 1, 1)), ("ST", "st", (3, 1, 1))):
+        if unit is not None and path not in unit.split("+"):
+            continue
+        h = _conv(width, kernel, f"{name}_{tag}_conv")(x)
+        h = _bn(f"{name}_{tag}_bn", synchronized)(h)
+        if make_gate is not None:
+            h = make_gate(f"{name}_{tag}_gate", fusion_layer, path, f"{name}_{tag}_conv")(h)
+        paths.append(h)
+    return keras.layers.Add(name=f"{name}_sum")(paths) if len(paths) > 1 else paths[0]
+
+
 class _GateFactory:
     """Makes the gates of one template with distinct, reproducible seeds."""
 
@@ -186,21 +218,9 @@ def build_densenet3d(
     ``num_frames`` or sizes may be None for a shape-polymorphic model.
     """
     layer_names = config.layer_names()
-    if units is not None:
-        units = list(units)
-        if len(units) != len(layer_names):
-            raise ValueError(f"expected {len(layer_names)} units, got {len(units)}")
-        bad = [u for u in units if u not in UNITS]
-        if bad:
-            raise ValueError(f"unknown unit(s) {bad}; expected one of {UNITS}")
-    if isinstance(input_size, int) or input_size is None:
-        input_size = (input_size, input_size)
-    make_gate = (
-        _GateFactory(init_drop_prob, temperature, seed) if units is None else None
-    )
+    units, make_gate, inputs = template_inputs(layer_names, units, num_frames, input_size, init_drop_prob,
+                                               temperature, seed)
     sync = sync_batchnorm
-
-    inputs = keras.Input((num_frames, *input_size, 3), name="clip")
     x = stem(inputs, config.stem_filters, config.stem_kernel, sync)
     channels = config.stem_filters
     index = 0

@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 
 from tf_stfusion.layers.group_conv import GroupConv3D
-from tf_stfusion.models.densenet3d import BN_EPSILON, BN_MOMENTUM, UNITS, _GateFactory, _conv
+from tf_stfusion.models.densenet3d import _bn, _conv, post_norm_paths, template_inputs
 
 # (expansion t, channels, blocks, first stride, stage) -- the 2D MobileNetV2 table plus our stages.
 INVERTED_RESIDUALS = ((1, 16, 1, 1, 1), (6, 24, 2, 2, 1), (6, 32, 3, 2, 2), (6, 64, 4, 2, 3),
@@ -74,26 +74,12 @@ class ZeroBlock(keras.layers.Layer):
         return {**super().get_config(), "channels": self.channels, "stride": self.stride}
 
 
-def _bn(name, synchronized):
-    return keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, synchronized=synchronized,
-                                           name=name)
-
-
 def inverted_residual(x, name, fusion_layer, expansion, channels, stride, unit, make_gate, synchronized):
     residual = stride == 1 and x.shape[-1] == channels
     if unit == "none":
         return x if residual else ZeroBlock(channels, stride, name=f"{name}_zero")(x)
     width = x.shape[-1] * expansion
-    paths = []
-    for path, tag, kernel in (("S", "s", (1, 1, 1)), ("ST", "st", (3, 1, 1))):
-        if unit is not None and path not in unit.split("+"):
-            continue
-        h = _conv(width, kernel, f"{name}_{tag}_conv")(x)
-        h = _bn(f"{name}_{tag}_bn", synchronized)(h)
-        if make_gate is not None:
-            h = make_gate(f"{name}_{tag}_gate", fusion_layer, path, f"{name}_{tag}_conv")(h)
-        paths.append(h)
-    h = keras.layers.Add(name=f"{name}_sum")(paths) if len(paths) > 1 else paths[0]
+    h = post_norm_paths(x, name, fusion_layer, width, unit, make_gate, synchronized)
     h = keras.layers.ReLU(6.0, name=f"{name}_sum_relu")(h)
     h = GroupConv3D(width, (1, 3, 3), strides=(1, stride, stride), padding="same", groups=width, use_bias=False,
                     kernel_initializer="he_normal", name=f"{name}_conv")(h)
@@ -119,14 +105,8 @@ def build_mobilenet3d(
     name: str = "mobilenet3d",
 ):
     specs = config.block_specs()
-    if units is not None:
-        units = list(units)
-        if len(units) != len(specs) or any(u not in UNITS for u in units):
-            raise ValueError(f"expected {len(specs)} units out of {UNITS}")
-    if isinstance(input_size, int) or input_size is None:
-        input_size = (input_size, input_size)
-    make_gate = _GateFactory(init_drop_prob, temperature, seed) if units is None else None
-    inputs = keras.Input((num_frames, *input_size, 3), name="clip")
+    units, make_gate, inputs = template_inputs(config.layer_names(), units, num_frames, input_size,
+                                               init_drop_prob, temperature, seed)
     x = _conv(config.stem_filters, config.stem_kernel, "stem_conv", strides=(1, 2, 2))(inputs)
     x = _bn("stem_bn", sync_batchnorm)(x)
     x = keras.layers.ReLU(6.0, name="stem_relu")(x)

@@ -25,7 +25,7 @@ from typing import Optional, Sequence, Tuple
 import keras
 
 from tf_stfusion.layers.group_conv import GroupConv3D
-from tf_stfusion.models.densenet3d import BN_EPSILON, BN_MOMENTUM, UNITS, _GateFactory, _conv, stem
+from tf_stfusion.models.densenet3d import _bn, _conv, post_norm_paths, stem, template_inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,11 +49,6 @@ class ResNet3DConfig:
         return width, 64 * 2**stage * self.expansion
 
 
-def _bn(name, synchronized):
-    return keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, synchronized=synchronized,
-                                           name=name)
-
-
 def bottleneck(x, name, fusion_layer, width, out_channels, stride, groups, unit, make_gate, synchronized):
     """One bottleneck block with its fusion unit; ``unit`` None for the template."""
     shortcut = x
@@ -62,16 +57,7 @@ def bottleneck(x, name, fusion_layer, width, out_channels, stride, groups, unit,
         shortcut = _bn(f"{name}_shortcut_bn", synchronized)(shortcut)
     if unit == "none":
         return keras.layers.ReLU(name=f"{name}_out")(shortcut)
-    paths = []
-    for path, tag, kernel in (("S", "s", (1, 1, 1)), ("ST", "st", (3, 1, 1))):
-        if unit is not None and path not in unit.split("+"):
-            continue
-        h = _conv(width, kernel, f"{name}_{tag}_conv")(x)
-        h = _bn(f"{name}_{tag}_bn", synchronized)(h)
-        if make_gate is not None:
-            h = make_gate(f"{name}_{tag}_gate", fusion_layer, path, f"{name}_{tag}_conv")(h)
-        paths.append(h)
-    h = keras.layers.Add(name=f"{name}_sum")(paths) if len(paths) > 1 else paths[0]
+    h = post_norm_paths(x, name, fusion_layer, width, unit, make_gate, synchronized)
     h = keras.layers.ReLU(name=f"{name}_sum_relu")(h)
     h = GroupConv3D(width, (1, 3, 3), strides=(1, stride, stride), padding="same", groups=groups,
                     use_bias=False, kernel_initializer="he_normal", name=f"{name}_conv")(h)
@@ -99,15 +85,9 @@ def build_resnet3d(
 ):
     """The template (``units=None``) or the pruned network of ``units``."""
     names = config.layer_names()
-    if units is not None:
-        units = list(units)
-        if len(units) != len(names) or any(u not in UNITS for u in units):
-            raise ValueError(f"expected {len(names)} units out of {UNITS}")
-    if isinstance(input_size, int) or input_size is None:
-        input_size = (input_size, input_size)
-    make_gate = _GateFactory(init_drop_prob, temperature, seed) if units is None else None
+    units, make_gate, inputs = template_inputs(names, units, num_frames, input_size, init_drop_prob, temperature,
+                                               seed)
     sync = sync_batchnorm
-    inputs = keras.Input((num_frames, *input_size, 3), name="clip")
     x = stem(inputs, config.stem_filters, config.stem_kernel, sync)
     index = 0
     for stage, num_blocks in enumerate(config.block_sizes):
