@@ -59,13 +59,16 @@ class SearchResult:
 class TiledEvaluator:
     """Top-1 / top-5 hits of ``K`` strategies at once on a tiled batch.
 
-    ``step(clips [B*V, ...], labels [B])`` returns ``[K, 3]`` sums (top-1 hits,
-    top-5 hits, videos). Traced once: the batch dimension is left open and the
-    strategies live in the gates' mask variables.
+    ``step(clips [B*V, ...], labels [B])`` returns ``[K, 4]`` sums per tile
+    (``evaluation.score_sums``: top-1 hits, top-5 hits, NLL, videos). Traced
+    once: the batch dimension is left open and the strategies live in the
+    gates' mask variables.
     """
 
     def __init__(self, model, num_views, tiles):
         import tensorflow as tf
+
+        from tf_stfusion.evaluation import score_sums, video_scores
 
         self.model, self.num_views, self.tiles = model, num_views, tiles
         self.traces = 0
@@ -75,17 +78,11 @@ class TiledEvaluator:
                                       tf.TensorSpec([None], tf.int32)])
         def step(clips, labels):
             self.traces += 1
-            tiled = tf.tile(clips, [tiles] + [1] * (len(spec) - 1))
-            probs = tf.nn.softmax(tf.cast(model(tiled, training=False), tf.float32))
-            probs = tf.reshape(probs, [tiles, -1, num_views, probs.shape[-1]])
-            probs = tf.reduce_mean(probs, axis=2)  # [K, B, C]: video scores
-            k5 = min(5, probs.shape[-1])
-            top = tf.math.top_k(probs, k5).indices  # [K, B, k5]
-            hit = tf.equal(top, labels[None, :, None])
-            top1 = tf.reduce_sum(tf.cast(hit[..., 0], tf.float32), axis=1)
-            top5 = tf.reduce_sum(tf.cast(tf.reduce_any(hit, axis=-1), tf.float32), axis=1)
-            count = tf.fill([tiles], tf.cast(tf.shape(labels)[0], tf.float32))
-            return tf.stack([top1, top5, count], axis=1)
+            tiled = tf.tile(clips, [tiles] + [1] * (len(spec) - 1))  # tile k = rows k*B*V:(k+1)*B*V
+            # [K*B, V, ...]: the views of a video stay together (the pipeline puts them next to each other).
+            videos = tf.reshape(tiled, tf.concat([[-1, num_views], tf.shape(clips)[1:]], 0))
+            probs = tf.reshape(video_scores(model, videos), [tiles, -1, model.outputs[0].shape[-1]])
+            return tf.stack([score_sums(probs[k], labels) for k in range(tiles)])  # [K, 4]
 
         self.step = step
 
@@ -93,6 +90,7 @@ class TiledEvaluator:
         """Metrics of up to ``tiles`` strategies over one pass of ``dataset``."""
         import numpy as np
 
+        from tf_stfusion.evaluation import summarize
         from tf_stfusion.strategy import apply_strategies
 
         if not 1 <= len(strategies) <= self.tiles:
@@ -100,13 +98,10 @@ class TiledEvaluator:
         # Pad with the last strategy: the tile count, hence the graph, never changes.
         padded = list(strategies) + [strategies[-1]] * (self.tiles - len(strategies))
         apply_strategies(self.model, padded)
-        sums = np.zeros((self.tiles, 3))
+        sums = np.zeros((self.tiles, 4))
         for clips, labels in dataset:
             sums += self.step(clips, labels).numpy()
-        if sums[0, 2] == 0:
-            raise ValueError("the validation data yielded no videos")
-        return [{"top1": float(s[0] / s[2]), "top5": float(s[1] / s[2]), "num_videos": int(s[2])}
-                for s in sums[: len(strategies)]]
+        return [summarize(row) for row in sums[: len(strategies)]]
 
 
 # -- the search --------------------------------------------------------------------
