@@ -13,9 +13,9 @@ import platform
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tf_stfusion  # noqa: F401  (first: TensorFlow's environment defaults, see tf_stfusion/__init__.py)
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
 flags.DEFINE_integer("num_frames", 16, "Frames per clip.")
 flags.DEFINE_integer("input_size", 112, "Crop size.")

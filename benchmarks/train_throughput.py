@@ -13,9 +13,9 @@ import os
 import platform
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tf_stfusion  # noqa: F401  (first: TensorFlow's environment defaults, see tf_stfusion/__init__.py)
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags, logging
 
 flags.DEFINE_list("backbones", ["tiny", "densenet121"], "Templates to measure.")
 flags.DEFINE_integer("num_frames", 8, "Frames per clip.")

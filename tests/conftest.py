@@ -1,11 +1,9 @@
 """Shared fixtures. TF is configured here, before any test touches it."""
 
-import os
+import numpy as np
+import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import tf_stfusion as stf  # first: it sets TensorFlow's environment defaults (oneDNN, log level)
 import tensorflow as tf  # noqa: E402
 
 # Two logical CPU devices, so that MirroredStrategy can be tested on one CPU.
@@ -14,8 +12,6 @@ _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
 )
-
-import tf_stfusion as stf  # noqa: E402
 
 TINY_SHAPE = (8, 32, 32, 3)  # frames, height, width, channels
 

@@ -11,9 +11,21 @@ Public API::
     stf.marginals(model)                   # Eq. 7 per gate and per-layer unit probabilities
 
 Names are resolved lazily, so ``import tf_stfusion`` does not import TensorFlow.
+It does set two of TensorFlow's environment defaults (a value you set wins),
+which take effect when TensorFlow is imported afterwards:
+
+* ``TF_ENABLE_ONEDNN_OPTS=1``: TensorFlow turns its oneDNN CPU kernels on by
+  default only on some CPUs; on an AVX2 CPU without AVX-512 they made the tiny
+  template's training step 3.3x faster (27 -> 90 clips/s, 8x48x48), at the
+  price of float round-off in a different order;
+* ``TF_CPP_MIN_LOG_LEVEL=2``: no INFO/WARNING lines from TensorFlow's C++ core.
 """
 
 import importlib
+import os
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 
