@@ -15,9 +15,9 @@ import os
 import platform
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tf_stfusion  # noqa: F401  (first: TensorFlow's environment defaults, see tf_stfusion/__init__.py)
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags, logging
 
 flags.DEFINE_string("model_dir", "runs/demo", "A training run with a finished search phase.")
 flags.DEFINE_list("tiles", ["1", "4", "8"], "Strategies per tiled batch to measure.")
@@ -46,23 +46,24 @@ def main(argv):
     print(f"{FLAGS.model_dir}: {config.backbone}, {trainer.source.num_val} videos x {views} clip(s) of "
           f"{config.data.num_frames}x{config.data.eval_input_size}^2")
 
+    num_val = len(trainer.split_videos("val"))
     plain = MultiClipEvaluator(model, views)
     stf.apply_strategy(model, strategies[0])
-    plain(trainer.eval_dataset_fn(), progress=False)  # trace and warm caches
+    plain(trainer.eval_dataset_fn(), num_val, progress=False)  # trace and warm caches
     start = time.perf_counter()
     for s in strategies[:4]:
         stf.apply_strategy(model, s)
-        plain(trainer.eval_dataset_fn(), progress=False)
+        plain(trainer.eval_dataset_fn(), num_val, progress=False)
     t_plain = (time.perf_counter() - start) / 4
     print(f"plain validation pass: {t_plain:.3f} s ({plain.traces} trace(s) for 5 strategies)")
     print(f"{'K':>3} {'s per strategy':>15} {'ratio to plain pass':>20} {'traces':>7}")
     for k in (int(v) for v in FLAGS.tiles):
         evaluator = TiledEvaluator(model, views, k)
         dataset = trainer.eval_dataset_fn()(None)
-        evaluator.evaluate(strategies[:k], dataset)  # trace
+        evaluator.evaluate(strategies[:k], dataset, num_val)  # trace
         start = time.perf_counter()
         for i in range(0, len(strategies), k):
-            evaluator.evaluate(strategies[i:i + k], dataset)
+            evaluator.evaluate(strategies[i:i + k], dataset, num_val)
         per = (time.perf_counter() - start) / len(strategies)
         print(f"{k:>3} {per:>15.3f} {per / t_plain:>19.3f}x {evaluator.traces:>7}")
 

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import tf_stfusion as stf
+from tf_stfusion import selection
 from tf_stfusion.evaluation import MultiClipEvaluator
 from tf_stfusion.search import SearchConfig, pareto_front, pick_best, read_results, run_search
 from tf_stfusion.trainer import Trainer, load_run_config
@@ -30,18 +31,37 @@ def test_twenty_strategies_through_one_trace_and_outputs(trained_run, tmp_path):
     out = tmp_path / "run" / "search"
     lines = read_results(out / "strategies.jsonl")
     assert len(lines) == 20
+    holdout = json.loads((tmp_path / "run" / "holdout.json").read_text())["videos"]
     for row in lines.values():
         assert 0 <= row["top1"] <= row["top5"] <= 1 and row["params"] > 0 and row["gflops"] > 0
         assert len(row["units"]) == 8
+        # Scored on the hold-out, with an interval, and the per-video correctness kept.
+        assert row["split"] == "holdout" and row["num_videos"] == len(holdout)
+        assert row["top1_ci"][0] <= row["top1"] <= row["top1_ci"][1]
+        assert selection.unpack_bits(row["correct"], row["num_videos"]).mean() == pytest.approx(row["top1"])
     best = stf.Strategy.load(str(out / "best.json"))
-    assert best.metrics["top1"] == max(r["top1"] for r in lines.values() if r["kind"] == "sampled")
+    # Chosen on the hold-out, reported on val.
+    assert best.metrics["selection"]["top1"] == max(r["top1"] for r in lines.values() if r["kind"] == "sampled")
+    assert best.metrics["selected_on"] == "holdout" and best.metrics["split"] == "val"
+    assert best.metrics["selection"]["split"] == "holdout" and "note" not in best.metrics
     assert best.provenance["kind"] == "search"
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["report_split"] == "val" and not comparison["same_split"]
+    assert best.metrics["top1"] == comparison["strategies"]["Opt"]["top1"]
+    for name in ("S", "ST", "S+ST"):
+        d = comparison["paired_vs_opt"][name]
+        opt, other = (selection.unpack_bits(comparison["strategies"][k]["correct"], 16) for k in ("Opt", name))
+        assert d["diff"] == pytest.approx(opt.mean() - other.mean()) and d["ci"][0] <= d["diff"] <= d["ci"][1]
     for name in ("fusion.png", "pareto.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     report = (out / "report.md").read_text()
     assert "| Opt |" in report and "| S |" in report and "| ST |" in report and "| S+ST |" in report
-    assert "Mean path marginal" in report
+    assert "Mean path marginal" in report and "Selection protocol" in report and "optimistic" not in report
+    assert "Wilson" in report and "paired bootstrap" in report and "Prior diagnostics" in report
+    for name in ("S", "ST", "S+ST"):
+        verdict = comparison["paired_vs_opt"][name]["verdict"]
+        assert {"better": "Opt better", "worse": "Opt worse"}.get(verdict, verdict) in report
     marginals = json.loads((out / "marginals.json").read_text())
     assert len(marginals["layers"]) == 8
 
@@ -53,10 +73,25 @@ def test_search_results_equal_a_fresh_model_in_fixed_mode(trained_run, tmp_path)
     done = json.loads(open(f"{model_dir}/search/done.json").read())
     tf.train.Checkpoint(model=trainer.model).restore(f"{model_dir}/search/{done['checkpoint']}").expect_partial()
     evaluator = MultiClipEvaluator(trainer.model, 2)
+    videos = trainer.split_videos("holdout")
     for row in result.rows[:2] + result.rows[-2:]:  # two fixed, two sampled
         stf.apply_strategy(trainer.model, stf.Strategy.from_units("tiny", row["units"]))
-        metrics = evaluator(trainer.eval_dataset_fn(), progress=False)
-        assert metrics["top1"] == pytest.approx(row["top1"]) and metrics["top5"] == pytest.approx(row["top5"])
+        results = evaluator.videos(trainer.eval_dataset_fn("holdout"), len(videos), progress=False)
+        got = results.metrics()
+        assert got["top1"] == pytest.approx(row["top1"]) and got["top5"] == pytest.approx(row["top5"])
+        assert np.array_equal(results.top1, selection.unpack_bits(row["correct"], len(videos)))
+
+
+def test_selecting_on_val_says_it_is_optimistic(trained_run, tmp_path):
+    model_dir = _fresh_copy(trained_run, tmp_path / "run")
+    result = run_search(SearchConfig(model_dir=model_dir, num_samples=4, tiles=8, select_split="val",
+                                     progress=False))
+    best = stf.Strategy.load(f"{model_dir}/search/best.json")
+    assert best.metrics["selected_on"] == best.metrics["split"] == "val"
+    assert best.metrics["note"] == selection.SAME_SPLIT_NOTE
+    assert result.comparison["same_split"] and result.comparison["note"] == selection.SAME_SPLIT_NOTE
+    assert "Selected and reported on the same split (optimistic)" in open(f"{model_dir}/search/report.md").read()
+    assert all(r["split"] == "val" for r in result.rows)
 
 
 def test_an_interrupted_search_evaluates_only_the_rest(trained_run, tmp_path):

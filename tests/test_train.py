@@ -99,7 +99,9 @@ def test_regularizer_is_in_the_search_loss(tmp_path, synth_dir):
         trainer.setup_phase("search")
         model = trainer.model
         kernels = [model.get_layer(g.feeds).kernel for g in gate_layers(model)]
-        expected_reg = float(fusion_regularizer(model, k, trainer.source.num_train))
+        # N of Eq. 5 is the number of clips trained on: the training split minus the selection hold-out.
+        assert trainer.num_train == trainer.source.num_train - len(trainer.holdout) > 0
+        expected_reg = float(fusion_regularizer(model, k, trainer.num_train))
         before = sum(float(tf.reduce_sum(tf.square(w))) for w in kernels)
         loss, reg, _ = _one_step(trainer, "search", fixed_batch())
         assert reg == pytest.approx(expected_reg, rel=1e-4)  # the step's loss carried Eq. 5

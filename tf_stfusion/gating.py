@@ -96,3 +96,37 @@ def fusion_regularizer(model, length_scale, num_train, entropy="binary"):
         weight_sq_sum = tf.reduce_sum(tf.square(tf.cast(kernel, tf.float32)))
         terms.append(gate.kl_divergence(weight_sq_sum, length_scale, num_train, entropy))
     return tf.add_n(terms)
+
+
+# A gate this likely to drop its path is, in practice, switched off.
+PRIOR_HIGH_P = 0.9
+# More than this fraction of such gates: the prior, not the data, decided the template.
+PRIOR_WARN_FRACTION = 0.8
+
+
+def prior_diagnostics(drop_probs, length_scale, num_train, loss=None, regularizer=None):
+    """How strongly Eq. 5's length-scale prior pulled the gates after a search phase.
+
+    ``drop_probs``: every gate's ``p``; ``loss`` / ``regularizer``: the mean data
+    loss and Eq. 5 term over the last epoch (None if unknown). Returns a dict with
+    the fraction of gates with ``p > 0.9``, the ratio of the two terms, the
+    weight-term coefficient ``k^2 / (2N)``, a summary line and a warning (or None)
+    when more than 80% of the gates are above 0.9.
+    """
+    import numpy as np
+
+    p = np.asarray(drop_probs, np.float64).ravel()
+    high = float(np.mean(p > PRIOR_HIGH_P)) if p.size else 0.0
+    coefficient = length_scale**2 / (2.0 * num_train)
+    ratio = regularizer / loss if loss and regularizer is not None and loss > 0 else None
+    summary = (f"{100 * high:.0f}% of {p.size} gates have p > {PRIOR_HIGH_P}; Eq. 5 term / data loss over the last "
+               f"epoch = {'unknown' if ratio is None else f'{ratio:.3g}'}; k = {length_scale:g}, "
+               f"k^2/(2N) = {coefficient:.3g} (N = {num_train})")
+    warning = None
+    if high > PRIOR_WARN_FRACTION:
+        warning = (f"the length-scale prior dominates the search: {100 * high:.0f}% of the gates have p > "
+                   f"{PRIOR_HIGH_P}, so most paths are dropped whatever the data says (k^2/(2N) = {coefficient:.3g} "
+                   f"with --length_scale={length_scale:g}, N = {num_train}). Lower --length_scale; the README's "
+                   "'Choosing k' shows how to sweep it from one warm-up.")
+    return {"fraction_gates_above_0.9": high, "regularizer_to_loss": ratio, "length_scale": length_scale,
+            "num_train": num_train, "k2_over_2n": coefficient, "summary": summary, "warning": warning}

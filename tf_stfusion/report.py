@@ -75,28 +75,54 @@ def pareto_plot(rows, front, best, path):
     ax.scatter([best["gflops"]], [100 * best["top1"]], marker="*", s=160, color="#C44E52", label="best (Opt)",
                zorder=5)
     ax.set_xlabel("GFLOPs per clip")
-    ax.set_ylabel("top-1 (%)")
+    ax.set_ylabel(f"top-1 on {rows[0].get('split', 'the selection split')} (%)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     _save(fig, path)
 
 
+# Below this, a difference of marginals (or unit probabilities) is not called a preference.
+MARGINAL_THRESHOLD = 0.05
+
+
 def observations(probs, rows):
-    """Sentences the marginals and results support, computed from them."""
+    """Sentences the marginals and results support, computed from them.
+
+    A preference is stated only with its size and only when it reaches
+    ``MARGINAL_THRESHOLD``; otherwise the sentence says there is none.
+    """
     gates = probs["gates"]
     lines = []
     mean = {p: statistics.fmean(g["marginal"] for g in gates if g["path"] == p) for p in ("S", "ST", "D1")}
-    more = "ST" if mean["ST"] > mean["S"] else "S"
-    lines.append(f"Mean path marginal (Eq. 7): S {mean['S']:.3f}, ST {mean['ST']:.3f}, D1 {mean['D1']:.3f} -- "
-                 f"the template prefers {more} paths overall.")
+    by_layer = {}
+    for g in gates:
+        by_layer.setdefault(g["layer"], {})[g["path"]] = g["marginal"]
+    favour = {"ST": sum(m["ST"] - m["S"] >= MARGINAL_THRESHOLD for m in by_layer.values()),
+              "S": sum(m["S"] - m["ST"] >= MARGINAL_THRESHOLD for m in by_layer.values())}
+    even = len(by_layer) - favour["ST"] - favour["S"]
+    gap = mean["ST"] - mean["S"]
+    head = (f"Mean path marginal (Eq. 7): S {mean['S']:.3f}, ST {mean['ST']:.3f}, D1 {mean['D1']:.3f}; "
+            f"{favour['ST']} of {len(by_layer)} layers favour ST, {favour['S']} favour S, {even} within "
+            f"{MARGINAL_THRESHOLD} of even")
+    if abs(gap) >= MARGINAL_THRESHOLD:
+        more, less = ("ST", "S") if gap > 0 else ("S", "ST")
+        lines.append(f"{head} -- the template prefers {more} paths overall (mean marginal {abs(gap):.3f} higher "
+                     f"than {less}).")
+    else:
+        lines.append(f"{head} -- no overall preference: the mean marginals differ by {abs(gap):.3f}, below the "
+                     f"{MARGINAL_THRESHOLD} threshold.")
     blocks = {}
     for row in probs["layers"]:
         blocks.setdefault(row["layer"].split("/")[0], []).append(row)
     for block, layer_rows in blocks.items():
         avg = {u: statistics.fmean(r[u] for r in layer_rows) for u in ("S", "ST", "S+ST", "none")}
-        top = max(("S", "ST", "S+ST"), key=avg.get)
+        first, second = sorted(("S", "ST", "S+ST"), key=avg.get, reverse=True)[:2]
+        if avg[first] - avg[second] >= MARGINAL_THRESHOLD:
+            verdict = f"most likely unit {first} (by {avg[first] - avg[second]:.2f} over {second})"
+        else:
+            verdict = f"no clear unit ({first} and {second} within {MARGINAL_THRESHOLD})"
         lines.append(f"{block} ({len(layer_rows)} layers): mean P(S) {avg['S']:.2f}, P(ST) {avg['ST']:.2f}, "
-                     f"P(S+ST) {avg['S+ST']:.2f}, P(none) {avg['none']:.2f}; most likely unit {top}.")
+                     f"P(S+ST) {avg['S+ST']:.2f}, P(none) {avg['none']:.2f}; {verdict}.")
     skipped = [r["layer"] for r in probs["layers"] if r["none"] > 0.5]
     if skipped:
         lines.append(f"{len(skipped)} layer(s) are more likely skipped than used: {', '.join(skipped[:12])}"
@@ -104,27 +130,76 @@ def observations(probs, rows):
     sampled = [r for r in rows if r["kind"] == "sampled"]
     if sampled:
         top1 = [r["top1"] for r in sampled]
-        lines.append(f"Sampled strategies: top-1 mean {100 * statistics.fmean(top1):.2f}%, "
-                     f"min {100 * min(top1):.2f}%, max {100 * max(top1):.2f}% over {len(sampled)} samples.")
+        lines.append(f"Sampled strategies on {sampled[0].get('split', 'the selection split')}: top-1 mean "
+                     f"{100 * statistics.fmean(top1):.2f}%, min {100 * min(top1):.2f}%, max {100 * max(top1):.2f}% "
+                     f"over {len(sampled)} samples of {sampled[0]['num_videos']} videos each.")
     return lines
 
 
-def write_report(path, rows, best, probs, plan, max_gflops=0.0):
-    fixed = {r["id"].split("-", 1)[1]: r for r in rows if r["kind"] == "fixed"}
+def _pct(value, ci=None):
+    text = f"{100 * value:.2f}"
+    return text if ci is None else f"{text} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _points(value, ci):
+    return f"{100 * value:+.2f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
+
+def comparison_table(comparison):
+    """Table 2 as markdown rows: Opt vs S / ST / S+ST on the report split."""
+    from tf_stfusion.selection import INDISTINGUISHABLE
+
+    split = comparison["report_split"]
+    lines = [f"| strategy | top-1 on `{split}` (%) [95% CI] | top-5 (%) | Opt minus this, top-1 points [95% CI] | "
+             "Opt vs this | params (M) | GFLOPs |", "|---|---|---|---|---|---|---|"]
+    for name, r in comparison["strategies"].items():
+        if name == "Opt":
+            diff, verdict = "--", "--"
+        else:
+            d = comparison["paired_vs_opt"][name]
+            diff = _points(d["diff"], d["ci"])
+            verdict = {"better": "Opt better", "worse": "Opt worse"}.get(d["verdict"], INDISTINGUISHABLE)
+        lines.append(f"| {name} | {_pct(r['top1'], r['top1_ci'])} | {_pct(r['top5'])} | {diff} | {verdict} | "
+                     f"{r['params'] / 1e6:.3f} | {r['gflops']:.3f} |")
+    return lines
+
+
+def write_report(path, rows, best, probs, plan, comparison, max_gflops=0.0):
+    from tf_stfusion.selection import CI_METHOD, PAIRED_METHOD
+
+    report = comparison["strategies"]["Opt"]
     lines = ["# Fusion strategy search", "",
-             f"Checkpoint `{plan['checkpoint']}`, {plan['num_samples']} sampled strategies (seed {plan['seed']}), "
-             f"{plan['clips_per_video']} clip(s) per video on the `{plan['val_split']}` split, every strategy with "
-             "the template's weights (no retraining).", ""]
+             f"Checkpoint `{plan['checkpoint']}`, {plan['num_samples']} sampled strategies (seed {plan['seed']}) and "
+             f"the fixed S / ST / S+ST, {plan['clips_per_video']} clip(s) per video, every strategy with the "
+             "template's weights (no retraining).", ""]
+    if comparison["same_split"]:
+        lines += [f"**{comparison['note'].capitalize()}.** Opt is the best of {plan['num_samples']} sampled "
+                  f"strategies on `{comparison['report_split']}` and is reported on the same "
+                  f"{report['num_videos']} videos: its accuracy is biased upwards (the maximum of many noisy "
+                  "estimates). Train with `--select_split=holdout` (the default) for an honest number.", ""]
+    else:
+        lines += [f"**Selection protocol.** Opt is the best of {plan['num_samples']} sampled strategies on the "
+                  f"selection split `{comparison['selected_on']}` ({best['num_videos']} held-out training videos "
+                  f"that the template was not trained on; there Opt scored {_pct(best['top1'], best['top1_ci'])}). "
+                  f"Every number below is measured on `{comparison['report_split']}` ({report['num_videos']} "
+                  "videos), which played no part in the choice.", ""]
     if max_gflops:
         lines += [f"Opt is the best sampled strategy within {max_gflops} GFLOPs.", ""]
-    lines += ["| strategy | top-1 (%) | top-5 (%) | params (M) | GFLOPs |", "|---|---|---|---|---|"]
-    for name, r in [(u, fixed[u]) for u in ("S", "ST", "S+ST") if u in fixed] + [("Opt", best)]:
-        lines.append(f"| {name} | {100 * r['top1']:.2f} | {100 * r['top5']:.2f} | {r['params'] / 1e6:.3f} | "
-                     f"{r['gflops']:.3f} |")
+    lines += comparison_table(comparison)
+    lines += ["", f"Top-1 intervals: {CI_METHOD}. Differences: Opt minus the fixed strategy on the same videos, "
+              f"{PAIRED_METHOD}; a strategy is called better only when that interval excludes 0.", ""]
     counts = {u: best["units"].count(u) for u in UNIT_LEVELS}
-    lines += ["", f"Opt (`{best['id']}`) uses " + ", ".join(f"{counts[u]} {u}" for u in ("S", "ST", "S+ST", "none"))
-              + " layers; it is written to `best.json`.", "", "## What the marginals show", ""]
+    lines += [f"Opt (`{best['id']}`) uses " + ", ".join(f"{counts[u]} {u}" for u in ("S", "ST", "S+ST", "none"))
+              + " layers; it is written to `best.json`.", ""]
+    prior = comparison.get("prior")
+    if prior:
+        lines += ["## Prior diagnostics", "", f"- {prior['summary']}."]
+        for warning in (prior["warning"], comparison.get("chance_warning")):
+            if warning:
+                lines.append(f"- **Warning:** {warning}")
+        lines.append("")
+    lines += ["## What the marginals show", ""]
     lines += [f"- {line}" for line in observations(probs, rows)]
     lines += ["", "Figures: `fusion.png` (per-layer unit probabilities and Opt's units), `pareto.png` "
-              "(top-1 vs GFLOPs of every evaluated strategy).", ""]
+              f"(top-1 on `{comparison['selected_on']}` vs GFLOPs of every evaluated strategy).", ""]
     atomic_write_text(path, "\n".join(lines))

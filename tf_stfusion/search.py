@@ -23,13 +23,12 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 PLAN = "plan.json"
 RESULTS = "strategies.jsonl"
+COMPARISON = "comparison.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +41,7 @@ class SearchConfig:
     batch_size: int = 0  # videos per batch; 0: the run's eval batch
     max_gflops: float = 0.0  # 0: no budget
     checkpoint: str = ""  # default: the search phase's final checkpoint
+    select_split: str = ""  # "holdout" or "val"; "": the run's
     progress: bool = True
 
 
@@ -53,44 +53,45 @@ class SearchResult:
     traces: int  # traces of the evaluation function
     seconds: float
     out_dir: str
+    comparison: dict  # Opt vs S / ST / S+ST on the report split (comparison.json)
 
 
 # -- evaluation of many strategies with one compiled function -------------------
 class TiledEvaluator:
-    """Top-1 / top-5 hits of ``K`` strategies at once on a tiled batch.
+    """Per-video outcomes of ``K`` strategies at once on a tiled batch.
 
-    ``step(clips [B*V, ...], labels [B])`` returns ``[K, 4]`` sums per tile
-    (``evaluation.score_sums``: top-1 hits, top-5 hits, NLL, videos). Traced
-    once: the batch dimension is left open and the strategies live in the
-    gates' mask variables.
+    ``step(clips [B*V, ...], labels [B], position [B])`` returns ``[K, B, 3]``
+    outcomes (``evaluation.video_outcomes``: top-1 hit, top-5 hit, NLL) and the
+    videos' positions. Traced once: the batch dimension is left open and the
+    strategies live in the gates' mask variables.
     """
 
     def __init__(self, model, num_views, tiles):
         import tensorflow as tf
 
-        from tf_stfusion.evaluation import score_sums, video_scores
+        from tf_stfusion.evaluation import video_outcomes, video_scores
 
         self.model, self.num_views, self.tiles = model, num_views, tiles
         self.traces = 0
         spec = model.inputs[0].shape
 
         @tf.function(input_signature=[tf.TensorSpec([None, *spec[1:]], tf.float32),
-                                      tf.TensorSpec([None], tf.int32)])
-        def step(clips, labels):
+                                      tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64)])
+        def step(clips, labels, position):
             self.traces += 1
             tiled = tf.tile(clips, [tiles] + [1] * (len(spec) - 1))  # tile k = rows k*B*V:(k+1)*B*V
             # [K*B, V, ...]: the views of a video stay together (the pipeline puts them next to each other).
             videos = tf.reshape(tiled, tf.concat([[-1, num_views], tf.shape(clips)[1:]], 0))
             probs = tf.reshape(video_scores(model, videos), [tiles, -1, model.outputs[0].shape[-1]])
-            return tf.stack([score_sums(probs[k], labels) for k in range(tiles)])  # [K, 4]
+            return tf.stack([video_outcomes(probs[k], labels) for k in range(tiles)]), position  # [K, B, 3]
 
         self.step = step
 
-    def evaluate(self, strategies, dataset):
-        """Metrics of up to ``tiles`` strategies over one pass of ``dataset``."""
+    def evaluate(self, strategies, dataset, num_videos):
+        """``VideoResults`` of up to ``tiles`` strategies over one pass of ``dataset``."""
         import numpy as np
 
-        from tf_stfusion.evaluation import summarize
+        from tf_stfusion.evaluation import VideoResults
         from tf_stfusion.strategy import apply_strategies
 
         if not 1 <= len(strategies) <= self.tiles:
@@ -98,10 +99,13 @@ class TiledEvaluator:
         # Pad with the last strategy: the tile count, hence the graph, never changes.
         padded = list(strategies) + [strategies[-1]] * (self.tiles - len(strategies))
         apply_strategies(self.model, padded)
-        sums = np.zeros((self.tiles, 4))
-        for clips, labels in dataset:
-            sums += self.step(clips, labels).numpy()
-        return [summarize(row) for row in sums[: len(strategies)]]
+        outcomes, positions = [], []
+        for clips, labels, position in dataset:
+            out, pos = self.step(clips, labels, position)
+            outcomes.append(out.numpy())
+            positions.append(pos.numpy())
+        outcomes, positions = np.concatenate(outcomes, axis=1), np.concatenate(positions)
+        return [VideoResults.from_outcomes(outcomes[k], positions, num_videos) for k in range(len(strategies))]
 
 
 # -- the search --------------------------------------------------------------------
@@ -152,6 +156,61 @@ def pick_best(rows, max_gflops=0.0):
     return max(pool, key=lambda r: (r["top1"], r["top5"], -r["gflops"]))
 
 
+def result_row(sid, kind, strategy, videos, split, params, gflops):
+    """A line of ``strategies.jsonl``: metrics with intervals on ``split`` and the
+    per-video top-1 correctness (packed bits, the split's canonical order)."""
+    from tf_stfusion.selection import pack_bits
+
+    return {"id": sid, "kind": kind, "units": strategy.units, **videos.metrics(split), "params": params,
+            "gflops": round(gflops, 4), "counts": strategy.counts(), "correct": pack_bits(videos.top1)}
+
+
+def row_correct(row):
+    """The per-video top-1 correctness of a result row."""
+    from tf_stfusion.selection import unpack_bits
+
+    return unpack_bits(row["correct"], row["num_videos"])
+
+
+def evaluate_all(evaluator, items, dataset, num_videos, tiles, bar=None):
+    """``[(item, VideoResults)]`` of ``items`` (``(id, kind, strategy)``), ``tiles`` per pass."""
+    out = []
+    for start in range(0, len(items), tiles):
+        chunk = items[start:start + tiles]
+        out += zip(chunk, evaluator.evaluate([s for _, _, s in chunk], dataset, num_videos))
+        if bar:
+            bar.update(min(start + tiles, len(items)))
+    return out
+
+
+def compare_on_report_split(trainer, evaluator, best, rows, select_split, tiles, cost_of):
+    """Opt and the fixed S / ST / S+ST on the report split, with paired differences.
+
+    When the selection split *is* the report split the search's own rows are
+    used (and every output says that the numbers are optimistic).
+    """
+    from tf_stfusion.selection import SAME_SPLIT_NOTE, fingerprint, paired_difference
+    from tf_stfusion.strategy import Strategy
+
+    spec = trainer.model.stf_spec
+    report_split = trainer.split_name("val")
+    fixed = {r["id"].split("-", 1)[1]: r for r in rows if r["kind"] == "fixed"}
+    named = [("Opt", best)] + [(u, fixed[u]) for u in ("S", "ST", "S+ST")]
+    if select_split == "val":
+        table = dict(named)
+    else:
+        items = [(row["id"], row["kind"], Strategy.from_units(spec.backbone, row["units"])) for _, row in named]
+        videos = trainer.split_videos("val")
+        results = evaluate_all(evaluator, items, trainer.eval_dataset_fn("val")(None), len(videos), tiles)
+        table = {name: result_row(*item, result, report_split, *cost_of(item[2]))
+                 for (name, _), (item, result) in zip(named, results)}
+    paired = {name: paired_difference(row_correct(table["Opt"]), row_correct(table[name])).to_dict()
+              for name in ("S", "ST", "S+ST")}
+    return {"report_split": report_split, "selected_on": trainer.split_name(select_split),
+            "same_split": select_split == "val", "note": SAME_SPLIT_NOTE if select_split == "val" else None,
+            "videos": fingerprint(trainer.split_videos("val")), "strategies": table, "paired_vs_opt": paired}
+
+
 def run_search(config: SearchConfig, log=print):
     """Runs (or resumes) the search of ``config``; returns a ``SearchResult``."""
     import keras
@@ -159,6 +218,7 @@ def run_search(config: SearchConfig, log=print):
 
     from tf_stfusion.accounting import cost
     from tf_stfusion.fileio import atomic_write_json, claim_settings
+    from tf_stfusion.selection import SAME_SPLIT_NOTE
     from tf_stfusion.strategy import Strategy, marginals
     from tf_stfusion.trainer import Trainer, find_checkpoint, load_run_config
 
@@ -166,6 +226,12 @@ def run_search(config: SearchConfig, log=print):
     if run.strategy is not None or "search" not in run.phases:
         raise ValueError(f"{config.model_dir} is not a template run with a search phase (phases "
                          f"{','.join(run.phases)}); train with --phase=warmup,search first")
+    select_split = config.select_split or run.data.select_split
+    if select_split not in ("holdout", "val"):
+        raise ValueError(f"--select_split must be holdout or val, got {select_split!r}")
+    if select_split == "holdout" and run.data.select_split != "holdout":
+        raise ValueError(f"{config.model_dir} trained on every training video (--select_split=val): it has no "
+                         "hold-out to select on; search with --select_split=val, or train a run with a hold-out")
     data = dataclasses.replace(run.data, eval_views=config.clips or run.data.eval_views)
     run = dataclasses.replace(run, data=data, progress=False,
                               eval_batch_size=config.batch_size or run.eval_batch_size)
@@ -177,8 +243,10 @@ def run_search(config: SearchConfig, log=print):
 
     out_dir = os.path.join(config.model_dir, "search")
     os.makedirs(out_dir, exist_ok=True)
+    select_videos = trainer.split_videos(select_split)
+    select_name = trainer.split_name(select_split)
     plan = {"checkpoint": os.path.basename(checkpoint), "num_samples": config.num_samples, "seed": config.seed,
-            "clips_per_video": data.eval_views, "val_split": data.val_split}
+            "clips_per_video": data.eval_views, "select_split": select_name, "report_split": trainer.split_name("val")}
     claim_settings(os.path.join(out_dir, PLAN), plan,
                    f"{out_dir} holds a search with other settings ({{keys}} differ); remove that folder or use "
                    "the same settings to resume it")
@@ -195,8 +263,10 @@ def run_search(config: SearchConfig, log=print):
         if _key(item[2]) not in by_key and _key(item[2]) not in {_key(u[2]) for u in unique}:
             unique.append(item)
     log(f"search: {len(planned)} strategies ({len(planned) - 3} sampled, 3 fixed); {len(done)} already "
-        f"evaluated; {len(unique)} to evaluate, {config.tiles} per pass over {trainer.source.num_val} videos "
-        f"x {data.eval_views} clip(s)")
+        f"evaluated; {len(unique)} to evaluate, {config.tiles} per pass over the {len(select_videos)} videos of the "
+        f"selection split ({select_name}) x {data.eval_views} clip(s)")
+    if select_split == "val":
+        log(f"search: {SAME_SPLIT_NOTE}: the best of {config.num_samples} is chosen on the split it is reported on")
 
     spec = model.stf_spec
     shape = (data.num_frames, data.eval_input_size, data.eval_input_size, 3)
@@ -209,18 +279,16 @@ def run_search(config: SearchConfig, log=print):
             costs[key] = (c.params, c.gflops)
         return costs[key]
 
-    dataset = trainer.eval_dataset_fn()(None)
+    dataset = trainer.eval_dataset_fn(select_split)(None)
     evaluator = TiledEvaluator(model, data.eval_views, config.tiles)
     bar = keras.utils.Progbar(len(unique), unit_name="strategy") if config.progress else None
     t0 = time.time()
     with open(results_path, "a") as f:
         for start in range(0, len(unique), config.tiles):
             chunk = unique[start:start + config.tiles]
-            metrics = evaluator.evaluate([s for _, _, s in chunk], dataset)
-            for (sid, kind, strategy), m in zip(chunk, metrics):
-                params, gflops = cost_of(strategy)
-                row = {"id": sid, "kind": kind, "units": strategy.units, **m, "params": params,
-                       "gflops": round(gflops, 4), "counts": strategy.counts()}
+            for (sid, kind, strategy), videos in evaluate_all(evaluator, chunk, dataset, len(select_videos),
+                                                              config.tiles):
+                row = result_row(sid, kind, strategy, videos, select_name, *cost_of(strategy))
                 f.write(json.dumps(row) + "\n")
                 f.flush()
                 done[sid] = row
@@ -234,13 +302,22 @@ def run_search(config: SearchConfig, log=print):
                 row = dict(by_key[_key(strategy)], id=sid, kind=kind)
                 f.write(json.dumps(row) + "\n")
                 done[sid] = row
-    seconds = time.time() - t0
     rows = [done[sid] for sid, _, _ in planned]
 
     best = pick_best(rows, config.max_gflops)
+    comparison = compare_on_report_split(trainer, evaluator, best, rows, select_split, config.tiles, cost_of)
+    comparison["prior"] = trainer.prior_diagnostics()
+    comparison["chance_warning"] = chance_warning(comparison, best, spec.num_classes, comparison["prior"])
+    seconds = time.time() - t0
+    atomic_write_json(os.path.join(out_dir, COMPARISON), comparison)
+    reported = comparison["strategies"]["Opt"]
+    metric_keys = ("top1", "top1_ci", "top5", "top5_ci", "num_videos", "split")
     best_strategy = Strategy.from_units(
         spec.backbone, best["units"],
-        metrics={"top1": best["top1"], "top5": best["top5"], "params": best["params"], "gflops": best["gflops"]},
+        metrics={**{k: reported[k] for k in metric_keys}, "selected_on": select_name,
+                 "selection": {k: best[k] for k in metric_keys},
+                 **({"note": SAME_SPLIT_NOTE} if select_split == "val" else {}),
+                 "ci_method": reported["ci_method"], "params": best["params"], "gflops": best["gflops"]},
         provenance={"kind": "search", "id": best["id"], "model_dir": os.path.abspath(config.model_dir),
                     "checkpoint": os.path.basename(checkpoint), "seed": config.seed,
                     "num_samples": config.num_samples, "clips_per_video": data.eval_views,
@@ -254,10 +331,30 @@ def run_search(config: SearchConfig, log=print):
 
     report.fusion_plot(probs, best["units"], os.path.join(out_dir, "fusion.png"))
     report.pareto_plot(rows, pareto_front(rows), best, os.path.join(out_dir, "pareto.png"))
-    report.write_report(os.path.join(out_dir, "report.md"), rows, best, probs, plan, config.max_gflops)
+    report.write_report(os.path.join(out_dir, "report.md"), rows, best, probs, plan, comparison, config.max_gflops)
     log(f"search: evaluated {len(unique)} strategies in {seconds:.1f}s ({evaluator.traces} trace(s)); "
-        f"best {best['id']}: top-1 {best['top1']:.4f}, {best['gflops']:.3f} GFLOPs -> {out_dir}/best.json")
-    return SearchResult(rows, best, len(unique), evaluator.traces, seconds, out_dir)
+        f"best {best['id']} chosen on {select_name} (top-1 {100 * best['top1']:.2f}%), "
+        f"on {reported['split']}: {100 * reported['top1']:.2f}% [{100 * reported['top1_ci'][0]:.1f}, "
+        f"{100 * reported['top1_ci'][1]:.1f}], {best['gflops']:.3f} GFLOPs -> {out_dir}/best.json")
+    if comparison["prior"]["warning"] or comparison["chance_warning"]:
+        log(f"search: warning: {comparison['chance_warning'] or comparison['prior']['warning']}")
+    return SearchResult(rows, best, len(unique), evaluator.traces, seconds, out_dir, comparison)
+
+
+def chance_warning(comparison, best, num_classes, prior):
+    """A warning when the fixed strategies S / ST / S+ST are indistinguishable from
+    chance on the report split while sampled strategies are clearly above it: the
+    search phase trained the template with most paths dropped (usually the
+    length-scale prior), so turning every path on breaks it."""
+    chance = 1.0 / num_classes
+    fixed = [comparison["strategies"][u] for u in ("S", "ST", "S+ST")]
+    if not all(r["top1_ci"][0] <= chance for r in fixed) or best["top1_ci"][0] <= chance:
+        return None
+    return (f"the fixed strategies S / ST / S+ST score near chance ({100 * chance:.1f}% for {num_classes} classes) on "
+            f"{comparison['report_split']} while the best sampled strategy is clearly above it: the search phase "
+            f"trained the template with most paths dropped ({prior['summary']}). The length-scale prior is probably "
+            f"too strong: lower --length_scale (k = {prior['length_scale']:g}, k^2/(2N) = {prior['k2_over_2n']:.3g}) "
+            "and see the README's 'Choosing k'.")
 
 
 def _search_checkpoint(model_dir):
@@ -279,6 +376,9 @@ def define_flags():
     flags.DEFINE_integer("batch_size", 0, "Validation videos per batch (0: the run's evaluation batch).")
     flags.DEFINE_float("max_gflops", 0.0, "best.json: the best strategy within this compute budget (0: none).")
     flags.DEFINE_string("checkpoint", None, "Template checkpoint (default: the run's final search checkpoint).")
+    flags.DEFINE_enum("select_split", None, ["holdout", "val"], "Split the best strategy is chosen on (default: the "
+                      "run's --select_split). val: the paper's protocol, selected and reported on the same split "
+                      "(optimistic).")
     flags.DEFINE_bool("progress", True, "Progress bar.")
 
 
@@ -295,7 +395,7 @@ def main(argv):
     config = SearchConfig(
         model_dir=FLAGS.model_dir, num_samples=FLAGS.num_samples, seed=FLAGS.seed, clips=FLAGS.clips,
         tiles=FLAGS.tiles, batch_size=FLAGS.batch_size, max_gflops=FLAGS.max_gflops,
-        checkpoint=FLAGS.checkpoint or "", progress=FLAGS.progress,
+        checkpoint=FLAGS.checkpoint or "", select_split=FLAGS.select_split or "", progress=FLAGS.progress,
     )
     try:
         run_search(config)

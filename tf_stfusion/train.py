@@ -18,14 +18,12 @@ checkpoint; finished phases are skipped.
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # noqa: E402
-
-from tf_stfusion.data import synthetic  # noqa: E402
-from tf_stfusion.data.sources import DATASETS  # noqa: E402
-from tf_stfusion.distribute import DISTRIBUTIONS  # noqa: E402
-from tf_stfusion.models import BACKBONES  # noqa: E402
+from tf_stfusion.data import synthetic
+from tf_stfusion.data.sources import DATASETS
+from tf_stfusion.distribute import DISTRIBUTIONS
+from tf_stfusion.models import BACKBONES
 
 FLAGS = flags.FLAGS
 
@@ -53,6 +51,12 @@ flags.DEFINE_enum("flip", "auto", ["auto", "on", "off"],
 flags.DEFINE_list("scale_range", ["1.0", "1.25"], "Training: the short side is resized to input_size "
                   "times a factor drawn from this range, then cropped.")
 flags.DEFINE_integer("shuffle_buffer", 256, "Examples in the shuffle buffer.")
+flags.DEFINE_enum("select_split", "holdout", ["holdout", "val"],
+                  "Where the strategy search selects: holdout (a class-stratified part of the training videos, "
+                  "chosen by a hash of the video id, that the template does not train on; the report split is "
+                  "--val_split) or val (the paper's protocol: selected and reported on the same split, optimistic).")
+flags.DEFINE_float("holdout_fraction", 0.1, "With --select_split=holdout: the fraction of each class's training "
+                   "videos held out.")
 # -- model --------------------------------------------------------------------
 flags.DEFINE_enum("backbone", "densenet121", sorted(BACKBONES), "Template backbone.")
 flags.DEFINE_string("strategy", None, "Train this fixed strategy network from scratch: a strategy file, "
@@ -136,7 +140,8 @@ def config_from_flags():
         val_split=FLAGS.val_split, num_frames=FLAGS.num_frames, stride=FLAGS.frame_stride,
         sampler=FLAGS.sampler, input_size=FLAGS.input_size, eval_size=FLAGS.eval_size or None,
         eval_views=FLAGS.eval_clips, flip={"auto": None, "on": True, "off": False}[FLAGS.flip],
-        scale_range=scale, shuffle_buffer=FLAGS.shuffle_buffer,
+        scale_range=scale, shuffle_buffer=FLAGS.shuffle_buffer, select_split=FLAGS.select_split,
+        holdout_fraction=FLAGS.holdout_fraction,
         synthetic_config=synthetic.SyntheticConfig(
             kind=FLAGS.synthetic_kind, videos_per_class=FLAGS.synthetic_videos_per_class,
             val_videos_per_class=FLAGS.synthetic_val_videos_per_class,

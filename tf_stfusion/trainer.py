@@ -38,6 +38,7 @@ import keras
 import tensorflow as tf
 
 from tf_stfusion import distribute as dist_lib
+from tf_stfusion import gating, selection
 from tf_stfusion.data import pipeline, synthetic
 from tf_stfusion.data.sources import DataSource, resolve_source
 from tf_stfusion.evaluation import MultiClipEvaluator
@@ -49,7 +50,9 @@ from tf_stfusion.strategy import Strategy, marginals
 PHASES = ("warmup", "search", "fixed")
 GATE_MODE_OF_PHASE = {"warmup": "off", "search": "search", "fixed": None}
 MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
+SELECT_SPLITS = ("holdout", "val")
 RUN_RECORD = "run.json"
+HOLDOUT_RECORD = "holdout.json"
 
 
 class TrainError(ValueError):
@@ -72,6 +75,11 @@ class DataConfig:
     scale_range: Tuple[float, float] = (1.0, 1.25)
     shuffle_buffer: int = 256
     synthetic_config: synthetic.SyntheticConfig = synthetic.SyntheticConfig()
+    # Where the search selects its strategy: "holdout" (a class-stratified part of
+    # the training videos that the template phases do not train on) or "val" (the
+    # paper's protocol: selected and reported on the same split, optimistic).
+    select_split: str = "holdout"
+    holdout_fraction: float = 0.1
 
     @property
     def eval_input_size(self):
@@ -164,6 +172,11 @@ class TrainConfig:
             raise TrainError(f"--mixed_precision must be one of {MIXED_PRECISION}")
         if self.data.eval_views < 1 or self.data.num_frames < 1 or self.data.stride < 1:
             raise TrainError("--eval_clips, --num_frames and --frame_stride must be >= 1")
+        if self.data.select_split not in SELECT_SPLITS:
+            raise TrainError(f"--select_split must be one of {SELECT_SPLITS}, got {self.data.select_split!r}")
+        if self.data.select_split == "holdout" and not 0.0 < self.data.holdout_fraction < 1.0:
+            raise TrainError(f"--holdout_fraction must lie in (0, 1), got {self.data.holdout_fraction} "
+                             "(or --select_split=val to train on every training video)")
         return self
 
     def phase_schedule(self, phase):
@@ -229,6 +242,7 @@ def load_run_config(model_dir):
     try:
         settings = dict(record["config"])
         data = dict(settings.pop("data"))
+        data.setdefault("select_split", "val")  # recorded before hold-outs existed: trained on every video
         data["synthetic_config"] = synthetic.SyntheticConfig(**data["synthetic_config"])
         data["scale_range"] = tuple(data["scale_range"])
         strategy = settings.pop("strategy")
@@ -345,9 +359,11 @@ class Trainer:
         if data.flip and not self.source.flip_ok:
             raise TrainError(f"--flip: {self.source.name} forbids horizontal flips (left/right is part of "
                              "the label)")
-        self.steps_per_epoch = config.steps_per_epoch or self.source.num_train // config.batch_size
+        self.holdout = self._holdout()
+        self.num_train = self.source.num_train - len(self.holdout)  # N of Eq. 5
+        self.steps_per_epoch = config.steps_per_epoch or self.num_train // config.batch_size
         if self.steps_per_epoch < 1:
-            raise TrainError(f"{self.source.num_train} training clips make no full batch of "
+            raise TrainError(f"{self.num_train} training clips make no full batch of "
                              f"{config.batch_size}; lower --batch_size or set --steps_per_epoch")
         self._check_start()
         self.model = self._build_model()
@@ -356,15 +372,30 @@ class Trainer:
         self.log = print if self.chief else (lambda *a, **k: None)
 
     # -- set-up ------------------------------------------------------------
+    def _holdout(self):
+        """Video ids of the selection hold-out: none for a fixed-strategy run (it
+        selects nothing) or with ``select_split=val``."""
+        data = self.config.data
+        if self.config.strategy is not None or data.select_split != "holdout":
+            return frozenset()
+        held = selection.holdout_ids(self.source.train_examples, data.holdout_fraction)
+        if not held:
+            raise TrainError(f"--holdout_fraction={data.holdout_fraction} holds out no training video (every "
+                             "class has fewer than 2); use --select_split=val")
+        return frozenset(held)
+
     def _identity(self):
         cfg = self.config
-        return {
+        identity = {
             "backbone": cfg.backbone,
             "units": None if cfg.strategy is None else cfg.strategy.units,
             "class_names": self.source.class_names,
             "num_frames": cfg.data.num_frames,
             "input_size": cfg.data.input_size,
         }
+        if cfg.strategy is None:  # the videos the template trains on
+            identity["selection"] = {"split": cfg.data.select_split, "holdout_videos": len(self.holdout)}
+        return identity
 
     def _check_start(self):
         """Same run as the one in model_dir (if any); a search phase has weights to start from."""
@@ -375,6 +406,8 @@ class Trainer:
                 record = json.load(f)
             theirs = record.get("identity", {})
             for key, value in self._identity().items():
+                if key == "selection" and key not in theirs:
+                    continue  # a run recorded before hold-outs existed
                 if theirs.get(key) != value:
                     raise TrainError(f"{cfg.model_dir} holds another run ({key} differs: {theirs.get(key)!r} "
                                      f"there, {value!r} now); use a new --model_dir")
@@ -419,9 +452,23 @@ class Trainer:
             "identity": self._identity(),
             "config": settings,
             "data": {"name": self.source.name, "dir": self.source.data_dir,
-                     "num_train": self.source.num_train, "num_val": self.source.num_val, "flip": self.flip},
+                     "num_train": self.num_train, "num_train_split": self.source.num_train,
+                     "num_val": self.source.num_val, "flip": self.flip},
+            "selection": {"split": cfg.data.select_split if cfg.strategy is None else None,
+                          "holdout_fraction": cfg.data.holdout_fraction if self.holdout else 0.0,
+                          "num_holdout": len(self.holdout),
+                          "holdout_file": HOLDOUT_RECORD if self.holdout else None,
+                          "method": "class-stratified, the first round(fraction * n) of each class by "
+                                    f"sha256({selection.SALT!r} + video id)"},
             "distribution": dist_lib.describe(self.strategy),
+            "contract": self.contract().to_dict(),
         })
+        if self.holdout:
+            labels = dict(self.source.train_examples)
+            atomic_write_json(os.path.join(cfg.model_dir, HOLDOUT_RECORD), {
+                "split": cfg.data.train_split, "fraction": cfg.data.holdout_fraction,
+                "videos": [[v, labels[v]] for v in sorted(self.holdout)],
+            })
 
     # -- data ----------------------------------------------------------------
     def train_dataset_fn(self, seed):
@@ -432,21 +479,54 @@ class Trainer:
                 self.source.train_files, training=True, num_frames=data.num_frames,
                 input_size=data.input_size, batch_size=self.config.batch_size, sampler=data.sampler,
                 stride=data.stride, flip=self.flip, scale_range=data.scale_range,
-                shuffle_buffer=data.shuffle_buffer, seed=seed, input_context=ctx,
+                shuffle_buffer=data.shuffle_buffer, seed=seed, input_context=ctx, exclude_ids=self.holdout,
             )
         return dataset_fn
 
-    def eval_dataset_fn(self):
+    def split_videos(self, split="val"):
+        """The canonical order (sorted ids) of an evaluation split: ``val`` or ``holdout``."""
+        if split == "holdout":
+            if not self.holdout:
+                raise TrainError(f"{self.config.model_dir} holds out no training videos (--select_split=val)")
+            return sorted(self.holdout)
+        if split != "val":
+            raise ValueError(f"evaluation split must be 'val' or 'holdout', got {split!r}")
+        ids = sorted(v for v, _ in self.source.val_examples)
+        twice = [a for a, b in zip(ids, ids[1:]) if a == b]
+        if twice:
+            raise TrainError(f"{self.source.data_dir}: video id {twice[0]!r} appears twice in the "
+                             f"{self.config.data.val_split} split; ids must be unique")
+        return ids
+
+    def eval_dataset_fn(self, split="val"):
+        """Eval batches ``(clips, labels, position in split_videos(split))``."""
         data = self.config.data
         batch = self.config.eval_batch_size or self.config.batch_size
+        videos = self.split_videos(split)
+        files = self.source.train_files if split == "holdout" else self.source.val_files
 
         def dataset_fn(ctx):
             return pipeline.make_dataset(
-                self.source.val_files, training=False, num_frames=data.num_frames,
+                files, training=False, num_frames=data.num_frames,
                 input_size=data.eval_input_size, batch_size=batch, sampler=data.sampler,
                 stride=data.stride, num_views=data.eval_views, input_context=ctx, deterministic=True,
+                video_index=videos,
             )
         return dataset_fn
+
+    def contract(self):
+        """The run's ``InputContract``: how its evaluation samples, resizes and
+        normalises a video (recorded in run.json, carried by every export)."""
+        data = self.config.data
+        return pipeline.InputContract(
+            num_frames=data.num_frames, frame_stride=data.stride, sampler=data.sampler, eval_clips=data.eval_views,
+            eval_size=data.eval_input_size, class_names=tuple(self.source.class_names),
+            frame_short_side=self.source.frame_short_side, jpeg_quality=self.source.jpeg_quality,
+        )
+
+    def split_name(self, split):
+        """How outputs name a split: the val split's own name, or ``holdout``."""
+        return "holdout" if split == "holdout" else self.config.data.val_split
 
     # -- one phase -------------------------------------------------------------
     def make_step(self, state):
@@ -455,7 +535,7 @@ class Trainer:
         return make_train_step(
             self.model, self.strategy, state.optimizer, state.variables, state.step,
             global_batch=cfg.batch_size, weight_decay=cfg.weight_decay,
-            regularizer=(cfg.length_scale, self.source.num_train, cfg.entropy) if state.phase == "search" else None,
+            regularizer=(cfg.length_scale, self.num_train, cfg.entropy) if state.phase == "search" else None,
         )
 
     def _restore_start(self, phase, checkpoint, saver):
@@ -553,12 +633,13 @@ class Trainer:
                 self.log(f"[{phase}] epoch {epoch + 1}/{epochs}")
                 bar = keras.utils.Progbar(spe, stateful_metrics=["lr"])
             first = start - epoch * spe if epoch == start // spe else 0
-            sums, t_epoch = [0.0, 0.0], time.time()
+            sums, t_epoch = [0.0, 0.0, 0.0], time.time()
             for i in range(first, spe):
                 clips, labels = next(stream)
                 loss, reg, acc = (float(v) for v in train_step(clips, labels).numpy())
                 sums[0] += loss
                 sums[1] += acc
+                sums[2] += reg
                 step = epoch * spe + i + 1
                 lr = float(_current_lr(optimizer))
                 if bar:
@@ -583,6 +664,9 @@ class Trainer:
         record = {"phase": phase, "step": total_steps, "epochs": epochs, "steps_per_epoch": spe,
                   "checkpoint": os.path.basename(final) if final else None,
                   "seconds_this_run": round(time.time() - t0, 1)}
+        if epochs > start // spe:  # the last epoch ran in this process: its mean losses
+            n = max(spe - first, 1)
+            record["last_epoch"] = {"loss": sums[0] / n, "accuracy": sums[1] / n, "regularizer": sums[2] / n}
         if self.chief:
             atomic_write_json(os.path.join(self._phase_dir(phase), "done.json"), record)
         self._weights_from = final
@@ -618,15 +702,34 @@ class Trainer:
             for key in ("top1", "top5", "loss"):
                 write_scalar(f"val/{key}", metrics[key])
 
-    def evaluate(self, label="validation"):
+    def evaluate_videos(self, split="val", label="validation"):
+        """Per-video outcomes (``VideoResults``) of the model on ``split``."""
         evaluator = MultiClipEvaluator(self.model, self.config.data.eval_views, self.strategy)
         show = self.config.progress and self.chief
-        return evaluator(self.eval_dataset_fn(), self.source.num_val if show else None, show, label)
+        videos = self.split_videos(split)
+        return evaluator.videos(self.eval_dataset_fn(split), len(videos), show, label)
+
+    def evaluate(self, split="val", label="validation"):
+        """Metrics of the model on ``split`` (top-1/top-5 with 95% intervals)."""
+        return self.evaluate_videos(split, label).metrics(self.split_name(split))
+
+    def prior_diagnostics(self):
+        """How strongly the Eq. 5 prior pulled the gates (after the search phase)."""
+        done = self._phase_done("search") or {}
+        last = done.get("last_epoch", {})
+        return gating.prior_diagnostics(
+            drop_probabilities(self.model).numpy(), self.config.length_scale, self.num_train,
+            loss=last.get("loss"), regularizer=last.get("regularizer"),
+        )
 
     def write_probabilities(self):
+        diagnostics = self.prior_diagnostics()
+        self.log(f"[search] prior: {diagnostics['summary']}")
+        if diagnostics["warning"]:
+            self.log(f"[search] warning: {diagnostics['warning']}")
         if self.chief:
             path = os.path.join(self.config.model_dir, "probabilities.json")
-            atomic_write_json(path, marginals(self.model))
+            atomic_write_json(path, {**marginals(self.model), "diagnostics": diagnostics})
             self.log(f"wrote {path}")
 
     def run(self):
@@ -651,17 +754,20 @@ class Trainer:
                 return old
         self._load_weights()
         mode = GATE_MODE_OF_PHASE[last]
-        metrics = self.evaluate(label=f"final evaluation ({self.config.data.eval_views} clip(s) per video)")
+        videos = self.evaluate_videos(label=f"final evaluation ({self.config.data.eval_views} clip(s) per video)")
+        metrics = videos.metrics(self.split_name("val"))
         metrics.update(phase=last, gate_mode=mode, checkpoint=done.get("checkpoint"),
                        clips_per_video=cfg.data.eval_views, dataset=self.source.name,
-                       strategy=None if cfg.strategy is None else cfg.strategy.units)
+                       strategy=None if cfg.strategy is None else cfg.strategy.units,
+                       per_video={"order": "sorted video ids of the split",
+                                  "videos": selection.fingerprint(self.split_videos("val")),
+                                  "top1": selection.pack_bits(videos.top1)})
         if self.chief:
             atomic_write_json(metrics_path, metrics)
         self._eval_summaries(self._writer(last), done.get("step", 0), metrics)
         for writer in self._writers.values():
             writer.flush()
-        self.log(f"top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  ({metrics['num_videos']} videos) "
-                 f"-> {metrics_path}")
+        self.log(f"{selection.describe(metrics)} -> {metrics_path}")
         return metrics
 
     def _load_weights(self):

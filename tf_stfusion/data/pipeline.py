@@ -17,6 +17,7 @@ Every random choice is a stateless op seeded from ``seed``, so with a seed and
 import dataclasses
 import glob
 import os
+from typing import Tuple
 
 import tensorflow as tf
 
@@ -94,13 +95,33 @@ def parse_example(serialized):
     return sequence["image/encoded"], tf.cast(context["clip/label/index"], tf.int32), context["clip/media_id"]
 
 
+def parse_media_id(serialized):
+    """The video id of a serialized example (its context only)."""
+    context, _ = tf.io.parse_single_sequence_example(
+        serialized, {"clip/media_id": CONTEXT_FEATURES["clip/media_id"]}
+    )
+    return context["clip/media_id"]
+
+
+def _id_table(ids, positions):
+    """A lookup of video ids: their position in ``ids`` (``positions``) or 0; -1 if absent."""
+    keys = tf.constant([str(i) for i in ids], tf.string)
+    values = tf.range(tf.size(keys, out_type=tf.int64)) if positions else tf.zeros(tf.shape(keys), tf.int64)
+    return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), default_value=-1)
+
+
+def decode_frame(encoded):
+    """One encoded frame (JPEG, as the shards store them, or PNG) -> uint8 ``[H, W, 3]``.
+    (For JPEG this is bit-identical to ``tf.io.decode_jpeg``.)"""
+    frame = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    frame.set_shape([None, None, 3])
+    return frame
+
+
 def decode_frames(encoded, indices):
     """Decodes only the frames at ``indices`` ([V, T]) -> uint8 [V*T, H, W, 3]."""
     chosen = tf.gather(encoded, tf.reshape(indices, [-1]))
-    return tf.map_fn(
-        lambda b: tf.io.decode_jpeg(b, channels=3), chosen,
-        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
-    )
+    return tf.map_fn(decode_frame, chosen, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
 
 
 def resize_short_side(frames, short_side):
@@ -139,6 +160,83 @@ def normalize(frames):
     return (x - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
 
 
+# -- the evaluation path of one video: evaluation and serving both call these -------
+EVAL_SEED = (0, 0)  # evaluation sampling is deterministic; the samplers take a seed all the same
+
+
+def views_to_clips(frames, num_views, num_frames, size):
+    """Decoded frames ``[V*T, H, W, 3]`` of ``V`` views, in view order -> normalised
+    clips ``[V, T, S, S, 3]``: short side to ``S``, centre crop, ImageNet normalisation."""
+    frames = eval_views(frames, size)
+    return normalize(tf.reshape(frames, [num_views, num_frames, size, size, 3]))
+
+
+def eval_clips(encoded, sampler, num_views, size):
+    """One video's encoded frames ``[L]`` -> its evaluation clips ``[V, T, S, S, 3]``:
+    the sampler's ``V`` views (a short video loops), decoded, cropped, normalised."""
+    indices = sampler.indices(tf.shape(encoded)[0], num_views, False, tf.constant(EVAL_SEED, tf.int32))
+    return views_to_clips(decode_frames(encoded, indices), num_views, sampler.num_frames, size)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputContract:
+    """What a model scored by a run's evaluation expects (SPEC §8), recorded by the
+    run and carried by every export, so that no client re-types sizes:
+
+    ``num_frames`` per clip, taken by the ``sampler`` (``dense`` with
+    ``frame_stride``, or ``uniform``), ``eval_clips`` views spread over the video
+    and their scores averaged, frames resized (short side) and centre-cropped to
+    ``eval_size``, ImageNet ``mean``/``std``. ``frame_short_side`` and
+    ``jpeg_quality`` say how ``prepare`` stored the frames the run was evaluated on
+    (0: as decoded), so a client can send frames encoded the same way.
+    """
+
+    num_frames: int
+    frame_stride: int
+    sampler: str
+    eval_clips: int
+    eval_size: int
+    class_names: Tuple[str, ...]
+    frame_short_side: int = 0
+    jpeg_quality: int = 90
+    mean: Tuple[float, ...] = IMAGENET_MEAN
+    std: Tuple[float, ...] = IMAGENET_STD
+
+    FORMAT = "stfusion-contract/1"
+
+    def clip_sampler(self):
+        return make_sampler(self.sampler, self.num_frames, self.frame_stride)
+
+    def frame_indices(self, length):
+        """The frame indices ``[eval_clips, num_frames]`` evaluation reads from a
+        video of ``length`` frames (the pipeline's own sampler)."""
+        if length < 1:
+            raise ValueError("a video needs at least one frame")
+        indices = self.clip_sampler().indices(tf.constant(length, tf.int32), self.eval_clips, False,
+                                              tf.constant(EVAL_SEED, tf.int32))
+        return indices.numpy()
+
+    def to_dict(self):
+        out = {"format": self.FORMAT, **dataclasses.asdict(self)}
+        out.update(class_names=list(self.class_names), mean=list(self.mean), std=list(self.std))
+        return out
+
+    @classmethod
+    def from_dict(cls, data, where="input contract"):
+        if not isinstance(data, dict) or data.get("format") != cls.FORMAT:
+            raise ValueError(f"{where}: not a {cls.FORMAT} record")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        try:
+            values = {k: v for k, v in data.items() if k in fields}
+            values.update(class_names=tuple(values["class_names"]), mean=tuple(values.get("mean", IMAGENET_MEAN)),
+                          std=tuple(values.get("std", IMAGENET_STD)))
+            contract = cls(**values)
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{where}: unreadable ({e})") from None
+        make_sampler(contract.sampler, contract.num_frames, contract.frame_stride)  # validates
+        return contract
+
+
 # -- the dataset ------------------------------------------------------------------
 def list_shards(path_or_pattern, split=None):
     """Shard files from a directory (``<split>-*.tfrecord``) or a glob pattern."""
@@ -170,6 +268,8 @@ def make_dataset(
     deterministic=False,
     input_context=None,
     drop_remainder=None,
+    video_index=None,
+    exclude_ids=None,
 ):
     """Batches of ``(clips, labels)``.
 
@@ -177,6 +277,12 @@ def make_dataset(
     views of a video are consecutive in the batch (average their scores with
     ``average_view_scores``) -- and labels ``[B]``. Float32, ImageNet-normalised.
     ``input_context`` (a ``tf.distribute.InputContext``) shards the files.
+
+    ``video_index`` (a sequence of video ids): only these videos are read, and
+    each batch carries a third element, every video's position in that
+    sequence (``[B]`` int64), so per-video results can be put in a fixed order
+    whatever the reading order. ``exclude_ids``: videos never read (the
+    hold-out of the training split).
     """
     files = list(files)
     clip_sampler = make_sampler(sampler, num_frames, stride)
@@ -197,6 +303,19 @@ def make_dataset(
         tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic,
     )
+    position_of = _id_table(video_index, positions=True) if video_index is not None else None
+    excluded = _id_table(exclude_ids, positions=False) if exclude_ids else None
+    if position_of is not None or excluded is not None:
+        def listed(serialized):
+            media_id = parse_media_id(serialized)
+            keep = tf.constant(True)
+            if position_of is not None:
+                keep = keep & (position_of.lookup(media_id) >= 0)
+            if excluded is not None:
+                keep = keep & (excluded.lookup(media_id) < 0)
+            return keep
+
+        ds = ds.filter(listed)
     if training and shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed)
     if repeat:
@@ -206,24 +325,23 @@ def make_dataset(
     ds = tf.data.Dataset.zip((ds, seeds))
 
     def load(serialized, example_seed):
-        encoded, label, _ = parse_example(serialized)
-        length = tf.shape(encoded)[0]
-        split = tf.random.experimental.stateless_split(example_seed, 2)
-        indices = clip_sampler.indices(length, views, training, split[0])
-        frames = decode_frames(encoded, indices)
+        encoded, label, media_id = parse_example(serialized)
         if training:
-            frames = train_augment(frames, input_size, scale_range, flip, split[1])
+            split = tf.random.experimental.stateless_split(example_seed, 2)
+            indices = clip_sampler.indices(tf.shape(encoded)[0], 1, True, split[0])
+            frames = train_augment(decode_frames(encoded, indices), input_size, scale_range, flip, split[1])
+            clips = normalize(tf.reshape(frames, [num_frames, input_size, input_size, 3]))
         else:
-            frames = eval_views(frames, input_size)
-        frames = tf.reshape(frames, [views, num_frames, input_size, input_size, 3])
-        clips = normalize(frames)
-        return (clips[0] if training else clips), label
+            clips = eval_clips(encoded, clip_sampler, views, input_size)
+        if position_of is not None:
+            return clips, label, position_of.lookup(media_id)
+        return clips, label
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     batch = batch_size if input_context is None else input_context.get_per_replica_batch_size(batch_size)
     ds = ds.batch(batch, drop_remainder=drop_remainder)
     if not training:
-        ds = ds.map(lambda x, y: (tf.reshape(x, [-1, num_frames, input_size, input_size, 3]), y))
+        ds = ds.map(lambda x, *rest: (tf.reshape(x, [-1, num_frames, input_size, input_size, 3]), *rest))
     options = tf.data.Options()
     options.deterministic = deterministic
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

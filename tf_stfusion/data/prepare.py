@@ -283,6 +283,7 @@ def summarize(index, records, opts):
         },
         "flip_ok": index.flip_ok,
         "short_side": opts["short_side"],
+        "jpeg_quality": opts["jpeg_quality"],
         "shards": [r["shard"] for r in records],
     }
 

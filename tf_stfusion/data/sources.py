@@ -15,7 +15,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from tf_stfusion.data import synthetic
 from tf_stfusion.fileio import claim_settings
@@ -33,6 +33,10 @@ class DataSource:
     num_train: int
     num_val: int
     flip_ok: bool
+    train_examples: List[Tuple[str, int]] = ()  # (video id, label) of every training video
+    val_examples: List[Tuple[str, int]] = ()
+    frame_short_side: int = 0  # how prepare stored the validation frames (0: as decoded)
+    jpeg_quality: int = 90
 
 
 def default_synthetic_dir(config):
@@ -97,6 +101,25 @@ def read_manifest(data_dir, split):
     return manifest
 
 
+def read_examples(data_dir, manifest, split):
+    """``(video_id, label)`` of every example of a split, from its shards' ``.done.json``
+    records (prepare writes one beside each finished shard)."""
+    examples = []
+    for shard in manifest["shards"]:
+        path = os.path.join(data_dir, f"{shard}.done.json")
+        try:
+            with open(path) as f:
+                examples.extend((str(video_id), int(label)) for video_id, label in json.load(f)["examples"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise FileNotFoundError(f"{path}: the record of a finished {split} shard is missing or unreadable "
+                                    f"({type(e).__name__}); rerun prepare for the {split!r} split to rewrite "
+                                    "it") from None
+    if len(examples) != manifest["num_examples"]:
+        raise ValueError(f"{data_dir}: the {split} shards' records list {len(examples)} videos, the manifest "
+                         f"{manifest['num_examples']}; rerun prepare for the {split!r} split")
+    return examples
+
+
 def resolve_source(dataset, data_dir=None, train_split="train", val_split="val",
                    synthetic_config: Optional[synthetic.SyntheticConfig] = None, progress=True):
     """The ``DataSource`` of ``--dataset``/``--data_dir``."""
@@ -132,4 +155,8 @@ def resolve_source(dataset, data_dir=None, train_split="train", val_split="val",
         num_train=int(train["num_examples"]),
         num_val=int(val["num_examples"]),
         flip_ok=bool(train.get("flip_ok", True)),
+        train_examples=read_examples(data_dir, train, train_split),
+        val_examples=read_examples(data_dir, val, val_split),
+        frame_short_side=int(val.get("short_side") or 0),
+        jpeg_quality=int(val.get("jpeg_quality", 90)),
     )

@@ -1,0 +1,180 @@
+"""Choosing a fusion strategy you can trust: a held-out selection split,
+intervals, and paired comparisons (pure numpy; no TensorFlow).
+
+The search scores many strategies with the same template weights and keeps the
+best. The maximum of many noisy estimates is biased upwards, so the strategy is
+*selected* on one split and its accuracy *reported* on another:
+
+* ``holdout_ids``: the default selection split, a deterministic,
+  class-stratified hold-out of the training videos. Per class the videos are
+  ordered by ``sha256(SALT + video_id)`` and the first
+  ``round(fraction * n_class)`` are held out, so every machine and every rerun
+  holds out the same videos, and the training phases never see them.
+* ``wilson_interval``: the 95% Wilson score interval of a proportion (top-1 of
+  ``n`` videos). With ``z`` the normal quantile and ``p = k / n``::
+
+      centre = (p + z^2 / 2n) / (1 + z^2 / n)
+      half   = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / 4n^2)
+
+* ``paired_difference``: two strategies scored on the *same* videos, compared
+  video by video. The difference of top-1 is ``(n+ - n-) / n`` with ``n+`` the
+  videos only ``a`` gets right and ``n-`` those only ``b`` gets right. Its
+  interval is the paired bootstrap over videos (percentile method): resampling
+  ``n`` videos with replacement only changes how many of each kind (+1, -1, 0)
+  are drawn, so a resample is one multinomial draw of the three counts, which
+  makes it exact and cheap. ``a`` is called better (worse) only when the whole
+  interval lies above (below) 0.
+
+Per-video correctness travels compactly as base64 of packed bits
+(``pack_bits`` / ``unpack_bits``) in a canonical video order.
+"""
+
+import base64
+import dataclasses
+import hashlib
+import math
+from statistics import NormalDist
+
+import numpy as np
+
+SALT = "stfusion-holdout/1:"
+CONFIDENCE = 0.95
+RESAMPLES = 10_000
+CI_METHOD = "Wilson score interval over videos, 95%"
+PAIRED_METHOD = f"paired bootstrap over videos (percentile, {RESAMPLES:,} resamples), 95%"
+SAME_SPLIT_NOTE = "selected and reported on the same split (optimistic)"
+INDISTINGUISHABLE = "indistinguishable at this sample size"
+
+
+# -- the selection split ------------------------------------------------------------
+def _order_key(video_id):
+    return hashlib.sha256((SALT + str(video_id)).encode()).hexdigest()
+
+
+def holdout_ids(examples, fraction):
+    """The held-out video ids of ``examples`` (``(video_id, label)`` pairs).
+
+    Class-stratified and deterministic (see the module docstring). A class with
+    at least two videos keeps at least one for training and, when ``fraction``
+    is > 0, gives at least one to the hold-out.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"the hold-out fraction must lie in [0, 1), got {fraction!r}")
+    by_class = {}
+    for video_id, label in examples:
+        by_class.setdefault(int(label), []).append(str(video_id))
+    held = set()
+    for ids in by_class.values():
+        if fraction == 0.0 or len(ids) < 2:
+            continue
+        count = min(max(1, round(fraction * len(ids))), len(ids) - 1)
+        held.update(sorted(ids, key=_order_key)[:count])
+    return held
+
+
+# -- one proportion -------------------------------------------------------------------
+def _z(confidence):
+    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
+
+
+def wilson_interval(successes, n, confidence=CONFIDENCE):
+    """``(low, high)`` of the Wilson score interval of ``successes / n``."""
+    if n <= 0:
+        raise ValueError("an interval needs at least one video")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must lie in [0, {n}], got {successes}")
+    z = _z(confidence)
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def proportion(correct, confidence=CONFIDENCE):
+    """``{"value", "ci", "n"}`` of a 0/1 array (one entry per video)."""
+    correct = np.asarray(correct, bool)
+    k, n = int(correct.sum()), int(correct.size)
+    return {"value": k / n, "ci": list(wilson_interval(k, n, confidence)), "n": n}
+
+
+# -- two strategies on the same videos -----------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PairedDifference:
+    """``a - b`` in top-1 on the same videos, with its paired 95% interval."""
+
+    diff: float
+    low: float
+    high: float
+    n: int
+    only_a: int  # videos only ``a`` gets right
+    only_b: int  # videos only ``b`` gets right
+
+    @property
+    def verdict(self):
+        """``better`` / ``worse`` when the interval excludes 0, else indistinguishable."""
+        if self.low > 0:
+            return "better"
+        if self.high < 0:
+            return "worse"
+        return INDISTINGUISHABLE
+
+    def to_dict(self):
+        return {"diff": self.diff, "ci": [self.low, self.high], "n": self.n, "only_a": self.only_a,
+                "only_b": self.only_b, "verdict": self.verdict, "method": PAIRED_METHOD}
+
+
+def _check_pair(a, b):
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired correctness needs two equal, non-empty 1-D arrays, got {a.shape} and {b.shape}")
+    return a, b
+
+
+def bootstrap_differences(only_a, only_b, n, resamples=RESAMPLES, seed=0):
+    """Paired-bootstrap draws of the top-1 difference, from the discordant counts."""
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, [only_a / n, only_b / n, (n - only_a - only_b) / n], size=resamples)
+    return (counts[:, 0] - counts[:, 1]) / n
+
+
+def paired_difference(a, b, confidence=CONFIDENCE, resamples=RESAMPLES, seed=0):
+    """``a - b`` (per-video top-1 correctness of two strategies) with its interval."""
+    a, b = _check_pair(a, b)
+    n = int(a.size)
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(b & ~a))
+    draws = bootstrap_differences(only_a, only_b, n, resamples, seed)
+    alpha = 1.0 - confidence
+    low, high = np.quantile(draws, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return PairedDifference((only_a - only_b) / n, float(low), float(high), n, only_a, only_b)
+
+
+# -- compact per-video correctness -------------------------------------------------------
+def pack_bits(correct):
+    """A 0/1 array as base64 of its packed bits (8 videos a byte)."""
+    return base64.b64encode(np.packbits(np.asarray(correct, bool)).tobytes()).decode("ascii")
+
+
+def unpack_bits(text, n):
+    """The inverse of ``pack_bits`` for ``n`` videos."""
+    raw = np.frombuffer(base64.b64decode(text), np.uint8)
+    if raw.size != (n + 7) // 8:
+        raise ValueError(f"packed correctness holds {raw.size * 8} bits, expected {n} videos")
+    return np.unpackbits(raw)[:n].astype(bool)
+
+
+def fingerprint(video_ids):
+    """A short digest of a split's canonical video order (to check that two
+    results being paired were measured on the same videos)."""
+    return hashlib.sha256("\n".join(video_ids).encode()).hexdigest()[:16]
+
+
+def describe(metrics):
+    """One line for logs: top-1 and top-5 with their intervals, split and size."""
+    def pct(key):
+        lo, hi = metrics[f"{key}_ci"]
+        return f"{100 * metrics[key]:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+    split = metrics.get("split", "?")
+    return (f"top-1 {pct('top1')}  top-5 {pct('top5')}  on {split} ({metrics['num_videos']} videos; "
+            "95% Wilson intervals)")
