@@ -17,9 +17,9 @@ import statistics
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tf_stfusion  # noqa: F401  (first: TensorFlow's environment defaults, see tf_stfusion/__init__.py)
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags, logging
 
 flags.DEFINE_list("backbones", ["tiny", "densenet121"], "Templates.")
 flags.DEFINE_list("strategies", ["S", "ST"], "Uniform strategies to export.")
@@ -48,7 +48,7 @@ def main(argv):
     import tensorflow as tf
 
     import tf_stfusion as stf
-    from tf_stfusion.data.pipeline import normalize
+    from tf_stfusion.data.pipeline import InputContract, normalize
     from tf_stfusion.export import writers
     from tf_stfusion.export.prune import prune
 
@@ -65,6 +65,8 @@ def main(argv):
         full = stf.cost(template, None, input_shape=shape)
         x = normalize(tf.constant(video))
         call_template = tf.function(lambda clips: template(clips, training=False))
+        contract = InputContract(num_frames=FLAGS.num_frames, frame_stride=1, sampler="dense", eval_clips=1,
+                                 eval_size=FLAGS.size, class_names=tuple(str(i) for i in range(400)))
         for unit in FLAGS.strategies:
             strategy = stf.Strategy.uniform(unit, backbone)
             stf.apply_strategy(template, strategy)
@@ -72,9 +74,9 @@ def main(argv):
             with tempfile.TemporaryDirectory() as tmp:
                 sm_path = os.path.join(tmp, "m", "1")
                 os.makedirs(os.path.dirname(sm_path))
-                writers.write_saved_model(pruned, [str(i) for i in range(400)], sm_path, *shape[:2])
+                writers.write_saved_model(pruned, contract, sm_path)
                 onnx_path = os.path.join(tmp, "m.onnx")
-                writers.write_onnx(pruned, [str(i) for i in range(400)], onnx_path, *shape[:2])
+                writers.write_onnx(pruned, contract, onnx_path)
                 serve = tf.saved_model.load(sm_path).signatures["serving_default"]
                 session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
                 t_template = _median_ms(lambda: call_template(x).numpy())

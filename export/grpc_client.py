@@ -1,49 +1,70 @@
-"""Query a TF Serving gRPC endpoint with one clip.
+"""Classify a video with a model served by TF Serving's gRPC API.
 
-    pip install tensorflow-serving-api grpcio
+    pip install grpcio
     python export/grpc_client.py --server=localhost:8500 --video=clip.mp4
 
-A 16 x 256 x 256 x 3 uint8 clip is 3.1 MB, a batch of a few clips exceeds gRPC's
-4 MB default message limit: the channel below raises the limit on both sides
-of the client (the server's own limit is set by TF Serving's
-``--grpc_max_receive_message_length`` / default unlimited in recent versions).
+Like ``rest_client.py``: the input contract is read from the model (its
+``input_contract`` signature), the frames evaluation reads are picked with the
+package's own sampler and sent as a ``DT_STRING`` tensor of JPEGs to
+``serving_clips`` (``--whole_video``: every frame to ``serving_video``). JPEG
+frames keep the request small (a 16-frame, 2-view 256x256 request is about
+1 MB, under gRPC's 4 MB default); the channel still raises the message limits
+for long videos sent whole.
 """
 
 import argparse
+import sys
 
 MAX_MESSAGE = 256 * 1024 * 1024  # bytes
 
 
-def main():
-    import grpc
+def classify(predict, model_name, video, whole_video=False):
+    """``(top classes, request bytes)``; ``predict(request) -> PredictResponse`` is the transport."""
     import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from rest_client import load_clip
+    from tf_stfusion.export import client
 
+    response = predict(client.grpc_request(None, model_name, client.CONTRACT_SIGNATURE))
+    contract = client.contract_from_json(tf.make_ndarray(response.outputs["contract"]).item(), model_name)
+    frames, _ = client.request_frames(video, contract, whole_video)
+    signature = client.VIDEO_SIGNATURE if whole_video else client.CLIPS_SIGNATURE
+    request = client.grpc_request(frames, model_name, signature)
+    response = predict(request)
+    probabilities = tf.make_ndarray(response.outputs["probabilities"])[0]
+    return client.top_classes(probabilities, contract.class_names), request.ByteSize()
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", default="localhost:8500")
     parser.add_argument("--model_name", default="stfusion")
     parser.add_argument("--video", required=True)
-    parser.add_argument("--num_frames", type=int, default=16)
-    parser.add_argument("--size", type=int, default=256)
-    args = parser.parse_args()
+    parser.add_argument("--whole_video", action="store_true", help="send every frame to serving_video")
+    args = parser.parse_args(argv)
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from tf_stfusion.data.video import VideoError
+
     channel = grpc.insecure_channel(args.server, options=[
         ("grpc.max_send_message_length", MAX_MESSAGE),
         ("grpc.max_receive_message_length", MAX_MESSAGE),
     ])
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = args.model_name
-    request.model_spec.signature_name = "serving_default"
-    request.inputs["video"].CopyFrom(tf.make_tensor_proto(load_clip(args.video, args.num_frames, args.size)))
-    response = stub.Predict(request, timeout=60.0)
-    probs = tf.make_ndarray(response.outputs["probabilities"])[0]
-    labels = tf.make_ndarray(response.outputs["labels"])[0]
-    ids = tf.make_ndarray(response.outputs["top_k"])[0]
-    for label, idx in zip(labels, ids):
-        print(f"{probs[idx]:.4f}  {label.decode()}")
+    try:
+        top, size = classify(lambda request: stub.Predict(request, timeout=60.0), args.model_name, args.video,
+                             args.whole_video)
+    except (VideoError, ValueError) as e:
+        print(f"error: {args.video}: {e}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as e:
+        print(f"error: {args.server}: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    print(f"request: {size:,} bytes")
+    for probability, label in top:
+        print(f"{probability:.4f}  {label}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

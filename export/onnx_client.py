@@ -1,28 +1,49 @@
-"""Run the exported ONNX model with ONNX Runtime on one clip.
+"""Classify a video with the exported ONNX model and ONNX Runtime.
 
     python export/onnx_client.py --model=/models/stfusion.onnx --video=clip.mp4
+
+The model carries its input contract in its metadata (``input_contract``): the
+client picks the frames evaluation reads with the package's own sampler,
+resizes and crops them with the pipeline's evaluation functions, runs every
+view (uint8 ``[eval_clips, T, S, S, 3]``) and averages their scores, as
+evaluation does.
 """
 
 import argparse
-import json
+import sys
 
 
-def main():
+def classify(model_path, video):
+    """Top classes of ``video`` under the ONNX model at ``model_path``."""
     import onnxruntime as ort
 
-    from rest_client import load_clip
+    from tf_stfusion.export import client
 
+    session = ort.InferenceSession(model_path, providers=ort.get_available_providers())
+    meta = session.get_modelmeta().custom_metadata_map
+    if "input_contract" not in meta:
+        raise ValueError(f"{model_path} carries no input_contract metadata; export it again")
+    contract = client.contract_from_json(meta["input_contract"], model_path)
+    probabilities, _ = session.run(["probabilities", "top_k"], {"video": client.contract_clips(video, contract)})
+    return client.top_classes(probabilities.mean(axis=0), contract.class_names)
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--video", required=True)
-    args = parser.parse_args()
-    session = ort.InferenceSession(args.model, providers=ort.get_available_providers())
-    _, frames, size, _, _ = session.get_inputs()[0].shape
-    class_names = json.loads(session.get_modelmeta().custom_metadata_map["class_names"])
-    probs, top_k = session.run(["probabilities", "top_k"], {"video": load_clip(args.video, frames, size)})
-    for idx in top_k[0]:
-        print(f"{probs[0][idx]:.4f}  {class_names[idx]}")
+    args = parser.parse_args(argv)
+    from tf_stfusion.data.video import VideoError
+
+    try:
+        top = classify(args.model, args.video)
+    except (VideoError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for probability, label in top:
+        print(f"{probability:.4f}  {label}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

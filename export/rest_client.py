@@ -1,49 +1,66 @@
-"""Query a TF Serving REST endpoint with one clip.
+"""Classify a video with a model served by TF Serving's REST API.
 
-    python export/rest_client.py --url=http://localhost:8501/v1/models/stfusion:predict --video=clip.mp4
+    python export/rest_client.py --url=http://localhost:8501/v1/models/stfusion --video=clip.mp4
 
-The clip is decoded with PyAV, its short side resized and centre-cropped to the
-exported size, and ``--num_frames`` consecutive frames are sent as uint8
-``[1, T, H, W, 3]`` under the input name ``video``. (The REST API carries JSON
-numbers: about 4 bytes per pixel; use gRPC for large clips.)
+The client follows the model's input contract, read from the model itself (the
+``input_contract`` signature): it decodes the video as ``prepare`` did, picks
+the frames the run's evaluation reads with the package's own clip sampler, and
+sends only those, JPEG-encoded as ``{"b64": ...}`` strings, to the
+``serving_clips`` signature (``--whole_video``: every frame to
+``serving_video``, which samples in the graph). No sizes are passed by hand.
+It prints the request size and the top classes.
 """
 
 import argparse
 import json
+import sys
+import urllib.error
 import urllib.request
 
-import numpy as np
+
+def post(url, body):
+    """POSTs a JSON body to ``<url>:predict``; returns the decoded response."""
+    request = urllib.request.Request(f"{url}:predict", body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as e:
+        raise SystemExit(f"error: {url}:predict answered {e.code}: {e.read().decode(errors='replace')[:500]}")
+    except urllib.error.URLError as e:
+        raise SystemExit(f"error: cannot reach {url}: {e.reason}")
 
 
-def load_clip(path, num_frames, size):
-    from tf_stfusion.data.video import decode, resize_image
+def classify(url, video, whole_video=False, send=post):
+    """``(top classes, request bytes)`` for one video; ``send(url, body)`` is the transport."""
+    from tf_stfusion.export import client
 
-    frames = decode(path, max_frames=num_frames)
-    if len(frames) < num_frames:  # loop a short video, as the training pipeline does
-        frames = np.concatenate([frames] * (num_frames // len(frames) + 1))[:num_frames]
-    out = []
-    for frame in frames[:num_frames]:
-        frame = resize_image(frame, size)
-        top, left = (frame.shape[0] - size) // 2, (frame.shape[1] - size) // 2
-        out.append(frame[top:top + size, left:left + size])
-    return np.stack(out)[None].astype(np.uint8)
+    contract = client.contract_from_json(send(url, client.rest_contract_body())["outputs"], url)
+    frames, _ = client.request_frames(video, contract, whole_video)
+    signature = client.VIDEO_SIGNATURE if whole_video else client.CLIPS_SIGNATURE
+    body = client.rest_body(frames, signature)
+    outputs = send(url, body)["outputs"]
+    return client.top_classes(outputs["probabilities"][0], contract.class_names), len(body)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://localhost:8501/v1/models/stfusion:predict")
+    parser.add_argument("--url", default="http://localhost:8501/v1/models/stfusion",
+                        help="the model's REST address, without :predict")
     parser.add_argument("--video", required=True)
-    parser.add_argument("--num_frames", type=int, default=16)
-    parser.add_argument("--size", type=int, default=256)
-    args = parser.parse_args()
-    clip = load_clip(args.video, args.num_frames, args.size)
-    body = json.dumps({"signature_name": "serving_default", "inputs": {"video": clip.tolist()}}).encode()
-    request = urllib.request.Request(args.url, body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request) as response:
-        outputs = json.load(response)["outputs"]
-    for label, idx in zip(outputs["labels"][0], outputs["top_k"][0]):
-        print(f"{outputs['probabilities'][0][idx]:.4f}  {label}")
+    parser.add_argument("--whole_video", action="store_true", help="send every frame to serving_video")
+    args = parser.parse_args(argv)
+    from tf_stfusion.data.video import VideoError
+
+    try:
+        top, size = classify(args.url.rstrip("/"), args.video, args.whole_video)
+    except (VideoError, ValueError) as e:
+        print(f"error: {args.video}: {e}", file=sys.stderr)
+        return 2
+    print(f"request: {size:,} bytes")
+    for probability, label in top:
+        print(f"{probability:.4f}  {label}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

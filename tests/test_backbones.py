@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 import tf_stfusion as stf
+from tf_stfusion.data.pipeline import InputContract
 from tf_stfusion.export.prune import prune
 from tf_stfusion.transfer import map_strategy, paper_opt_strategy
 
@@ -84,7 +85,9 @@ def test_resnext_exports_to_saved_model_and_onnx(tmp_path):
     video = np.random.default_rng(2).integers(0, 256, (2, *SHAPE), dtype=np.uint8)
     want = tf.nn.softmax(pruned(normalize(tf.constant(video)), training=False)).numpy()
     (tmp_path / "m").mkdir()
-    writers.write_saved_model(pruned, list("abcdef"), str(tmp_path / "m" / "1"), SHAPE[0], SHAPE[1])
-    writers.write_onnx(pruned, list("abcdef"), str(tmp_path / "m.onnx"), SHAPE[0], SHAPE[1])
+    contract = InputContract(num_frames=SHAPE[0], frame_stride=1, sampler="dense", eval_clips=1, eval_size=SHAPE[1],
+                             class_names=tuple("abcdef"))
+    writers.write_saved_model(pruned, contract, str(tmp_path / "m" / "1"))
+    writers.write_onnx(pruned, contract, str(tmp_path / "m.onnx"))
     for got in (writers.run_saved_model(str(tmp_path / "m" / "1"), video), writers.run_onnx(str(tmp_path / "m.onnx"), video)):
         np.testing.assert_allclose(got["probabilities"], want, atol=1e-4)

@@ -24,9 +24,7 @@ import shutil
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 FORMATS = ("saved_model", "onnx")
@@ -51,6 +49,7 @@ class ExportConfig:
     overwrite: bool = False
     parity_clips: int = 2
     seed: int = 0
+    check_serving: bool = False  # feed every validation video through serving_video and compare
 
 
 def _max_diff(a, b):
@@ -102,9 +101,9 @@ def export(config: ExportConfig, log=print):
     from tf_stfusion.export.prune import prune
 
     with open(os.path.join(config.model_dir, "run.json")) as f:
-        class_names = json.load(f)["identity"]["class_names"]
-    frames = config.num_frames or run.data.num_frames
-    size = config.size or run.data.eval_input_size
+        record = json.load(f)
+    contract = run_contract(record, run, config)
+    class_names, frames, size = list(contract.class_names), contract.num_frames, contract.eval_size
     template = stf.build_template(run.backbone, num_classes=len(class_names), num_frames=frames, input_size=size)
     try:
         tf.train.Checkpoint(model=template).restore(checkpoint).expect_partial().assert_existing_objects_matched()
@@ -140,18 +139,26 @@ def export(config: ExportConfig, log=print):
         if "saved_model" in config.formats:
             path = os.path.join(work, config.model_name, str(config.version))
             os.makedirs(os.path.dirname(path))
-            writers.write_saved_model(pruned, class_names, path, frames, size)
+            writers.write_saved_model(pruned, contract, path, model_name=config.model_name)
             out = writers.run_saved_model(path, video)
             parity["saved_model_vs_keras_pruned"] = {"max_abs_diff": _max_diff(out["probabilities"], pruned_probs),
                                                      "output": "probabilities", "scale": 1.0}
             files["saved_model"] = os.path.join(config.model_name, str(config.version))
         if "onnx" in config.formats:
             path = os.path.join(work, f"{config.model_name}.onnx")
-            writers.write_onnx(pruned, class_names, path, frames, size)
+            writers.write_onnx(pruned, contract, path)
             out = writers.run_onnx(path, video)
             parity["onnx_runtime_vs_keras_pruned"] = {"max_abs_diff": _max_diff(out["probabilities"], pruned_probs),
                                                       "output": "probabilities", "scale": 1.0}
             files["onnx"] = f"{config.model_name}.onnx"
+        served = None
+        if config.check_serving:
+            if "saved_model" not in files:
+                raise ExportError("--check_serving needs the saved_model format")
+            log(f"export: serving check: every {run.data.val_split} video through serving_video")
+            served = serving_check(template, run, contract, os.path.join(work, files["saved_model"]))
+            parity["served_vs_evaluation"] = {"max_abs_diff": served["max_abs_diff_probabilities"],
+                                              "output": "probabilities", "scale": 1.0}
         for check in parity.values():
             check["passed"] = check["max_abs_diff"] <= TOLERANCE * check["scale"]
         report = {
@@ -161,7 +168,12 @@ def export(config: ExportConfig, log=print):
             "template": template_cost.to_dict(), "pruned": pruned_cost.to_dict(),
             "gflops_ratio": pruned_cost.gflops / template_cost.gflops,
             "parity": parity, "tolerance": f"{TOLERANCE} x output scale", "files": files,
+            "input_contract": contract.to_dict(),
+            "signatures": (["serving_default", "serving_video", "serving_clips", "input_contract"]
+                           if "saved_model" in files else []),
         }
+        if served is not None:
+            report["serving_check"] = served
         failed = [name for name, check in parity.items() if not check["passed"]]
         if failed:
             raise ExportError("parity check(s) failed: " + ", ".join(
@@ -183,9 +195,78 @@ def export(config: ExportConfig, log=print):
         shutil.rmtree(work, ignore_errors=True)
     for name, check in parity.items():
         log(f"  parity {name}: max abs diff {check['max_abs_diff']:.2e} (scale {check['scale']:.3g})")
+    if served is not None:
+        log(f"  served top-1 {100 * served['served_top1']:.2f}% vs evaluation top-1 "
+            f"{100 * served['evaluation_top1']:.2f}% on {served['split']} ({served['num_videos']} videos)")
     log(f"  params {template_cost.params:,} -> {pruned_cost.params:,}; GFLOPs {template_cost.gflops:.3f} -> "
         f"{pruned_cost.gflops:.3f}; written to {parent}")
     return report
+
+
+def run_contract(record, run, config):
+    """The run's input contract (run.json; derived from its settings for a run
+    recorded before contracts), with ``--num_frames`` / ``--size`` applied."""
+    from tf_stfusion.data.pipeline import InputContract
+
+    if "contract" in record:
+        contract = InputContract.from_dict(record["contract"], f"{config.model_dir}/run.json")
+    else:
+        manifest = os.path.join(record.get("data", {}).get("dir") or "", f"{run.data.val_split}-manifest.json")
+        stored = {}
+        if os.path.isfile(manifest):
+            with open(manifest) as f:
+                stored = json.load(f)
+        contract = InputContract(
+            num_frames=run.data.num_frames, frame_stride=run.data.stride, sampler=run.data.sampler,
+            eval_clips=run.data.eval_views, eval_size=run.data.eval_input_size,
+            class_names=tuple(record["identity"]["class_names"]),
+            frame_short_side=int(stored.get("short_side") or 0), jpeg_quality=int(stored.get("jpeg_quality", 90)))
+    return dataclasses.replace(contract, num_frames=config.num_frames or contract.num_frames,
+                               eval_size=config.size or contract.eval_size)
+
+
+def serving_check(template, run, contract, saved_model_dir, batch_size=8):
+    """Every validation video through the SavedModel's ``serving_video`` signature,
+    as a REST request would arrive (its stored JPEG frames as b64 strings), against
+    the run's evaluation of the same strategy (``template`` in fixed mode, the
+    evaluation pipeline under ``contract``). Returns the report's numbers."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tf_stfusion import selection
+    from tf_stfusion.data import pipeline
+    from tf_stfusion.data.sources import resolve_source
+    from tf_stfusion.evaluation import video_outcomes, video_probabilities
+    from tf_stfusion.export.client import VIDEO_SIGNATURE, rest_body
+    from tf_stfusion.export.local_server import LocalServing
+
+    data = run.data
+    source = resolve_source(data.dataset, data.data_dir, data.train_split, data.val_split,
+                            synthetic_config=data.synthetic_config, progress=False)
+    ids = sorted(v for v, _ in source.val_examples)
+    position = {v: i for i, v in enumerate(ids)}
+    dataset = pipeline.make_dataset(
+        source.val_files, training=False, num_frames=contract.num_frames, input_size=contract.eval_size,
+        batch_size=batch_size, sampler=contract.sampler, stride=contract.frame_stride,
+        num_views=contract.eval_clips, deterministic=True, video_index=ids)
+    evaluated = video_probabilities(template, dataset, contract.eval_clips, len(ids))
+    server = LocalServing(saved_model_dir)
+    served = np.zeros_like(evaluated)
+    labels = np.zeros(len(ids), np.int32)
+    for serialized in tf.data.TFRecordDataset(source.val_files):
+        encoded, label, media_id = pipeline.parse_example(serialized)
+        i = position[media_id.numpy().decode()]
+        served[i] = server.rest(rest_body(encoded.numpy().tolist(), VIDEO_SIGNATURE))["outputs"]["probabilities"][0]
+        labels[i] = int(label)
+    hits = {name: video_outcomes(tf.constant(p, tf.float32), labels).numpy()[:, 0] > 0.5
+            for name, p in (("served", served), ("evaluation", evaluated))}
+    served_top1, eval_top1 = selection.proportion(hits["served"]), selection.proportion(hits["evaluation"])
+    return {"split": data.val_split, "num_videos": len(ids), "signature": VIDEO_SIGNATURE,
+            "request": "each video's stored JPEG frames, as TF Serving REST b64 strings",
+            "served_top1": served_top1["value"], "served_top1_ci": served_top1["ci"],
+            "evaluation_top1": eval_top1["value"], "evaluation_top1_ci": eval_top1["ci"],
+            "same_answer": float(np.mean(np.argmax(served, 1) == np.argmax(evaluated, 1))),
+            "max_abs_diff_probabilities": float(np.max(np.abs(served - evaluated)))}
 
 
 def define_flags():
@@ -199,6 +280,9 @@ def define_flags():
     flags.DEFINE_integer("num_frames", 0, "Frames per input clip (0: the run's).")
     flags.DEFINE_integer("size", 0, "Input height and width (0: the run's evaluation size).")
     flags.DEFINE_bool("overwrite", False, "Replace an existing version folder.")
+    flags.DEFINE_bool("check_serving", False, "Feed every validation video (its stored JPEG frames) through the "
+                      "SavedModel's serving_video signature as a REST request would arrive, and compare with the "
+                      "run's evaluation of the strategy; a difference beyond 1e-4 fails the export.")
 
 
 def main(argv):
@@ -213,6 +297,7 @@ def main(argv):
         strategy_file=FLAGS.strategy, model_dir=FLAGS.model_dir, export_dir=FLAGS.export_dir,
         checkpoint=FLAGS.checkpoint or "", formats=tuple(FLAGS.formats), model_name=FLAGS.model_name,
         version=FLAGS.version, num_frames=FLAGS.num_frames, size=FLAGS.size, overwrite=FLAGS.overwrite,
+        check_serving=FLAGS.check_serving,
     )
     try:
         export(config)

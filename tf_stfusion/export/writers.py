@@ -1,13 +1,22 @@
 """Writers of the pruned network: a TF Serving SavedModel and ONNX.
 
-Both wrap the same serving function: ``video`` (uint8 ``[batch, T, H, W, 3]``)
--> ImageNet normalisation (the training pipeline's own ``normalize``) -> the
-pruned network -> ``probabilities`` (softmax) and ``top_k`` (class ids, best
-first). The SavedModel also returns ``labels`` (the top-k class names) from a
-lookup table initialised from its ``labels.txt`` asset; ONNX carries the class
-names in its metadata (``class_names``) instead of a string output.
+The SavedModel holds the serving functions of ``serving.make_signatures`` --
+``serving_default`` (uint8 clips), ``serving_video`` (one video's encoded
+frames, sampled in the graph as the run's evaluation samples), ``serving_clips``
+(the encoded frames the contract selects) and ``input_contract`` -- with the
+class names in a ``labels.txt`` asset (a lookup table turns top-k ids into
+names), the contract also as ``assets.extra/input_contract.json``, and TF
+Serving warm-up requests (``assets.extra/tf_serving_warmup_requests``: one
+``PredictionLog`` per signature) so that the first real request does not pay
+for graph warm-up.
+
+ONNX has no portable JPEG decoding: its file keeps the uint8 clip input of
+``serving_default`` (``video`` -> ``probabilities``, ``top_k``) and carries the
+class names (``class_names``) and the contract (``input_contract``) in its
+metadata.
 """
 
+import io
 import json
 import os
 import shutil
@@ -17,28 +26,23 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_stfusion.data.pipeline import normalize
+from tf_stfusion.export.serving import clip_probabilities, make_signatures
 
 ONNX_OPSET = 17
+WARMUP_FILE = "tf_serving_warmup_requests"
+CONTRACT_FILE = "input_contract.json"
 
 
 def video_signature(num_frames, size):
     return tf.TensorSpec([None, num_frames, size, size, 3], tf.uint8, name="video")
 
 
-def scores(model, video, top_k):
-    """``(probabilities, top_k ids)`` of uint8 clips."""
-    probs = tf.nn.softmax(tf.cast(model(normalize(video), training=False), tf.float32))
-    return probs, tf.math.top_k(probs, top_k).indices
-
-
-def write_saved_model(model, class_names, path, num_frames, size, top_k=5):
-    """A SavedModel with the ``serving_default`` signature, laid out for TF Serving."""
-    top_k = min(top_k, len(class_names))
+def write_saved_model(model, contract, path, top_k=5, model_name="stfusion"):
+    """A SavedModel with every serving signature, laid out for TF Serving."""
     tmp = tempfile.mkdtemp(prefix="stfusion-labels-")
     labels_file = os.path.join(tmp, "labels.txt")  # the asset keeps this name
     with open(labels_file, "w") as f:
-        f.write("\n".join(class_names) + "\n")
+        f.write("\n".join(contract.class_names) + "\n")
     try:
         # An Asset: the file is copied into <version>/assets/ and the table reads it from there.
         asset = tf.saved_model.Asset(labels_file)
@@ -51,37 +55,84 @@ def write_saved_model(model, class_names, path, num_frames, size, top_k=5):
         archive.track(model)
         archive.track(table)
         archive._tf_trackable.labels_asset = asset  # noqa: SLF001 (the archive keeps what it saves here)
-
-        def serve(video):
-            probs, ids = scores(model, video, top_k)
-            return {"probabilities": probs, "top_k": ids, "labels": table.lookup(tf.cast(ids, tf.int64))}
-
-        archive.add_endpoint("serving_default", serve, input_signature=[video_signature(num_frames, size)])
+        signatures = make_signatures(model, contract, lambda ids: table.lookup(tf.cast(ids, tf.int64)), top_k)
+        for name, (fn, input_signature) in signatures.items():
+            archive.add_endpoint(name, fn, input_signature=input_signature)
         archive.write_out(path, verbose=False)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    extra = os.path.join(path, "assets.extra")
+    os.makedirs(extra, exist_ok=True)
+    with open(os.path.join(extra, CONTRACT_FILE), "w") as f:
+        json.dump(contract.to_dict(), f, indent=2)
+    write_warmup_requests(os.path.join(extra, WARMUP_FILE), contract, model_name)
     return path
 
 
-def write_onnx(model, class_names, path, num_frames, size, top_k=5):
-    """ONNX (opset 17) of the same serving function, via tf2onnx."""
+def blank_jpeg(size):
+    """A black ``size`` x ``size`` JPEG frame (warm-up requests)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def warmup_requests(contract, model_name):
+    """One ``PredictRequest`` per signature, with inputs of the contract's shapes."""
+    from tensorflow_serving.apis import predict_pb2
+
+    frame = blank_jpeg(contract.eval_size)
+    count = contract.eval_clips * contract.num_frames
+    clip = np.zeros((1, contract.num_frames, contract.eval_size, contract.eval_size, 3), np.uint8)
+    inputs = {"serving_default": {"video": tf.make_tensor_proto(clip)},
+              "serving_video": {"frames": tf.make_tensor_proto([frame] * count, dtype=tf.string)},
+              "serving_clips": {"frames": tf.make_tensor_proto([frame] * count, dtype=tf.string)},
+              "input_contract": {}}
+    requests = []
+    for signature, tensors in inputs.items():
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.model_spec.signature_name = signature
+        for name, proto in tensors.items():
+            request.inputs[name].CopyFrom(proto)
+        requests.append(request)
+    return requests
+
+
+def write_warmup_requests(path, contract, model_name):
+    """``assets.extra/tf_serving_warmup_requests``: TFRecord of ``PredictionLog``s."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    with tf.io.TFRecordWriter(path) as writer:
+        for request in warmup_requests(contract, model_name):
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return path
+
+
+def write_onnx(model, contract, path, top_k=5):
+    """ONNX (opset 17) of ``serving_default``, via tf2onnx; contract in the metadata."""
     import onnx
     import tf2onnx
 
     from tf_stfusion.layers.group_conv import split_grouped_convs
 
     split_grouped_convs(model)  # tf2onnx cannot convert Keras' XLA grouped convolution
-    top_k = min(top_k, len(class_names))
+    top_k = min(top_k, len(contract.class_names))
 
-    @tf.function(input_signature=[video_signature(num_frames, size)])
+    @tf.function(input_signature=[video_signature(contract.num_frames, contract.eval_size)])
     def serve(video):
-        probs, ids = scores(model, video, top_k)
+        probs = clip_probabilities(model, video)
+        ids = tf.math.top_k(probs, top_k).indices
         return {"probabilities": tf.identity(probs, name="probabilities"), "top_k": tf.identity(ids, name="top_k")}
 
     model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature,
                                                    opset=ONNX_OPSET)
-    meta = model_proto.metadata_props.add()
-    meta.key, meta.value = "class_names", json.dumps(list(class_names))
+    for key, value in (("class_names", json.dumps(list(contract.class_names))),
+                       ("input_contract", json.dumps(contract.to_dict()))):
+        meta = model_proto.metadata_props.add()
+        meta.key, meta.value = key, value
     onnx.save(model_proto, path)
     return path
 

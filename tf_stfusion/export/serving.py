@@ -1,0 +1,122 @@
+"""The exported model's serving functions: the run's own evaluation path in the graph.
+
+Every signature ends in ``evaluation.video_scores`` (softmax per view, averaged
+over the video's views) and starts from what a client can send:
+
+* ``serving_default`` -- ``video``: uint8 clips ``[batch, T, S, S, 3]`` already
+  sampled, resized and cropped by the input contract;
+* ``serving_video`` -- ``frames``: one video's encoded frames (JPEG or PNG
+  strings, as the shards store them in ``image/encoded``), in order, any count
+  >= 1 and any (common) size. The run's clip sampler picks the frames in the
+  graph (``pipeline.eval_clips``: dense or uniform, ``eval_clips`` views spread
+  as in evaluation, a short video looped), then the evaluation resize, crop and
+  normalisation;
+* ``serving_clips`` -- ``frames``: the ``eval_clips x num_frames`` encoded frames
+  that the contract selects (``InputContract.frame_indices``), in view order,
+  chosen by the client; decoded and cropped by ``pipeline.views_to_clips``;
+* ``input_contract`` -- no input; ``contract``: the JSON of the
+  ``InputContract``, so that a client needs no hand-passed sizes.
+
+Bad ``frames`` stop with an ``InvalidArgument`` error that names the problem:
+empty, not a JPEG/PNG string (its index), frames of different sizes, or the
+wrong count for ``serving_clips``. Sizes are read from the frames' headers
+(JPEG SOF, PNG IHDR), so the check decodes nothing.
+"""
+
+import json
+
+import tensorflow as tf
+
+from tf_stfusion.data import pipeline
+from tf_stfusion.evaluation import video_scores
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG"
+
+
+def frames_spec():
+    return tf.TensorSpec([None], tf.string, name="frames")
+
+
+def _png_size(encoded):
+    """Height and width from a PNG's IHDR chunk (big-endian width, height at byte 16)."""
+    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(encoded, 16, 8), tf.uint8), tf.int32)
+    width = raw[0] * 16777216 + raw[1] * 65536 + raw[2] * 256 + raw[3]
+    height = raw[4] * 16777216 + raw[5] * 65536 + raw[6] * 256 + raw[7]
+    return tf.stack([height, width])
+
+
+def check_frames(frames, expected_count=None):
+    """Assertions on a ``frames`` string tensor (see the module docstring)."""
+    count = tf.size(frames)
+    checks = [tf.debugging.assert_greater(count, 0, message="frames is empty: send at least one encoded frame "
+                                                            "(JPEG or PNG) of the video")]
+    if expected_count is not None:
+        checks.append(tf.debugging.assert_equal(
+            count, expected_count,
+            message=f"serving_clips takes exactly {expected_count} frames (eval_clips x num_frames of the input "
+                    "contract, in view order); use serving_video to send a whole video"))
+    with tf.control_dependencies(checks):
+        jpeg = tf.equal(tf.strings.substr(frames, 0, 3), JPEG_MAGIC)
+        png = tf.equal(tf.strings.substr(frames, 0, 4), PNG_MAGIC)
+        bad = tf.cast(tf.where(~(jpeg | png))[:, 0], tf.int32)
+    checks.append(tf.debugging.Assert(tf.size(bad) == 0, ["frames[i] is not a JPEG or PNG image, i =", bad],
+                                      summarize=8))
+    with tf.control_dependencies(checks):
+        # Only header bytes are read; frames that passed the format check only.
+        sizes = tf.map_fn(
+            lambda b: tf.cond(tf.equal(tf.strings.substr(b, 0, 3), JPEG_MAGIC),
+                              lambda: tf.io.extract_jpeg_shape(b)[:2], lambda: _png_size(b)),
+            frames, fn_output_signature=tf.TensorSpec([2], tf.int32))
+        differ = tf.cast(tf.where(tf.reduce_any(sizes != sizes[:1], axis=1))[:, 0], tf.int32)
+    checks.append(tf.debugging.Assert(
+        tf.size(differ) == 0,
+        ["frames of different sizes: every frame of a video must have the same height and width; frame 0 is",
+         sizes[0], "(height, width), these differ:", differ], summarize=8))
+    return checks
+
+
+def clip_probabilities(model, video):
+    """Softmax scores ``[batch, C]`` of uint8 clips ``[batch, T, S, S, 3]``."""
+    return tf.nn.softmax(tf.cast(model(pipeline.normalize(video), training=False), tf.float32))
+
+
+def make_signatures(model, contract: pipeline.InputContract, lookup, top_k=5):
+    """The serving functions ``{name: (fn, input_signature)}`` of ``model`` (a
+    network taking normalised clips) under ``contract``. ``lookup(ids)`` turns
+    top-k class ids into names (a table in the SavedModel)."""
+    top_k = min(top_k, len(contract.class_names))
+    sampler = contract.clip_sampler()
+    views, frames_per_view, size = contract.eval_clips, contract.num_frames, contract.eval_size
+
+    def outputs(probs):
+        ids = tf.math.top_k(probs, top_k).indices
+        return {"probabilities": probs, "top_k": ids, "labels": lookup(ids)}
+
+    def serving_default(video):
+        return outputs(clip_probabilities(model, video))
+
+    def serving_video(frames):
+        with tf.control_dependencies(check_frames(frames)):
+            clips = pipeline.eval_clips(frames, sampler, views, size)
+        return outputs(video_scores(model, clips[None]))
+
+    def serving_clips(frames):
+        with tf.control_dependencies(check_frames(frames, views * frames_per_view)):
+            decoded = tf.map_fn(pipeline.decode_frame, frames,
+                                fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+        clips = pipeline.views_to_clips(decoded, views, frames_per_view, size)
+        return outputs(video_scores(model, clips[None]))
+
+    contract_json = json.dumps(contract.to_dict())
+
+    def input_contract():
+        return {"contract": tf.constant(contract_json)}
+
+    video = tf.TensorSpec([None, frames_per_view, size, size, 3], tf.uint8, name="video")
+    return {
+        "serving_default": (serving_default, [video]),
+        "serving_video": (serving_video, [frames_spec()]),
+        "serving_clips": (serving_clips, [frames_spec()]),
+        "input_contract": (input_contract, []),
+    }
