@@ -50,7 +50,7 @@ def main(argv):
     import tf_stfusion as stf
     from tf_stfusion.data.pipeline import InputContract, normalize
     from tf_stfusion.export import writers
-    from tf_stfusion.export.prune import prune
+    from tf_stfusion.models.prune import prune
 
     print(f"machine: CPU {os.cpu_count()} cores ({platform.machine()}), GPUs: "
           f"{len(tf.config.list_physical_devices('GPU'))}; TensorFlow {tf.__version__}, "

@@ -1,5 +1,6 @@
 """Shared fixtures. TF is configured here, before any test touches it."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -61,3 +62,53 @@ def trained_run(tmp_path_factory):
                          epochs=1, steps_per_epoch=3, learning_rate=0.05, length_scale=2.0, progress=False)
     Trainer(config).run()
     return model_dir
+
+
+# -- the network's graph, read independently of the gates' own bookkeeping ---------------
+def _inputs_of(model):
+    """Layer name -> the names of the layers feeding it (from the functional graph)."""
+    graph = {}
+    for layer in model.get_config()["layers"]:
+        names = []
+
+        def collect(item):
+            if isinstance(item, dict) and "config" in item and "keras_history" in item.get("config", {}):
+                names.append(item["config"]["keras_history"][0])
+            elif isinstance(item, (list, tuple)):
+                for x in item:
+                    collect(x)
+            elif isinstance(item, dict):
+                for x in item.values():
+                    collect(x)
+        collect(layer.get("inbound_nodes", []))
+        graph[layer["name"]] = names
+    return graph
+
+
+def gate_kernel(model, gate):
+    """The kernel of the conv a gate drops, found from the graph: the convolution the
+    gate's output feeds (pre-activation units), else the one producing its input through
+    the BatchNorm (post-norm units); for D1 the unit's spatial 1x3x3 conv."""
+    graph = _inputs_of(model)
+    consumers = [name for name, inputs in graph.items() if gate.name in inputs]
+    layer = lambda n: model.get_layer(n)  # noqa: E731
+    is_conv = lambda n: isinstance(layer(n), keras.layers.Conv3D)  # noqa: E731
+    if gate.branch != "D1":
+        convs = [n for n in consumers if is_conv(n)]
+        if convs:
+            return layer(convs[0]).kernel
+        name = graph[gate.name][0]
+        while not is_conv(name):
+            name = graph[name][0]
+        return layer(name).kernel
+    frontier = [gate.name]
+    seen = set()
+    while frontier:  # breadth-first, both directions, to the nearest 1x3x3 conv
+        name = frontier.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        if name != gate.name and is_conv(name) and layer(name).kernel_size == (1, 3, 3):
+            return layer(name).kernel
+        frontier += graph.get(name, []) + [n for n, inputs in graph.items() if name in inputs]
+    raise AssertionError(f"no 1x3x3 conv near {gate.name}")

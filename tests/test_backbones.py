@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import tf_stfusion as stf
 from tf_stfusion.data.pipeline import InputContract
-from tf_stfusion.export.prune import prune
+from tf_stfusion.models.prune import prune
 from tf_stfusion.transfer import map_strategy, paper_opt_strategy
 
 RESIDUAL = ["resnet50", "resnext50_32x4d", "resnext101_32x4d", "mobilenet_v2"]

@@ -11,6 +11,8 @@ import tf_stfusion as stf
 from tf_stfusion import gating
 from tf_stfusion.layers.drop_path import VariationalDropPath, binary_entropy_term
 
+from conftest import gate_kernel
+
 
 
 def _gate(mode, **kwargs):
@@ -166,7 +168,8 @@ def _hand_regularizer(model, k, n, entropy):
     for gate in gating.gate_layers(model):
         theta = float(gate.drop_logit.numpy())
         p = 1.0 / (1.0 + math.exp(-theta))
-        w2 = float(np.sum(np.square(model.get_layer(gate.feeds).kernel.numpy().astype(np.float64))))
+        # The kernel the gate drops, found from the graph (not from the gate's own ``feeds``).
+        w2 = float(np.sum(np.square(np.asarray(gate_kernel(model, gate)), dtype=np.float64)))
         ent = p * math.log(p) + ((1 - p) * math.log(1 - p) if entropy == "binary" else 0.0)
         total += k * k / (2 * n) * (1 - p) * w2 + ent / n
     return total

@@ -13,7 +13,7 @@ import tensorflow as tf
 import tf_stfusion as stf
 from tf_stfusion.export import main as export_main
 from tf_stfusion.export.main import ExportConfig, ExportError, export
-from tf_stfusion.export.prune import prune
+from tf_stfusion.models.prune import prune
 
 MIXED = ["S", "none", "ST", "S+ST", "none", "none", "ST", "S"]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tf_stfusion as stf
-from tf_stfusion import inflate
+from tf_stfusion.models import inflate
 
 CASES = [("densenet121", "block1_layer6_concat", "conv2_block6_concat"),
          ("resnet50", "conv2_block3_out", "conv2_block3_out")]

@@ -35,11 +35,12 @@ def test_gates_are_listed_in_order_with_names(tiny):
 @pytest.mark.slow
 def test_densenet121_has_the_papers_parameter_count():
     model = stf.build_template("densenet121", num_classes=174, num_frames=16, input_size=224)
-    trainable, _, _ = count_model(model)
-    assert abs(trainable - 21.4e6) / 21.4e6 < 0.03, trainable
+    trainable, _, flops = count_model(model)
+    # The paper's 21.4M, counted by Keras from the built network; the cost formula gives the same.
+    assert trainable == 21_400_942
     assert len(stf.gates(model)) == 3 * 58
     c = stf.cost(model, None, input_shape=(16, 224, 224, 3))
-    assert c.params == trainable
+    assert (c.params, c.flops) == (trainable, flops)
 
 
 def test_pruned_network_keeps_only_the_strategys_paths():

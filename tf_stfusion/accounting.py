@@ -18,7 +18,7 @@ import math
 
 import keras
 
-from tf_stfusion.models import build_template, layer_names, spec_of
+from tf_stfusion.models import backbone_config, layer_names, spec_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +74,11 @@ def cost(model_or_backbone, strategy=None, input_shape=(16, 224, 224, 3), num_cl
     """Cost of ``strategy`` (None: the full template, every path) at ``input_shape``.
 
     ``model_or_backbone`` is a template from ``build_template`` (its backbone and
-    class count are used) or a backbone name (then give ``num_classes``).
+    class count are used) or a backbone name (then give ``num_classes``). Counted
+    by the backbone's own formula (``config.count``: the pruned network's layers
+    worked out from the architecture, without building it -- a search costs
+    a hundred strategies); ``count_model(build_template(..., units=...))``
+    counts the same from a built network.
     """
     if isinstance(model_or_backbone, str):
         backbone = model_or_backbone
@@ -84,23 +88,10 @@ def cost(model_or_backbone, strategy=None, input_shape=(16, 224, 224, 3), num_cl
         spec = spec_of(model_or_backbone)
         backbone = spec.backbone
         num_classes = num_classes or spec.num_classes
-    if strategy is not None:
-        if strategy.backbone != backbone:
-            raise ValueError(
-                f"strategy is for backbone {strategy.backbone!r}, not {backbone!r}"
-            )
-        units = strategy.units
-    else:
-        units = None
-    num_frames, height, width, channels = input_shape
-    if channels != 3:
-        raise ValueError(f"input_shape must end in 3 (RGB), got {input_shape}")
-    pruned = build_template(
-        backbone,
-        num_classes=num_classes,
-        num_frames=num_frames,
-        input_size=(height, width),
-        units=units or ["S+ST"] * len(layer_names(backbone)),
-    )
-    trainable, total, flops = count_model(pruned)
-    return Cost(trainable, total, flops, tuple(input_shape))
+    if strategy is not None and strategy.backbone != backbone:
+        raise ValueError(f"strategy is for backbone {strategy.backbone!r}, not {backbone!r}")
+    units = strategy.units if strategy is not None else ["S+ST"] * len(layer_names(backbone))
+    if len(input_shape) != 4 or input_shape[3] != 3:
+        raise ValueError(f"input_shape must be (frames, height, width, 3), got {input_shape}")
+    tally = backbone_config(backbone).count(units, num_classes, tuple(input_shape))
+    return Cost(tally.params, tally.params_with_bn_stats, tally.flops, tuple(input_shape))

@@ -162,16 +162,10 @@ class VariationalDropPath(keras.layers.Layer):
         return tf.sigmoid(tf.convert_to_tensor(self.drop_logit))
 
     def _noise_seed(self):
+        # Replicas of a distribution strategy share the generator's state, so they all
+        # get this seed (``relaxed_logit`` gives each replica its own rows of the draw).
         seed = self.seed_generator.next()
-        seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
-        # Replicas of a distribution strategy share the generator's state; fold
-        # in the replica id so that each replica draws its own masks.
-        ctx = tf.distribute.get_replica_context()
-        if ctx is not None and ctx.num_replicas_in_sync > 1:
-            seed = tf.random.experimental.stateless_fold_in(
-                seed, ctx.replica_id_in_sync_group
-            )
-        return seed
+        return tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
 
     def sample_drop(self, batch_size):
         """Relaxed Bernoulli drop variables ``z`` of shape ``[batch_size]``.
@@ -186,10 +180,22 @@ class VariationalDropPath(keras.layers.Layer):
         return tf.sigmoid(self.relaxed_logit(batch_size))
 
     def relaxed_logit(self, batch_size):
-        """``(theta + log u - log(1 - u)) / tau``: the relaxed drop before the sigmoid."""
+        """``(theta + log u - log(1 - u)) / tau``: the relaxed drop before the sigmoid.
+
+        The noise is drawn for the *global* batch (``batch_size`` per replica times
+        the replicas) from the step's seed, and replica ``r`` takes rows
+        ``r*batch_size:(r+1)*batch_size`` -- the rows its samples have in the global
+        batch -- so every sample gets the same noise however the batch is split
+        over replicas (one device and two replicas take the same step).
+        """
         theta = tf.convert_to_tensor(self.drop_logit)
         logistic = tfp.distributions.Logistic(theta / self.temperature, 1.0 / self.temperature)
-        return logistic.sample(batch_size, seed=self._noise_seed())
+        ctx = tf.distribute.get_replica_context()
+        replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+        draws = logistic.sample(batch_size * replicas, seed=self._noise_seed())
+        if replicas == 1:
+            return draws
+        return tf.slice(draws, [ctx.replica_id_in_sync_group * batch_size], [batch_size])
 
     def call(self, inputs, training=None):
         if self._mode == "off":

@@ -1,15 +1,22 @@
-"""Backbone registry: a name -> an explicit architecture config and its builder.
+"""Backbone registry: a name -> an explicit architecture config.
 
-Builders take explicit arguments and never read flags. ``layer_names`` answers
-without building anything, so that a strategy file can be checked first.
+Each config knows its backbone: ``build(...)`` (the template, or with ``units``
+the pruned network of a strategy), ``count(...)`` (params and FLOPs of a pruned
+network without building it), ``copy_pruned(...)`` (the template's weights into
+its pruned network, used by ``models.prune``) and, for those with a Keras 2D
+ImageNet counterpart, ``inflate(...)`` (``models.inflate``) -- so nothing outside
+``models/`` branches on a backbone's config type. Builders take explicit
+arguments and never read flags. ``layer_names`` answers without building
+anything, so that a strategy file can be checked first.
 """
 
 import dataclasses
 from typing import Optional, Sequence, Tuple
 
-from tf_stfusion.models.densenet3d import UNITS, DenseNet3DConfig, build_densenet3d
-from tf_stfusion.models.mobilenet3d import MobileNetV23DConfig, build_mobilenet3d
-from tf_stfusion.models.resnet3d import ResNet3DConfig, build_resnet3d
+from tf_stfusion.models.common import UNITS, GateConfig
+from tf_stfusion.models.densenet3d import DenseNet3DConfig
+from tf_stfusion.models.mobilenet3d import MobileNetV23DConfig
+from tf_stfusion.models.resnet3d import ResNet3DConfig
 
 BACKBONES = {
     "densenet121": DenseNet3DConfig(),
@@ -21,9 +28,6 @@ BACKBONES = {
     "resnext101_32x4d": ResNet3DConfig(block_sizes=(3, 4, 23, 3), groups=32, width_per_group=4),
     "mobilenet_v2": MobileNetV23DConfig(),
 }
-# Which builder makes a backbone of each config type.
-BUILDERS = {DenseNet3DConfig: build_densenet3d, ResNet3DConfig: build_resnet3d,
-            MobileNetV23DConfig: build_mobilenet3d}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,21 +66,29 @@ def build_template(
     num_frames=16,
     input_size=224,
     units: Optional[Sequence[str]] = None,
-    **kwargs,
+    gates: Optional[GateConfig] = None,
+    sync_batchnorm=False,
+    **gate_settings,
 ):
     """Builds a backbone's template (all paths, gated) or, with ``units``, the
-    pruned network of that strategy. Extra keyword arguments go to the builder
-    (``init_drop_prob``, ``temperature``, ``sync_batchnorm``, ``seed``)."""
+    pruned network of that strategy. The gates are set by ``gates`` (a
+    ``GateConfig``) or by its fields as keywords (``init_drop_prob``,
+    ``temperature``, ``seed``)."""
     config = backbone_config(backbone)
+    unknown = set(gate_settings) - {f.name for f in dataclasses.fields(GateConfig)}
+    if unknown:
+        raise TypeError(f"build_template() got unexpected keyword argument(s) {sorted(unknown)}")
+    if gates is not None and gate_settings:
+        raise TypeError("give the gates' settings as gates=GateConfig(...) or as keywords, not both")
     kind = "template" if units is None else "pruned"
-    model = BUILDERS[type(config)](
-        config,
+    model = config.build(
         num_classes=num_classes,
         num_frames=num_frames,
         input_size=input_size,
         units=units,
+        gates=gates or GateConfig(**gate_settings),
+        sync_batchnorm=sync_batchnorm,
         name=f"{backbone}_{kind}",
-        **kwargs,
     )
     model.stf_spec = TemplateSpec(backbone, num_classes, num_frames, _input_size(input_size))
     return model
@@ -96,6 +108,7 @@ __all__ = [
     "BACKBONES",
     "UNITS",
     "DenseNet3DConfig",
+    "GateConfig",
     "ResNet3DConfig",
     "TemplateSpec",
     "backbone_config",

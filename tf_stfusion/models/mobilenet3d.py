@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 
 from tf_stfusion.layers.group_conv import GroupConv3D
-from tf_stfusion.models.densenet3d import _bn, _conv, post_norm_paths, template_inputs
+from tf_stfusion.models.common import GateConfig, Tally, bn, conv, post_norm_paths, template_inputs
 
 # (expansion t, channels, blocks, first stride, stage) -- the 2D MobileNetV2 table plus our stages.
 INVERTED_RESIDUALS = ((1, 16, 1, 1, 1), (6, 24, 2, 2, 1), (6, 32, 3, 2, 2), (6, 64, 4, 2, 3),
@@ -50,6 +50,16 @@ class MobileNetV23DConfig:
 
     def layer_names(self):
         return [name for name, *_ in self.block_specs()]
+
+    # -- the backbone's hooks (models/__init__.py, prune.py call these; no ImageNet inflation) --
+    def build(self, **kwargs):
+        return build_mobilenet3d(self, **kwargs)
+
+    def count(self, units, num_classes, input_shape):
+        return count_mobilenet3d(self, units, num_classes, input_shape)
+
+    def copy_pruned(self, template, pruned, strategy):
+        return set()  # a skipped block leaves no channels behind: every layer is copied by name
 
 
 @keras.saving.register_keras_serializable(package="tf_stfusion")
@@ -83,10 +93,10 @@ def inverted_residual(x, name, fusion_layer, expansion, channels, stride, unit, 
     h = keras.layers.ReLU(6.0, name=f"{name}_sum_relu")(h)
     h = GroupConv3D(width, (1, 3, 3), strides=(1, stride, stride), padding="same", groups=width, use_bias=False,
                     kernel_initializer="he_normal", name=f"{name}_conv")(h)
-    h = _bn(f"{name}_bn", synchronized)(h)
+    h = bn(f"{name}_bn", synchronized)(h)
     h = keras.layers.ReLU(6.0, name=f"{name}_relu")(h)
-    h = _conv(channels, (1, 1, 1), f"{name}_project_conv")(h)
-    h = _bn(f"{name}_project_bn", synchronized)(h)
+    h = conv(channels, (1, 1, 1), f"{name}_project_conv")(h)
+    h = bn(f"{name}_project_bn", synchronized)(h)
     if make_gate is not None:
         h = make_gate(f"{name}_d1_gate", fusion_layer, "D1", f"{name}_conv")(h)
     return keras.layers.Add(name=f"{name}_add")([x, h]) if residual else h
@@ -98,25 +108,53 @@ def build_mobilenet3d(
     num_frames: Optional[int] = 16,
     input_size=224,
     units: Optional[Sequence[str]] = None,
-    init_drop_prob: float = 0.1,
-    temperature: float = 0.2,
+    gates: GateConfig = GateConfig(),
     sync_batchnorm: bool = False,
-    seed: Optional[int] = None,
     name: str = "mobilenet3d",
 ):
     specs = config.block_specs()
-    units, make_gate, inputs = template_inputs(config.layer_names(), units, num_frames, input_size,
-                                               init_drop_prob, temperature, seed)
-    x = _conv(config.stem_filters, config.stem_kernel, "stem_conv", strides=(1, 2, 2))(inputs)
-    x = _bn("stem_bn", sync_batchnorm)(x)
+    units, make_gate, inputs = template_inputs(config.layer_names(), units, num_frames, input_size, gates)
+    x = conv(config.stem_filters, config.stem_kernel, "stem_conv", strides=(1, 2, 2))(inputs)
+    x = bn("stem_bn", sync_batchnorm)(x)
     x = keras.layers.ReLU(6.0, name="stem_relu")(x)
     for i, (layer, t, c, s) in enumerate(specs):
         x = inverted_residual(x, layer.replace("/", "_"), layer, t, c, s, None if units is None else units[i],
                               make_gate, sync_batchnorm)
-    x = _conv(config.last_filters, (1, 1, 1), "head_conv")(x)
-    x = _bn("head_bn", sync_batchnorm)(x)
+    x = conv(config.last_filters, (1, 1, 1), "head_conv")(x)
+    x = bn("head_bn", sync_batchnorm)(x)
     x = keras.layers.ReLU(6.0, name="head_relu")(x)
     x = keras.layers.GlobalAveragePooling3D(name="head_pool")(x)
     x = keras.layers.Dropout(config.dropout_rate, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, name="head_logits")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def count_mobilenet3d(config, units, num_classes, input_shape):
+    """``Tally`` of the pruned network of ``units`` (what ``build_mobilenet3d`` builds),
+    without building it. A kept block: paths (``k_t x 1 x 1`` conv ``c -> t*c`` + BN),
+    the depthwise ``1x3x3`` (one 3x3 filter per channel) + BN, the ``1x1x1``
+    projection + BN; a skipped block costs nothing (identity or zeros)."""
+    tally = Tally()
+    t, h, w, c_in = input_shape
+    kt, kh, kw = config.stem_kernel
+    h, w = -(-h // 2), -(-w // 2)
+    tally.conv(kt * kh * kw, c_in, config.stem_filters, t * h * w)
+    tally.bn(config.stem_filters)
+    channels = config.stem_filters
+    for (_, expansion, out, stride), unit in zip(config.block_specs(), units):
+        ho, wo = -(-h // stride), -(-w // stride)
+        if unit != "none":
+            width = channels * expansion
+            for path, taps in (("S", 1), ("ST", 3)):
+                if path in unit.split("+"):
+                    tally.conv(taps, channels, width, t * h * w)
+                    tally.bn(width)
+            tally.conv(9, width, width, t * ho * wo, groups=width)
+            tally.bn(width)
+            tally.conv(1, width, out, t * ho * wo)
+            tally.bn(out)
+        channels, h, w = out, ho, wo
+    tally.conv(1, channels, config.last_filters, t * h * w)
+    tally.bn(config.last_filters)
+    tally.dense(config.last_filters, num_classes)
+    return tally

@@ -25,7 +25,7 @@ from typing import Optional, Sequence, Tuple
 import keras
 
 from tf_stfusion.layers.group_conv import GroupConv3D
-from tf_stfusion.models.densenet3d import _bn, _conv, post_norm_paths, stem, template_inputs
+from tf_stfusion.models.common import GateConfig, Tally, bn, conv, post_norm_paths, stem, stem_count, template_inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +43,19 @@ class ResNet3DConfig:
     def layer_names(self):
         return [f"conv{s}/block{b}" for s, n in enumerate(self.block_sizes, start=2) for b in range(1, n + 1)]
 
+    # -- the backbone's hooks (models/__init__.py, prune.py, inflate.py call these) --------
+    def build(self, **kwargs):
+        return build_resnet3d(self, **kwargs)
+
+    def count(self, units, num_classes, input_shape):
+        return count_resnet3d(self, units, num_classes, input_shape)
+
+    def copy_pruned(self, template, pruned, strategy):
+        return set()  # a skipped block leaves no channels behind: every layer is copied by name
+
+    def inflate(self, copy, stem_frames):
+        inflate_resnet(self, copy, stem_frames)
+
     def stage_widths(self, stage):
         """(bottleneck width, output channels) of stage 0, 1, 2, 3."""
         width = self.groups * self.width_per_group * 2**stage
@@ -53,18 +66,18 @@ def bottleneck(x, name, fusion_layer, width, out_channels, stride, groups, unit,
     """One bottleneck block with its fusion unit; ``unit`` None for the template."""
     shortcut = x
     if stride != 1 or x.shape[-1] != out_channels:
-        shortcut = _conv(out_channels, (1, 1, 1), f"{name}_shortcut_conv", strides=(1, stride, stride))(x)
-        shortcut = _bn(f"{name}_shortcut_bn", synchronized)(shortcut)
+        shortcut = conv(out_channels, (1, 1, 1), f"{name}_shortcut_conv", strides=(1, stride, stride))(x)
+        shortcut = bn(f"{name}_shortcut_bn", synchronized)(shortcut)
     if unit == "none":
         return keras.layers.ReLU(name=f"{name}_out")(shortcut)
     h = post_norm_paths(x, name, fusion_layer, width, unit, make_gate, synchronized)
     h = keras.layers.ReLU(name=f"{name}_sum_relu")(h)
     h = GroupConv3D(width, (1, 3, 3), strides=(1, stride, stride), padding="same", groups=groups,
                     use_bias=False, kernel_initializer="he_normal", name=f"{name}_conv")(h)
-    h = _bn(f"{name}_bn", synchronized)(h)
+    h = bn(f"{name}_bn", synchronized)(h)
     h = keras.layers.ReLU(name=f"{name}_relu")(h)
-    h = _conv(out_channels, (1, 1, 1), f"{name}_expand_conv")(h)
-    h = _bn(f"{name}_expand_bn", synchronized)(h)
+    h = conv(out_channels, (1, 1, 1), f"{name}_expand_conv")(h)
+    h = bn(f"{name}_expand_bn", synchronized)(h)
     if make_gate is not None:
         h = make_gate(f"{name}_d1_gate", fusion_layer, "D1", f"{name}_conv")(h)
     h = keras.layers.Add(name=f"{name}_add")([shortcut, h])
@@ -77,16 +90,13 @@ def build_resnet3d(
     num_frames: Optional[int] = 16,
     input_size=224,
     units: Optional[Sequence[str]] = None,
-    init_drop_prob: float = 0.1,
-    temperature: float = 0.2,
+    gates: GateConfig = GateConfig(),
     sync_batchnorm: bool = False,
-    seed: Optional[int] = None,
     name: str = "resnet3d",
 ):
     """The template (``units=None``) or the pruned network of ``units``."""
     names = config.layer_names()
-    units, make_gate, inputs = template_inputs(names, units, num_frames, input_size, init_drop_prob, temperature,
-                                               seed)
+    units, make_gate, inputs = template_inputs(names, units, num_frames, input_size, gates)
     sync = sync_batchnorm
     x = stem(inputs, config.stem_filters, config.stem_kernel, sync)
     index = 0
@@ -102,3 +112,51 @@ def build_resnet3d(
     x = keras.layers.Dropout(config.dropout_rate, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, name="head_logits")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def count_resnet3d(config, units, num_classes, input_shape):
+    """``Tally`` of the pruned network of ``units`` (what ``build_resnet3d`` builds),
+    without building it. A block keeps its projection shortcut (conv + BN) whatever
+    its unit; a kept unit adds its paths (``k_t x 1 x 1`` conv + BN at the input
+    resolution), the grouped ``1x3x3`` conv + BN (output resolution) and the
+    ``1x1x1`` expansion + BN. ``"same"`` padding: a stride ``s`` gives ``ceil(n / s)``."""
+    tally = Tally()
+    t, h, w = stem_count(tally, input_shape, config.stem_filters, config.stem_kernel)
+    channels, index = config.stem_filters, 0
+    for stage, num_blocks in enumerate(config.block_sizes):
+        width, out = config.stage_widths(stage)
+        for b in range(1, num_blocks + 1):
+            stride = 2 if (b == 1 and stage > 0) else 1
+            ho, wo = -(-h // stride), -(-w // stride)
+            if stride != 1 or channels != out:
+                tally.conv(1, channels, out, t * ho * wo)
+                tally.bn(out)
+            unit = units[index]
+            index += 1
+            if unit != "none":
+                for path, taps in (("S", 1), ("ST", 3)):
+                    if path in unit.split("+"):
+                        tally.conv(taps, channels, width, t * h * w)
+                        tally.bn(width)
+                tally.conv(9, width, width, t * ho * wo, groups=config.groups)
+                tally.bn(width)
+                tally.conv(1, width, out, t * ho * wo)
+                tally.bn(out)
+            channels, h, w = out, ho, wo
+    tally.dense(channels, num_classes)
+    return tally
+
+
+def inflate_resnet(config, copy, stem_frames):
+    """Keras ``ResNet50`` layer names -> ours; its conv biases fold into the BNs."""
+    copy.bn("stem_bn", "conv1_bn", copy.conv("stem_conv", "conv1_conv", stem_frames))
+    for stage, n in enumerate(config.block_sizes, start=2):
+        for b in range(1, n + 1):
+            ours, theirs = f"conv{stage}_block{b}", f"conv{stage}_block{b}"
+            for tag, frames in (("s", 1), ("st", 3)):
+                copy.bn(f"{ours}_{tag}_bn", f"{theirs}_1_bn", copy.conv(f"{ours}_{tag}_conv", f"{theirs}_1_conv", frames))
+            copy.bn(f"{ours}_bn", f"{theirs}_2_bn", copy.conv(f"{ours}_conv", f"{theirs}_2_conv"))
+            copy.bn(f"{ours}_expand_bn", f"{theirs}_3_bn", copy.conv(f"{ours}_expand_conv", f"{theirs}_3_conv"))
+            if copy.has(f"{ours}_shortcut_conv"):
+                copy.bn(f"{ours}_shortcut_bn", f"{theirs}_0_bn",
+                        copy.conv(f"{ours}_shortcut_conv", f"{theirs}_0_conv"))
