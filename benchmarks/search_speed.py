@@ -1,18 +1,23 @@
-"""Cost of evaluating one strategy in the search, relative to one plain
-validation pass of the same model.
+"""What the strategy search costs: racing vs scoring everything, and replicas.
 
-    python benchmarks/search_speed.py --model_dir=runs/demo [--tiles=1,4,8] [--strategies=16]
+    python benchmarks/search_speed.py --model_dir=runs/demo [--num_samples=100]
 
-Plain pass: the template in fixed mode with one strategy, evaluated by the
-trainer's multi-clip evaluator (decode + forward of every validation clip).
-Search: ``TiledEvaluator`` with K strategies per tiled batch, as
-``tf_stfusion.search`` runs it. Prints seconds per strategy, the ratio to the
-plain pass (target <= 1.1), the number of traces, and the machine.
+On a finished run (the demo's), three searches of the same ``--num_samples``
+sampled strategies (+ S, ST, S+ST) into temporary folders:
+
+1. exhaustive (``--racing=off``): every strategy on every selection video;
+2. racing (``--racing=on``, eta 3): successive halving with paired elimination;
+3. racing under ``MirroredStrategy`` over 2 logical CPU devices.
+
+Prints strategy-video (and clip) evaluations and wall time of each, whether
+racing picks the exhaustive pick or one statistically indistinguishable from it
+(paired 95% interval of the two on the whole selection split containing 0), and
+whether the 2-replica search gives the one-device results; and the machine.
 """
 
-import dataclasses
 import os
 import platform
+import tempfile
 import time
 
 import tf_stfusion  # noqa: F401  (first: TensorFlow's environment defaults, see tf_stfusion/__init__.py)
@@ -20,52 +25,62 @@ import tf_stfusion  # noqa: F401  (first: TensorFlow's environment defaults, see
 from absl import app, flags, logging
 
 flags.DEFINE_string("model_dir", "runs/demo", "A training run with a finished search phase.")
-flags.DEFINE_list("tiles", ["1", "4", "8"], "Strategies per tiled batch to measure.")
-flags.DEFINE_integer("strategies", 16, "Sampled strategies evaluated per setting.")
+flags.DEFINE_integer("num_samples", 100, "Sampled strategies.")
+flags.DEFINE_integer("tiles", 8, "Strategies per tiled batch.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
+    import numpy as np
     import tensorflow as tf
 
-    import tf_stfusion as stf
-    from tf_stfusion.evaluation import MultiClipEvaluator
-    from tf_stfusion.search import TiledEvaluator, _search_checkpoint
-    from tf_stfusion.trainer import Trainer, load_run_config
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-    config = dataclasses.replace(load_run_config(FLAGS.model_dir), progress=False)
-    trainer = Trainer(config)
-    model = trainer.model
-    tf.train.Checkpoint(model=model).restore(_search_checkpoint(FLAGS.model_dir)).expect_partial()
-    views = config.data.eval_views
-    strategies = stf.sample_strategies(model, FLAGS.strategies, seed=0)
-    print(f"machine: CPU {os.cpu_count()} cores ({platform.machine()}), GPUs: "
+    from tf_stfusion.search import SearchConfig, row_correct, run_search
+    from tf_stfusion.selection import paired_difference
+
+    print(f"machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), GPUs: "
           f"{len(tf.config.list_physical_devices('GPU'))}; TensorFlow {tf.__version__}")
-    print(f"{FLAGS.model_dir}: {config.backbone}, {trainer.source.num_val} videos x {views} clip(s) of "
-          f"{config.data.num_frames}x{config.data.eval_input_size}^2")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, racing, strategy in (
+                ("exhaustive", "off", None),
+                ("racing", "on", None),
+                ("racing, 2 replicas", "on", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
+            config = SearchConfig(model_dir=FLAGS.model_dir, num_samples=FLAGS.num_samples, tiles=FLAGS.tiles,
+                                  racing=racing, output_dir=os.path.join(tmp, name.replace(" ", "_").replace(",", "")),
+                                  progress=False)
+            start = time.perf_counter()
+            results[name] = run_search(config, log=lambda *a: None, tf_strategy=strategy)
+            results[name].wall = time.perf_counter() - start
 
-    num_val = len(trainer.split_videos("val"))
-    plain = MultiClipEvaluator(model, views)
-    stf.apply_strategy(model, strategies[0])
-    plain(trainer.eval_dataset_fn(), num_val, progress=False)  # trace and warm caches
-    start = time.perf_counter()
-    for s in strategies[:4]:
-        stf.apply_strategy(model, s)
-        plain(trainer.eval_dataset_fn(), num_val, progress=False)
-    t_plain = (time.perf_counter() - start) / 4
-    print(f"plain validation pass: {t_plain:.3f} s ({plain.traces} trace(s) for 5 strategies)")
-    print(f"{'K':>3} {'s per strategy':>15} {'ratio to plain pass':>20} {'traces':>7}")
-    for k in (int(v) for v in FLAGS.tiles):
-        evaluator = TiledEvaluator(model, views, k)
-        dataset = trainer.eval_dataset_fn()(None)
-        evaluator.evaluate(strategies[:k], dataset, num_val)  # trace
-        start = time.perf_counter()
-        for i in range(0, len(strategies), k):
-            evaluator.evaluate(strategies[i:i + k], dataset, num_val)
-        per = (time.perf_counter() - start) / len(strategies)
-        print(f"{k:>3} {per:>15.3f} {per / t_plain:>19.3f}x {evaluator.traces:>7}")
+    full = results["exhaustive"]
+    views = full.comparison["search"]["clip_evaluations"] // max(full.strategy_videos, 1)
+    print(f"{FLAGS.model_dir}: {FLAGS.num_samples} sampled strategies + 3 fixed, "
+          f"{full.rows[0]['num_videos']} selection videos x {views} clip(s)")
+    print(f"{'search':<22} {'strategy-videos':>16} {'clip evals':>11} {'vs exhaustive':>14} {'wall s':>8} "
+          f"{'pick':>12}")
+    for name, r in results.items():
+        print(f"{name:<22} {r.strategy_videos:>16,} {r.strategy_videos * views:>11,} "
+              f"{100 * r.strategy_videos / full.strategy_videos:>13.0f}% {r.wall:>8.1f} {r.best['id']:>12}")
+    by_id = {row["id"]: row for row in full.rows}
+    for name in ("racing", "racing, 2 replicas"):
+        pick = results[name].best["id"]
+        if pick == full.best["id"]:
+            print(f"{name}: picks the exhaustive pick ({pick})")
+        else:
+            d = paired_difference(row_correct(by_id[pick]), row_correct(by_id[full.best["id"]]))
+            print(f"{name}: picks {pick}, exhaustive {full.best['id']}: top-1 difference {100 * d.diff:+.2f} points, "
+                  f"paired 95% interval [{100 * d.low:+.1f}, {100 * d.high:+.1f}] -> "
+                  f"{'indistinguishable' if d.low <= 0 <= d.high else 'DIFFERENT'}")
+    one, two = results["racing"], results["racing, 2 replicas"]
+    same = all(a["correct"] == b["correct"] and abs(a["top1"] - b["top1"]) < 1e-9 for a, b in zip(one.rows, two.rows))
+    print(f"2 replicas vs one device: {'identical' if same else 'DIFFERENT'} per-video results; "
+          f"wall {two.wall / one.wall:.2f}x of one device (2 logical devices share {os.cpu_count()} cores)")
+    np.testing.assert_equal(same, True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Strategy search: many strategies through one compiled function, results equal
-to a fixed-strategy evaluation, resume, best under a budget, plots and report."""
+to a fixed-strategy evaluation, racing (successive halving with paired
+elimination), one device vs two replicas, resume, best under a budget, plots and
+report."""
 
 import dataclasses
 import json
@@ -16,6 +18,7 @@ from tf_stfusion.evaluation import MultiClipEvaluator
 from tf_stfusion.search import SearchConfig, pareto_front, pick_best, read_results, run_search
 from tf_stfusion.trainer import Trainer, load_run_config
 
+
 def _fresh_copy(src, dst):
     import shutil
 
@@ -25,10 +28,10 @@ def _fresh_copy(src, dst):
 
 def test_twenty_strategies_through_one_trace_and_outputs(trained_run, tmp_path):
     model_dir = _fresh_copy(trained_run, tmp_path / "run")
-    result = run_search(SearchConfig(model_dir=model_dir, num_samples=17, tiles=8, progress=False))
+    result = run_search(SearchConfig(model_dir=model_dir, num_samples=17, tiles=8, racing="off", progress=False))
     assert len(result.rows) == 20 and result.traces == 1
     assert 1 <= result.evaluated <= 20
-    out = tmp_path / "run" / "search"
+    out = tmp_path / "run" / "strategies"  # apart from the search phase's checkpoints in run/search/
     lines = read_results(out / "strategies.jsonl")
     assert len(lines) == 20
     holdout = json.loads((tmp_path / "run" / "holdout.json").read_text())["videos"]
@@ -67,8 +70,10 @@ def test_twenty_strategies_through_one_trace_and_outputs(trained_run, tmp_path):
 
 
 def test_search_results_equal_a_fresh_model_in_fixed_mode(trained_run, tmp_path):
+    """With racing off every strategy is scored on every selection video, exactly as
+    a plain multi-clip evaluation of the template in fixed mode scores it."""
     model_dir = _fresh_copy(trained_run, tmp_path / "run")
-    result = run_search(SearchConfig(model_dir=model_dir, num_samples=5, tiles=3, progress=False))
+    result = run_search(SearchConfig(model_dir=model_dir, num_samples=5, tiles=3, racing="off", progress=False))
     trainer = Trainer(dataclasses.replace(load_run_config(model_dir), progress=False))
     done = json.loads(open(f"{model_dir}/search/done.json").read())
     tf.train.Checkpoint(model=trainer.model).restore(f"{model_dir}/search/{done['checkpoint']}").expect_partial()
@@ -79,44 +84,81 @@ def test_search_results_equal_a_fresh_model_in_fixed_mode(trained_run, tmp_path)
         results = evaluator.videos(trainer.eval_dataset_fn("holdout"), len(videos), progress=False)
         got = results.metrics()
         assert got["top1"] == pytest.approx(row["top1"]) and got["top5"] == pytest.approx(row["top5"])
-        assert np.array_equal(results.top1, selection.unpack_bits(row["correct"], len(videos)))
+        # Rows keep the bits in the selection order (videos sorted by a hash of their id).
+        order = [videos.index(v) for v in selection.selection_order(videos)]
+        assert np.array_equal(results.top1[order], selection.unpack_bits(row["correct"], len(videos)))
+        assert row["dropped_round"] is None and row["rounds"] == 1
 
 
 def test_selecting_on_val_says_it_is_optimistic(trained_run, tmp_path):
     model_dir = _fresh_copy(trained_run, tmp_path / "run")
     result = run_search(SearchConfig(model_dir=model_dir, num_samples=4, tiles=8, select_split="val",
                                      progress=False))
-    best = stf.Strategy.load(f"{model_dir}/search/best.json")
+    best = stf.Strategy.load(f"{model_dir}/strategies/best.json")
     assert best.metrics["selected_on"] == best.metrics["split"] == "val"
     assert best.metrics["note"] == selection.SAME_SPLIT_NOTE
     assert result.comparison["same_split"] and result.comparison["note"] == selection.SAME_SPLIT_NOTE
-    assert "Selected and reported on the same split (optimistic)" in open(f"{model_dir}/search/report.md").read()
+    assert "Selected and reported on the same split (optimistic)" in open(f"{model_dir}/strategies/report.md").read()
     assert all(r["split"] == "val" for r in result.rows)
 
 
-def test_an_interrupted_search_evaluates_only_the_rest(trained_run, tmp_path):
+RACE = dict(num_samples=17, tiles=4, racing="on", racing_min_videos=2, progress=False)
+
+
+def test_racing_scores_fewer_videos_and_its_pick_saw_the_whole_split(trained_run, tmp_path):
     model_dir = _fresh_copy(trained_run, tmp_path / "run")
-    first = run_search(SearchConfig(model_dir=model_dir, num_samples=9, tiles=4, progress=False))
-    path = tmp_path / "run" / "search" / "strategies.jsonl"
+    result = run_search(SearchConfig(model_dir=model_dir, **RACE))
+    plan = json.loads((tmp_path / "run" / "strategies" / "plan.json").read_text())
+    slices = plan["racing"]["slices"]
+    assert len(slices) == 2 and slices[-1][1] == 8  # 8 hold-out videos: a first slice, then all of them
+    assert result.best["num_videos"] == 8 and result.best["dropped_round"] is None
+    dropped = [r for r in result.rows if r["dropped_round"] is not None]
+    assert dropped and all(r["num_videos"] == slices[0][1] and r["dropped_round"] == 0 for r in dropped)
+    assert all(r["dropped_because"] for r in dropped)
+    assert all(r["num_videos"] == 8 for r in result.rows if r["kind"] == "fixed")  # always reported
+    assert result.strategy_videos < result.exhaustive_videos
+    # Every planned strategy has its row (marginals and plots use them all).
+    assert len(read_results(tmp_path / "run" / "strategies" / "strategies.jsonl")) == 20
+
+
+def test_a_killed_racing_search_resumes_with_the_same_pick(trained_run, tmp_path):
+    model_dir = _fresh_copy(trained_run, tmp_path / "run")
+    first = run_search(SearchConfig(model_dir=model_dir, **RACE))
+    path = tmp_path / "run" / "strategies" / "rounds.jsonl"
     lines = path.read_text().splitlines()
-    kept = lines[:5]
-    path.write_text("\n".join(kept) + "\n" + lines[5][:17])  # killed while writing line 6
-    again = run_search(SearchConfig(model_dir=model_dir, num_samples=9, tiles=4, progress=False))
-    kept_keys = {"|".join(json.loads(line)["units"]) for line in kept}
-    assert again.evaluated == len({"|".join(r["units"]) for r in first.rows} - kept_keys)
-    assert [(r["id"], r["top1"]) for r in again.rows] == [(r["id"], r["top1"]) for r in first.rows]
+    kept = lines[:7]
+    path.write_text("\n".join(kept) + "\n" + lines[7][:17])  # killed while writing line 8
+    (tmp_path / "run" / "strategies" / "strategies.jsonl").unlink()
+    again = run_search(SearchConfig(model_dir=model_dir, **RACE))
+    assert again.evaluated == len(lines) - len(kept)  # only what the journal lacked
+    assert again.best["id"] == first.best["id"]
+    assert [(r["id"], r["top1"], r["dropped_round"]) for r in again.rows] == \
+        [(r["id"], r["top1"], r["dropped_round"]) for r in first.rows]
     # Other settings in the same folder are refused instead of mixed in.
     with pytest.raises(ValueError, match="num_samples"):
-        run_search(SearchConfig(model_dir=model_dir, num_samples=10, tiles=4, progress=False))
+        run_search(SearchConfig(model_dir=model_dir, **{**RACE, "num_samples": 10}))
+
+
+def test_two_replicas_give_the_one_device_results(trained_run, tmp_path, mirrored_two_cpus):
+    model_dir = _fresh_copy(trained_run, tmp_path / "run")
+    one = run_search(SearchConfig(model_dir=model_dir, output_dir=str(tmp_path / "one"), **RACE))
+    two = run_search(SearchConfig(model_dir=model_dir, output_dir=str(tmp_path / "two"), **RACE),
+                     tf_strategy=mirrored_two_cpus)
+    assert [(r["id"], r["correct"], r["dropped_round"]) for r in two.rows] == \
+        [(r["id"], r["correct"], r["dropped_round"]) for r in one.rows]
+    for a, b in zip(one.rows, two.rows):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert two.best["id"] == one.best["id"] and two.traces == 1
 
 
 def test_best_under_a_budget_comes_from_the_pareto_set():
-    rows = [{"id": "fixed-ST", "kind": "fixed", "top1": 0.9, "top5": 1, "gflops": 5.0},
-            {"id": "a", "kind": "sampled", "top1": 0.8, "top5": 1, "gflops": 2.0},
-            {"id": "b", "kind": "sampled", "top1": 0.7, "top5": 1, "gflops": 3.0},
-            {"id": "c", "kind": "sampled", "top1": 0.85, "top5": 1, "gflops": 4.0}]
-    assert [r["id"] for r in pareto_front(rows)] == ["a", "c", "fixed-ST"]
-    assert pick_best(rows)["id"] == "c"
+    rows = [{"id": "fixed-ST", "kind": "fixed", "top1": 0.9, "top5": 1, "gflops": 5.0, "num_videos": 10},
+            {"id": "a", "kind": "sampled", "top1": 0.8, "top5": 1, "gflops": 2.0, "num_videos": 10},
+            {"id": "b", "kind": "sampled", "top1": 0.7, "top5": 1, "gflops": 3.0, "num_videos": 10},
+            {"id": "c", "kind": "sampled", "top1": 0.85, "top5": 1, "gflops": 4.0, "num_videos": 10},
+            {"id": "d", "kind": "sampled", "top1": 0.95, "top5": 1, "gflops": 1.0, "num_videos": 4}]  # raced out
+    assert [r["id"] for r in pareto_front(rows)] == ["d"]
+    assert pick_best(rows)["id"] == "c"  # only strategies scored on the whole split can be picked
     assert pick_best(rows, max_gflops=3.5)["id"] == "a"
     with pytest.raises(ValueError, match="1.0 GFLOPs"):
         pick_best(rows, max_gflops=1.0)
@@ -129,7 +171,7 @@ def test_cli_runs_and_refuses_a_run_without_search(trained_run, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "1 trace(s)" in proc.stdout
-    assert stf.Strategy.load(f"{model_dir}/search/best.json").provenance["max_gflops"] == 1000
+    assert stf.Strategy.load(f"{model_dir}/strategies/best.json").provenance["max_gflops"] == 1000
     proc = subprocess.run([sys.executable, "-m", "tf_stfusion.search", f"--model_dir={tmp_path}"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "not a training run folder" in proc.stderr

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
+import tf_stfusion as stf
 from tf_stfusion import selection
 from tf_stfusion.data import pipeline
 from tf_stfusion.report import MARGINAL_THRESHOLD, observations
@@ -171,3 +172,82 @@ def test_prior_warning_fires_with_a_huge_k_and_stays_quiet_otherwise(trained_run
     assert loud["fraction_gates_above_0.9"] > 0.8
     assert "--length_scale=1000" in loud["warning"]
     assert "warning: the length-scale prior dominates" in capsys.readouterr().out
+
+
+# -- racing ---------------------------------------------------------------------------------
+def test_racing_slices_grow_by_eta_and_end_at_the_whole_split():
+    assert selection.racing_slices(104, 100, eta=3, tiles=8, min_videos=10) == [(0, 12), (12, 35), (35, 104)]
+    slices = selection.racing_slices(24000, 100)
+    ends = [end for _, end in slices]
+    assert ends[-1] == 24000 and all(b == pytest.approx(3 * a, abs=3) for a, b in zip(ends, ends[1:]))
+    assert selection.racing_slices(20, 100) == [(0, 20)]  # too few videos for a first slice of 10
+    assert selection.racing_slices(104, 5) == [(0, 104)]  # the candidates fit one tile
+
+
+def _score(top1, nll=0.0, gflops=1.0):
+    return selection.Score(np.asarray(top1, bool), np.asarray(top1, bool), nll, gflops)
+
+
+def test_elimination_drops_the_clearly_worse_then_keeps_the_best_third():
+    rng = np.random.default_rng(4)
+    n = 60
+    scores = {f"c{i}": _score(rng.random(n) < 0.85 - 0.01 * i, nll=float(i)) for i in range(9)}
+    scores["bad"] = _score(rng.random(n) < 0.3)
+    kept, dropped = selection.eliminate(scores, eta=3)
+    assert "below the leader" in dropped["bad"]
+    leader = max(scores, key=lambda c: scores[c].key())
+    assert leader in kept
+    rest = [c for c in scores if not dropped.get(c, "").startswith("below")]
+    assert len(kept) == -(-len(rest) // 3)
+    assert all(scores[k].key() >= scores[d].key() for k in kept for d in dropped)
+
+
+def test_a_strict_superset_of_the_leader_is_never_dropped():
+    """Random races: a candidate right on the leader's videos and more survives every
+    decision (it becomes the leader); the leader itself always survives."""
+    rng = np.random.default_rng(5)
+    for trial in range(200):
+        n = int(rng.integers(6, 80))
+        scores = {f"c{i}": _score(rng.random(n) < rng.uniform(0.3, 0.95), nll=float(rng.random()))
+                  for i in range(int(rng.integers(3, 30)))}
+        leader = max(scores, key=lambda c: scores[c].key())
+        top1 = scores[leader].top1.copy()
+        if top1.all():
+            continue
+        top1[rng.choice(np.flatnonzero(~top1))] = True
+        scores["superset"] = _score(top1, nll=99.0, gflops=99.0)  # worse on every tie-breaker
+        kept, dropped = selection.eliminate(scores, eta=int(rng.integers(2, 5)))
+        assert "superset" in kept and "superset" not in dropped
+
+
+def test_a_race_is_won_by_the_strategy_right_on_every_video_the_others_get():
+    from tf_stfusion.search import Journal, race, unit_key
+
+    rng = np.random.default_rng(6)
+    names = stf.layer_names("tiny")
+    planned, truth = [], {}
+    for i in range(40):
+        units = list(rng.choice(["S", "ST", "S+ST", "none"], len(names)))
+        strategy = stf.Strategy.from_units("tiny", units)
+        if unit_key(strategy) in truth:
+            continue
+        planned.append((f"sample-{i:04d}", "sampled", strategy))
+        truth[unit_key(strategy)] = rng.random(90) < rng.uniform(0.4, 0.9)
+    best_key = unit_key(planned[7][2])
+    truth[best_key] = np.logical_or.reduce(list(truth.values()))  # right wherever anyone is
+    journal = Journal("/nonexistent/rounds.jsonl", chief=False)
+
+    def evaluate(items, round_):
+        from tf_stfusion.evaluation import VideoResults
+
+        start, end = slices[round_]
+        for key, _ in items:
+            hits = truth[key][start:end]
+            journal.add(key, round_, start, end, VideoResults(hits, hits, np.zeros(hits.size)))
+
+    slices = selection.racing_slices(90, len(planned), eta=3, tiles=4, min_videos=5)
+    seen, dropped = race(planned, slices, journal, evaluate, lambda s: 1.0, eta=3, max_gflops=0)
+    assert len(slices) >= 3 and seen[best_key] == len(slices) and best_key not in dropped
+    survivors = [k for k in seen if seen[k] == len(slices)]
+    assert len(survivors) < len(planned) / 3
+    assert sum(slices[seen[k] - 1][1] for k in seen) <= 0.5 * len(seen) * 90

@@ -211,7 +211,8 @@ def test_two_process_multi_worker_run_completes_and_only_the_chief_writes(tmp_pa
         env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
                    TMPDIR=str(tmp), CUDA_VISIBLE_DEVICES="")
         procs.append(subprocess.Popen(
-            cli(model_dir, synth_dir, "--distribution=multi_worker", "--warmup_epochs=1", "--epochs=1"),
+            cli(model_dir, synth_dir, "--distribution=multi_worker", "--warmup_epochs=1", "--epochs=1",
+                "--eval_clips=2", "--num_strategy_samples=4"),
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         ))
     outputs = [p.communicate(timeout=600) for p in procs]
@@ -225,6 +226,19 @@ def test_two_process_multi_worker_run_completes_and_only_the_chief_writes(tmp_pa
         assert (model_dir / phase / "done.json").is_file()
     # The worker's share of each checkpoint went to a temporary folder, since removed.
     assert not [p for p in (tmp_path / "tmp1").iterdir() if p.name.startswith("stfusion-worker-ckpt")]
+    # The strategy search ran on both workers (each reading its own shards); the chief wrote
+    # what a one-device search of the same checkpoint finds.
+    from tf_stfusion.search import SearchConfig, read_results, run_search
+
+    plan = [line for line in outputs[0][0].splitlines() if line.startswith("search: ") and " strategies (" in line]
+    assert plan and "MultiWorkerMirroredStrategy" in plan[0]
+    two = read_results(model_dir / "strategies" / "strategies.jsonl")
+    one = run_search(SearchConfig(model_dir=str(model_dir), num_samples=4, output_dir=str(tmp_path / "one"),
+                                  progress=False))
+    assert [(r["id"], r["correct"], r["top5"]) for r in one.rows] == \
+        [(two[r["id"]]["id"], two[r["id"]]["correct"], two[r["id"]]["top5"]) for r in one.rows]
+    for r in one.rows:
+        assert two[r["id"]]["loss"] == pytest.approx(r["loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -270,7 +284,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("sthv1", 250, 32, 90, 0.005, (40, 60, 80)),
     ("sthv2", 50, 32, 90, 0.005, (40, 60, 80)),
     ("ucf101", 50, 32, 90, 0.005, (40, 60, 80)),
-    ("demo", 4, 16, 10, 0.05, (7,)),
+    ("demo", 4, 16, 8, 0.05, (6,)),
 ])
 def test_config_files_hold_the_papers_settings(name, k, batch, epochs, lr, lr_steps):
     from absl import flags
@@ -284,6 +298,90 @@ def test_config_files_hold_the_papers_settings(name, k, batch, epochs, lr, lr_st
         config = train_cli.config_from_flags()
     assert (config.length_scale, config.batch_size, config.epochs, config.learning_rate) == (k, batch, epochs, lr)
     assert config.lr_steps == lr_steps and config.phases == ("warmup", "search")
-    assert config.warmup_epochs == (15 if name == "demo" else 50)
+    assert config.warmup_epochs == (11 if name == "demo" else 50)
     assert config.backbone == ("tiny" if name == "demo" else "densenet121")
     assert config.data.dataset == ("synthetic" if name == "demo" else "tfrecord")
+
+
+# -- the search phase's own step -------------------------------------------------------------
+def _search_trainer(name, tmp_path, synth_dir, strategy=None, **overrides):
+    keras.utils.set_random_seed(7)
+    config = small_config(tmp_path / name, synth_dir, phases=("warmup", "search"), length_scale=5.0, **overrides)
+    trainer = Trainer(config, strategy=strategy)
+    state = trainer.setup_phase("search")  # from scratch: both trainers start from the same weights
+    return trainer, state, trainer.make_step(state)
+
+
+def test_search_step_on_two_replicas_equals_one_device(synth_dir, tmp_path, mirrored_two_cpus):
+    """Gates in search mode (per-sample relaxed Bernoulli noise) and the Eq. 5 term:
+    the same loss, regulariser and updates on one device and on two replicas."""
+    x, y = fixed_batch(seed=4, batch=8)
+    results = {}
+    for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")), ("two", mirrored_two_cpus)):
+        trainer, state, step = _search_trainer(name, tmp_path, synth_dir, strategy, weight_decay=1e-3)
+        clips, labels = next(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((x, y)))))
+        out = step(clips, labels).numpy()
+        results[name] = (out, {v.path: v.numpy() for v in state.variables})
+    assert results["one"][0][1] > 0  # the Eq. 5 term is in the loss
+    np.testing.assert_allclose(results["two"][0], results["one"][0], rtol=1e-5, atol=1e-6)
+    for path, value in results["one"][1].items():
+        np.testing.assert_allclose(results["two"][1][path], value, rtol=1e-4, atol=1e-5, err_msg=path)
+
+
+def test_search_step_decays_every_kernel_but_the_gated_ones(synth_dir, tmp_path):
+    """With weight decay wd and lr, the first SGD update of a decayed kernel w moves by
+    an extra -lr * wd * w; the kernels the gates drop (found from the graph) get none."""
+    from conftest import gate_kernel
+
+    x, y = fixed_batch(seed=5)
+    runs = {}
+    for wd in (0.0, 0.01):
+        trainer, state, step = _search_trainer(f"wd{wd}", tmp_path, synth_dir, weight_decay=wd, learning_rate=0.1)
+        before = {v.path: v.numpy() for v in state.variables}
+        step(tf.constant(x), tf.constant(y))
+        runs[wd] = (before, {v.path: v.numpy() - before[v.path] for v in state.variables}, trainer.model)
+    model = runs[0.01][2]
+    gated = {gate_kernel(model, g).path for g in gate_layers(model)}
+    kernels = [l.kernel.path for l in model.layers if getattr(l, "kernel", None) is not None]
+    assert gated and set(kernels) - gated
+    before = runs[0.01][0]
+    for path in kernels:
+        extra = runs[0.01][1][path] - runs[0.0][1][path]
+        want = np.zeros_like(extra) if path in gated else -0.1 * 0.01 * before[path]
+        np.testing.assert_allclose(extra, want, rtol=2e-3, atol=2e-8, err_msg=path)
+
+
+def test_learning_rate_steps_at_the_configured_epochs(synth_dir, tmp_path):
+    from tf_stfusion.trainer import _current_lr
+
+    trainer = Trainer(small_config(tmp_path, synth_dir, phases=("warmup",), warmup_epochs=3, steps_per_epoch=2,
+                                   warmup_lr_steps=(1, 2), learning_rate=0.05))
+    state = trainer.setup_phase("warmup")
+    step = trainer.make_step(state)
+    x, y = fixed_batch(seed=6)
+    used = []
+    for _ in range(6):
+        used.append(float(_current_lr(state.optimizer)))  # what the coming update uses
+        step(tf.constant(x), tf.constant(y))
+    np.testing.assert_allclose(used, [0.05, 0.05, 0.005, 0.005, 0.0005, 0.0005], rtol=1e-6)
+
+
+def test_no_frame_is_mirrored_without_flip(synth_dir, tmp_path):
+    from tf_stfusion.data import pipeline
+    from tf_stfusion.data.prepare import make_sequence_example
+
+    frames = np.zeros((8, 32, 32, 3), np.uint8)
+    frames[:, :, :16] = 255  # the left half bright: a mirrored clip has it on the right
+    path = str(tmp_path / "asym.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for i in range(4):
+            writer.write(make_sequence_example(f"v{i}", 0, frames, 95).SerializeToString())
+    mirrored = {}
+    for flip in (False, True):
+        ds = pipeline.make_dataset([path], training=True, num_frames=8, input_size=24, batch_size=4, flip=flip,
+                                   seed=1, shuffle_buffer=4)
+        sides = [(c[..., :12, :].mean() < c[..., 12:, :].mean()) for clips, _ in ds.take(16) for c in clips.numpy()]
+        mirrored[flip] = sum(sides)
+    assert mirrored[False] == 0 and 10 < mirrored[True] < 54
+    # The motion set forbids flips (left/right motions swap under a mirror): the trainer turns them off.
+    assert not Trainer(small_config(tmp_path / "run", synth_dir)).flip

@@ -2,7 +2,7 @@
 
 The search scores strategies with the *template's* weights. What a user deploys
 is a strategy's pruned network trained on its own, so this command trains Opt
-(``RUN/search/best.json``) and the fixed S / ST / S+ST from scratch as their
+(``RUN/strategies/best.json``) and the fixed S / ST / S+ST from scratch as their
 pruned networks, with the run's recipe, and compares them on the report split:
 
 * each network is a fixed-strategy run in ``RUN/compare/<name>/`` (resumable:
@@ -45,11 +45,9 @@ def resolve_strategies(config, backbone):
     out = []
     for item in config.strategies:
         if item == "Opt":
-            path = os.path.join(config.model_dir, "search", "best.json")
-            if not os.path.isfile(path):
-                raise ValueError(f"{path} not found: run the strategy search first "
-                                 f"(python -m tf_stfusion.search --model_dir={config.model_dir})")
-            out.append(("Opt", Strategy.load(path)))
+            from tf_stfusion.search import results_folder
+
+            out.append(("Opt", Strategy.load(os.path.join(results_folder(config.model_dir), "best.json"))))
         elif item in BASELINES:
             out.append((item, Strategy.uniform(item, backbone)))
         else:

@@ -40,6 +40,13 @@ def video_scores(model, clips, training=False):
     return tf.reduce_mean(tf.reshape(probs, [shape[0], shape[1], -1]), axis=1)
 
 
+def outcomes_or_none(outcomes_fn, clips, shape):
+    """``outcomes_fn()`` for a non-empty batch, zeros of ``shape`` (batch 0) for an empty
+    one: a replica can get an empty share of the last batch, and oneDNN's Conv3D
+    returns its input's shape for a batch of 0 (the next BatchNorm then fails)."""
+    return tf.cond(tf.shape(clips)[0] > 0, outcomes_fn, lambda: tf.zeros(shape, tf.float32))
+
+
 def video_outcomes(probs, labels):
     """Per video ``[top-1 hit, top-5 hit, -log p(label)]``: ``[B, C]`` scores -> ``[B, 3]``.
 
@@ -67,8 +74,9 @@ class VideoResults:
         """Scatters per-video ``outcomes [m, 3]`` at positions ``index [m]`` into
         arrays of ``num_videos``; every video must be seen exactly once."""
         outcomes, index = np.asarray(outcomes, np.float64).reshape(-1, 3), np.asarray(index, np.int64).ravel()
+        outcomes, index = outcomes[index >= 0], index[index >= 0]  # -1: a filler of a padded batch
         seen = np.bincount(index, minlength=num_videos) if index.size else np.zeros(num_videos, int)
-        if index.size and (index.min() < 0 or index.max() >= num_videos):
+        if index.size and index.max() >= num_videos:
             raise ValueError(f"video positions outside [0, {num_videos})")
         if seen.size != num_videos or np.any(seen != 1):
             missing, twice = int(np.sum(seen == 0)), int(np.sum(seen > 1))
@@ -114,7 +122,9 @@ class MultiClipEvaluator:
             self.traces += 1  # Python side effect: counts traces, not calls.
 
             def replica(clips, labels, position):
-                return video_outcomes(video_scores(self.model, clips), labels), tf.cast(position, tf.int64)
+                outcomes = outcomes_or_none(lambda: video_outcomes(video_scores(self.model, clips), labels),
+                                            clips, [0, 3])
+                return outcomes, tf.cast(position, tf.int64)
 
             outcomes, position = self.strategy.run(replica, (clips, labels, position))
             return self.strategy.gather(outcomes, axis=0), self.strategy.gather(position, axis=0)
@@ -157,6 +167,7 @@ def video_probabilities(model, dataset, num_views, num_videos):
     seen = np.zeros(num_videos, int)
     for clips, _, position in dataset:
         probs, position = (t.numpy() for t in step(clips, position))
+        probs, position = probs[position >= 0], position[position >= 0]  # -1: fillers
         if out is None:
             out = np.zeros((num_videos, probs.shape[-1]))
         out[position] = probs

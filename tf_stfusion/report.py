@@ -129,10 +129,15 @@ def observations(probs, rows):
                      + (" ..." if len(skipped) > 12 else "") + ".")
     sampled = [r for r in rows if r["kind"] == "sampled"]
     if sampled:
-        top1 = [r["top1"] for r in sampled]
-        lines.append(f"Sampled strategies on {sampled[0].get('split', 'the selection split')}: top-1 mean "
-                     f"{100 * statistics.fmean(top1):.2f}%, min {100 * min(top1):.2f}%, max {100 * max(top1):.2f}% "
-                     f"over {len(sampled)} samples of {sampled[0]['num_videos']} videos each.")
+        full = max(r["num_videos"] for r in rows)
+        finished = [r["top1"] for r in sampled if r["num_videos"] == full]
+        line = (f"Sampled strategies on {sampled[0].get('split', 'the selection split')}: top-1 mean "
+                f"{100 * statistics.fmean(finished):.2f}%, min {100 * min(finished):.2f}%, max "
+                f"{100 * max(finished):.2f}% over the {len(finished)} scored on all {full} videos")
+        if len(finished) < len(sampled):
+            line += (f"; racing dropped the other {len(sampled) - len(finished)} in earlier rounds (see "
+                     "`dropped_round` in strategies.jsonl)")
+        lines.append(line + ".")
     return lines
 
 

@@ -5,16 +5,30 @@ From the search-phase checkpoint of RUN:
 
 1. sample ``--num_samples`` strategies from the learned drop probabilities
    (per gate ``drop ~ Bernoulli(p)``), plus the fixed strategies S, ST, S+ST;
-2. evaluate each on the validation split with the template's weights in fixed
-   mode (multi-clip, top-1 / top-5). One compiled function serves every
-   strategy: a validation batch is tiled ``K`` times and each tile carries its
-   own gate masks (``apply_strategies``), so clips are decoded once per pass
-   for ``K`` strategies and switching strategies only assigns variables;
-3. write ``RUN/search/``: ``strategies.jsonl`` (one line per strategy, appended
-   as results come, so an interrupted search resumes with the rest),
-   ``best.json`` (the best sampled strategy, "Opt"; with ``--max_gflops`` the
-   best within that budget), ``marginals.json``, ``fusion.png`` (the paper's
-   Fig. 4), ``pareto.png`` and ``report.md``.
+2. score them on the *selection* split (the run's hold-out of training videos,
+   or ``val`` with ``--select_split=val``) with the template's weights in fixed
+   mode. One compiled function serves every strategy: a batch is tiled ``K``
+   times and each tile carries its own gate masks (``apply_strategies``), so
+   clips are decoded once per pass for ``K`` strategies;
+3. **racing** (``selection.eliminate``, successive halving with paired
+   elimination): all strategies are scored on a first slice of the selection
+   videos; those whose paired 95% upper bound lies below the leader are dropped,
+   the best ``1/eta`` of the rest go on to a slice ``eta`` times larger, until
+   the survivors have seen the whole split. ``--racing=off`` scores every
+   strategy on every video (the fixed strategies always are);
+4. report Opt (the best sampled strategy) and S / ST / S+ST on the *report*
+   split (val) with intervals and paired differences;
+5. write ``RUN/strategies/`` (``--output_dir``): ``rounds.jsonl`` (the journal:
+   one line per strategy and round, appended as results come, so an interrupted
+   search resumes with the rest), ``strategies.jsonl`` (one row per strategy),
+   ``best.json``, ``comparison.json``, ``marginals.json``, ``fusion.png``
+   (the paper's Fig. 4), ``pareto.png`` and ``report.md``.
+
+Under ``--distribution`` (and ``TF_CONFIG``) the search runs on every device
+and worker, like training: batches are split over replicas, each worker reads
+its own file shards (padded with empty batches so all take the same number of
+steps), per-video outcomes are gathered, every worker takes the same racing
+decisions, and only the chief writes.
 """
 
 import dataclasses
@@ -26,9 +40,14 @@ import time
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
+FOLDER = "strategies"
+OLD_FOLDER = "search"  # where searches were written before they got their own folder
 PLAN = "plan.json"
+ROUNDS = "rounds.jsonl"
 RESULTS = "strategies.jsonl"
 COMPARISON = "comparison.json"
+RACING = ("auto", "on", "off")
+PASS_GROUPS = 4  # groups of K strategies scored per pass over the data (and per journal write)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,74 +61,123 @@ class SearchConfig:
     max_gflops: float = 0.0  # 0: no budget
     checkpoint: str = ""  # default: the search phase's final checkpoint
     select_split: str = ""  # "holdout" or "val"; "": the run's
+    racing: str = "auto"  # auto: on when there are more strategies than one tile holds
+    racing_eta: int = 3
+    racing_min_videos: int = 10  # the first slice is never smaller
+    output_dir: str = ""  # default: RUN/strategies
     progress: bool = True
+    verify_data: bool = False  # check the shards' CRC32C too, not only their sizes
+    skip_corrupt_records: bool = False
+
+    def folder(self):
+        return self.output_dir or os.path.join(self.model_dir, FOLDER)
 
 
 @dataclasses.dataclass
 class SearchResult:
-    rows: list  # every planned strategy's line of strategies.jsonl, in plan order
+    rows: list  # every planned strategy's row of strategies.jsonl, in plan order
     best: dict
-    evaluated: int  # strategies evaluated by this call (not resumed, not duplicates)
+    evaluated: int  # (strategy, round) evaluations run by this call (not resumed, not duplicates)
     traces: int  # traces of the evaluation function
     seconds: float
     out_dir: str
     comparison: dict  # Opt vs S / ST / S+ST on the report split (comparison.json)
+    strategy_videos: int  # (strategy, video) pairs scored on the selection split, this call and before
+    exhaustive_videos: int  # what scoring every unique strategy on every video would take
+
+
+def results_folder(model_dir):
+    """Where a run's search results are: ``RUN/strategies/``, or ``RUN/search/`` for
+    a search made before results got their own folder."""
+    for folder in (FOLDER, OLD_FOLDER):
+        path = os.path.join(model_dir, folder)
+        if os.path.isfile(os.path.join(path, "best.json")):
+            return path
+    raise FileNotFoundError(f"{model_dir} holds no strategy search results ({FOLDER}/best.json); run "
+                            f"python -m tf_stfusion.search --model_dir={model_dir}")
 
 
 # -- evaluation of many strategies with one compiled function -------------------
 class TiledEvaluator:
-    """Per-video outcomes of ``K`` strategies at once on a tiled batch.
+    """Per-video outcomes of many strategies, ``K`` at a time on a tiled batch, on
+    every replica of ``strategy`` (a ``tf.distribute`` strategy; default: one device).
 
-    ``step(clips [B*V, ...], labels [B], position [B])`` returns ``[K, B, 3]``
-    outcomes (``evaluation.video_outcomes``: top-1 hit, top-5 hit, NLL) and the
-    videos' positions. Traced once: the batch dimension is left open and the
-    strategies live in the gates' mask variables.
+    The data is read once per call: each batch of clips ``[b*V, ...]`` is decoded
+    once and scored by every group of ``K`` strategies in turn (the group's masks
+    are assigned to the gates' variables, then one step). A replica's step tiles
+    its clips ``K`` times, scores all tiles in one model call and returns
+    ``[K, b, 3]`` outcomes (``video_outcomes``: top-1 hit, top-5 hit, NLL);
+    outcomes and video positions are gathered over replicas and workers. Traced
+    once: the strategies live in variables and the batch dimension is open.
     """
 
-    def __init__(self, model, num_views, tiles):
+    def __init__(self, model, num_views, tiles, strategy=None):
         import tensorflow as tf
 
-        from tf_stfusion.evaluation import video_outcomes, video_scores
-
         self.model, self.num_views, self.tiles = model, num_views, tiles
+        self.strategy = strategy or tf.distribute.OneDeviceStrategy("/cpu:0")
         self.traces = 0
-        spec = model.inputs[0].shape
+        self._step = None
 
-        @tf.function(input_signature=[tf.TensorSpec([None, *spec[1:]], tf.float32),
-                                      tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64)])
-        def step(clips, labels, position):
+    def _make_step(self, element_spec):
+        import tensorflow as tf
+
+        from tf_stfusion.evaluation import outcomes_or_none, video_outcomes, video_scores
+
+        model, views, tiles, strategy = self.model, self.num_views, self.tiles, self.strategy
+        classes = model.outputs[0].shape[-1]
+
+        def replica(clips, labels, position):
+            def outcomes():
+                tiled = tf.tile(clips, tf.concat([[tiles], tf.ones([tf.rank(clips) - 1], tf.int32)], 0))
+                # [K*b, V, ...]: the views of a video stay together (the pipeline puts them next to each other).
+                videos = tf.reshape(tiled, tf.concat([[-1, views], tf.shape(clips)[1:]], 0))
+                probs = tf.reshape(video_scores(model, videos), [tiles, -1, classes])
+                return tf.stack([video_outcomes(probs[k], labels) for k in range(tiles)])
+            return outcomes_or_none(outcomes, clips, [tiles, 0, 3]), position
+
+        @tf.function(input_signature=[element_spec])
+        def step(batch):
             self.traces += 1
-            tiled = tf.tile(clips, [tiles] + [1] * (len(spec) - 1))  # tile k = rows k*B*V:(k+1)*B*V
-            # [K*B, V, ...]: the views of a video stay together (the pipeline puts them next to each other).
-            videos = tf.reshape(tiled, tf.concat([[-1, num_views], tf.shape(clips)[1:]], 0))
-            probs = tf.reshape(video_scores(model, videos), [tiles, -1, model.outputs[0].shape[-1]])
-            return tf.stack([video_outcomes(probs[k], labels) for k in range(tiles)]), position  # [K, B, 3]
+            outcomes, position = strategy.run(replica, batch)
+            return strategy.gather(outcomes, axis=1), strategy.gather(position, axis=0)
 
-        self.step = step
+        return step
 
-    def evaluate(self, strategies, dataset, num_videos):
-        """``VideoResults`` of up to ``tiles`` strategies over one pass of ``dataset``."""
+    def evaluate(self, strategies, dataset_fn, num_videos, bar=None):
+        """``VideoResults`` of every strategy in ``strategies`` over one pass of the
+        data that ``dataset_fn(input_context)`` yields (``num_videos`` videos);
+        ``bar``: a progress bar advanced by videos."""
         import numpy as np
 
         from tf_stfusion.evaluation import VideoResults
         from tf_stfusion.strategy import apply_strategies
 
-        if not 1 <= len(strategies) <= self.tiles:
-            raise ValueError(f"evaluate takes 1 to {self.tiles} strategies, got {len(strategies)}")
-        # Pad with the last strategy: the tile count, hence the graph, never changes.
-        padded = list(strategies) + [strategies[-1]] * (self.tiles - len(strategies))
-        apply_strategies(self.model, padded)
-        outcomes, positions = [], []
-        for clips, labels, position in dataset:
-            out, pos = self.step(clips, labels, position)
-            outcomes.append(out.numpy())
+        if not strategies:
+            return []
+        groups = [list(strategies[i:i + self.tiles]) for i in range(0, len(strategies), self.tiles)]
+        # Pad the last group with its last strategy: the tile count, hence the graph, never changes.
+        groups[-1] += [groups[-1][-1]] * (self.tiles - len(groups[-1]))
+        dist = self.strategy.distribute_datasets_from_function(dataset_fn)
+        if self._step is None:
+            self._step = self._make_step(dist.element_spec)
+        outcomes, positions = [[] for _ in groups], []
+        for batch in dist:
+            for g, group in enumerate(groups):
+                if len(groups) > 1 or not positions:  # one group: its masks stay in place
+                    apply_strategies(self.model, group)
+                out, pos = self._step(batch)
+                outcomes[g].append(out.numpy())
             positions.append(pos.numpy())
-        outcomes, positions = np.concatenate(outcomes, axis=1), np.concatenate(positions)
-        return [VideoResults.from_outcomes(outcomes[k], positions, num_videos) for k in range(len(strategies))]
+            if bar:
+                bar.update(min(int(sum(np.sum(p >= 0) for p in positions)), num_videos))
+        positions = np.concatenate(positions)
+        scored = np.concatenate([np.concatenate(o, axis=1) for o in outcomes], axis=0)  # [groups*K, n, 3]
+        return [VideoResults.from_outcomes(scored[k], positions, num_videos) for k in range(len(strategies))]
 
 
-# -- the search --------------------------------------------------------------------
-def _key(strategy):
+# -- the plan and its results --------------------------------------------------------
+def unit_key(strategy):
     return "|".join(strategy.units)
 
 
@@ -123,18 +191,23 @@ def plan_strategies(model, config):
     return planned
 
 
-def read_results(path):
-    """Finished lines of ``strategies.jsonl`` by id (a torn last line is dropped)."""
-    done = {}
+def read_jsonl(path):
+    """Complete lines of a JSON-lines file (a torn last line, being written when the
+    process was killed, is dropped)."""
+    rows = []
     if os.path.isfile(path):
         with open(path) as f:
             for line in f:
                 try:
-                    row = json.loads(line)
+                    rows.append(json.loads(line))
                 except json.JSONDecodeError:
-                    continue  # the line being written when the run was killed
-                done[row["id"]] = row
-    return done
+                    continue
+    return rows
+
+
+def read_results(path):
+    """Rows of ``strategies.jsonl`` by id."""
+    return {row["id"]: row for row in read_jsonl(path)}
 
 
 def pareto_front(rows):
@@ -148,8 +221,11 @@ def pareto_front(rows):
 
 
 def pick_best(rows, max_gflops=0.0):
-    """The best sampled strategy (top-1, then top-5, then fewer GFLOPs)."""
-    pool = [r for r in rows if r["kind"] == "sampled" and (not max_gflops or r["gflops"] <= max_gflops)]
+    """The best sampled strategy scored on the whole selection split (top-1, then
+    top-5, then fewer GFLOPs), within ``max_gflops`` if given."""
+    full = max((r["num_videos"] for r in rows), default=0)
+    pool = [r for r in rows if r["kind"] == "sampled" and r["num_videos"] == full
+            and (not max_gflops or r["gflops"] <= max_gflops)]
     if not pool:
         raise ValueError(f"no sampled strategy costs <= {max_gflops} GFLOPs" if max_gflops
                          else "no sampled strategy was evaluated")
@@ -157,8 +233,8 @@ def pick_best(rows, max_gflops=0.0):
 
 
 def result_row(sid, kind, strategy, videos, split, params, gflops):
-    """A line of ``strategies.jsonl``: metrics with intervals on ``split`` and the
-    per-video top-1 correctness (packed bits, the split's canonical order)."""
+    """A row: metrics with intervals on ``split`` and the per-video top-1
+    correctness (packed bits, in the split's selection order)."""
     from tf_stfusion.selection import pack_bits
 
     return {"id": sid, "kind": kind, "units": strategy.units, **videos.metrics(split), "params": params,
@@ -166,24 +242,94 @@ def result_row(sid, kind, strategy, videos, split, params, gflops):
 
 
 def row_correct(row):
-    """The per-video top-1 correctness of a result row."""
+    """The per-video top-1 correctness of a row."""
     from tf_stfusion.selection import unpack_bits
 
     return unpack_bits(row["correct"], row["num_videos"])
 
 
-def evaluate_all(evaluator, items, dataset, num_videos, tiles, bar=None):
-    """``[(item, VideoResults)]`` of ``items`` (``(id, kind, strategy)``), ``tiles`` per pass."""
-    out = []
-    for start in range(0, len(items), tiles):
-        chunk = items[start:start + tiles]
-        out += zip(chunk, evaluator.evaluate([s for _, _, s in chunk], dataset, num_videos))
-        if bar:
-            bar.update(min(start + tiles, len(items)))
-    return out
+# -- racing ------------------------------------------------------------------------
+class Journal:
+    """``rounds.jsonl``: per unique strategy (its units) and round, the packed
+    top-1 / top-5 bits and NLL sum of the round's new videos. Appended as results
+    come; a resumed search re-reads it and evaluates only what is missing."""
+
+    def __init__(self, path, chief):
+        self.path, self.chief = path, chief
+        self.entries = {(row["key"], row["round"]): row for row in read_jsonl(path)}
+
+    def has(self, key, round_):
+        return (key, round_) in self.entries
+
+    def add(self, key, round_, start, end, videos):
+        from tf_stfusion.selection import pack_bits
+
+        row = {"key": key, "round": round_, "start": start, "end": end, "top1": pack_bits(videos.top1),
+               "top5": pack_bits(videos.top5), "nll": float(videos.nll.sum())}
+        self.entries[(key, round_)] = row
+        if self.chief:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def videos(self, key, rounds):
+        """``VideoResults`` of ``key`` over ``rounds`` (consecutive from 0), concatenated."""
+        import numpy as np
+
+        from tf_stfusion.evaluation import VideoResults
+        from tf_stfusion.selection import unpack_bits
+
+        parts = [self.entries[(key, r)] for r in range(rounds)]
+        top1 = np.concatenate([unpack_bits(p["top1"], p["end"] - p["start"]) for p in parts])
+        top5 = np.concatenate([unpack_bits(p["top5"], p["end"] - p["start"]) for p in parts])
+        nll = np.full(top1.size, sum(p["nll"] for p in parts) / max(top1.size, 1))  # only the mean is kept
+        return VideoResults(top1, top5, nll)
 
 
-def compare_on_report_split(trainer, evaluator, best, rows, select_split, tiles, cost_of):
+def race(planned, slices, journal, evaluate, gflops_of, eta, max_gflops, log=print):
+    """Runs the rounds of a race (``slices`` from ``selection.racing_slices``).
+
+    ``evaluate(items, round)`` scores ``(key, strategy)`` items on the round's
+    videos and records them in ``journal``. Fixed strategies run every round
+    (they are reported, not selected); sampled ones race. Returns
+    ``({key: rounds seen}, {key: (dropped round, reason)})``.
+    """
+    from tf_stfusion.selection import Score, eliminate
+
+    unique = {}
+    for _, kind, strategy in planned:
+        unique.setdefault(unit_key(strategy), (kind, strategy))
+    alive = list(unique)
+    seen, dropped = {}, {}
+    for r, (start, end) in enumerate(slices):
+        todo = [(key, unique[key][1]) for key in alive if not journal.has(key, r)]
+        if todo:
+            log(f"search: round {r + 1}/{len(slices)}: {len(alive)} strategies on selection videos {start}:{end} "
+                f"({len(todo)} to score)")
+            evaluate(todo, r)
+        for key in alive:
+            seen[key] = r + 1
+        if r == len(slices) - 1:
+            break
+        fixed = [key for key in alive if unique[key][0] == "fixed"]
+        racing = [key for key in alive if unique[key][0] != "fixed"]
+        if max_gflops:
+            over = [key for key in racing if gflops_of(unique[key][1]) > max_gflops]
+            dropped.update({key: (r, f"over the {max_gflops} GFLOPs budget") for key in over})
+            racing = [key for key in racing if key not in over]
+        if len(racing) > 1:
+            scores = {}
+            for key in racing:
+                v = journal.videos(key, r + 1)
+                scores[key] = Score(v.top1, v.top5, float(v.nll.sum()), gflops_of(unique[key][1]))
+            kept, out = eliminate(scores, eta)
+            dropped.update({key: (r, reason) for key, reason in out.items()})
+            racing = [key for key in racing if key in kept]
+        alive = fixed + racing
+    return seen, dropped
+
+
+# -- the report split --------------------------------------------------------------
+def compare_on_report_split(trainer, evaluator, best, rows, select_split, cost_of):
     """Opt and the fixed S / ST / S+ST on the report split, with paired differences.
 
     When the selection split *is* the report split the search's own rows are
@@ -201,144 +347,15 @@ def compare_on_report_split(trainer, evaluator, best, rows, select_split, tiles,
     else:
         items = [(row["id"], row["kind"], Strategy.from_units(spec.backbone, row["units"])) for _, row in named]
         videos = trainer.split_videos("val")
-        results = evaluate_all(evaluator, items, trainer.eval_dataset_fn("val")(None), len(videos), tiles)
+        with trainer.reading("val"):
+            results = evaluator.evaluate([s for _, _, s in items], trainer.eval_dataset_fn("val"), len(videos))
         table = {name: result_row(*item, result, report_split, *cost_of(item[2]))
-                 for (name, _), (item, result) in zip(named, results)}
+                 for (name, _), item, result in zip(named, items, results)}
     paired = {name: paired_difference(row_correct(table["Opt"]), row_correct(table[name])).to_dict()
               for name in ("S", "ST", "S+ST")}
     return {"report_split": report_split, "selected_on": trainer.split_name(select_split),
             "same_split": select_split == "val", "note": SAME_SPLIT_NOTE if select_split == "val" else None,
             "videos": fingerprint(trainer.split_videos("val")), "strategies": table, "paired_vs_opt": paired}
-
-
-def run_search(config: SearchConfig, log=print):
-    """Runs (or resumes) the search of ``config``; returns a ``SearchResult``."""
-    import keras
-    import tensorflow as tf
-
-    from tf_stfusion.accounting import cost
-    from tf_stfusion.fileio import atomic_write_json, claim_settings
-    from tf_stfusion.selection import SAME_SPLIT_NOTE
-    from tf_stfusion.strategy import Strategy, marginals
-    from tf_stfusion.trainer import Trainer, find_checkpoint, load_run_config
-
-    run = load_run_config(config.model_dir)
-    if run.strategy is not None or "search" not in run.phases:
-        raise ValueError(f"{config.model_dir} is not a template run with a search phase (phases "
-                         f"{','.join(run.phases)}); train with --phase=warmup,search first")
-    select_split = config.select_split or run.data.select_split
-    if select_split not in ("holdout", "val"):
-        raise ValueError(f"--select_split must be holdout or val, got {select_split!r}")
-    if select_split == "holdout" and run.data.select_split != "holdout":
-        raise ValueError(f"{config.model_dir} trained on every training video (--select_split=val): it has no "
-                         "hold-out to select on; search with --select_split=val, or train a run with a hold-out")
-    data = dataclasses.replace(run.data, eval_views=config.clips or run.data.eval_views)
-    run = dataclasses.replace(run, data=data, progress=False,
-                              eval_batch_size=config.batch_size or run.eval_batch_size)
-    checkpoint = config.checkpoint or _search_checkpoint(config.model_dir)
-    trainer = Trainer(run, source=None)
-    model = trainer.model
-    tf.train.Checkpoint(model=model).restore(find_checkpoint(checkpoint)).expect_partial() \
-        .assert_existing_objects_matched()
-
-    out_dir = os.path.join(config.model_dir, "search")
-    os.makedirs(out_dir, exist_ok=True)
-    select_videos = trainer.split_videos(select_split)
-    select_name = trainer.split_name(select_split)
-    plan = {"checkpoint": os.path.basename(checkpoint), "num_samples": config.num_samples, "seed": config.seed,
-            "clips_per_video": data.eval_views, "select_split": select_name, "report_split": trainer.split_name("val")}
-    claim_settings(os.path.join(out_dir, PLAN), plan,
-                   f"{out_dir} holds a search with other settings ({{keys}} differ); remove that folder or use "
-                   "the same settings to resume it")
-
-    planned = plan_strategies(model, config)
-    results_path = os.path.join(out_dir, RESULTS)
-    done = read_results(results_path)
-    by_key = {}  # units -> metrics: a strategy drawn twice is evaluated once
-    for row in done.values():
-        by_key.setdefault("|".join(row["units"]), row)
-    todo = [(i, k, s) for i, k, s in planned if i not in done]
-    unique = []
-    for item in todo:
-        if _key(item[2]) not in by_key and _key(item[2]) not in {_key(u[2]) for u in unique}:
-            unique.append(item)
-    log(f"search: {len(planned)} strategies ({len(planned) - 3} sampled, 3 fixed); {len(done)} already "
-        f"evaluated; {len(unique)} to evaluate, {config.tiles} per pass over the {len(select_videos)} videos of the "
-        f"selection split ({select_name}) x {data.eval_views} clip(s)")
-    if select_split == "val":
-        log(f"search: {SAME_SPLIT_NOTE}: the best of {config.num_samples} is chosen on the split it is reported on")
-
-    spec = model.stf_spec
-    shape = (data.num_frames, data.eval_input_size, data.eval_input_size, 3)
-    costs = {}
-
-    def cost_of(strategy):
-        key = _key(strategy)
-        if key not in costs:
-            c = cost(spec.backbone, strategy, input_shape=shape, num_classes=spec.num_classes)
-            costs[key] = (c.params, c.gflops)
-        return costs[key]
-
-    dataset = trainer.eval_dataset_fn(select_split)(None)
-    evaluator = TiledEvaluator(model, data.eval_views, config.tiles)
-    bar = keras.utils.Progbar(len(unique), unit_name="strategy") if config.progress else None
-    t0 = time.time()
-    with open(results_path, "a") as f:
-        for start in range(0, len(unique), config.tiles):
-            chunk = unique[start:start + config.tiles]
-            for (sid, kind, strategy), videos in evaluate_all(evaluator, chunk, dataset, len(select_videos),
-                                                              config.tiles):
-                row = result_row(sid, kind, strategy, videos, select_name, *cost_of(strategy))
-                f.write(json.dumps(row) + "\n")
-                f.flush()
-                done[sid] = row
-                by_key[_key(strategy)] = row
-            if bar:
-                bar.update(min(start + config.tiles, len(unique)))
-    # Strategies drawn twice share the first one's numbers.
-    with open(results_path, "a") as f:
-        for sid, kind, strategy in todo:
-            if sid not in done:
-                row = dict(by_key[_key(strategy)], id=sid, kind=kind)
-                f.write(json.dumps(row) + "\n")
-                done[sid] = row
-    rows = [done[sid] for sid, _, _ in planned]
-
-    best = pick_best(rows, config.max_gflops)
-    comparison = compare_on_report_split(trainer, evaluator, best, rows, select_split, config.tiles, cost_of)
-    comparison["prior"] = trainer.prior_diagnostics()
-    comparison["chance_warning"] = chance_warning(comparison, best, spec.num_classes, comparison["prior"])
-    seconds = time.time() - t0
-    atomic_write_json(os.path.join(out_dir, COMPARISON), comparison)
-    reported = comparison["strategies"]["Opt"]
-    metric_keys = ("top1", "top1_ci", "top5", "top5_ci", "num_videos", "split")
-    best_strategy = Strategy.from_units(
-        spec.backbone, best["units"],
-        metrics={**{k: reported[k] for k in metric_keys}, "selected_on": select_name,
-                 "selection": {k: best[k] for k in metric_keys},
-                 **({"note": SAME_SPLIT_NOTE} if select_split == "val" else {}),
-                 "ci_method": reported["ci_method"], "params": best["params"], "gflops": best["gflops"]},
-        provenance={"kind": "search", "id": best["id"], "model_dir": os.path.abspath(config.model_dir),
-                    "checkpoint": os.path.basename(checkpoint), "seed": config.seed,
-                    "num_samples": config.num_samples, "clips_per_video": data.eval_views,
-                    **({"max_gflops": config.max_gflops} if config.max_gflops else {})},
-    )
-    best_strategy.save(os.path.join(out_dir, "best.json"))
-    probs = marginals(model)
-    atomic_write_json(os.path.join(out_dir, "marginals.json"), probs)
-
-    from tf_stfusion import report
-
-    report.fusion_plot(probs, best["units"], os.path.join(out_dir, "fusion.png"))
-    report.pareto_plot(rows, pareto_front(rows), best, os.path.join(out_dir, "pareto.png"))
-    report.write_report(os.path.join(out_dir, "report.md"), rows, best, probs, plan, comparison, config.max_gflops)
-    log(f"search: evaluated {len(unique)} strategies in {seconds:.1f}s ({evaluator.traces} trace(s)); "
-        f"best {best['id']} chosen on {select_name} (top-1 {100 * best['top1']:.2f}%), "
-        f"on {reported['split']}: {100 * reported['top1']:.2f}% [{100 * reported['top1_ci'][0]:.1f}, "
-        f"{100 * reported['top1_ci'][1]:.1f}], {best['gflops']:.3f} GFLOPs -> {out_dir}/best.json")
-    if comparison["prior"]["warning"] or comparison["chance_warning"]:
-        log(f"search: warning: {comparison['chance_warning'] or comparison['prior']['warning']}")
-    return SearchResult(rows, best, len(unique), evaluator.traces, seconds, out_dir, comparison)
 
 
 def chance_warning(comparison, best, num_classes, prior):
@@ -357,6 +374,168 @@ def chance_warning(comparison, best, num_classes, prior):
             "and see the README's 'Choosing k'.")
 
 
+# -- the search ------------------------------------------------------------------------
+def use_racing(config, num_candidates):
+    if config.racing not in RACING:
+        raise ValueError(f"--racing must be one of {RACING}, got {config.racing!r}")
+    return config.racing == "on" or (config.racing == "auto" and num_candidates > config.tiles)
+
+
+def run_search(config: SearchConfig, log=print, tf_strategy=None):
+    """Runs (or resumes) the search of ``config`` under ``tf_strategy`` (default:
+    one device); returns a ``SearchResult``. Every worker calls it; the chief writes."""
+    import keras
+    import tensorflow as tf
+
+    from tf_stfusion import distribute as dist_lib
+    from tf_stfusion.accounting import cost
+    from tf_stfusion.fileio import atomic_write_json, atomic_write_text, claim_settings
+    from tf_stfusion.selection import SAME_SPLIT_NOTE, racing_slices, selection_order
+    from tf_stfusion.strategy import Strategy, marginals
+    from tf_stfusion.trainer import Trainer, find_checkpoint, load_run_config
+
+    run = load_run_config(config.model_dir)
+    if run.strategy is not None or "search" not in run.phases:
+        raise ValueError(f"{config.model_dir} is not a template run with a search phase (phases "
+                         f"{','.join(run.phases)}); train with --phase=warmup,search first")
+    select_split = config.select_split or run.data.select_split
+    if select_split not in ("holdout", "val"):
+        raise ValueError(f"--select_split must be holdout or val, got {select_split!r}")
+    if select_split == "holdout" and run.data.select_split != "holdout":
+        raise ValueError(f"{config.model_dir} trained on every training video (--select_split=val): it has no "
+                         "hold-out to select on; search with --select_split=val, or train a run with a hold-out")
+    data = dataclasses.replace(run.data, eval_views=config.clips or run.data.eval_views)
+    run = dataclasses.replace(run, data=data, progress=False,
+                              eval_batch_size=config.batch_size or run.eval_batch_size,
+                              verify_data=config.verify_data, skip_corrupt_records=config.skip_corrupt_records)
+    checkpoint = config.checkpoint or _search_checkpoint(config.model_dir)
+    tf_strategy = tf_strategy or dist_lib.make_distribution("one_device")
+    chief = dist_lib.is_chief(tf_strategy)
+    log = log if chief else (lambda *a, **k: None)
+    trainer = Trainer(run, tf_strategy)
+    model = trainer.model
+    tf.train.Checkpoint(model=model).restore(find_checkpoint(checkpoint, "--checkpoint")).expect_partial() \
+        .assert_existing_objects_matched()
+
+    out_dir = config.folder()
+    select_videos = selection_order(trainer.split_videos(select_split))
+    select_name = trainer.split_name(select_split)
+    planned = plan_strategies(model, config)
+    sampled = len({unit_key(s) for _, kind, s in planned if kind == "sampled"})
+    distinct = len({unit_key(s) for _, _, s in planned})
+    racing = use_racing(config, len(planned))
+    slices = (racing_slices(len(select_videos), sampled, config.racing_eta, config.tiles, config.racing_min_videos)
+              if racing else [(0, len(select_videos))])
+    plan = {"checkpoint": os.path.basename(checkpoint), "num_samples": config.num_samples, "seed": config.seed,
+            "clips_per_video": data.eval_views, "select_split": select_name, "report_split": trainer.split_name("val"),
+            "racing": {"eta": config.racing_eta, "slices": [list(s) for s in slices]} if racing else None,
+            "max_gflops": config.max_gflops}
+    if chief:
+        os.makedirs(out_dir, exist_ok=True)
+        claim_settings(os.path.join(out_dir, PLAN), plan,
+                       f"{out_dir} holds a search with other settings ({{keys}} differ); remove that folder, use "
+                       "another --output_dir, or use the same settings to resume it")
+    journal = Journal(os.path.join(out_dir, ROUNDS), chief)
+    log(f"search: {len(planned)} strategies ({len(planned) - 3} sampled, 3 fixed; {distinct} distinct), "
+        f"{config.tiles} per pass, on the {len(select_videos)} videos of the selection split ({select_name}) x "
+        f"{data.eval_views} clip(s); " + (f"racing (eta {config.racing_eta}) over slices ending at "
+                                          f"{[end for _, end in slices]}" if racing else "every strategy on every video")
+        + f"; {dist_lib.describe(tf_strategy)}")
+    if select_split == "val":
+        log(f"search: {SAME_SPLIT_NOTE}: the best of {config.num_samples} is chosen on the split it is reported on")
+
+    spec = model.stf_spec
+    shape = (data.num_frames, data.eval_input_size, data.eval_input_size, 3)
+    costs = {}
+
+    def cost_of(strategy):
+        key = unit_key(strategy)
+        if key not in costs:
+            c = cost(spec.backbone, strategy, input_shape=shape, num_classes=spec.num_classes)
+            costs[key] = (c.params, c.gflops)
+        return costs[key]
+
+    evaluator = TiledEvaluator(model, data.eval_views, config.tiles, tf_strategy)
+    counts = {"evaluated": 0, "strategy_videos": 0}
+    t0 = time.time()
+
+    def evaluate(items, round_):
+        # One pass over the round's videos per PASS_GROUPS groups of K strategies: the
+        # data is read once for all of them, and the journal is written after each pass.
+        start, end = slices[round_]
+        videos = select_videos[start:end]
+        per_pass = PASS_GROUPS * config.tiles
+        for first in range(0, len(items), per_pass):
+            chunk = items[first:first + per_pass]
+            bar = keras.utils.Progbar(len(videos), unit_name="video") if config.progress and chief else None
+            if bar:
+                print(f"strategies {first + 1}-{first + len(chunk)} of {len(items)}")
+            with trainer.reading(select_split):
+                results = evaluator.evaluate([s for _, s in chunk],
+                                             trainer.eval_dataset_fn(select_split, videos=videos), len(videos), bar)
+            for (key, _), result in zip(chunk, results):
+                journal.add(key, round_, start, end, result)
+            counts["evaluated"] += len(chunk)
+
+    seen, dropped = race(planned, slices, journal, evaluate, lambda s: cost_of(s)[1], config.racing_eta,
+                         config.max_gflops, log)
+    rows = []
+    for sid, kind, strategy in planned:
+        key = unit_key(strategy)
+        videos = journal.videos(key, seen[key])
+        row = result_row(sid, kind, strategy, videos, select_name, *cost_of(strategy))
+        row["dropped_round"], row["dropped_because"] = dropped.get(key, (None, None))
+        row["rounds"] = seen[key]
+        rows.append(row)
+    strategy_videos = sum(slices[seen[key] - 1][1] for key in seen)
+    exhaustive = len(seen) * len(select_videos)
+
+    best = pick_best(rows, config.max_gflops)
+    comparison = compare_on_report_split(trainer, evaluator, best, rows, select_split, cost_of)
+    comparison["prior"] = trainer.prior_diagnostics()
+    comparison["chance_warning"] = chance_warning(comparison, best, spec.num_classes, comparison["prior"])
+    comparison["search"] = {"racing": racing, "strategy_videos": strategy_videos, "exhaustive_videos": exhaustive,
+                            "clip_evaluations": strategy_videos * data.eval_views}
+    seconds = time.time() - t0
+    result = SearchResult(rows, best, counts["evaluated"], evaluator.traces, seconds, out_dir, comparison,
+                          strategy_videos, exhaustive)
+    if not chief:
+        return result
+    atomic_write_text(os.path.join(out_dir, RESULTS), "".join(json.dumps(row) + "\n" for row in rows))
+    atomic_write_json(os.path.join(out_dir, COMPARISON), comparison)
+    reported = comparison["strategies"]["Opt"]
+    metric_keys = ("top1", "top1_ci", "top5", "top5_ci", "num_videos", "split")
+    best_strategy = Strategy.from_units(
+        spec.backbone, best["units"],
+        metrics={**{k: reported[k] for k in metric_keys}, "selected_on": select_name,
+                 "selection": {k: best[k] for k in metric_keys},
+                 **({"note": SAME_SPLIT_NOTE} if select_split == "val" else {}),
+                 "ci_method": reported["ci_method"], "params": best["params"], "gflops": best["gflops"]},
+        provenance={"kind": "search", "id": best["id"], "model_dir": os.path.abspath(config.model_dir),
+                    "checkpoint": os.path.basename(checkpoint), "seed": config.seed,
+                    "num_samples": config.num_samples, "clips_per_video": data.eval_views,
+                    "racing": racing, **({"max_gflops": config.max_gflops} if config.max_gflops else {})},
+    )
+    best_strategy.save(os.path.join(out_dir, "best.json"))
+    probs = marginals(model)
+    atomic_write_json(os.path.join(out_dir, "marginals.json"), probs)
+
+    from tf_stfusion import report
+
+    report.fusion_plot(probs, best["units"], os.path.join(out_dir, "fusion.png"))
+    report.pareto_plot(rows, pareto_front(rows), best, os.path.join(out_dir, "pareto.png"))
+    report.write_report(os.path.join(out_dir, "report.md"), rows, best, probs, plan, comparison, config.max_gflops)
+    log(f"search: {counts['evaluated']} strategy-rounds scored in {seconds:.1f}s ({evaluator.traces} trace(s)); "
+        f"{strategy_videos:,} strategy-video evaluations, {100 * strategy_videos / exhaustive:.0f}% of scoring every "
+        f"strategy on every video")
+    log(f"search: best {best['id']} chosen on {select_name} (top-1 {100 * best['top1']:.2f}%), "
+        f"on {reported['split']}: {100 * reported['top1']:.2f}% [{100 * reported['top1_ci'][0]:.1f}, "
+        f"{100 * reported['top1_ci'][1]:.1f}], {best['gflops']:.3f} GFLOPs -> {out_dir}/best.json")
+    if comparison["prior"]["warning"] or comparison["chance_warning"]:
+        log(f"search: warning: {comparison['chance_warning'] or comparison['prior']['warning']}")
+    return result
+
+
 def _search_checkpoint(model_dir):
     path = os.path.join(model_dir, "search", "done.json")
     if not os.path.isfile(path):
@@ -368,17 +547,29 @@ def _search_checkpoint(model_dir):
 
 # -- CLI ---------------------------------------------------------------------------
 def define_flags():
+    from tf_stfusion.distribute import DISTRIBUTIONS
+
     flags.DEFINE_string("model_dir", None, "A training run with a finished search phase.")
     flags.DEFINE_integer("num_samples", 100, "Strategies sampled from the learned probabilities.")
     flags.DEFINE_integer("seed", 0, "Sampling seed.")
     flags.DEFINE_integer("clips", 0, "Clips per validation video (0: the run's --eval_clips).")
     flags.DEFINE_integer("tiles", 8, "Strategies evaluated together on one tiled batch (1-32).")
-    flags.DEFINE_integer("batch_size", 0, "Validation videos per batch (0: the run's evaluation batch).")
+    flags.DEFINE_integer("batch_size", 0, "Videos per batch (0: the run's evaluation batch).")
     flags.DEFINE_float("max_gflops", 0.0, "best.json: the best strategy within this compute budget (0: none).")
     flags.DEFINE_string("checkpoint", None, "Template checkpoint (default: the run's final search checkpoint).")
     flags.DEFINE_enum("select_split", None, ["holdout", "val"], "Split the best strategy is chosen on (default: the "
                       "run's --select_split). val: the paper's protocol, selected and reported on the same split "
                       "(optimistic).")
+    flags.DEFINE_enum("racing", "auto", list(RACING), "Successive halving with paired elimination (auto: on when "
+                      "there are more strategies than --tiles); off scores every strategy on every video.")
+    flags.DEFINE_integer("racing_eta", 3, "Racing: keep the best 1/eta each round, on a slice eta times larger.")
+    flags.DEFINE_integer("racing_min_videos", 10, "Racing: the smallest first slice, in videos.")
+    flags.DEFINE_string("output_dir", None, "Where results go (default: MODEL_DIR/strategies).")
+    flags.DEFINE_enum("distribution", "auto", list(DISTRIBUTIONS),
+                      "As for training: auto, one_device, mirrored or multi_worker (TF_CONFIG).")
+    flags.DEFINE_list("devices", [], "Devices for mirrored / one_device.")
+    flags.DEFINE_bool("verify_data", False, "Check every shard's CRC32C before reading (its size is always checked).")
+    flags.DEFINE_bool("skip_corrupt_records", False, "Go on without videos whose records cannot be read.")
     flags.DEFINE_bool("progress", True, "Progress bar.")
 
 
@@ -389,16 +580,23 @@ def main(argv):
     if not FLAGS.model_dir:
         print("error: --model_dir is required", file=sys.stderr)
         return 2
-    if FLAGS.num_samples < 1 or not 1 <= FLAGS.tiles <= 32 or FLAGS.max_gflops < 0:
-        print("error: need --num_samples >= 1, 1 <= --tiles <= 32, --max_gflops >= 0", file=sys.stderr)
+    if (FLAGS.num_samples < 1 or not 1 <= FLAGS.tiles <= 32 or FLAGS.max_gflops < 0 or FLAGS.racing_eta < 2
+            or FLAGS.racing_min_videos < 1):
+        print("error: need --num_samples >= 1, 1 <= --tiles <= 32, --max_gflops >= 0, --racing_eta >= 2, "
+              "--racing_min_videos >= 1", file=sys.stderr)
         return 2
     config = SearchConfig(
         model_dir=FLAGS.model_dir, num_samples=FLAGS.num_samples, seed=FLAGS.seed, clips=FLAGS.clips,
         tiles=FLAGS.tiles, batch_size=FLAGS.batch_size, max_gflops=FLAGS.max_gflops,
-        checkpoint=FLAGS.checkpoint or "", select_split=FLAGS.select_split or "", progress=FLAGS.progress,
+        checkpoint=FLAGS.checkpoint or "", select_split=FLAGS.select_split or "", racing=FLAGS.racing,
+        racing_eta=FLAGS.racing_eta, racing_min_videos=FLAGS.racing_min_videos, output_dir=FLAGS.output_dir or "",
+        progress=FLAGS.progress, verify_data=FLAGS.verify_data, skip_corrupt_records=FLAGS.skip_corrupt_records,
     )
     try:
-        run_search(config)
+        from tf_stfusion import distribute
+
+        strategy = distribute.make_distribution(FLAGS.distribution, FLAGS.devices or None)
+        run_search(config, tf_strategy=strategy)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -178,3 +178,74 @@ def describe(metrics):
     split = metrics.get("split", "?")
     return (f"top-1 {pct('top1')}  top-5 {pct('top5')}  on {split} ({metrics['num_videos']} videos; "
             "95% Wilson intervals)")
+
+
+# -- racing: successive halving with paired elimination ---------------------------------
+RACING_SALT = "stfusion-racing/1:"
+
+
+def selection_order(video_ids):
+    """The order in which racing (and the search) reads the selection split: the
+    videos sorted by ``sha256(RACING_SALT + id)``, so that every slice is a
+    deterministic pseudo-random sample of the split, whatever the ids encode."""
+    return sorted(video_ids, key=lambda v: hashlib.sha256((RACING_SALT + str(v)).encode()).hexdigest())
+
+
+def racing_slices(num_videos, num_candidates, eta=3, tiles=8, min_videos=10):
+    """Slice ends of a race: ``[n / eta^(R-1), ..., n / eta, n]`` (rounded up).
+
+    ``R`` rounds, as many as halving ``num_candidates`` by ``eta`` takes to fit
+    one tile (``ceil(log_eta(candidates / tiles)) + 1``), but no first slice
+    smaller than ``min_videos``. Returns ``[(start, end)]``: round ``r`` scores
+    its survivors on videos ``start:end`` of the selection order.
+    """
+    if eta < 2:
+        raise ValueError(f"racing needs eta >= 2, got {eta}")
+    rounds = 1 + max(0, math.ceil(math.log(max(num_candidates / tiles, 1.0), eta)))
+    while rounds > 1 and math.ceil(num_videos / eta ** (rounds - 1)) < min_videos:
+        rounds -= 1
+    ends = sorted({math.ceil(num_videos / eta**k) for k in range(rounds)})
+    return list(zip([0] + ends[:-1], ends))
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+    """A candidate's results on the first ``n`` videos of the selection order."""
+
+    top1: np.ndarray  # bool [n]
+    top5: np.ndarray  # bool [n]
+    nll: float  # summed -log p(label) over the n videos
+    gflops: float
+
+    def key(self):
+        """Ranking: more top-1 hits, then more top-5 hits, then a lower loss, then
+        fewer GFLOPs (near the ceiling many strategies tie on top-1: the loss still
+        tells them apart)."""
+        return int(self.top1.sum()), int(self.top5.sum()), -self.nll, -self.gflops
+
+
+def eliminate(scores, eta=3, seed=0):
+    """One racing decision over ``scores`` (``{id: Score}``, all on the same videos).
+
+    1. The leader is the best by ``Score.key`` (most top-1 hits first). A
+       candidate whose paired 95% upper bound on (its top-1 minus the leader's)
+       lies below 0 is dropped.
+    2. Of the rest, the best ``ceil(m / eta)`` by ``Score.key`` are kept.
+
+    The leader is never dropped, and neither is a candidate right on a strict
+    superset of the leader's videos: it would have more top-1 hits, so it would
+    be the leader. (Candidates tied with the leader on top-1 are ranked by top-5,
+    then loss, then cost.) Returns ``(kept ids, {dropped id: reason})``.
+    """
+    ranked = sorted(scores, key=lambda i: scores[i].key(), reverse=True)
+    leader = ranked[0]
+    dropped = {}
+    for cid in ranked[1:]:
+        d = paired_difference(scores[cid].top1, scores[leader].top1, seed=seed)
+        if d.high < 0:
+            dropped[cid] = f"below the leader (paired 95% upper bound {100 * d.high:+.1f} points)"
+    rest = [cid for cid in ranked if cid not in dropped]
+    kept = rest[:math.ceil(len(rest) / eta)]
+    for cid in rest[len(kept):]:
+        dropped[cid] = f"not in the best 1/{eta}"
+    return kept, dropped

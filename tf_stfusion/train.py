@@ -98,6 +98,10 @@ flags.DEFINE_enum("distribution", "auto", list(DISTRIBUTIONS),
 flags.DEFINE_list("devices", [], "Devices for mirrored / one_device (default: all GPUs, or the CPU).")
 flags.DEFINE_integer("seed", 0, "Random seed (weights, gate noise, data order).")
 flags.DEFINE_bool("progress", True, "Progress bars on the terminal.")
+flags.DEFINE_bool("verify_data", False, "Check every shard's CRC32C against its record before the first step "
+                  "(reads all the data once); its size is always checked.")
+flags.DEFINE_bool("skip_corrupt_records", False, "Go on without records that cannot be read (a damaged shard), "
+                  "counting the videos lost (log and metrics.json), instead of stopping.")
 flags.DEFINE_integer("num_strategy_samples", 0, "After the search phase, sample and evaluate this many "
                      "strategies (python -m tf_stfusion.search; 0: skip).")
 
@@ -166,7 +170,7 @@ def config_from_flags():
         init_drop_prob=FLAGS.init_drop_prob, entropy=FLAGS.entropy, checkpoint_every=FLAGS.checkpoint_every,
         keep_checkpoints=FLAGS.keep_checkpoints, log_every=FLAGS.log_every, eval_every=FLAGS.eval_every,
         eval_batch_size=FLAGS.eval_batch_size, mixed_precision=FLAGS.mixed_precision, seed=FLAGS.seed,
-        progress=FLAGS.progress,
+        progress=FLAGS.progress, verify_data=FLAGS.verify_data, skip_corrupt_records=FLAGS.skip_corrupt_records,
     ).validate()
 
 
@@ -187,12 +191,20 @@ def main(argv):
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    trainer.run()
-    if FLAGS.num_strategy_samples > 0 and trainer.chief:
-        from tf_stfusion.search import SearchConfig, run_search
+    from tf_stfusion.data.integrity import DataError
+    from tf_stfusion.trainer import TrainError
 
-        run_search(SearchConfig(model_dir=config.model_dir, num_samples=FLAGS.num_strategy_samples,
-                                seed=FLAGS.seed, progress=FLAGS.progress))
+    try:
+        trainer.run()
+        if FLAGS.num_strategy_samples > 0:  # every worker takes part; the chief writes
+            from tf_stfusion.search import SearchConfig, run_search
+
+            run_search(SearchConfig(model_dir=config.model_dir, num_samples=FLAGS.num_strategy_samples,
+                                    seed=FLAGS.seed, progress=FLAGS.progress, verify_data=FLAGS.verify_data,
+                                    skip_corrupt_records=FLAGS.skip_corrupt_records), tf_strategy=trainer.strategy)
+    except (DataError, TrainError) as e:  # damaged data or checkpoints: one line, what to do
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -39,7 +39,7 @@ import tensorflow as tf
 
 from tf_stfusion import distribute as dist_lib
 from tf_stfusion import gating, selection
-from tf_stfusion.data import pipeline, synthetic
+from tf_stfusion.data import integrity, pipeline, synthetic
 from tf_stfusion.data.sources import DataSource, resolve_source
 from tf_stfusion.evaluation import MultiClipEvaluator
 from tf_stfusion.fileio import atomic_write_json
@@ -118,6 +118,8 @@ class TrainConfig:
     mixed_precision: str = "off"
     seed: int = 0
     progress: bool = True
+    verify_data: bool = False  # check every shard's CRC32C before the first step (not only its size)
+    skip_corrupt_records: bool = False  # go on without unreadable records, counting them
 
     def validate(self):
         """Refuses contradictions before any work starts."""
@@ -156,7 +158,7 @@ class TrainConfig:
         if self.init not in ("none", "imagenet"):
             raise TrainError(f"--init must be none or imagenet, got {self.init!r}")
         if self.init == "imagenet":
-            from tf_stfusion.inflate import INFLATABLE
+            from tf_stfusion.models.inflate import INFLATABLE
 
             if self.backbone not in INFLATABLE:
                 raise TrainError(f"--init=imagenet is available for {sorted(INFLATABLE)}, not {self.backbone}")
@@ -275,29 +277,90 @@ def resolve_mixed_precision(choice):
     return "float32" if choice == "off" else f"mixed_{choice}"
 
 
-def find_checkpoint(path):
-    """A checkpoint prefix from a prefix, a phase folder, or a run folder
-    (its newest of search/, warmup/, fixed/)."""
+def checkpoint_chain(directory):
+    """Checkpoint prefixes in ``directory``, newest first: those the folder's
+    ``checkpoint`` state lists, then any other complete ``ckpt-N`` (index file present)."""
+    import glob
+    import re
+
+    state = tf.train.get_checkpoint_state(directory) if tf.io.gfile.isdir(directory) else None
+    listed = [p if os.path.isabs(p) else os.path.join(directory, p)
+              for p in (state.all_model_checkpoint_paths if state else [])]
+    found = [f[:-len(".index")] for f in glob.glob(os.path.join(directory, "ckpt-*.index"))]
+    number = lambda p: int(re.search(r"-(\d+)$", p).group(1)) if re.search(r"-(\d+)$", p) else -1  # noqa: E731
+    return sorted(set(listed) | set(found), key=number, reverse=True)
+
+
+def unreadable(prefix):
+    """Why the checkpoint at ``prefix`` cannot be read (None when every tensor reads)."""
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, ValueError, IndexError, RuntimeError, OSError) as e:
+        return str(e).strip().splitlines()[0][:200] or type(e).__name__
+    return None
+
+
+def newest_readable(directory, warn=print):
+    """The newest readable checkpoint of ``directory`` (None if it has none at all);
+    an unreadable newer one is named in a warning and skipped, never deleted."""
+    chain = checkpoint_chain(directory)
+    bad = []
+    for prefix in chain:
+        reason = unreadable(prefix)
+        if reason is None:
+            for skipped, why in bad:
+                warn(f"warning: checkpoint {skipped} is unreadable ({why}); using the previous one, {prefix}")
+            return prefix
+        bad.append((prefix, reason))
+    if bad:
+        raise TrainError(f"no readable checkpoint in {directory}: " + "; ".join(f"{p} ({why})" for p, why in bad)
+                         + "; move the folder away to start this phase again, or resume from another run with "
+                         "--init_from")
+    return None
+
+
+def find_checkpoint(path, what="--init_from"):
+    """A readable checkpoint prefix from a prefix, a phase folder, or a run folder
+    (its newest of search/, warmup/, fixed/). An unreadable one is refused in one
+    line naming the readable alternatives of its folder."""
     if tf.io.gfile.exists(f"{path}.index"):
-        return path
-    if not tf.io.gfile.isdir(path):
-        raise TrainError(f"--init_from={path}: no such checkpoint or folder")
-    latest = tf.train.latest_checkpoint(path)
-    if latest:
-        return latest
-    for phase in ("search", "warmup", "fixed"):
-        latest = tf.train.latest_checkpoint(os.path.join(path, phase))
-        if latest:
-            return latest
-    raise TrainError(f"--init_from={path}: no checkpoint in it or in its search/, warmup/, fixed/ folders")
+        prefix = path
+    elif not tf.io.gfile.isdir(path):
+        raise TrainError(f"{what}={path}: no such checkpoint or folder")
+    else:
+        folders = [path] + [os.path.join(path, phase) for phase in ("search", "warmup", "fixed")]
+        chains = [checkpoint_chain(folder) for folder in folders]
+        prefix = next((chain[0] for chain in chains if chain), None)
+        if prefix is None:
+            raise TrainError(f"{what}={path}: no checkpoint in it or in its search/, warmup/, fixed/ folders")
+    return require_readable(prefix, what)
+
+
+def require_readable(prefix, what="checkpoint"):
+    reason = unreadable(prefix)
+    if reason is None:
+        return prefix
+    others = [p for p in checkpoint_chain(os.path.dirname(prefix)) if p != prefix and unreadable(p) is None]
+    raise TrainError(f"{what}: checkpoint {prefix} is unreadable ({reason}); "
+                     + (f"readable ones in that folder: {', '.join(others)} (pass one with --checkpoint)"
+                        if others else "no other readable checkpoint is in that folder"))
 
 
 def piecewise_lr(base, boundaries, decay):
-    """Step decay: ``base * decay**i`` after the i-th boundary (in steps)."""
+    """Step decay: ``base * decay**i`` from the ``boundaries[i-1]``-th update on (0-based
+    update counts, e.g. ``epoch * steps_per_epoch``).
+
+    Keras evaluates the schedule at the optimizer's ``iterations`` *before* the update
+    and ``PiecewiseConstantDecay`` keeps ``values[i]`` up to and including
+    ``boundaries[i]``, so the Keras boundaries are one less: update ``b`` (0-based)
+    is the first at the new rate.
+    """
     if not boundaries:
         return base
     values = [base * decay**i for i in range(len(boundaries) + 1)]
-    return keras.optimizers.schedules.PiecewiseConstantDecay(list(boundaries), values)
+    return keras.optimizers.schedules.PiecewiseConstantDecay([b - 1 for b in boundaries], values)
 
 
 class _Saver:
@@ -312,6 +375,9 @@ class _Saver:
     @property
     def latest(self):
         return tf.train.latest_checkpoint(self.directory)
+
+    def newest_readable(self, warn=print):
+        return newest_readable(self.directory, warn)
 
     def save(self, step):
         if self.chief:
@@ -350,17 +416,24 @@ class Trainer:
                              f"{self.replicas} replicas")
         self.policy = resolve_mixed_precision(config.mixed_precision)
         data = config.data
+        self.log = print if self.chief else (lambda *a, **k: None)
         self.source = source or resolve_source(
             data.dataset, data.data_dir, data.train_split, data.val_split,
             synthetic_config=data.synthetic_config, progress=config.progress and self.chief,
+            verify=config.verify_data, skip_corrupt=config.skip_corrupt_records,
         )
+        self.lost = self.source.lost_videos  # unreadable videos (--skip_corrupt_records)
+        if self.lost:
+            self.log(f"data: skipping {len(self.lost)} unreadable video(s) of {len(self.source.lost)} damaged "
+                     "shard(s): " + ", ".join(f"{os.path.basename(p)} ({len(v)})" for p, v in self.source.lost.items()))
         self.num_classes = len(self.source.class_names)
         self.flip = self.source.flip_ok if data.flip is None else data.flip
         if data.flip and not self.source.flip_ok:
             raise TrainError(f"--flip: {self.source.name} forbids horizontal flips (left/right is part of "
                              "the label)")
         self.holdout = self._holdout()
-        self.num_train = self.source.num_train - len(self.holdout)  # N of Eq. 5
+        lost_train = {v for v, _ in self.source.train_examples if v in self.lost and v not in self.holdout}
+        self.num_train = self.source.num_train - len(self.holdout) - len(lost_train)  # N of Eq. 5
         self.steps_per_epoch = config.steps_per_epoch or self.num_train // config.batch_size
         if self.steps_per_epoch < 1:
             raise TrainError(f"{self.num_train} training clips make no full batch of "
@@ -369,7 +442,6 @@ class Trainer:
         self.model = self._build_model()
         self._weights_from = None  # checkpoint holding the newest finished phase's weights
         self._writers = {}
-        self.log = print if self.chief else (lambda *a, **k: None)
 
     # -- set-up ------------------------------------------------------------
     def _holdout(self):
@@ -480,6 +552,7 @@ class Trainer:
                 input_size=data.input_size, batch_size=self.config.batch_size, sampler=data.sampler,
                 stride=data.stride, flip=self.flip, scale_range=data.scale_range,
                 shuffle_buffer=data.shuffle_buffer, seed=seed, input_context=ctx, exclude_ids=self.holdout,
+                skip_corrupt=self.config.skip_corrupt_records,
             )
         return dataset_fn
 
@@ -488,30 +561,45 @@ class Trainer:
         if split == "holdout":
             if not self.holdout:
                 raise TrainError(f"{self.config.model_dir} holds out no training videos (--select_split=val)")
-            return sorted(self.holdout)
+            return sorted(self.holdout - self.lost)
         if split != "val":
             raise ValueError(f"evaluation split must be 'val' or 'holdout', got {split!r}")
-        ids = sorted(v for v, _ in self.source.val_examples)
+        ids = sorted(v for v, _ in self.source.val_examples if v not in self.lost)
         twice = [a for a, b in zip(ids, ids[1:]) if a == b]
         if twice:
             raise TrainError(f"{self.source.data_dir}: video id {twice[0]!r} appears twice in the "
                              f"{self.config.data.val_split} split; ids must be unique")
         return ids
 
-    def eval_dataset_fn(self, split="val"):
-        """Eval batches ``(clips, labels, position in split_videos(split))``."""
+    def eval_dataset_fn(self, split="val", videos=None):
+        """Eval batches ``(clips, labels, position in videos)`` of ``videos`` (default:
+        ``split_videos(split)``, all of the split). With several input pipelines
+        (workers) each reads its own file shards; every batch has the full size
+        (fillers at position -1) and every replica gets the same number of
+        batches, so that all take the same steps."""
         data = self.config.data
         batch = self.config.eval_batch_size or self.config.batch_size
-        videos = self.split_videos(split)
-        files = self.source.train_files if split == "holdout" else self.source.val_files
+        videos = list(videos) if videos is not None else self.split_videos(split)
+        every = self.source.train_files if split == "holdout" else self.source.val_files
+        # Only the shards holding a wanted video are read (a racing slice of the hold-out
+        # lives in a few of the training split's shards).
+        wanted = set(videos)
+        holding = [f for f in every if wanted.intersection(self.source.shard_videos[f])]
 
         def dataset_fn(ctx):
-            return pipeline.make_dataset(
+            pipelines = 1 if ctx is None else ctx.num_input_pipelines
+            files = holding if len(holding) >= pipelines else every
+            ds = pipeline.make_dataset(
                 files, training=False, num_frames=data.num_frames,
                 input_size=data.eval_input_size, batch_size=batch, sampler=data.sampler,
                 stride=data.stride, num_views=data.eval_views, input_context=ctx, deterministic=True,
-                video_index=videos,
+                video_index=videos, pad_batches=True, skip_corrupt=self.config.skip_corrupt_records,
             )
+            if ctx is None:
+                return ds
+            mine, target = pipeline.pipeline_batches(files, self.source.shard_videos, videos, batch, ctx)
+            per_replica = ctx.get_per_replica_batch_size(batch)
+            return pipeline.filler_batches(ds, target - mine, per_replica, data.eval_views)
         return dataset_fn
 
     def contract(self):
@@ -540,7 +628,7 @@ class Trainer:
 
     def _restore_start(self, phase, checkpoint, saver):
         """Restores the phase's newest checkpoint, or its starting weights."""
-        latest = saver.latest
+        latest = saver.newest_readable(self.log)
         if latest:
             checkpoint.restore(latest).assert_existing_objects_matched()
             return f"resumed from {latest}"
@@ -565,8 +653,8 @@ class Trainer:
     def inflate_imagenet(self):
         """Keras' 2D ImageNet weights inflated into the model (via the template and
         ``prune`` for a fixed strategy, so skipped layers are handled)."""
-        from tf_stfusion import inflate
-        from tf_stfusion.export.prune import prune
+        from tf_stfusion.models import inflate
+        from tf_stfusion.models.prune import prune
         from tf_stfusion.strategy import apply_strategy
 
         model2d = inflate.imagenet_2d(self.config.backbone)
@@ -635,13 +723,13 @@ class Trainer:
             first = start - epoch * spe if epoch == start // spe else 0
             sums, t_epoch = [0.0, 0.0, 0.0], time.time()
             for i in range(first, spe):
-                clips, labels = next(stream)
+                clips, labels = self._next(stream, "train")
+                lr = float(_current_lr(optimizer))  # the rate this update uses
                 loss, reg, acc = (float(v) for v in train_step(clips, labels).numpy())
                 sums[0] += loss
                 sums[1] += acc
                 sums[2] += reg
                 step = epoch * spe + i + 1
-                lr = float(_current_lr(optimizer))
                 if bar:
                     values = [("loss", loss), ("acc", acc), ("lr", lr)] + ([("kl", reg)] if mode == "search" else [])
                     bar.update(i + 1, values)
@@ -707,7 +795,44 @@ class Trainer:
         evaluator = MultiClipEvaluator(self.model, self.config.data.eval_views, self.strategy)
         show = self.config.progress and self.chief
         videos = self.split_videos(split)
-        return evaluator.videos(self.eval_dataset_fn(split), len(videos), show, label)
+        with self.reading(split):
+            return evaluator.videos(self.eval_dataset_fn(split), len(videos), show, label)
+
+    # -- damaged data met while reading ----------------------------------------------
+    def _next(self, stream, split):
+        with self.reading(split):
+            return next(stream)
+
+    @contextlib.contextmanager
+    def reading(self, split):
+        """Turns a record that fails to read into a one-line ``DataError`` naming the
+        damaged shard (checked against its size and CRC32C) and how to rewrite it."""
+        try:
+            yield
+        except tf.errors.DataLossError as e:
+            files = self.source.val_files if split == "val" else self.source.train_files
+            problems = integrity.check_shards(files, self.source.shard_info, verify=True)
+            if problems:
+                raise integrity.damage_error(problems, self.source.command_for(problems[0].path)) from None
+            data = self.config.data
+            command = self.source.commands.get(data.val_split if split == "val" else data.train_split)
+            first = str(e).strip().splitlines()[0][:200]
+            raise integrity.DataError(f"a record of the {split} split could not be read ({first}) although every "
+                                      f"shard matches its size and checksum; {integrity.rewrite_advice(command)}"
+                                      ) from None
+
+    def damage_report(self):
+        """Videos lost to damaged shards, for metrics.json (``--skip_corrupt_records``):
+        those found at the start, and shards damaged since (their size changed, or with
+        ``--verify_data`` their checksum)."""
+        files = self.source.train_files + self.source.val_files
+        lost = dict(self.source.lost)
+        for problem in integrity.check_shards(files, self.source.shard_info, self.config.verify_data):
+            if problem.path not in lost:
+                readable = set(integrity.readable_ids(problem.path)) if problem.what != "missing" else set()
+                lost[problem.path] = [v for v in self.source.shard_videos[problem.path] if v not in readable]
+        return {"videos": sum(len(v) for v in lost.values()),
+                "shards": {os.path.basename(p): len(v) for p, v in lost.items()}}
 
     def evaluate(self, split="val", label="validation"):
         """Metrics of the model on ``split`` (top-1/top-5 with 95% intervals)."""
@@ -756,6 +881,9 @@ class Trainer:
         mode = GATE_MODE_OF_PHASE[last]
         videos = self.evaluate_videos(label=f"final evaluation ({self.config.data.eval_views} clip(s) per video)")
         metrics = videos.metrics(self.split_name("val"))
+        if cfg.skip_corrupt_records:
+            metrics["skipped_records"] = self.damage_report()
+            self.log(f"data: {metrics['skipped_records']['videos']} unreadable video(s) skipped in this run")
         metrics.update(phase=last, gate_mode=mode, checkpoint=done.get("checkpoint"),
                        clips_per_video=cfg.data.eval_views, dataset=self.source.name,
                        strategy=None if cfg.strategy is None else cfg.strategy.units,

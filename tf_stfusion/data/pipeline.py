@@ -270,6 +270,8 @@ def make_dataset(
     drop_remainder=None,
     video_index=None,
     exclude_ids=None,
+    pad_batches=False,
+    skip_corrupt=False,
 ):
     """Batches of ``(clips, labels)``.
 
@@ -282,7 +284,12 @@ def make_dataset(
     each batch carries a third element, every video's position in that
     sequence (``[B]`` int64), so per-video results can be put in a fixed order
     whatever the reading order. ``exclude_ids``: videos never read (the
-    hold-out of the training split).
+    hold-out of the training split). ``pad_batches`` (eval with ``video_index``):
+    the last batch is filled up to ``batch_size`` videos with zero clips at
+    position -1, so that every batch has one shape (a new shape costs oneDNN a
+    new set of kernels, seconds on a CPU); readers skip position -1.
+    ``skip_corrupt``: a shard's records after one that fails to read (a truncation,
+    a bad record checksum) are skipped instead of stopping the input.
     """
     files = list(files)
     clip_sampler = make_sampler(sampler, num_frames, stride)
@@ -299,9 +306,9 @@ def make_dataset(
         file_ds = file_ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if training:
         file_ds = file_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    read = (lambda f: tf.data.TFRecordDataset(f).ignore_errors()) if skip_corrupt else tf.data.TFRecordDataset
     ds = file_ds.interleave(
-        tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic,
+        read, cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic,
     )
     position_of = _id_table(video_index, positions=True) if video_index is not None else None
     excluded = _id_table(exclude_ids, positions=False) if exclude_ids else None
@@ -340,11 +347,50 @@ def make_dataset(
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     batch = batch_size if input_context is None else input_context.get_per_replica_batch_size(batch_size)
     ds = ds.batch(batch, drop_remainder=drop_remainder)
+    if not training and pad_batches and position_of is not None:
+        ds = ds.map(lambda clips, labels, position: fill_batch(clips, labels, position, batch))
     if not training:
         ds = ds.map(lambda x, *rest: (tf.reshape(x, [-1, num_frames, input_size, input_size, 3]), *rest))
     options = tf.data.Options()
     options.deterministic = deterministic
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def fill_batch(clips, labels, position, size):
+    """Pads a batch of ``n <= size`` videos to ``size``: zero clips, label 0, position -1."""
+    missing = size - tf.shape(labels)[0]
+    clips = tf.pad(clips, [[0, missing]] + [[0, 0]] * (len(clips.shape) - 1))
+    return clips, tf.pad(labels, [[0, missing]]), tf.pad(position, [[0, missing]], constant_values=-1)
+
+
+def filler_batches(ds, count, batch, num_views):
+    """``ds`` (eval batches of ``batch`` videos with positions) followed by ``count``
+    batches of that shape holding no video (every position -1)."""
+    if count <= 0:
+        return ds
+    clips, labels, position = ds.element_spec
+    filler = tf.data.Dataset.from_tensors((
+        tf.zeros([batch * num_views, *clips.shape[1:]], clips.dtype), tf.zeros([batch], labels.dtype),
+        tf.fill([batch], tf.constant(-1, position.dtype))))
+    return ds.concatenate(filler.repeat(count))
+
+
+def pipeline_batches(files, shard_videos, wanted, batch_size, input_context):
+    """How many per-replica batches each input pipeline yields when ``make_dataset``
+    shards ``files`` over the pipelines of ``input_context`` and reads only the
+    ``wanted`` videos (``shard_videos``: file -> its video ids), and how many every
+    pipeline must yield so that all take the same number of steps (a multiple of
+    the replicas each pipeline feeds). Returns ``(mine, target)``."""
+    import math
+
+    pipelines, replicas = input_context.num_input_pipelines, input_context.num_replicas_in_sync
+    batch = input_context.get_per_replica_batch_size(batch_size)
+    wanted = set(wanted)
+    counts = [sum(len(wanted.intersection(shard_videos[f])) for f in list(files)[w::pipelines])
+              for w in range(pipelines)]
+    batches = [math.ceil(c / batch) for c in counts]
+    local = max(replicas // pipelines, 1)
+    return batches[input_context.input_pipeline_id], math.ceil(max(batches) / local) * local
 
 
 def average_view_scores(scores, num_views):

@@ -22,6 +22,7 @@ completes the rest. A video that cannot be used is skipped and reported.
 import json
 import multiprocessing
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -29,6 +30,7 @@ import time
 from absl import app, flags
 
 from tf_stfusion.data import readers, synthetic
+from tf_stfusion.data.integrity import check_shards, shard_record
 from tf_stfusion.data.video import VideoError, decode, resize_image
 from tf_stfusion.fileio import atomic_write_json
 
@@ -142,6 +144,7 @@ def write_shard(task):
             record["examples"].append([video_id, label])
             record["frames"].append(len(frames))
     os.replace(tmp, path)
+    record.update(shard_record(path))  # size and CRC32C: later runs check the shard against them
     atomic_write_json(f"{path}.done.json", record)
     return record
 
@@ -202,8 +205,13 @@ def build_index(dataset, data_dir, split, synthetic_config=None, **kwargs):
 
 
 def prepare(index, output_dir, examples_per_shard=32, num_workers=None, short_side=256,
-            min_frames=1, max_frames=0, jpeg_quality=90, synthetic_config=None, progress=True):
-    """Writes the shards and manifest of one split; returns the manifest dict."""
+            min_frames=1, max_frames=0, jpeg_quality=90, synthetic_config=None, progress=True, command=None):
+    """Writes the shards and manifest of one split; returns the manifest dict.
+
+    A shard already finished (its ``.done.json`` exists) is kept only if its size
+    and CRC32C still match that record; a damaged or missing one is written again.
+    ``command``: how to rerun this (kept in the manifest for error messages).
+    """
     if examples_per_shard < 1:
         raise ValueError("examples_per_shard must be >= 1")
     os.makedirs(output_dir, exist_ok=True)
@@ -228,9 +236,9 @@ def prepare(index, output_dir, examples_per_shard=32, num_workers=None, short_si
         path = os.path.join(output_dir, shard_name(split, i, n))
         chunk = [(e.video_id, e.source, e.label) for e in entries[i * examples_per_shard:(i + 1) * examples_per_shard]]
         done = f"{path}.done.json"
-        if os.path.isfile(done) and os.path.isfile(path):
-            with open(done) as f:
-                records[i] = json.load(f)
+        record = _finished_record(path, done)
+        if record is not None:
+            records[i] = record
         else:
             tasks.append((path, chunk, opts))
     bar = Progress(n, f"prepare {index.name}/{split}") if progress else None
@@ -253,8 +261,31 @@ def prepare(index, output_dir, examples_per_shard=32, num_workers=None, short_si
             if bar:
                 bar.update(len(records))
     manifest = summarize(index, [records[i] for i in range(n)], opts)
+    manifest["command"] = command
     atomic_write_json(os.path.join(output_dir, f"{split}-manifest.json"), manifest)
     return manifest
+
+
+def _finished_record(path, done):
+    """The record of a finished, intact shard; None when it must be (re)written. A
+    record from before shards had checksums gets them (the shard is trusted)."""
+    if not (os.path.isfile(done) and os.path.isfile(path)):
+        return None
+    try:
+        with open(done) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if "crc32c" not in record:
+        record.update(shard_record(path))
+        atomic_write_json(done, record)
+        return record
+    problems = check_shards([path], {os.path.basename(path): record}, verify=True)
+    if problems:
+        print(f"prepare: {problems[0].describe()}; writing it again", file=sys.stderr)
+        os.remove(done)
+        return None
+    return record
 
 
 def _shard_index(name):
@@ -285,6 +316,7 @@ def summarize(index, records, opts):
         "short_side": opts["short_side"],
         "jpeg_quality": opts["jpeg_quality"],
         "shards": [r["shard"] for r in records],
+        "shard_info": {r["shard"]: {"bytes": r["bytes"], "crc32c": r["crc32c"]} for r in records},
     }
 
 
@@ -312,6 +344,7 @@ def main(argv):
         manifest = prepare(
             index, FLAGS.output_dir, FLAGS.examples_per_shard, FLAGS.num_workers, short_side,
             FLAGS.min_frames, FLAGS.max_frames, FLAGS.jpeg_quality, config,
+            command=" ".join(shlex.quote(a) for a in ["python", "-m", "tf_stfusion.data.prepare", *sys.argv[1:]]),
         )
     except (readers.AnnotationError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

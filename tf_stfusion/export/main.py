@@ -29,6 +29,7 @@ from absl import app, flags, logging
 FLAGS = flags.FLAGS
 FORMATS = ("saved_model", "onnx")
 TOLERANCE = 1e-4  # relative to the output scale
+WORK_PREFIX = ".stfusion-export-"  # + pid: the temporary folder an export writes into
 
 
 class ExportError(ValueError):
@@ -50,6 +51,7 @@ class ExportConfig:
     parity_clips: int = 2
     seed: int = 0
     check_serving: bool = False  # feed every validation video through serving_video and compare
+    verify_data: bool = False  # with check_serving: the shards' CRC32C too, not only their sizes
 
 
 def _max_diff(a, b):
@@ -88,7 +90,7 @@ def export(config: ExportConfig, log=print):
     if os.path.exists(version_dir) and not config.overwrite:
         raise ExportError(f"{version_dir} exists; choose another --version or pass --overwrite")
     try:
-        checkpoint = find_checkpoint(config.checkpoint or config.model_dir)
+        checkpoint = find_checkpoint(config.checkpoint or config.model_dir, "--checkpoint")
     except TrainError as e:
         raise ExportError(str(e)) from None
 
@@ -98,7 +100,7 @@ def export(config: ExportConfig, log=print):
     import tf_stfusion as stf
     from tf_stfusion.data.pipeline import normalize
     from tf_stfusion.export import writers
-    from tf_stfusion.export.prune import prune
+    from tf_stfusion.models.prune import prune
 
     with open(os.path.join(config.model_dir, "run.json")) as f:
         record = json.load(f)
@@ -133,7 +135,9 @@ def export(config: ExportConfig, log=print):
 
     parent = os.path.abspath(config.export_dir)
     os.makedirs(parent, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=".stfusion-export-", dir=parent)
+    for leftover in remove_interrupted_exports(parent):
+        log(f"export: removed {leftover}, left by an export that was killed")
+    work = tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=parent)
     try:
         files = {}
         if "saved_model" in config.formats:
@@ -156,7 +160,8 @@ def export(config: ExportConfig, log=print):
             if "saved_model" not in files:
                 raise ExportError("--check_serving needs the saved_model format")
             log(f"export: serving check: every {run.data.val_split} video through serving_video")
-            served = serving_check(template, run, contract, os.path.join(work, files["saved_model"]))
+            served = serving_check(template, run, contract, os.path.join(work, files["saved_model"]),
+                                   verify=config.verify_data)
             parity["served_vs_evaluation"] = {"max_abs_diff": served["max_abs_diff_probabilities"],
                                               "output": "probabilities", "scale": 1.0}
         for check in parity.values():
@@ -203,6 +208,28 @@ def export(config: ExportConfig, log=print):
     return report
 
 
+def remove_interrupted_exports(parent):
+    """Work folders of exports whose process is gone (killed before it could clean up):
+    never a version folder (those are moved into place complete), removed here."""
+    import re
+
+    removed = []
+    for name in os.listdir(parent):
+        found = re.match(rf"{re.escape(WORK_PREFIX)}(\d+)-", name)
+        if not found:
+            continue
+        try:
+            os.kill(int(found.group(1)), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # another user's live process
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        removed.append(os.path.join(parent, name))
+    return removed
+
+
 def run_contract(record, run, config):
     """The run's input contract (run.json; derived from its settings for a run
     recorded before contracts), with ``--num_frames`` / ``--size`` applied."""
@@ -225,7 +252,7 @@ def run_contract(record, run, config):
                                eval_size=config.size or contract.eval_size)
 
 
-def serving_check(template, run, contract, saved_model_dir, batch_size=8):
+def serving_check(template, run, contract, saved_model_dir, batch_size=8, verify=False):
     """Every validation video through the SavedModel's ``serving_video`` signature,
     as a REST request would arrive (its stored JPEG frames as b64 strings), against
     the run's evaluation of the same strategy (``template`` in fixed mode, the
@@ -242,7 +269,7 @@ def serving_check(template, run, contract, saved_model_dir, batch_size=8):
 
     data = run.data
     source = resolve_source(data.dataset, data.data_dir, data.train_split, data.val_split,
-                            synthetic_config=data.synthetic_config, progress=False)
+                            synthetic_config=data.synthetic_config, progress=False, verify=verify)
     ids = sorted(v for v, _ in source.val_examples)
     position = {v: i for i, v in enumerate(ids)}
     dataset = pipeline.make_dataset(
@@ -280,6 +307,7 @@ def define_flags():
     flags.DEFINE_integer("num_frames", 0, "Frames per input clip (0: the run's).")
     flags.DEFINE_integer("size", 0, "Input height and width (0: the run's evaluation size).")
     flags.DEFINE_bool("overwrite", False, "Replace an existing version folder.")
+    flags.DEFINE_bool("verify_data", False, "With --check_serving: check the shards' CRC32C before reading them.")
     flags.DEFINE_bool("check_serving", False, "Feed every validation video (its stored JPEG frames) through the "
                       "SavedModel's serving_video signature as a REST request would arrive, and compare with the "
                       "run's evaluation of the strategy; a difference beyond 1e-4 fails the export.")
@@ -297,11 +325,13 @@ def main(argv):
         strategy_file=FLAGS.strategy, model_dir=FLAGS.model_dir, export_dir=FLAGS.export_dir,
         checkpoint=FLAGS.checkpoint or "", formats=tuple(FLAGS.formats), model_name=FLAGS.model_name,
         version=FLAGS.version, num_frames=FLAGS.num_frames, size=FLAGS.size, overwrite=FLAGS.overwrite,
-        check_serving=FLAGS.check_serving,
+        check_serving=FLAGS.check_serving, verify_data=FLAGS.verify_data,
     )
+    from tf_stfusion.data.integrity import DataError
+
     try:
         export(config)
-    except (ExportError, FileNotFoundError) as e:
+    except (ExportError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
