@@ -89,7 +89,7 @@ def served_agreement(export_dir, model_dir):
     from tf_stfusion.data.video import write_video
     from tf_stfusion.evaluation import video_probabilities
     from tf_stfusion.export.local_server import LocalServing
-    from tf_stfusion.trainer import load_run_config
+    from tf_stfusion.runs import load_run_config
 
     with open(os.path.join(export_dir, "export_report.json")) as f:
         report = json.load(f)
@@ -105,7 +105,7 @@ def served_agreement(export_dir, model_dir):
     stf.apply_strategy(template, stf.Strategy.from_dict(report["strategy"]))
     dataset = pipeline.make_dataset(source.val_files, training=False, num_frames=contract.num_frames,
                                     input_size=contract.eval_size, batch_size=8, sampler=contract.sampler,
-                                    stride=contract.frame_stride, num_views=contract.eval_clips,
+                                    frame_stride=contract.frame_stride, num_clips=contract.eval_clips,
                                     deterministic=True, video_index=ids)
     evaluated = video_probabilities(template, dataset, contract.eval_clips, len(ids)).argmax(axis=1)
     server = LocalServing(os.path.join(export_dir, report["files"]["saved_model"]))

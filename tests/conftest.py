@@ -51,13 +51,14 @@ def clips():
 def trained_run(tmp_path_factory):
     """A tiny template run after a short warm-up and search phase (small synthetic set)."""
     from tf_stfusion.data import sources, synthetic
-    from tf_stfusion.trainer import DataConfig, TrainConfig, Trainer
+    from tf_stfusion.config import DataConfig, TrainConfig
+    from tf_stfusion.trainer import Trainer
 
     small = synthetic.SyntheticConfig(videos_per_class=4, val_videos_per_class=2, num_frames=8, size=32)
     data_dir = str(tmp_path_factory.mktemp("synthetic"))
     sources.ensure_synthetic(small, data_dir, progress=False)
     model_dir = str(tmp_path_factory.mktemp("run"))
-    data = DataConfig(data_dir=data_dir, num_frames=8, input_size=32, eval_views=2, synthetic_config=small)
+    data = DataConfig(data_dir=data_dir, num_frames=8, input_size=32, eval_clips=2, synthetic_config=small)
     config = TrainConfig(model_dir=model_dir, data=data, backbone="tiny", batch_size=8, warmup_epochs=1,
                          epochs=1, steps_per_epoch=3, learning_rate=0.05, length_scale=2.0, progress=False)
     Trainer(config).run()

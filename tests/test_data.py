@@ -101,6 +101,17 @@ def test_bad_annotation_files_fail_at_once_with_file_and_line(tmp_path, writer, 
         readers.read_index(dataset, str(tmp_path), "train")
 
 
+def test_an_option_the_dataset_does_not_take_is_one_line_not_a_type_error(tmp_path):
+    fx.write_ucf101(str(tmp_path))
+    with pytest.raises(ValueError, match="--dataset=ucf101 takes no --annotation_file; its options are --fold, --video_dir"):
+        readers.read_index("ucf101", str(tmp_path), "train", annotation_file="x.csv")
+    result = subprocess.run([sys.executable, "-m", "tf_stfusion.data.prepare", "--dataset=ucf101",
+                             f"--data_dir={tmp_path}", f"--output_dir={tmp_path / 'out'}", "--annotation_file=x.csv"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: --dataset=ucf101 takes no --annotation_file" in result.stderr
+
+
 def _synthetic_cmd(out_dir):
     return [sys.executable, "-m", "tf_stfusion.data.prepare", "--dataset=synthetic",
             f"--output_dir={out_dir}", "--synthetic_videos_per_class=6", "--synthetic_size=160",
@@ -131,7 +142,7 @@ def test_killed_prepare_resumes_without_duplicates(tmp_path):
 
 
 def test_samplers_loop_short_videos_and_spread_views():
-    dense = pipeline.DenseClipSampler(num_frames=8, stride=2)
+    dense = pipeline.DenseClipSampler(num_frames=8, frame_stride=2)
     idx = dense.indices(tf.constant(5), 1, True, tf.constant([1, 2])).numpy()
     np.testing.assert_array_equal(idx[0], [0, 2, 4, 1, 3, 0, 2, 4])  # span 15 > 5: loops
     views = dense.indices(tf.constant(100), 3, False, tf.constant([1, 2])).numpy()
@@ -167,13 +178,13 @@ def test_pipeline_is_deterministic_and_eval_views_fold_into_batch(synthetic_shar
     assert a[0].shape == (4, 8, 32, 32, 3) and a[0].dtype == np.float32
     val = pipeline.list_shards(str(synthetic_shards), "val")
     ds = pipeline.make_dataset(val, training=False, num_frames=8, input_size=32, batch_size=3,
-                               num_views=2, deterministic=True)
+                               num_clips=2, deterministic=True)
     x, y = next(iter(ds))
     assert x.shape == (6, 8, 32, 32, 3) and y.shape == (3,)
     # The two views of a video are different clips of it.
     assert not np.array_equal(x[0].numpy(), x[1].numpy())
     scores = tf.reshape(tf.range(12, dtype=tf.float32), [6, 2])
-    np.testing.assert_array_equal(pipeline.average_view_scores(scores, 2), [[1, 2], [5, 6], [9, 10]])
+    np.testing.assert_array_equal(pipeline.average_clip_scores(scores, 2), [[1, 2], [5, 6], [9, 10]])
 
 
 def test_file_level_sharding_for_multiple_workers(synthetic_shards):

@@ -147,3 +147,11 @@ def test_onnx_client_example_classifies_a_video(trained_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 5 and all(line.split()[1] in synthetic.MOTION_CLASSES for line in lines)
+
+
+def test_formats_are_the_writer_table():
+    # The CLI's --formats (checked before TensorFlow loads) and the table of writers name the same formats.
+    from tf_stfusion.export import writers
+
+    assert tuple(writers.WRITERS) == export_main.FORMATS
+    assert [name for name, w in writers.WRITERS.items() if w.folder] == ["saved_model"]  # moved into place last

@@ -14,7 +14,9 @@ import pytest
 import tensorflow as tf
 
 from tf_stfusion.data import integrity, prepare, synthetic
-from tf_stfusion.trainer import DataConfig, TrainConfig, Trainer, TrainError, newest_readable
+from tf_stfusion.checkpoints import newest_readable
+from tf_stfusion.config import DataConfig, TrainConfig, TrainError
+from tf_stfusion.trainer import Trainer
 
 SMALL = synthetic.SyntheticConfig(videos_per_class=4, val_videos_per_class=2, num_frames=8, size=32)
 
@@ -48,7 +50,7 @@ def _flip(path, at=0.6):
 
 
 def _config(model_dir, data_dir, **overrides):
-    data = DataConfig(dataset="tfrecord", data_dir=str(data_dir), num_frames=8, input_size=32, eval_views=1)
+    data = DataConfig(dataset="tfrecord", data_dir=str(data_dir), num_frames=8, input_size=32, eval_clips=1)
     settings = dict(model_dir=str(model_dir), data=data, backbone="tiny", batch_size=8, warmup_epochs=1, epochs=1,
                     steps_per_epoch=3, progress=False, phases=("warmup",), checkpoint_every=1)
     settings.update(overrides)
@@ -151,7 +153,7 @@ def test_resume_skips_an_unreadable_newest_checkpoint_with_a_warning(checkpointe
 
 
 def test_no_readable_checkpoint_and_search_export_name_the_alternatives(checkpointed):
-    from tf_stfusion.trainer import find_checkpoint
+    from tf_stfusion.checkpoints import find_checkpoint
 
     run, config = checkpointed
     _truncate_checkpoint(str(run / "warmup" / "ckpt-3"))
@@ -161,6 +163,23 @@ def test_no_readable_checkpoint_and_search_export_name_the_alternatives(checkpoi
         _truncate_checkpoint(str(run / "warmup" / prefix))
     with pytest.raises(TrainError, match="no readable checkpoint in .*ckpt-3 .*ckpt-2 .*ckpt-1"):
         newest_readable(str(run / "warmup"))
+
+
+def test_checkpoints_of_a_run_started_with_a_relative_model_dir_are_found(tmp_path, monkeypatch):
+    # TF's checkpoint state file records paths as the manager was given them: relative
+    # to the working directory of the process that trained (runs/demo/search/ckpt-400).
+    from tf_stfusion.checkpoints import checkpoint_chain, find_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    step = tf.Variable(0, dtype=tf.int64)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(step=step), os.path.join("runs", "demo", "search"), 3)
+    for n in (1, 2):
+        manager.save(checkpoint_number=n)
+    for folder in (os.path.join("runs", "demo", "search"), str(tmp_path / "runs" / "demo" / "search")):
+        assert [os.path.basename(p) for p in checkpoint_chain(folder)] == ["ckpt-2", "ckpt-1"]
+        assert tf.io.gfile.exists(find_checkpoint(folder, "--checkpoint") + ".index")
+    monkeypatch.chdir(tmp_path / "runs")  # another working directory than the trainer's
+    assert find_checkpoint(os.path.join("demo", "search"), "--checkpoint").endswith(os.path.join("search", "ckpt-2"))
 
 
 _SAVER = """

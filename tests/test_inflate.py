@@ -61,7 +61,9 @@ def test_inflation_rule_stem_temporal_and_transition():
 
 
 def test_training_starts_from_inflated_weights(tmp_path, monkeypatch, trained_run):
-    from tf_stfusion.trainer import TrainConfig, TrainError, Trainer, load_run_config
+    from tf_stfusion.config import TrainConfig, TrainError
+    from tf_stfusion.runs import load_run_config
+    from tf_stfusion.trainer import Trainer
 
     model2d = random_2d("resnet50", seed=3)
     monkeypatch.setattr(inflate, "imagenet_2d", lambda backbone, weights="imagenet": model2d)

@@ -38,7 +38,7 @@ def test_multi_clip_top1_top5_and_nll_by_hand():
     labels = np.array([VIEWS[v][0] for v in order], np.int32)
     positions = np.array([sorted(VIEWS).index(v) for v in order], np.int64)
     model = keras.Sequential([keras.Input((1, 1, 2, 3)), keras.layers.Reshape((6,))])
-    evaluator = MultiClipEvaluator(model, num_views=2)
+    evaluator = MultiClipEvaluator(model, num_clips=2)
     results = evaluator.videos(lambda ctx: tf.data.Dataset.from_tensors((clips, labels, positions)), 3,
                                progress=False)
     assert results.top1.tolist() == [False, False, True] and results.top5.tolist() == [True, False, True]

@@ -16,7 +16,7 @@ import tf_stfusion as stf
 from tf_stfusion import selection
 from tf_stfusion.evaluation import MultiClipEvaluator
 from tf_stfusion.search import SearchConfig, pareto_front, pick_best, read_results, run_search
-from tf_stfusion.trainer import Trainer, load_run_config
+from tf_stfusion.runs import Run, load_run_config
 
 
 def _fresh_copy(src, dst):
@@ -74,7 +74,7 @@ def test_search_results_equal_a_fresh_model_in_fixed_mode(trained_run, tmp_path)
     a plain multi-clip evaluation of the template in fixed mode scores it."""
     model_dir = _fresh_copy(trained_run, tmp_path / "run")
     result = run_search(SearchConfig(model_dir=model_dir, num_samples=5, tiles=3, racing="off", progress=False))
-    trainer = Trainer(dataclasses.replace(load_run_config(model_dir), progress=False))
+    trainer = Run(dataclasses.replace(load_run_config(model_dir), progress=False))
     done = json.loads(open(f"{model_dir}/search/done.json").read())
     tf.train.Checkpoint(model=trainer.model).restore(f"{model_dir}/search/{done['checkpoint']}").expect_partial()
     evaluator = MultiClipEvaluator(trainer.model, 2)
@@ -175,6 +175,9 @@ def test_cli_runs_and_refuses_a_run_without_search(trained_run, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tf_stfusion.search", f"--model_dir={tmp_path}"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "not a training run folder" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "tf_stfusion.search", f"--model_dir={model_dir}", "--tiles=33"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "1 <= --tiles <= 32" in proc.stderr  # MAX_TILES masks fit one gate
 
 
 def test_sampled_strategies_follow_the_learned_probabilities():

@@ -158,7 +158,8 @@ def test_prior_diagnostics_numbers_and_warning_threshold():
 
 
 def test_prior_warning_fires_with_a_huge_k_and_stays_quiet_otherwise(trained_run, tmp_path, capsys):
-    from tf_stfusion.trainer import Trainer, load_run_config
+    from tf_stfusion.runs import load_run_config
+    from tf_stfusion.trainer import Trainer
 
     quiet = json.loads(open(f"{trained_run}/probabilities.json").read())["diagnostics"]
     assert quiet["warning"] is None and quiet["regularizer_to_loss"] is not None

@@ -44,7 +44,8 @@ def stride2_export(trained_run, tmp_path_factory):
     model_dir = root / "run"
     shutil.copytree(trained_run, model_dir)
     record = json.loads((model_dir / "run.json").read_text())
-    record["config"]["data"]["stride"] = 2
+    record["config"]["data"].pop("frame_stride")
+    record["config"]["data"]["stride"] = 2  # the key as runs recorded it before the rename: still read
     record["contract"]["frame_stride"] = 2
     (model_dir / "run.json").write_text(json.dumps(record))
     strategy = root / "mixed.json"
@@ -105,8 +106,8 @@ def test_whole_video_signature_runs_the_evaluation_pipeline(stride2_export, tmp_
             videos[f"len{length:03d}"] = [f.bytes_list.value[0] for f in
                                           example.feature_lists.feature_list["image/encoded"].feature]
     ids = sorted(videos)
-    ds = pipeline.make_dataset([path], training=False, num_frames=8, input_size=32, batch_size=2, stride=2,
-                               num_views=2, deterministic=True, video_index=ids)
+    ds = pipeline.make_dataset([path], training=False, num_frames=8, input_size=32, batch_size=2, frame_stride=2,
+                               num_clips=2, deterministic=True, video_index=ids)
     evaluated = video_probabilities(template, ds, 2, len(ids))
     for i, video_id in enumerate(ids):
         served = model.signatures["serving_video"](frames=tf.constant(videos[video_id]))["probabilities"].numpy()
@@ -130,7 +131,7 @@ def test_client_indices_are_the_pipelines_frames(length, tmp_path):
     with tf.io.TFRecordWriter(path) as writer:
         writer.write(make_sequence_example("v", 0, frames, 95).SerializeToString())
     clips, _ = next(iter(pipeline.make_dataset([path], training=False, num_frames=8, input_size=32, batch_size=1,
-                                               stride=2, num_views=2, deterministic=True)))
+                                               frame_stride=2, num_clips=2, deterministic=True)))
     pixels = (clips.numpy() * np.array(pipeline.IMAGENET_STD) + np.array(pipeline.IMAGENET_MEAN)) * 255.0
     read = np.round(pixels.reshape(16, -1).mean(axis=1) / 5).astype(int)
     np.testing.assert_array_equal(read, indices)

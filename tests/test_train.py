@@ -17,7 +17,8 @@ import tensorflow as tf
 import tf_stfusion as stf
 from tf_stfusion.data import sources, synthetic
 from tf_stfusion.gating import drop_probabilities, fusion_regularizer, gate_layers
-from tf_stfusion.trainer import DataConfig, TrainConfig, Trainer, TrainError
+from tf_stfusion.config import DataConfig, TrainConfig, TrainError
+from tf_stfusion.trainer import Trainer
 
 # 32 training and 32 validation clips in 2 + 2 shards (two workers get one each).
 SMALL = synthetic.SyntheticConfig(videos_per_class=4, val_videos_per_class=4, num_frames=8, size=32)
@@ -130,7 +131,7 @@ def test_mirrored_two_devices_matches_one_device(synth_dir, tmp_path, mirrored_t
     for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
                            ("mirrored", mirrored_two_cpus)):
         keras.utils.set_random_seed(7)
-        trainer = Trainer(small_config(tmp_path / name, synth_dir, phases=("warmup",)), strategy=strategy)
+        trainer = Trainer(small_config(tmp_path / name, synth_dir, phases=("warmup",)), distribution=strategy)
         trainer.model.get_layer("head_dropout").rate = 0.0  # dropout noise differs per replica
         state = trainer.setup_phase("warmup")
         step = trainer.make_step(state)
@@ -267,7 +268,7 @@ def test_cli_refuses_a_strategy_file_of_another_backbone(tmp_path, synth_dir):
 def test_a_global_batch_that_does_not_split_over_replicas_is_refused(tmp_path, synth_dir, mirrored_two_cpus):
     strategy = mirrored_two_cpus
     with pytest.raises(TrainError, match="not divisible by the 2 replicas"):
-        Trainer(small_config(tmp_path, synth_dir, batch_size=7), strategy=strategy)
+        Trainer(small_config(tmp_path, synth_dir, batch_size=7), distribution=strategy)
 
 
 def test_a_model_dir_of_another_run_is_refused(tmp_path, synth_dir):
@@ -284,7 +285,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("sthv1", 250, 32, 90, 0.005, (40, 60, 80)),
     ("sthv2", 50, 32, 90, 0.005, (40, 60, 80)),
     ("ucf101", 50, 32, 90, 0.005, (40, 60, 80)),
-    ("demo", 4, 16, 8, 0.05, (6,)),
+    ("demo", 4, 16, 10, 0.05, (7,)),
 ])
 def test_config_files_hold_the_papers_settings(name, k, batch, epochs, lr, lr_steps):
     from absl import flags
@@ -294,11 +295,11 @@ def test_config_files_hold_the_papers_settings(name, k, batch, epochs, lr, lr_st
 
     with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
-        flags.FLAGS(["train", f"--flagfile={REPO}/configs/{name}.flags"])
+        flags.FLAGS(["train", f"--flagfile={REPO}/tf_stfusion/configs/{name}.flags"])
         config = train_cli.config_from_flags()
     assert (config.length_scale, config.batch_size, config.epochs, config.learning_rate) == (k, batch, epochs, lr)
     assert config.lr_steps == lr_steps and config.phases == ("warmup", "search")
-    assert config.warmup_epochs == (11 if name == "demo" else 50)
+    assert config.warmup_epochs == (15 if name == "demo" else 50)
     assert config.backbone == ("tiny" if name == "demo" else "densenet121")
     assert config.data.dataset == ("synthetic" if name == "demo" else "tfrecord")
 
@@ -307,7 +308,7 @@ def test_config_files_hold_the_papers_settings(name, k, batch, epochs, lr, lr_st
 def _search_trainer(name, tmp_path, synth_dir, strategy=None, **overrides):
     keras.utils.set_random_seed(7)
     config = small_config(tmp_path / name, synth_dir, phases=("warmup", "search"), length_scale=5.0, **overrides)
-    trainer = Trainer(config, strategy=strategy)
+    trainer = Trainer(config, distribution=strategy)
     state = trainer.setup_phase("search")  # from scratch: both trainers start from the same weights
     return trainer, state, trainer.make_step(state)
 

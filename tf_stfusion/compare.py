@@ -82,7 +82,8 @@ def run_compare(config: CompareConfig, log=print):
     from tf_stfusion.fileio import atomic_write_json, atomic_write_text
     from tf_stfusion.report import comparison_table
     from tf_stfusion.selection import CI_METHOD, PAIRED_METHOD, paired_difference, unpack_bits
-    from tf_stfusion.trainer import Trainer, load_run_config
+    from tf_stfusion.runs import load_run_config
+    from tf_stfusion.trainer import Trainer
 
     run = load_run_config(config.model_dir)
     if run.strategy is not None:
@@ -115,7 +116,7 @@ def run_compare(config: CompareConfig, log=print):
     lines = ["# Opt vs the fixed strategies, each trained from scratch", "",
              f"Each network is its strategy's pruned network, {comparison['trained']} "
              f"({trainer.config.epochs} epochs), evaluated on `{comparison['report_split']}` "
-             f"({table['Opt']['num_videos']} videos, {run.data.eval_views} clip(s) per video).", ""]
+             f"({table['Opt']['num_videos']} videos, {run.data.eval_clips} clip(s) per video).", ""]
     lines += comparison_table(comparison)
     lines += ["", f"Top-1 intervals: {CI_METHOD}. Differences: {PAIRED_METHOD}; a strategy is called better only "
               "when that interval excludes 0.", ""]
@@ -153,7 +154,9 @@ def main(argv):
 def run():
     """Console-script entry point (``stfusion-compare``)."""
     define_flags()
-    app.run(main)
+    from tf_stfusion.configs import resolve_flagfiles
+
+    app.run(main, argv=resolve_flagfiles(sys.argv))
 
 
 if __name__ == "__main__":

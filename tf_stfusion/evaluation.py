@@ -1,6 +1,6 @@
 """Multi-clip evaluation: per-video outcomes, top-1 / top-5 with intervals.
 
-A video is scored by the mean of the softmax scores of its ``num_views``
+A video is scored by the mean of the softmax scores of its ``num_clips``
 clips (SPEC §5: several clips spread uniformly over the video). The eval
 pipeline yields clips ``[B * V, T, H, W, 3]`` with the views of a video
 consecutive; they are regrouped to ``[B, V, ...]`` *before* the batch is split
@@ -24,11 +24,11 @@ from tf_stfusion import selection
 OUTCOMES = ("top1", "top5", "nll")
 
 
-def group_views(dataset, num_views):
+def group_clips(dataset, num_clips):
     """``(clips [B*V, ...], labels [B], ...)`` -> ``(clips [B, V, ...], labels [B], ...)``."""
     def regroup(clips, *rest):
         shape = tf.shape(clips)
-        return (tf.reshape(clips, tf.concat([[-1, num_views], shape[1:]], 0)), *rest)
+        return (tf.reshape(clips, tf.concat([[-1, num_clips], shape[1:]], 0)), *rest)
     return dataset.map(regroup)
 
 
@@ -111,10 +111,10 @@ class MultiClipEvaluator:
     replica and worker are gathered, so every process gets the whole split.
     """
 
-    def __init__(self, model, num_views, strategy=None):
+    def __init__(self, model, num_clips, distribution=None):
         self.model = model
-        self.num_views = num_views
-        self.strategy = strategy or tf.distribute.get_strategy()
+        self.num_clips = num_clips
+        self.distribution = distribution or tf.distribute.get_strategy()
         self.traces = 0
 
         @tf.function
@@ -126,15 +126,15 @@ class MultiClipEvaluator:
                                             clips, [0, 3])
                 return outcomes, tf.cast(position, tf.int64)
 
-            outcomes, position = self.strategy.run(replica, (clips, labels, position))
-            return self.strategy.gather(outcomes, axis=0), self.strategy.gather(position, axis=0)
+            outcomes, position = self.distribution.run(replica, (clips, labels, position))
+            return self.distribution.gather(outcomes, axis=0), self.distribution.gather(position, axis=0)
 
         self._step = step
 
     def videos(self, dataset_fn, num_videos, progress=True, label="eval"):
         """``VideoResults`` of the ``num_videos`` videos that ``dataset_fn`` yields."""
-        dist = self.strategy.distribute_datasets_from_function(
-            lambda ctx: group_views(dataset_fn(ctx), self.num_views)
+        dist = self.distribution.distribute_datasets_from_function(
+            lambda ctx: group_clips(dataset_fn(ctx), self.num_clips)
         )
         bar = keras.utils.Progbar(num_videos, unit_name="video") if progress else None
         if bar:
@@ -155,13 +155,13 @@ class MultiClipEvaluator:
         return self.videos(dataset_fn, num_videos, progress, label).metrics(split)
 
 
-def video_probabilities(model, dataset, num_views, num_videos):
+def video_probabilities(model, dataset, num_clips, num_videos):
     """Mean-over-views scores ``[num_videos, C]`` in the split's canonical order,
     on one device (``dataset``: ``make_dataset(training=False, video_index=...)``)."""
     @tf.function
     def step(clips, position):
         shape = tf.shape(clips)
-        return video_scores(model, tf.reshape(clips, tf.concat([[-1, num_views], shape[1:]], 0))), position
+        return video_scores(model, tf.reshape(clips, tf.concat([[-1, num_clips], shape[1:]], 0))), position
 
     out = None
     seen = np.zeros(num_videos, int)

@@ -111,11 +111,11 @@ class TiledEvaluator:
     once: the strategies live in variables and the batch dimension is open.
     """
 
-    def __init__(self, model, num_views, tiles, strategy=None):
+    def __init__(self, model, num_clips, tiles, distribution=None):
         import tensorflow as tf
 
-        self.model, self.num_views, self.tiles = model, num_views, tiles
-        self.strategy = strategy or tf.distribute.OneDeviceStrategy("/cpu:0")
+        self.model, self.num_clips, self.tiles = model, num_clips, tiles
+        self.distribution = distribution or tf.distribute.OneDeviceStrategy("/cpu:0")
         self.traces = 0
         self._step = None
 
@@ -124,7 +124,7 @@ class TiledEvaluator:
 
         from tf_stfusion.evaluation import outcomes_or_none, video_outcomes, video_scores
 
-        model, views, tiles, strategy = self.model, self.num_views, self.tiles, self.strategy
+        model, views, tiles, distribution = self.model, self.num_clips, self.tiles, self.distribution
         classes = model.outputs[0].shape[-1]
 
         def replica(clips, labels, position):
@@ -139,8 +139,8 @@ class TiledEvaluator:
         @tf.function(input_signature=[element_spec])
         def step(batch):
             self.traces += 1
-            outcomes, position = strategy.run(replica, batch)
-            return strategy.gather(outcomes, axis=1), strategy.gather(position, axis=0)
+            outcomes, position = distribution.run(replica, batch)
+            return distribution.gather(outcomes, axis=1), distribution.gather(position, axis=0)
 
         return step
 
@@ -158,7 +158,7 @@ class TiledEvaluator:
         groups = [list(strategies[i:i + self.tiles]) for i in range(0, len(strategies), self.tiles)]
         # Pad the last group with its last strategy: the tile count, hence the graph, never changes.
         groups[-1] += [groups[-1][-1]] * (self.tiles - len(groups[-1]))
-        dist = self.strategy.distribute_datasets_from_function(dataset_fn)
+        dist = self.distribution.distribute_datasets_from_function(dataset_fn)
         if self._step is None:
             self._step = self._make_step(dist.element_spec)
         outcomes, positions = [[] for _ in groups], []
@@ -329,7 +329,7 @@ def race(planned, slices, journal, evaluate, gflops_of, eta, max_gflops, log=pri
 
 
 # -- the report split --------------------------------------------------------------
-def compare_on_report_split(trainer, evaluator, best, rows, select_split, cost_of):
+def compare_on_report_split(room, evaluator, best, rows, select_split, cost_of):
     """Opt and the fixed S / ST / S+ST on the report split, with paired differences.
 
     When the selection split *is* the report split the search's own rows are
@@ -338,24 +338,24 @@ def compare_on_report_split(trainer, evaluator, best, rows, select_split, cost_o
     from tf_stfusion.selection import SAME_SPLIT_NOTE, fingerprint, paired_difference
     from tf_stfusion.strategy import Strategy
 
-    spec = trainer.model.stf_spec
-    report_split = trainer.split_name("val")
+    spec = room.model.stf_spec
+    report_split = room.split_name("val")
     fixed = {r["id"].split("-", 1)[1]: r for r in rows if r["kind"] == "fixed"}
     named = [("Opt", best)] + [(u, fixed[u]) for u in ("S", "ST", "S+ST")]
     if select_split == "val":
         table = dict(named)
     else:
         items = [(row["id"], row["kind"], Strategy.from_units(spec.backbone, row["units"])) for _, row in named]
-        videos = trainer.split_videos("val")
-        with trainer.reading("val"):
-            results = evaluator.evaluate([s for _, _, s in items], trainer.eval_dataset_fn("val"), len(videos))
+        videos = room.split_videos("val")
+        with room.reading("val"):
+            results = evaluator.evaluate([s for _, _, s in items], room.eval_dataset_fn("val"), len(videos))
         table = {name: result_row(*item, result, report_split, *cost_of(item[2]))
                  for (name, _), item, result in zip(named, items, results)}
     paired = {name: paired_difference(row_correct(table["Opt"]), row_correct(table[name])).to_dict()
               for name in ("S", "ST", "S+ST")}
-    return {"report_split": report_split, "selected_on": trainer.split_name(select_split),
+    return {"report_split": report_split, "selected_on": room.split_name(select_split),
             "same_split": select_split == "val", "note": SAME_SPLIT_NOTE if select_split == "val" else None,
-            "videos": fingerprint(trainer.split_videos("val")), "strategies": table, "paired_vs_opt": paired}
+            "videos": fingerprint(room.split_videos("val")), "strategies": table, "paired_vs_opt": paired}
 
 
 def chance_warning(comparison, best, num_classes, prior):
@@ -392,7 +392,8 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
     from tf_stfusion.fileio import atomic_write_json, atomic_write_text, claim_settings
     from tf_stfusion.selection import SAME_SPLIT_NOTE, racing_slices, selection_order
     from tf_stfusion.strategy import Strategy, marginals
-    from tf_stfusion.trainer import Trainer, find_checkpoint, load_run_config
+    from tf_stfusion.checkpoints import find_checkpoint
+    from tf_stfusion.runs import Run, RunFolder, load_run_config
 
     run = load_run_config(config.model_dir)
     if run.strategy is not None or "search" not in run.phases:
@@ -404,22 +405,22 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
     if select_split == "holdout" and run.data.select_split != "holdout":
         raise ValueError(f"{config.model_dir} trained on every training video (--select_split=val): it has no "
                          "hold-out to select on; search with --select_split=val, or train a run with a hold-out")
-    data = dataclasses.replace(run.data, eval_views=config.clips or run.data.eval_views)
+    data = dataclasses.replace(run.data, eval_clips=config.clips or run.data.eval_clips)
     run = dataclasses.replace(run, data=data, progress=False,
                               eval_batch_size=config.batch_size or run.eval_batch_size,
                               verify_data=config.verify_data, skip_corrupt_records=config.skip_corrupt_records)
-    checkpoint = config.checkpoint or _search_checkpoint(config.model_dir)
+    checkpoint = config.checkpoint or RunFolder(config.model_dir).finished_checkpoint("search")
     tf_strategy = tf_strategy or dist_lib.make_distribution("one_device")
     chief = dist_lib.is_chief(tf_strategy)
     log = log if chief else (lambda *a, **k: None)
-    trainer = Trainer(run, tf_strategy)
-    model = trainer.model
+    room = Run(run, tf_strategy)
+    model = room.model
     tf.train.Checkpoint(model=model).restore(find_checkpoint(checkpoint, "--checkpoint")).expect_partial() \
         .assert_existing_objects_matched()
 
     out_dir = config.folder()
-    select_videos = selection_order(trainer.split_videos(select_split))
-    select_name = trainer.split_name(select_split)
+    select_videos = selection_order(room.split_videos(select_split))
+    select_name = room.split_name(select_split)
     planned = plan_strategies(model, config)
     sampled = len({unit_key(s) for _, kind, s in planned if kind == "sampled"})
     distinct = len({unit_key(s) for _, _, s in planned})
@@ -427,7 +428,7 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
     slices = (racing_slices(len(select_videos), sampled, config.racing_eta, config.tiles, config.racing_min_videos)
               if racing else [(0, len(select_videos))])
     plan = {"checkpoint": os.path.basename(checkpoint), "num_samples": config.num_samples, "seed": config.seed,
-            "clips_per_video": data.eval_views, "select_split": select_name, "report_split": trainer.split_name("val"),
+            "clips_per_video": data.eval_clips, "select_split": select_name, "report_split": room.split_name("val"),
             "racing": {"eta": config.racing_eta, "slices": [list(s) for s in slices]} if racing else None,
             "max_gflops": config.max_gflops}
     if chief:
@@ -438,7 +439,7 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
     journal = Journal(os.path.join(out_dir, ROUNDS), chief)
     log(f"search: {len(planned)} strategies ({len(planned) - 3} sampled, 3 fixed; {distinct} distinct), "
         f"{config.tiles} per pass, on the {len(select_videos)} videos of the selection split ({select_name}) x "
-        f"{data.eval_views} clip(s); " + (f"racing (eta {config.racing_eta}) over slices ending at "
+        f"{data.eval_clips} clip(s); " + (f"racing (eta {config.racing_eta}) over slices ending at "
                                           f"{[end for _, end in slices]}" if racing else "every strategy on every video")
         + f"; {dist_lib.describe(tf_strategy)}")
     if select_split == "val":
@@ -455,7 +456,7 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
             costs[key] = (c.params, c.gflops)
         return costs[key]
 
-    evaluator = TiledEvaluator(model, data.eval_views, config.tiles, tf_strategy)
+    evaluator = TiledEvaluator(model, data.eval_clips, config.tiles, tf_strategy)
     counts = {"evaluated": 0, "strategy_videos": 0}
     t0 = time.time()
 
@@ -470,9 +471,9 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
             bar = keras.utils.Progbar(len(videos), unit_name="video") if config.progress and chief else None
             if bar:
                 print(f"strategies {first + 1}-{first + len(chunk)} of {len(items)}")
-            with trainer.reading(select_split):
+            with room.reading(select_split):
                 results = evaluator.evaluate([s for _, s in chunk],
-                                             trainer.eval_dataset_fn(select_split, videos=videos), len(videos), bar)
+                                             room.eval_dataset_fn(select_split, videos=videos), len(videos), bar)
             for (key, _), result in zip(chunk, results):
                 journal.add(key, round_, start, end, result)
             counts["evaluated"] += len(chunk)
@@ -491,11 +492,11 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
     exhaustive = len(seen) * len(select_videos)
 
     best = pick_best(rows, config.max_gflops)
-    comparison = compare_on_report_split(trainer, evaluator, best, rows, select_split, cost_of)
-    comparison["prior"] = trainer.prior_diagnostics()
+    comparison = compare_on_report_split(room, evaluator, best, rows, select_split, cost_of)
+    comparison["prior"] = room.prior_diagnostics()
     comparison["chance_warning"] = chance_warning(comparison, best, spec.num_classes, comparison["prior"])
     comparison["search"] = {"racing": racing, "strategy_videos": strategy_videos, "exhaustive_videos": exhaustive,
-                            "clip_evaluations": strategy_videos * data.eval_views}
+                            "clip_evaluations": strategy_videos * data.eval_clips}
     seconds = time.time() - t0
     result = SearchResult(rows, best, counts["evaluated"], evaluator.traces, seconds, out_dir, comparison,
                           strategy_videos, exhaustive)
@@ -513,7 +514,7 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
                  "ci_method": reported["ci_method"], "params": best["params"], "gflops": best["gflops"]},
         provenance={"kind": "search", "id": best["id"], "model_dir": os.path.abspath(config.model_dir),
                     "checkpoint": os.path.basename(checkpoint), "seed": config.seed,
-                    "num_samples": config.num_samples, "clips_per_video": data.eval_views,
+                    "num_samples": config.num_samples, "clips_per_video": data.eval_clips,
                     "racing": racing, **({"max_gflops": config.max_gflops} if config.max_gflops else {})},
     )
     best_strategy.save(os.path.join(out_dir, "best.json"))
@@ -536,24 +537,16 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
     return result
 
 
-def _search_checkpoint(model_dir):
-    path = os.path.join(model_dir, "search", "done.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"{model_dir} has no finished search phase ({path} missing); finish training first "
-                         "or give --checkpoint")
-    with open(path) as f:
-        return os.path.join(model_dir, "search", json.load(f)["checkpoint"])
-
-
 # -- CLI ---------------------------------------------------------------------------
 def define_flags():
     from tf_stfusion.distribute import DISTRIBUTIONS
+    from tf_stfusion.layers.drop_path import MAX_TILES
 
     flags.DEFINE_string("model_dir", None, "A training run with a finished search phase.")
     flags.DEFINE_integer("num_samples", 100, "Strategies sampled from the learned probabilities.")
     flags.DEFINE_integer("seed", 0, "Sampling seed.")
     flags.DEFINE_integer("clips", 0, "Clips per validation video (0: the run's --eval_clips).")
-    flags.DEFINE_integer("tiles", 8, "Strategies evaluated together on one tiled batch (1-32).")
+    flags.DEFINE_integer("tiles", 8, f"Strategies evaluated together on one tiled batch (1-{MAX_TILES}).")
     flags.DEFINE_integer("batch_size", 0, "Videos per batch (0: the run's evaluation batch).")
     flags.DEFINE_float("max_gflops", 0.0, "best.json: the best strategy within this compute budget (0: none).")
     flags.DEFINE_string("checkpoint", None, "Template checkpoint (default: the run's final search checkpoint).")
@@ -580,9 +573,11 @@ def main(argv):
     if not FLAGS.model_dir:
         print("error: --model_dir is required", file=sys.stderr)
         return 2
-    if (FLAGS.num_samples < 1 or not 1 <= FLAGS.tiles <= 32 or FLAGS.max_gflops < 0 or FLAGS.racing_eta < 2
+    from tf_stfusion.layers.drop_path import MAX_TILES
+
+    if (FLAGS.num_samples < 1 or not 1 <= FLAGS.tiles <= MAX_TILES or FLAGS.max_gflops < 0 or FLAGS.racing_eta < 2
             or FLAGS.racing_min_videos < 1):
-        print("error: need --num_samples >= 1, 1 <= --tiles <= 32, --max_gflops >= 0, --racing_eta >= 2, "
+        print(f"error: need --num_samples >= 1, 1 <= --tiles <= {MAX_TILES}, --max_gflops >= 0, --racing_eta >= 2, "
               "--racing_min_videos >= 1", file=sys.stderr)
         return 2
     config = SearchConfig(
@@ -606,7 +601,9 @@ def main(argv):
 def run():
     """Console-script entry point (``stfusion-search``)."""
     define_flags()
-    app.run(main)
+    from tf_stfusion.configs import resolve_flagfiles
+
+    app.run(main, argv=resolve_flagfiles(sys.argv))
 
 
 if __name__ == "__main__":

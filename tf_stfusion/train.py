@@ -1,4 +1,5 @@
-"""``python -m tf_stfusion.train --flagfile=configs/k400.flags``: the main job.
+"""``python -m tf_stfusion.train --flagfile=k400.flags``: the main job (the
+packaged flag files, ``tf_stfusion/configs/``, are found by name from any directory).
 
 Flags are turned into a ``TrainConfig`` here and nowhere else; everything
 below (``tf_stfusion.trainer``) takes plain arguments. A run is
@@ -126,7 +127,7 @@ def load_strategy(value, backbone):
 
 def config_from_flags():
     """The ``TrainConfig`` of the command line (validated)."""
-    from tf_stfusion.trainer import DataConfig, TrainConfig
+    from tf_stfusion.config import DataConfig, TrainConfig
 
     if not FLAGS.model_dir:
         raise ValueError("--model_dir is required")
@@ -141,9 +142,9 @@ def config_from_flags():
         raise ValueError(f"--scale_range takes two numbers 0 < lo <= hi, got {','.join(FLAGS.scale_range)}")
     data = DataConfig(
         dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, train_split=FLAGS.train_split,
-        val_split=FLAGS.val_split, num_frames=FLAGS.num_frames, stride=FLAGS.frame_stride,
+        val_split=FLAGS.val_split, num_frames=FLAGS.num_frames, frame_stride=FLAGS.frame_stride,
         sampler=FLAGS.sampler, input_size=FLAGS.input_size, eval_size=FLAGS.eval_size or None,
-        eval_views=FLAGS.eval_clips, flip={"auto": None, "on": True, "off": False}[FLAGS.flip],
+        eval_clips=FLAGS.eval_clips, flip={"auto": None, "on": True, "off": False}[FLAGS.flip],
         scale_range=scale, shuffle_buffer=FLAGS.shuffle_buffer, select_split=FLAGS.select_split,
         holdout_fraction=FLAGS.holdout_fraction,
         synthetic_config=synthetic.SyntheticConfig(
@@ -192,7 +193,7 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return 2
     from tf_stfusion.data.integrity import DataError
-    from tf_stfusion.trainer import TrainError
+    from tf_stfusion.config import TrainError
 
     try:
         trainer.run()
@@ -201,7 +202,7 @@ def main(argv):
 
             run_search(SearchConfig(model_dir=config.model_dir, num_samples=FLAGS.num_strategy_samples,
                                     seed=FLAGS.seed, progress=FLAGS.progress, verify_data=FLAGS.verify_data,
-                                    skip_corrupt_records=FLAGS.skip_corrupt_records), tf_strategy=trainer.strategy)
+                                    skip_corrupt_records=FLAGS.skip_corrupt_records), tf_strategy=trainer.distribution)
     except (DataError, TrainError) as e:  # damaged data or checkpoints: one line, what to do
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -210,7 +211,9 @@ def main(argv):
 
 def run():
     """Console-script entry point (``stfusion-train``)."""
-    app.run(main)
+    from tf_stfusion.configs import resolve_flagfiles
+
+    app.run(main, argv=resolve_flagfiles(sys.argv))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
   loops); only the chosen JPEG frames are decoded;
 * augment (train): random short-side scale, one random crop for the whole
   clip, horizontal flip (off for Something-Something, where left/right is part
-  of the label); eval: short side to ``input_size``, centre crop, ``num_views``
+  of the label); eval: short side to ``input_size``, centre crop, ``num_clips``
   clips spread uniformly over the video, stacked as ``[views, T, H, W, 3]``;
 * normalise with ImageNet mean/std.
 
@@ -34,23 +34,23 @@ SEQUENCE_FEATURES = {"image/encoded": tf.io.FixedLenSequenceFeature([], tf.strin
 # -- clip samplers --------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class DenseClipSampler:
-    """``num_frames`` consecutive frames taken every ``stride`` frames.
+    """``num_frames`` consecutive frames taken every ``frame_stride`` frames.
 
-    Train: a random start. Eval: ``num_views`` starts spread uniformly.
+    Train: a random start. Eval: ``num_clips`` starts spread uniformly.
     """
 
     num_frames: int
-    stride: int = 1
+    frame_stride: int = 1
 
-    def indices(self, length, num_views, training, seed):
-        span = (self.num_frames - 1) * self.stride + 1
+    def indices(self, length, num_clips, training, seed):
+        span = (self.num_frames - 1) * self.frame_stride + 1
         room = tf.maximum(length - span, 0)
         if training:
             starts = tf.random.stateless_uniform([1], seed, 0, room + 1, tf.int32)
         else:
-            views = tf.range(num_views, dtype=tf.float32)
-            starts = tf.cast(tf.cast(room, tf.float32) * (views + 0.5) / num_views, tf.int32)
-        offsets = tf.range(self.num_frames, dtype=tf.int32) * self.stride
+            views = tf.range(num_clips, dtype=tf.float32)
+            starts = tf.cast(tf.cast(room, tf.float32) * (views + 0.5) / num_clips, tf.int32)
+        offsets = tf.range(self.num_frames, dtype=tf.int32) * self.frame_stride
         return (starts[:, None] + offsets[None, :]) % length  # loops a short video
 
 
@@ -59,19 +59,19 @@ class UniformClipSampler:
     """TSN-style: the video cut into ``num_frames`` equal segments, one frame each.
 
     Train: a random frame per segment. Eval: view ``v`` takes the point
-    ``(v + 0.5) / num_views`` of every segment.
+    ``(v + 0.5) / num_clips`` of every segment.
     """
 
     num_frames: int
 
-    def indices(self, length, num_views, training, seed):
+    def indices(self, length, num_clips, training, seed):
         seg = tf.cast(length, tf.float32) / self.num_frames
         base = tf.range(self.num_frames, dtype=tf.float32) * seg
         if training:
             pos = tf.random.stateless_uniform([1, self.num_frames], seed, 0.0, 1.0)
         else:
-            pos = ((tf.range(num_views, dtype=tf.float32) + 0.5) / num_views)[:, None]
-            pos = tf.broadcast_to(pos, [num_views, self.num_frames])
+            pos = ((tf.range(num_clips, dtype=tf.float32) + 0.5) / num_clips)[:, None]
+            pos = tf.broadcast_to(pos, [num_clips, self.num_frames])
         idx = tf.cast(tf.floor(base[None, :] + pos * seg), tf.int32)
         return tf.minimum(idx, length - 1)
 
@@ -79,9 +79,9 @@ class UniformClipSampler:
 SAMPLERS = {"dense": DenseClipSampler, "uniform": UniformClipSampler}
 
 
-def make_sampler(kind, num_frames, stride=1):
+def make_sampler(kind, num_frames, frame_stride=1):
     if kind == "dense":
-        return DenseClipSampler(num_frames, stride)
+        return DenseClipSampler(num_frames, frame_stride)
     if kind == "uniform":
         return UniformClipSampler(num_frames)
     raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {kind!r}")
@@ -146,7 +146,7 @@ def train_augment(frames, input_size, scale_range, flip, seed):
     return frames
 
 
-def eval_views(frames, input_size):
+def eval_crop(frames, input_size):
     """Short side to ``input_size``, centre crop ``input_size`` x ``input_size``."""
     frames = resize_short_side(frames, input_size)
     shape = tf.shape(frames)
@@ -164,18 +164,18 @@ def normalize(frames):
 EVAL_SEED = (0, 0)  # evaluation sampling is deterministic; the samplers take a seed all the same
 
 
-def views_to_clips(frames, num_views, num_frames, size):
+def views_to_clips(frames, num_clips, num_frames, size):
     """Decoded frames ``[V*T, H, W, 3]`` of ``V`` views, in view order -> normalised
     clips ``[V, T, S, S, 3]``: short side to ``S``, centre crop, ImageNet normalisation."""
-    frames = eval_views(frames, size)
-    return normalize(tf.reshape(frames, [num_views, num_frames, size, size, 3]))
+    frames = eval_crop(frames, size)
+    return normalize(tf.reshape(frames, [num_clips, num_frames, size, size, 3]))
 
 
-def eval_clips(encoded, sampler, num_views, size):
+def eval_clips(encoded, sampler, num_clips, size):
     """One video's encoded frames ``[L]`` -> its evaluation clips ``[V, T, S, S, 3]``:
     the sampler's ``V`` views (a short video loops), decoded, cropped, normalised."""
-    indices = sampler.indices(tf.shape(encoded)[0], num_views, False, tf.constant(EVAL_SEED, tf.int32))
-    return views_to_clips(decode_frames(encoded, indices), num_views, sampler.num_frames, size)
+    indices = sampler.indices(tf.shape(encoded)[0], num_clips, False, tf.constant(EVAL_SEED, tf.int32))
+    return views_to_clips(decode_frames(encoded, indices), num_clips, sampler.num_frames, size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,8 +258,8 @@ def make_dataset(
     input_size=224,
     batch_size=8,
     sampler="dense",
-    stride=1,
-    num_views=1,
+    frame_stride=1,
+    num_clips=1,
     flip=True,
     scale_range=(1.0, 1.25),
     shuffle_buffer=256,
@@ -275,9 +275,9 @@ def make_dataset(
 ):
     """Batches of ``(clips, labels)``.
 
-    Train: clips ``[B, T, S, S, 3]``. Eval: ``[B * num_views, T, S, S, 3]`` -- the
+    Train: clips ``[B, T, S, S, 3]``. Eval: ``[B * num_clips, T, S, S, 3]`` -- the
     views of a video are consecutive in the batch (average their scores with
-    ``average_view_scores``) -- and labels ``[B]``. Float32, ImageNet-normalised.
+    ``average_clip_scores``) -- and labels ``[B]``. Float32, ImageNet-normalised.
     ``input_context`` (a ``tf.distribute.InputContext``) shards the files.
 
     ``video_index`` (a sequence of video ids): only these videos are read, and
@@ -292,8 +292,8 @@ def make_dataset(
     a bad record checksum) are skipped instead of stopping the input.
     """
     files = list(files)
-    clip_sampler = make_sampler(sampler, num_frames, stride)
-    views = 1 if training else num_views
+    clip_sampler = make_sampler(sampler, num_frames, frame_stride)
+    views = 1 if training else num_clips
     repeat = training if repeat is None else repeat
     drop_remainder = training if drop_remainder is None else drop_remainder
     file_ds = tf.data.Dataset.from_tensor_slices(files)
@@ -363,14 +363,14 @@ def fill_batch(clips, labels, position, size):
     return clips, tf.pad(labels, [[0, missing]]), tf.pad(position, [[0, missing]], constant_values=-1)
 
 
-def filler_batches(ds, count, batch, num_views):
+def filler_batches(ds, count, batch, num_clips):
     """``ds`` (eval batches of ``batch`` videos with positions) followed by ``count``
     batches of that shape holding no video (every position -1)."""
     if count <= 0:
         return ds
     clips, labels, position = ds.element_spec
     filler = tf.data.Dataset.from_tensors((
-        tf.zeros([batch * num_views, *clips.shape[1:]], clips.dtype), tf.zeros([batch], labels.dtype),
+        tf.zeros([batch * num_clips, *clips.shape[1:]], clips.dtype), tf.zeros([batch], labels.dtype),
         tf.fill([batch], tf.constant(-1, position.dtype))))
     return ds.concatenate(filler.repeat(count))
 
@@ -393,7 +393,7 @@ def pipeline_batches(files, shard_videos, wanted, batch_size, input_context):
     return batches[input_context.input_pipeline_id], math.ceil(max(batches) / local) * local
 
 
-def average_view_scores(scores, num_views):
-    """``[B * num_views, C]`` scores -> ``[B, C]``: the mean over each video's views."""
+def average_clip_scores(scores, num_clips):
+    """``[B * num_clips, C]`` scores -> ``[B, C]``: the mean over each video's views."""
     scores = tf.convert_to_tensor(scores)
-    return tf.reduce_mean(tf.reshape(scores, [-1, num_views, tf.shape(scores)[-1]]), axis=1)
+    return tf.reduce_mean(tf.reshape(scores, [-1, num_clips, tf.shape(scores)[-1]]), axis=1)

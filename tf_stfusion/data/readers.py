@@ -21,6 +21,7 @@ defaults to the usual place under ``data_dir``):
 
 import csv
 import dataclasses
+import inspect
 import json
 import os
 from typing import List, Tuple
@@ -288,4 +289,9 @@ def read_index(dataset, data_dir, split, **kwargs):
     except KeyError:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(READERS)}") from None
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    accepted = inspect.signature(reader).parameters
+    unused = sorted(k for k in kwargs if k not in accepted)
+    if unused:
+        raise ValueError(f"--dataset={dataset} takes no {', '.join('--' + k for k in unused)}; its options are "
+                         f"{', '.join('--' + k for k in accepted if k not in ('data_dir', 'split')) or 'none'}")
     return reader(data_dir, split, **kwargs)

@@ -27,7 +27,7 @@ import tempfile
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-FORMATS = ("saved_model", "onnx")
+FORMATS = ("saved_model", "onnx")  # the keys of writers.WRITERS, in writing order
 TOLERANCE = 1e-4  # relative to the output scale
 WORK_PREFIX = ".stfusion-export-"  # + pid: the temporary folder an export writes into
 
@@ -74,7 +74,9 @@ def export(config: ExportConfig, log=print):
         raise ExportError(f"--formats: unknown {bad}; expected some of {FORMATS}")
     if not config.model_name or "/" in config.model_name or config.version < 1:
         raise ExportError("--model_name must be a plain name and --version >= 1")
-    from tf_stfusion.trainer import TrainError, find_checkpoint, load_run_config
+    from tf_stfusion.checkpoints import find_checkpoint
+    from tf_stfusion.config import TrainError
+    from tf_stfusion.runs import RunFolder, load_run_config
 
     try:
         run = load_run_config(config.model_dir)
@@ -102,8 +104,7 @@ def export(config: ExportConfig, log=print):
     from tf_stfusion.export import writers
     from tf_stfusion.models.prune import prune
 
-    with open(os.path.join(config.model_dir, "run.json")) as f:
-        record = json.load(f)
+    record = RunFolder(config.model_dir).record()
     contract = run_contract(record, run, config)
     class_names, frames, size = list(contract.class_names), contract.num_frames, contract.eval_size
     template = stf.build_template(run.backbone, num_classes=len(class_names), num_frames=frames, input_size=size)
@@ -140,21 +141,15 @@ def export(config: ExportConfig, log=print):
     work = tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=parent)
     try:
         files = {}
-        if "saved_model" in config.formats:
-            path = os.path.join(work, config.model_name, str(config.version))
-            os.makedirs(os.path.dirname(path))
-            writers.write_saved_model(pruned, contract, path, model_name=config.model_name)
-            out = writers.run_saved_model(path, video)
-            parity["saved_model_vs_keras_pruned"] = {"max_abs_diff": _max_diff(out["probabilities"], pruned_probs),
-                                                     "output": "probabilities", "scale": 1.0}
-            files["saved_model"] = os.path.join(config.model_name, str(config.version))
-        if "onnx" in config.formats:
-            path = os.path.join(work, f"{config.model_name}.onnx")
-            writers.write_onnx(pruned, contract, path)
-            out = writers.run_onnx(path, video)
-            parity["onnx_runtime_vs_keras_pruned"] = {"max_abs_diff": _max_diff(out["probabilities"], pruned_probs),
-                                                      "output": "probabilities", "scale": 1.0}
-            files["onnx"] = f"{config.model_name}.onnx"
+        for name in config.formats:
+            writer = writers.WRITERS[name]
+            files[name] = writer.relative_path(config.model_name, config.version)
+            path = os.path.join(work, files[name])
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            writer.write(pruned, contract, path, config.model_name)
+            out = writer.run(path, video)
+            parity[writer.parity] = {"max_abs_diff": _max_diff(out["probabilities"], pruned_probs),
+                                     "output": "probabilities", "scale": 1.0}
         served = None
         if config.check_serving:
             if "saved_model" not in files:
@@ -187,14 +182,14 @@ def export(config: ExportConfig, log=print):
 
         atomic_write_json(os.path.join(work, "export_report.json"), report)
         # Move into place: the version folder last, so TF Serving never sees a partial one.
-        if "onnx" in files:
-            os.replace(os.path.join(work, files["onnx"]), os.path.join(parent, files["onnx"]))
-        if "saved_model" in files:
-            final = os.path.join(parent, files["saved_model"])
-            if os.path.exists(final):
+        # Move into place: folders (the SavedModel's version folder) last, so TF Serving
+        # never sees a partial export.
+        for name in sorted(files, key=lambda n: writers.WRITERS[n].folder):
+            final = os.path.join(parent, files[name])
+            if os.path.isdir(final):
                 shutil.rmtree(final)  # --overwrite was given
             os.makedirs(os.path.dirname(final), exist_ok=True)
-            os.replace(os.path.join(work, files["saved_model"]), final)
+            os.replace(os.path.join(work, files[name]), final)
         os.replace(os.path.join(work, "export_report.json"), os.path.join(parent, "export_report.json"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -244,8 +239,8 @@ def run_contract(record, run, config):
             with open(manifest) as f:
                 stored = json.load(f)
         contract = InputContract(
-            num_frames=run.data.num_frames, frame_stride=run.data.stride, sampler=run.data.sampler,
-            eval_clips=run.data.eval_views, eval_size=run.data.eval_input_size,
+            num_frames=run.data.num_frames, frame_stride=run.data.frame_stride, sampler=run.data.sampler,
+            eval_clips=run.data.eval_clips, eval_size=run.data.eval_input_size,
             class_names=tuple(record["identity"]["class_names"]),
             frame_short_side=int(stored.get("short_side") or 0), jpeg_quality=int(stored.get("jpeg_quality", 90)))
     return dataclasses.replace(contract, num_frames=config.num_frames or contract.num_frames,
@@ -274,8 +269,8 @@ def serving_check(template, run, contract, saved_model_dir, batch_size=8, verify
     position = {v: i for i, v in enumerate(ids)}
     dataset = pipeline.make_dataset(
         source.val_files, training=False, num_frames=contract.num_frames, input_size=contract.eval_size,
-        batch_size=batch_size, sampler=contract.sampler, stride=contract.frame_stride,
-        num_views=contract.eval_clips, deterministic=True, video_index=ids)
+        batch_size=batch_size, sampler=contract.sampler, frame_stride=contract.frame_stride,
+        num_clips=contract.eval_clips, deterministic=True, video_index=ids)
     evaluated = video_probabilities(template, dataset, contract.eval_clips, len(ids))
     server = LocalServing(saved_model_dir)
     served = np.zeros_like(evaluated)
@@ -340,7 +335,9 @@ def main(argv):
 def run():
     """Console-script entry point (``stfusion-export``)."""
     define_flags()
-    app.run(main)
+    from tf_stfusion.configs import resolve_flagfiles
+
+    app.run(main, argv=resolve_flagfiles(sys.argv))
 
 
 if __name__ == "__main__":

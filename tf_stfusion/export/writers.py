@@ -16,11 +16,13 @@ class names (``class_names``) and the contract (``input_contract``) in its
 metadata.
 """
 
+import dataclasses
 import io
 import json
 import os
 import shutil
 import tempfile
+from typing import Callable
 
 import keras
 import numpy as np
@@ -54,7 +56,7 @@ def write_saved_model(model, contract, path, top_k=5, model_name="stfusion"):
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.track(table)
-        archive._tf_trackable.labels_asset = asset  # noqa: SLF001 (the archive keeps what it saves here)
+        archive.track(asset)  # saved with the archive: copied into <version>/assets/
         signatures = make_signatures(model, contract, lambda ids: table.lookup(tf.cast(ids, tf.int64)), top_k)
         for name, (fn, input_signature) in signatures.items():
             archive.add_endpoint(name, fn, input_signature=input_signature)
@@ -116,9 +118,8 @@ def write_onnx(model, contract, path, top_k=5):
     import onnx
     import tf2onnx
 
-    from tf_stfusion.layers.group_conv import split_grouped_convs
+    from tf_stfusion.layers.group_conv import grouped_convs_split
 
-    split_grouped_convs(model)  # tf2onnx cannot convert Keras' XLA grouped convolution
     top_k = min(top_k, len(contract.class_names))
 
     @tf.function(input_signature=[video_signature(contract.num_frames, contract.eval_size)])
@@ -127,8 +128,9 @@ def write_onnx(model, contract, path, top_k=5):
         ids = tf.math.top_k(probs, top_k).indices
         return {"probabilities": tf.identity(probs, name="probabilities"), "top_k": tf.identity(ids, name="top_k")}
 
-    model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature,
-                                                   opset=ONNX_OPSET)
+    with grouped_convs_split(model):  # tf2onnx cannot convert Keras' XLA grouped convolution
+        model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature,
+                                                       opset=ONNX_OPSET)
     for key, value in (("class_names", json.dumps(list(contract.class_names))),
                        ("input_contract", json.dumps(contract.to_dict()))):
         meta = model_proto.metadata_props.add()
@@ -149,3 +151,27 @@ def run_onnx(path, video):
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(None, {session.get_inputs()[0].name: np.asarray(video, np.uint8)})))
+
+
+@dataclasses.dataclass(frozen=True)
+class Writer:
+    """One export format: where it goes (relative to the export folder), how it is
+    written and how it is run for the parity check (``video`` uint8 -> outputs)."""
+
+    relative_path: Callable  # (model_name, version) -> str
+    write: Callable  # (model, contract, path, model_name) -> None
+    run: Callable  # (path, video) -> {"probabilities": ..., "top_k": ...}
+    parity: str  # the export report's name for its parity check
+    folder: bool = False  # moved into place last (TF Serving watches folders)
+
+
+WRITERS = {
+    "saved_model": Writer(
+        relative_path=lambda name, version: os.path.join(name, str(version)),
+        write=lambda model, contract, path, name: write_saved_model(model, contract, path, model_name=name),
+        run=run_saved_model, parity="saved_model_vs_keras_pruned", folder=True),
+    "onnx": Writer(
+        relative_path=lambda name, version: f"{name}.onnx",
+        write=lambda model, contract, path, name: write_onnx(model, contract, path),
+        run=run_onnx, parity="onnx_runtime_vs_keras_pruned"),
+}

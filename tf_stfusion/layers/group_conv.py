@@ -14,6 +14,8 @@ switch on the pruned network before tracing its serving function. A depthwise
 frame: one op, fast everywhere and exportable.
 """
 
+import contextlib
+
 import keras
 from keras import ops
 
@@ -43,9 +45,16 @@ class GroupConv3D(keras.layers.Conv3D):
         return ops.concatenate(outputs, axis=-1)
 
 
-def split_grouped_convs(model):
-    """Switches every GroupConv3D of ``model`` to one convolution per group."""
-    for layer in model.layers:
-        if isinstance(layer, GroupConv3D):
-            layer.split_groups = True
-    return model
+@contextlib.contextmanager
+def grouped_convs_split(model):
+    """Inside: every GroupConv3D of ``model`` runs one convolution per group (the
+    same function); the caller's setting is restored on the way out."""
+    convs = [layer for layer in model.layers if isinstance(layer, GroupConv3D)]
+    before = [layer.split_groups for layer in convs]
+    for layer in convs:
+        layer.split_groups = True
+    try:
+        yield model
+    finally:
+        for layer, value in zip(convs, before):
+            layer.split_groups = value

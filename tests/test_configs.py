@@ -1,0 +1,44 @@
+"""The flag files travel with the package and are found by name from any directory."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+from tf_stfusion import configs
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_a_bare_or_old_style_name_resolves_to_the_packaged_file_and_a_real_path_wins(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    packaged = os.path.join(configs.FOLDER, "demo.flags")
+    assert configs.names() == ["demo.flags", "k400.flags", "sthv1.flags", "sthv2.flags", "ucf101.flags"]
+    assert configs.resolve_flagfiles(["train", "--flagfile=demo.flags", "--epochs=2"]) == \
+        ["train", f"--flagfile={packaged}", "--epochs=2"]
+    assert configs.resolve_flagfiles(["train", "--flagfile=configs/demo.flags"]) == ["train", f"--flagfile={packaged}"]
+    assert configs.resolve_flagfiles(["train", "--flagfile", "k400.flags"])[2].endswith("tf_stfusion/configs/k400.flags")
+    assert configs.resolve_flagfiles(["train", "--flagfile=mine.flags"]) == ["train", "--flagfile=mine.flags"]
+    (tmp_path / "demo.flags").write_text("--epochs=1\n")
+    assert configs.resolve_flagfiles(["train", "--flagfile=demo.flags"]) == ["train", "--flagfile=demo.flags"]
+
+
+def test_packaged_flag_files_work_from_any_directory_after_a_wheel_install(tmp_path):
+    wheels, site, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
+                    str(REPO)], check=True, capture_output=True, timeout=300)
+    (wheel,) = wheels.glob("tf_stfusion-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    env = dict(os.environ, PYTHONPATH=str(site))  # the wheel's copy, not the source tree
+    where = subprocess.run([sys.executable, "-c", "import tf_stfusion.configs as c; print(c.FOLDER)"], cwd=elsewhere,
+                           env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert where.startswith(str(site)) and os.path.isfile(os.path.join(where, "demo.flags"))
+    # The demo's flags are read (its --num_strategy_samples=100 among them): with a --phase that has no
+    # search phase they contradict it, which stops the run before any work.
+    result = subprocess.run([sys.executable, "-m", "tf_stfusion.train", "--flagfile=demo.flags", "--phase=nope"],
+                            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+    assert "Unable to open flagfile" not in result.stderr
+    assert result.returncode == 2 and "--num_strategy_samples samples from a search phase" in result.stderr
+    assert not (elsewhere / "runs").exists()
