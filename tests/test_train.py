@@ -280,6 +280,21 @@ def test_a_model_dir_of_another_run_is_refused(tmp_path, synth_dir):
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def test_a_command_line_without_flags_gives_the_dataclass_defaults():
+    # One source of defaults: TrainConfig / DataConfig (the paper's recipe); the flags take theirs.
+    from absl import flags
+    from absl.testing import flagsaver
+
+    import tf_stfusion.train as train_cli
+
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["train", "--model_dir=somewhere"])
+        config = train_cli.config_from_flags()
+    assert config == TrainConfig(model_dir="somewhere")
+    assert (config.backbone, config.batch_size, config.epochs, config.data.input_size) == ("densenet121", 32, 90, 224)
+
+
 @pytest.mark.parametrize("name, k, batch, epochs, lr, lr_steps", [
     ("k400", 10, 64, 110, 0.01, (40, 80)),
     ("sthv1", 250, 32, 90, 0.005, (40, 60, 80)),

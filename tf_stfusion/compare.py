@@ -114,7 +114,8 @@ def run_compare(config: CompareConfig, log=print):
                   "ci_method": CI_METHOD, "paired_method": PAIRED_METHOD}
     atomic_write_json(os.path.join(out_dir, "comparison.json"), comparison)
     lines = ["# Opt vs the fixed strategies, each trained from scratch", "",
-             f"Each network is its strategy's pruned network, {comparison['trained']} "
+             f"Each network is its strategy's pruned network, trained from scratch on every training video "
+             "with the run's recipe "
              f"({trainer.config.epochs} epochs), evaluated on `{comparison['report_split']}` "
              f"({table['Opt']['num_videos']} videos, {run.data.eval_clips} clip(s) per video).", ""]
     lines += comparison_table(comparison)

@@ -1,13 +1,20 @@
 """What a training run is asked to do: ``TrainConfig`` (and its ``DataConfig``),
 checked for contradictions before any work starts. Plain dataclasses: the CLI
 (``train.py``) builds them from flags, ``runs.load_run_config`` from a run's
-``run.json``; nothing here touches TensorFlow."""
+``run.json``; nothing here touches TensorFlow, so the CLI can check its flags
+before TensorFlow starts.
+
+The defaults are the paper's recipe (SPEC §5) and the only ones: the CLI's flags
+take theirs from these fields (``train.py``), and a test holds them equal.
+"""
 
 import dataclasses
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 from tf_stfusion.data import synthetic
-from tf_stfusion.strategy import Strategy
+
+if TYPE_CHECKING:  # strategy.py loads TensorFlow
+    from tf_stfusion.strategy import Strategy
 
 PHASES = ("warmup", "search", "fixed")
 GATE_MODE_OF_PHASE = {"warmup": "off", "search": "search", "fixed": None}
@@ -50,16 +57,16 @@ class DataConfig:
 class TrainConfig:
     model_dir: str
     data: DataConfig = DataConfig()
-    backbone: str = "tiny"
+    backbone: str = "densenet121"
     phases: Tuple[str, ...] = ("warmup", "search")
-    strategy: Optional[Strategy] = None  # the fixed phase's strategy
+    strategy: Optional["Strategy"] = None  # the fixed phase's fusion strategy
     init_from: Optional[str] = None
     init: str = "none"  # "imagenet": inflate Keras' 2D ImageNet weights when starting from scratch
-    batch_size: int = 8  # global
-    warmup_epochs: int = 1
-    epochs: int = 1  # of the search (or fixed) phase
+    batch_size: int = 32  # global
+    warmup_epochs: int = 50
+    epochs: int = 90  # of the search (or fixed) phase
     steps_per_epoch: int = 0  # 0: training clips // batch size
-    learning_rate: float = 0.01
+    learning_rate: float = 0.005
     warmup_learning_rate: Optional[float] = None  # default: learning_rate
     lr_steps: Tuple[int, ...] = ()  # epochs (inside the phase) where lr *= lr_decay
     warmup_lr_steps: Tuple[int, ...] = ()
@@ -72,10 +79,10 @@ class TrainConfig:
     entropy: str = "binary"
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
-    log_every: int = 10
+    log_every: int = 20
     eval_every: int = 0  # epochs; 0: only the final evaluation
     eval_batch_size: int = 0  # videos; 0: batch_size
-    mixed_precision: str = "off"
+    mixed_precision: str = "auto"  # float16 on a GPU, off on a CPU
     seed: int = 0
     progress: bool = True
     verify_data: bool = False  # check every shard's CRC32C before the first step (not only its size)

@@ -16,92 +16,93 @@ same command, started again after an interruption, resumes from the newest
 checkpoint; finished phases are skipped.
 """
 
+import dataclasses
 import os
 import sys
 
 from absl import app, flags, logging
 
+from tf_stfusion.config import DataConfig, TrainConfig
 from tf_stfusion.data import synthetic
-from tf_stfusion.data.sources import DATASETS
+from tf_stfusion.data.sources import SOURCE_KINDS
 from tf_stfusion.distribute import DISTRIBUTIONS
 from tf_stfusion.models import BACKBONES
 
 FLAGS = flags.FLAGS
+# One source of defaults: the flags take the dataclasses' (the paper's recipe).
+T = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+D = {f.name: f.default for f in dataclasses.fields(DataConfig)}
 
 # -- data --------------------------------------------------------------------
-flags.DEFINE_enum("dataset", "synthetic", list(DATASETS),
+flags.DEFINE_enum("dataset", D["dataset"], list(SOURCE_KINDS),
                   "'tfrecord': shards written by tf_stfusion.data.prepare in --data_dir; 'synthetic': the "
                   "built-in set, generated once into --data_dir (default: a cache folder).")
 flags.DEFINE_string("data_dir", None, "Folder of <split>-*.tfrecord shards and <split>-manifest.json.")
-flags.DEFINE_string("train_split", "train", "Split trained on.")
-flags.DEFINE_string("val_split", "val", "Split evaluated on.")
-flags.DEFINE_enum("synthetic_kind", "motion", list(synthetic.KINDS), "Synthetic set: motion or appearance.")
-flags.DEFINE_integer("synthetic_videos_per_class", 48, "Synthetic: training videos per class.")
-flags.DEFINE_integer("synthetic_val_videos_per_class", 16, "Synthetic: validation videos per class.")
-flags.DEFINE_integer("synthetic_frames", 16, "Synthetic: frames per video.")
-flags.DEFINE_integer("synthetic_size", 64, "Synthetic: height and width of the videos.")
-flags.DEFINE_integer("num_frames", 16, "Frames per clip.")
-flags.DEFINE_integer("frame_stride", 1, "Dense sampling: take every n-th frame.")
-flags.DEFINE_enum("sampler", "dense", ["dense", "uniform"], "Clip sampler (dense: consecutive frames with "
+flags.DEFINE_string("train_split", D["train_split"], "Split trained on.")
+flags.DEFINE_string("val_split", D["val_split"], "Split evaluated on.")
+synthetic.define_flags(flags)
+flags.DEFINE_integer("num_frames", D["num_frames"], "Frames per clip.")
+flags.DEFINE_integer("frame_stride", D["frame_stride"], "Dense sampling: take every n-th frame.")
+flags.DEFINE_enum("sampler", D["sampler"], ["dense", "uniform"], "Clip sampler (dense: consecutive frames with "
                   "--frame_stride; uniform: one frame per segment, TSN style).")
-flags.DEFINE_integer("input_size", 224, "Training crop (height = width).")
+flags.DEFINE_integer("input_size", D["input_size"], "Training crop (height = width).")
 flags.DEFINE_integer("eval_size", 0, "Evaluation: short side and centre crop (0: --input_size).")
-flags.DEFINE_integer("eval_clips", 1, "Evaluation: clips per video, spread uniformly; scores averaged.")
+flags.DEFINE_integer("eval_clips", D["eval_clips"], "Evaluation: clips per video, spread uniformly; scores averaged.")
 flags.DEFINE_enum("flip", "auto", ["auto", "on", "off"],
                   "Random horizontal flip in training (auto: unless the dataset forbids it).")
-flags.DEFINE_list("scale_range", ["1.0", "1.25"], "Training: the short side is resized to input_size "
+flags.DEFINE_list("scale_range", [str(v) for v in D["scale_range"]], "Training: the short side is resized to input_size "
                   "times a factor drawn from this range, then cropped.")
-flags.DEFINE_integer("shuffle_buffer", 256, "Examples in the shuffle buffer.")
-flags.DEFINE_enum("select_split", "holdout", ["holdout", "val"],
+flags.DEFINE_integer("shuffle_buffer", D["shuffle_buffer"], "Examples in the shuffle buffer.")
+flags.DEFINE_enum("select_split", D["select_split"], ["holdout", "val"],
                   "Where the strategy search selects: holdout (a class-stratified part of the training videos, "
                   "chosen by a hash of the video id, that the template does not train on; the report split is "
                   "--val_split) or val (the paper's protocol: selected and reported on the same split, optimistic).")
-flags.DEFINE_float("holdout_fraction", 0.1, "With --select_split=holdout: the fraction of each class's training "
+flags.DEFINE_float("holdout_fraction", D["holdout_fraction"], "With --select_split=holdout: the fraction of each class's training "
                    "videos held out.")
 # -- model --------------------------------------------------------------------
-flags.DEFINE_enum("backbone", "densenet121", sorted(BACKBONES), "Template backbone.")
+flags.DEFINE_enum("backbone", T["backbone"], sorted(BACKBONES), "Template backbone.")
 flags.DEFINE_string("strategy", None, "Train this fixed strategy network from scratch: a strategy file, "
                     "or S, ST, S+ST for the uniform baselines. Implies --phase=fixed.")
-flags.DEFINE_enum("init", "none", ["none", "imagenet"], "Starting weights of a run from scratch: imagenet "
+flags.DEFINE_enum("init", T["init"], ["none", "imagenet"], "Starting weights of a run from scratch: imagenet "
                   "inflates Keras' 2D ImageNet DenseNet-121 / ResNet-50 (downloaded by Keras at run time).")
 flags.DEFINE_string("init_from", None, "Start from the weights of another run (folder) or checkpoint.")
-flags.DEFINE_float("init_drop_prob", 0.1, "Initial drop probability p of every gate.")
-flags.DEFINE_float("temperature", 0.2, "Relaxed Bernoulli temperature tau.")
+flags.DEFINE_float("init_drop_prob", T["init_drop_prob"], "Initial drop probability p of every gate.")
+flags.DEFINE_float("temperature", T["temperature"], "Relaxed Bernoulli temperature tau.")
 # -- optimisation -------------------------------------------------------------------
-flags.DEFINE_list("phase", ["warmup", "search"], "Phases to run, in order: warmup, search (or fixed).")
-flags.DEFINE_integer("batch_size", 32, "Global batch size (split over replicas).")
-flags.DEFINE_integer("eval_batch_size", 0, "Videos per evaluation batch (0: --batch_size).")
-flags.DEFINE_integer("warmup_epochs", 50, "Epochs of the warm-up phase.")
-flags.DEFINE_integer("epochs", 90, "Epochs of the search phase (or of a fixed-strategy run).")
-flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch (0: training clips // batch size).")
-flags.DEFINE_float("learning_rate", 0.005, "SGD learning rate of the search / fixed phase.")
-flags.DEFINE_float("warmup_learning_rate", None, "Learning rate of the warm-up (default: --learning_rate).")
+flags.DEFINE_list("phase", list(T["phases"]), "Phases to run, in order: warmup, search (or fixed).")
+flags.DEFINE_integer("batch_size", T["batch_size"], "Global batch size (split over replicas).")
+flags.DEFINE_integer("eval_batch_size", T["eval_batch_size"], "Videos per evaluation batch (0: --batch_size).")
+flags.DEFINE_integer("warmup_epochs", T["warmup_epochs"], "Epochs of the warm-up phase.")
+flags.DEFINE_integer("epochs", T["epochs"], "Epochs of the search phase (or of a fixed-strategy run).")
+flags.DEFINE_integer("steps_per_epoch", T["steps_per_epoch"], "Steps per epoch (0: training clips // batch size).")
+flags.DEFINE_float("learning_rate", T["learning_rate"], "SGD learning rate of the search / fixed phase.")
+flags.DEFINE_float("warmup_learning_rate", T["warmup_learning_rate"], "Learning rate of the warm-up (default: --learning_rate).")
 flags.DEFINE_list("lr_steps", [], "Epochs of the search / fixed phase after which lr *= --lr_decay.")
 flags.DEFINE_list("warmup_lr_steps", [], "The same for the warm-up phase.")
-flags.DEFINE_float("lr_decay", 0.1, "Factor of each learning-rate step.")
-flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-flags.DEFINE_float("weight_decay", 1e-4, "L2 weight decay of conv/dense kernels (search phase: not on the "
+flags.DEFINE_float("lr_decay", T["lr_decay"], "Factor of each learning-rate step.")
+flags.DEFINE_float("momentum", T["momentum"], "SGD momentum.")
+flags.DEFINE_float("weight_decay", T["weight_decay"], "L2 weight decay of conv/dense kernels (search phase: not on the "
                    "gated convolutions, whose prior is the Eq. 5 term).")
-flags.DEFINE_float("length_scale", 50.0, "Length-scale prior k of Eq. 5 (paper: 250 Sth-V1, 10 K400, "
+flags.DEFINE_float("length_scale", T["length_scale"], "Length-scale prior k of Eq. 5 (paper: 250 Sth-V1, 10 K400, "
                    "50 Sth-V2 / UCF101).")
-flags.DEFINE_enum("entropy", "binary", ["binary", "paper"], "Entropy term of Eq. 5.")
-flags.DEFINE_enum("mixed_precision", "auto", ["auto", "off", "float16", "bfloat16"],
+flags.DEFINE_enum("entropy", T["entropy"], ["binary", "paper"], "Entropy term of Eq. 5.")
+flags.DEFINE_enum("mixed_precision", T["mixed_precision"], ["auto", "off", "float16", "bfloat16"],
                   "Mixed precision (auto: float16 on a GPU, off on a CPU).")
 # -- run --------------------------------------------------------------------------
 flags.DEFINE_string("model_dir", None, "Run folder: checkpoints, logs, probabilities.json, metrics.json.")
-flags.DEFINE_integer("checkpoint_every", 500, "Checkpoint every n steps (and at each epoch end).")
-flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept per phase.")
-flags.DEFINE_integer("log_every", 20, "TensorBoard scalars every n steps.")
-flags.DEFINE_integer("eval_every", 0, "Validate every n epochs during training (0: only at the end).")
+flags.DEFINE_integer("checkpoint_every", T["checkpoint_every"], "Checkpoint every n steps (and at each epoch end).")
+flags.DEFINE_integer("keep_checkpoints", T["keep_checkpoints"], "Checkpoints kept per phase.")
+flags.DEFINE_integer("log_every", T["log_every"], "TensorBoard scalars every n steps.")
+flags.DEFINE_integer("eval_every", T["eval_every"], "Validate every n epochs during training (0: only at the end).")
 flags.DEFINE_enum("distribution", "auto", list(DISTRIBUTIONS),
                   "auto: multi_worker if TF_CONFIG lists several workers, mirrored on several GPUs, else "
                   "one_device (GPU or CPU).")
 flags.DEFINE_list("devices", [], "Devices for mirrored / one_device (default: all GPUs, or the CPU).")
-flags.DEFINE_integer("seed", 0, "Random seed (weights, gate noise, data order).")
-flags.DEFINE_bool("progress", True, "Progress bars on the terminal.")
-flags.DEFINE_bool("verify_data", False, "Check every shard's CRC32C against its record before the first step "
+flags.DEFINE_integer("seed", T["seed"], "Random seed (weights, gate noise, data order).")
+flags.DEFINE_bool("progress", T["progress"], "Progress bars on the terminal.")
+flags.DEFINE_bool("verify_data", T["verify_data"], "Check every shard's CRC32C against its record before the first step "
                   "(reads all the data once); its size is always checked.")
-flags.DEFINE_bool("skip_corrupt_records", False, "Go on without records that cannot be read (a damaged shard), "
+flags.DEFINE_bool("skip_corrupt_records", T["skip_corrupt_records"], "Go on without records that cannot be read (a damaged shard), "
                   "counting the videos lost (log and metrics.json), instead of stopping.")
 flags.DEFINE_integer("num_strategy_samples", 0, "After the search phase, sample and evaluate this many "
                      "strategies (python -m tf_stfusion.search; 0: skip).")
@@ -127,8 +128,6 @@ def load_strategy(value, backbone):
 
 def config_from_flags():
     """The ``TrainConfig`` of the command line (validated)."""
-    from tf_stfusion.config import DataConfig, TrainConfig
-
     if not FLAGS.model_dir:
         raise ValueError("--model_dir is required")
     phases = tuple(FLAGS.phase)
@@ -147,11 +146,7 @@ def config_from_flags():
         eval_clips=FLAGS.eval_clips, flip={"auto": None, "on": True, "off": False}[FLAGS.flip],
         scale_range=scale, shuffle_buffer=FLAGS.shuffle_buffer, select_split=FLAGS.select_split,
         holdout_fraction=FLAGS.holdout_fraction,
-        synthetic_config=synthetic.SyntheticConfig(
-            kind=FLAGS.synthetic_kind, videos_per_class=FLAGS.synthetic_videos_per_class,
-            val_videos_per_class=FLAGS.synthetic_val_videos_per_class,
-            num_frames=FLAGS.synthetic_frames, size=FLAGS.synthetic_size, seed=FLAGS.seed,
-        ),
+        synthetic_config=synthetic.config_from_flags(FLAGS, seed=FLAGS.seed),
     )
     if FLAGS.num_strategy_samples and "search" not in phases:
         raise ValueError("--num_strategy_samples samples from a search phase; this run has none "

@@ -34,7 +34,7 @@ from tf_stfusion.data.integrity import check_shards, shard_record
 from tf_stfusion.data.video import VideoError, decode, resize_image
 from tf_stfusion.fileio import atomic_write_json
 
-DATASETS = sorted(readers.READERS) + ["synthetic"]
+LAYOUTS = sorted(readers.READERS) + ["synthetic"]  # what prepare reads: a dataset's folder layout
 
 FLAGS = flags.FLAGS
 
@@ -42,7 +42,7 @@ FLAGS = flags.FLAGS
 def define_flags():
     """The CLI's flags; defined only when run as a program, so that importing
     this module (e.g. from ``train``) does not claim flag names like --dataset."""
-    flags.DEFINE_enum("dataset", None, DATASETS, "Dataset layout to read.")
+    flags.DEFINE_enum("dataset", None, LAYOUTS, "Dataset layout to read.")
     flags.DEFINE_string("data_dir", None, "Dataset root (annotations); not needed for synthetic.")
     flags.DEFINE_string("video_dir", None, "Where the videos/frames are, if not the layout's default.")
     flags.DEFINE_string("annotation_file", None, "Kinetics-400: the split's CSV, if not <data_dir>/<split>.csv.")
@@ -56,11 +56,7 @@ def define_flags():
     flags.DEFINE_integer("min_frames", 1, "Skip (and report) videos with fewer frames.")
     flags.DEFINE_integer("max_frames", 0, "Keep at most this many frames per video (0: all).")
     flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of the stored frames.")
-    flags.DEFINE_enum("synthetic_kind", "motion", list(synthetic.KINDS), "Synthetic dataset variant.")
-    flags.DEFINE_integer("synthetic_videos_per_class", 48, "Synthetic: training videos per class.")
-    flags.DEFINE_integer("synthetic_val_videos_per_class", 16, "Synthetic: validation videos per class.")
-    flags.DEFINE_integer("synthetic_frames", 16, "Synthetic: frames per clip.")
-    flags.DEFINE_integer("synthetic_size", 64, "Synthetic: height and width.")
+    synthetic.define_flags(flags)
     flags.DEFINE_integer("seed", 0, "Synthetic: generator seed.")
 
 
@@ -328,11 +324,7 @@ def main(argv):
     config = None
     short_side = FLAGS.short_side
     if FLAGS.dataset == "synthetic":
-        config = synthetic.SyntheticConfig(
-            kind=FLAGS.synthetic_kind, videos_per_class=FLAGS.synthetic_videos_per_class,
-            val_videos_per_class=FLAGS.synthetic_val_videos_per_class,
-            num_frames=FLAGS.synthetic_frames, size=FLAGS.synthetic_size, seed=FLAGS.seed,
-        )
+        config = synthetic.config_from_flags(FLAGS, seed=FLAGS.seed)
         if not FLAGS["short_side"].present:
             short_side = 0
     try:

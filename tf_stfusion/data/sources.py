@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Tuple
 from tf_stfusion.data import integrity, synthetic
 from tf_stfusion.fileio import claim_settings
 
-DATASETS = ("synthetic", "tfrecord")
+SOURCE_KINDS = ("synthetic", "tfrecord")  # what a run reads: the built-in set, or prepared shards
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,8 +177,8 @@ def resolve_source(dataset, data_dir=None, train_split="train", val_split="val",
     unless ``skip_corrupt``: then the videos that cannot be read are listed in
     ``lost_videos`` and the run goes on without them.
     """
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    if dataset not in SOURCE_KINDS:
+        raise ValueError(f"dataset must be one of {SOURCE_KINDS}, got {dataset!r}")
     if dataset == "synthetic":
         data_dir = ensure_synthetic(synthetic_config or synthetic.SyntheticConfig(), data_dir,
                                     (train_split, val_split), progress)

@@ -59,6 +59,28 @@ class SyntheticConfig:
         return self.videos_per_class if split == "train" else self.val_videos_per_class
 
 
+# The command-line spelling of each field (train.py and prepare.py share these flags).
+FLAG_FIELDS = {"synthetic_kind": "kind", "synthetic_videos_per_class": "videos_per_class",
+               "synthetic_val_videos_per_class": "val_videos_per_class", "synthetic_frames": "num_frames",
+               "synthetic_size": "size"}
+
+
+def define_flags(flags):
+    """Declares the synthetic set's flags on absl ``flags``, defaults from ``SyntheticConfig``."""
+    default = SyntheticConfig()
+    flags.DEFINE_enum("synthetic_kind", default.kind, list(KINDS), "Synthetic set: motion or appearance.")
+    flags.DEFINE_integer("synthetic_videos_per_class", default.videos_per_class, "Synthetic: training videos per class.")
+    flags.DEFINE_integer("synthetic_val_videos_per_class", default.val_videos_per_class,
+                         "Synthetic: validation videos per class.")
+    flags.DEFINE_integer("synthetic_frames", default.num_frames, "Synthetic: frames per video.")
+    flags.DEFINE_integer("synthetic_size", default.size, "Synthetic: height and width of the videos.")
+
+
+def config_from_flags(values, seed=0):
+    """The ``SyntheticConfig`` of parsed absl flags ``values`` (``flags.FLAGS``)."""
+    return SyntheticConfig(seed=seed, **{field: values[name].value for name, field in FLAG_FIELDS.items()})
+
+
 def _texture(rng, size, base_colour, contrast):
     """A smooth random texture: low-resolution noise upsampled, tinted."""
     cells = rng.integers(3, 7)

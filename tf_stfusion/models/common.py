@@ -102,6 +102,24 @@ def post_norm_paths(x, name, fusion_layer, width, unit, make_gate, synchronized)
     return keras.layers.Add(name=f"{name}_sum")(paths) if len(paths) > 1 else paths[0]
 
 
+class Backbone:
+    """The hooks every backbone config provides (``models/__init__.py``, ``prune.py``,
+    ``inflate.py``, ``accounting.py`` call them; nothing outside ``models/`` branches
+    on a config's type):
+
+    * ``build(**kwargs)`` -> the template or a pruned Keras model;
+    * ``count(units, num_classes, input_shape)`` -> a ``Tally`` (params, FLOPs) without building;
+    * ``copy_pruned(template, pruned, strategy)`` -> names of the layers it filled itself,
+      for what copying layers by name cannot do (default: nothing; a skipped block that
+      leaves no channels behind needs no more than the copy);
+    * ``inflate(copy, stem_frames)`` -> Keras' 2D ImageNet weights into the template
+      (only backbones listed in ``inflate.INFLATABLE`` have it).
+    """
+
+    def copy_pruned(self, template, pruned, strategy):
+        return set()
+
+
 class GateFactory:
     """Makes the gates of one template with distinct, reproducible seeds."""
 

@@ -31,12 +31,12 @@ import keras
 import numpy as np
 
 from tf_stfusion.layers.temporal_bias import TemporalBias
-from tf_stfusion.models.common import (BN_EPSILON, GateConfig, Tally, bn_relu, conv, stem, stem_count,
+from tf_stfusion.models.common import (BN_EPSILON, Backbone, GateConfig, Tally, bn_relu, conv, stem, stem_count,
                                        template_inputs)
 
 
 @dataclasses.dataclass(frozen=True)
-class DenseNet3DConfig:
+class DenseNet3DConfig(Backbone):
     """Explicit architecture of a 3D DenseNet template."""
 
     block_sizes: Tuple[int, ...] = (6, 12, 24, 16)

@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 
 from tf_stfusion.layers.group_conv import GroupConv3D
-from tf_stfusion.models.common import GateConfig, Tally, bn, conv, post_norm_paths, template_inputs
+from tf_stfusion.models.common import Backbone, GateConfig, Tally, bn, conv, post_norm_paths, template_inputs
 
 # (expansion t, channels, blocks, first stride, stage) -- the 2D MobileNetV2 table plus our stages.
 INVERTED_RESIDUALS = ((1, 16, 1, 1, 1), (6, 24, 2, 2, 1), (6, 32, 3, 2, 2), (6, 64, 4, 2, 3),
@@ -32,7 +32,7 @@ INVERTED_RESIDUALS = ((1, 16, 1, 1, 1), (6, 24, 2, 2, 1), (6, 32, 3, 2, 2), (6, 
 
 
 @dataclasses.dataclass(frozen=True)
-class MobileNetV23DConfig:
+class MobileNetV23DConfig(Backbone):
     blocks: Tuple[Tuple[int, int, int, int, int], ...] = INVERTED_RESIDUALS
     stem_filters: int = 32
     stem_kernel: Tuple[int, int, int] = (3, 3, 3)
@@ -57,9 +57,6 @@ class MobileNetV23DConfig:
 
     def count(self, units, num_classes, input_shape):
         return count_mobilenet3d(self, units, num_classes, input_shape)
-
-    def copy_pruned(self, template, pruned, strategy):
-        return set()  # a skipped block leaves no channels behind: every layer is copied by name
 
 
 @keras.saving.register_keras_serializable(package="tf_stfusion")

@@ -25,11 +25,12 @@ from typing import Optional, Sequence, Tuple
 import keras
 
 from tf_stfusion.layers.group_conv import GroupConv3D
-from tf_stfusion.models.common import GateConfig, Tally, bn, conv, post_norm_paths, stem, stem_count, template_inputs
+from tf_stfusion.models.common import (Backbone, GateConfig, Tally, bn, conv, post_norm_paths, stem, stem_count,
+                                       template_inputs)
 
 
 @dataclasses.dataclass(frozen=True)
-class ResNet3DConfig:
+class ResNet3DConfig(Backbone):
     """Explicit architecture of a 3D ResNet / ResNeXt template."""
 
     block_sizes: Tuple[int, ...] = (3, 4, 6, 3)
@@ -49,9 +50,6 @@ class ResNet3DConfig:
 
     def count(self, units, num_classes, input_shape):
         return count_resnet3d(self, units, num_classes, input_shape)
-
-    def copy_pruned(self, template, pruned, strategy):
-        return set()  # a skipped block leaves no channels behind: every layer is copied by name
 
     def inflate(self, copy, stem_frames):
         inflate_resnet(self, copy, stem_frames)
