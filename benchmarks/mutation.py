@@ -32,8 +32,7 @@ sys.path.insert(0, REPO)
 # module -> the fast tests that guard it (pytest arguments)
 TARGETS = {
     "layers/drop_path": ["tests/test_drop_path.py", "tests/test_numbers.py"],
-    "gating": ["tests/test_numbers.py", "tests/test_drop_path.py", "tests/test_selection.py::"
-               "test_prior_warning_fires_with_a_huge_k_and_stays_quiet_otherwise"],
+    "gating": ["tests/test_numbers.py", "tests/test_drop_path.py", "tests/test_selection.py"],
     "strategy": ["tests/test_strategy.py", "tests/test_numbers.py"],
     "evaluation": ["tests/test_numbers.py", "tests/test_search.py::test_search_results_equal_a_fresh_model_in_fixed_mode"],
     "accounting": ["tests/test_numbers.py", "tests/test_model.py"],

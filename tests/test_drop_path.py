@@ -183,6 +183,9 @@ def test_regularizer_matches_hand_computation(tiny, entropy):
     got = float(stf.fusion_regularizer(tiny, length_scale=50.0, num_train=1000, entropy=entropy))
     want = _hand_regularizer(tiny, 50.0, 1000, entropy)
     assert got == pytest.approx(want, rel=1e-5)
+    # One training clip is a valid N (the smallest): the same formula, no refusal.
+    got_one = float(stf.fusion_regularizer(tiny, length_scale=50.0, num_train=1, entropy=entropy))
+    assert got_one == pytest.approx(_hand_regularizer(tiny, 50.0, 1, entropy), rel=1e-5)
 
 
 def test_regularizer_gradient_reaches_logits_and_weights(tiny):
@@ -251,3 +254,15 @@ def test_changing_fixed_strategy_20_times_does_not_retrace(tiny, clips):
     stf.apply_strategy(tiny, stf.Strategy.uniform("ST", tiny))
     tiny.predict(clips, verbose=0)
     assert tiny.predict_function is fn
+
+
+def test_a_mode_change_drops_keras_compiled_functions(tiny, clips):
+    # The mode decides the graph: Keras' cached predict function must be rebuilt after a change.
+    stf.set_gate_mode(tiny, "off")
+    tiny.compile()
+    off = tiny.predict(clips, verbose=0)
+    stf.apply_strategy(tiny, stf.Strategy.uniform("S", "tiny"))  # fixed mode, ST paths dropped
+    assert tiny.predict_function is None
+    fixed = tiny.predict(clips, verbose=0)
+    assert np.abs(fixed - off).max() > 1e-3
+    assert stf.set_gate_mode(tiny, "fixed") is False and tiny.predict_function is not None  # no-op: kept

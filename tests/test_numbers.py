@@ -127,3 +127,9 @@ def test_each_gates_eq5_term_penalises_the_kernel_it_drops(backbone):
         w2 = float(np.sum(np.square(np.asarray(gate_kernel(model, g)), dtype=np.float64)))
         expected += k * k / (2 * n) * (1 - p) * w2 + (p * math.log(p) + (1 - p) * math.log(1 - p)) / n
     assert float(gating.fusion_regularizer(model, k, n)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_cost_refuses_an_input_shape_that_is_not_frames_height_width_rgb():
+    for shape in ((16, 224, 224), (16, 224, 224, 4), (1, 16, 224, 224, 3)):
+        with pytest.raises(ValueError, match=r"input_shape must be \(frames, height, width, 3\)"):
+            stf.cost("tiny", None, input_shape=shape, num_classes=10)
