@@ -133,3 +133,21 @@ def test_cost_refuses_an_input_shape_that_is_not_frames_height_width_rgb():
     for shape in ((16, 224, 224), (16, 224, 224, 4), (1, 16, 224, 224, 3)):
         with pytest.raises(ValueError, match=r"input_shape must be \(frames, height, width, 3\)"):
             stf.cost("tiny", None, input_shape=shape, num_classes=10)
+
+
+@pytest.mark.parametrize("backbone", ["tiny", "densenet121", "resnet50", "resnext50_32x4d", "mobilenet_v2"])
+def test_analytic_cost_equals_counting_the_built_pruned_network(backbone):
+    # cost() works the pruned network out from the architecture without building it; here it meets
+    # Keras' own count of the built network, for random strategies (skipped layers, projection
+    # shortcuts, odd sizes that round up under stride 2 included).
+    from tf_stfusion.accounting import count_model
+
+    names = stf.layer_names(backbone)
+    rng = np.random.default_rng(len(backbone))
+    for _ in range(2):
+        units = list(rng.choice(["S", "ST", "S+ST", "none"], size=len(names)))
+        strategy = stf.Strategy.from_units(backbone, units)
+        pruned = stf.build_template(backbone, num_classes=7, num_frames=4, input_size=72, units=units)
+        c = stf.cost(backbone, strategy, input_shape=(4, 72, 72, 3), num_classes=7)
+        trainable, _, flops = count_model(pruned)
+        assert (c.params, c.flops) == (trainable, flops), units
