@@ -380,6 +380,7 @@ def test_learning_rate_steps_at_the_configured_epochs(synth_dir, tmp_path):
         used.append(float(_current_lr(state.optimizer)))  # what the coming update uses
         step(tf.constant(x), tf.constant(y))
     np.testing.assert_allclose(used, [0.05, 0.05, 0.005, 0.005, 0.0005, 0.0005], rtol=1e-6)
+    assert int(state.step) == 6  # the step a checkpoint records and a resume starts from
 
 
 def test_no_frame_is_mirrored_without_flip(synth_dir, tmp_path):
