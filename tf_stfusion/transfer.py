@@ -9,7 +9,7 @@
   relative depth ``j / n`` of the source stage.
 
     python -m tf_stfusion.transfer --backbone=resnet50 --opt_rule --output=opt.json
-    python -m tf_stfusion.transfer --backbone=resnet50 --from_strategy=runs/demo/search/best.json --output=m.json
+    python -m tf_stfusion.transfer --backbone=resnet50 --from_strategy=runs/demo/strategies/best.json --output=m.json
 """
 
 import sys

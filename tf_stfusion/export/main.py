@@ -292,7 +292,7 @@ def serving_check(template, run, contract, saved_model_dir, batch_size=8, verify
 
 
 def define_flags():
-    flags.DEFINE_string("strategy", None, "Strategy file (e.g. RUN/search/best.json).")
+    flags.DEFINE_string("strategy", None, "Strategy file (e.g. RUN/strategies/best.json).")
     flags.DEFINE_string("model_dir", None, "The training run whose template weights are used.")
     flags.DEFINE_string("checkpoint", None, "Checkpoint (default: the run's newest, search before warm-up).")
     flags.DEFINE_string("export_dir", None, "Output folder.")
