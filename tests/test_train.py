@@ -280,6 +280,20 @@ def test_a_model_dir_of_another_run_is_refused(tmp_path, synth_dir):
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def test_config_errors_name_fields_and_the_cli_names_flags():
+    # Flag names stop at the CLI: the config speaks of its fields, train.py renders its flags.
+    import tf_stfusion.train as train_cli
+
+    with pytest.raises(TrainError) as caught:
+        TrainConfig(model_dir="x", phases=(), batch_size=0).validate()
+    assert str(caught.value) == "phases is empty; give warmup, search, warmup,search or fixed"
+    assert train_cli.message(caught.value) == "--phase is empty; give warmup, search, warmup,search or fixed"
+    with pytest.raises(TrainError) as caught:
+        TrainConfig(model_dir="x", batch_size=0).validate()
+    assert str(caught.value) == "batch_size must be >= 1, got 0"
+    assert train_cli.message(caught.value) == "--batch_size must be >= 1, got 0"
+
+
 def test_a_command_line_without_flags_gives_the_dataclass_defaults():
     # One source of defaults: TrainConfig / DataConfig (the paper's recipe); the flags take theirs.
     from absl import flags

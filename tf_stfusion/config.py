@@ -9,6 +9,7 @@ take theirs from these fields (``train.py``), and a test holds them equal.
 """
 
 import dataclasses
+import string
 from typing import TYPE_CHECKING, Optional, Tuple
 
 from tf_stfusion.data import synthetic
@@ -23,7 +24,28 @@ SELECT_SPLITS = ("holdout", "val")
 
 
 class TrainError(ValueError):
-    """A configuration or state problem found before (or instead of) training."""
+    """A configuration or state problem found before (or instead of) training.
+
+    A message names settings as ``$field`` (``$batch_size``, ``$phases``): ``str()``
+    gives the field names, ``render(name_of)`` whatever a front end calls them (the
+    CLI: its flags, ``--batch_size``, ``--phase``). Flag names stop at the CLI.
+    """
+
+    def render(self, name_of):
+        names = _Names(name_of)
+        return string.Template(str(self.args[0]) if self.args else "").safe_substitute(names)
+
+    def __str__(self):
+        return self.render(lambda field: field)
+
+
+class _Names(dict):
+    def __init__(self, name_of):
+        super().__init__()
+        self.name_of = name_of
+
+    def __missing__(self, field):
+        return self.name_of(field)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,27 +114,27 @@ class TrainConfig:
         """Refuses contradictions before any work starts."""
         phases = tuple(self.phases)
         if not phases:
-            raise TrainError("--phase is empty; give warmup, search, warmup,search or fixed")
+            raise TrainError("$phases is empty; give warmup, search, warmup,search or fixed")
         unknown = [p for p in phases if p not in PHASES]
         if unknown:
             raise TrainError(f"unknown phase(s) {unknown}; expected some of {PHASES}")
         if len(set(phases)) != len(phases):
-            raise TrainError(f"--phase repeats a phase: {','.join(phases)}")
+            raise TrainError(f"$phases repeats a phase: {','.join(phases)}")
         if "fixed" in phases and len(phases) > 1:
-            raise TrainError("--phase=fixed trains a strategy network from scratch; it cannot be combined "
+            raise TrainError("$phases=fixed trains a strategy network from scratch; it cannot be combined "
                              "with warmup/search")
         if phases == ("search", "warmup"):
-            raise TrainError("--phase=search,warmup: warm-up comes first (warmup,search)")
+            raise TrainError("$phases=search,warmup: warm-up comes first (warmup,search)")
         if (self.strategy is not None) != ("fixed" in phases):
-            raise TrainError("--strategy=FILE trains that fixed strategy (--phase=fixed); the template "
-                             "phases warmup/search take no --strategy" if self.strategy is not None else
-                             "--phase=fixed needs --strategy=FILE (or S, ST, S+ST)")
+            raise TrainError("$strategy=FILE trains that fixed strategy ($phases=fixed); the template "
+                             "phases warmup/search take no $strategy" if self.strategy is not None else
+                             "$phases=fixed needs $strategy=FILE (or S, ST, S+ST)")
         if self.strategy is not None and self.strategy.backbone != self.backbone:
-            raise TrainError(f"the strategy is for backbone {self.strategy.backbone!r} but --backbone="
+            raise TrainError(f"the strategy is for backbone {self.strategy.backbone!r} but $backbone="
                              f"{self.backbone}")
         for name in ("batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
-                raise TrainError(f"--{name} must be >= 1, got {getattr(self, name)}")
+                raise TrainError(f"${name} must be >= 1, got {getattr(self, name)}")
         for phase in phases:
             epochs, lr, steps = self.phase_schedule(phase)
             if epochs < 1:
@@ -123,29 +145,29 @@ class TrainConfig:
                 raise TrainError(f"lr steps of the {phase} phase must increase strictly and lie inside "
                                  f"(0, {epochs}) epochs, got {list(steps)}")
         if self.init not in ("none", "imagenet"):
-            raise TrainError(f"--init must be none or imagenet, got {self.init!r}")
+            raise TrainError(f"$init must be none or imagenet, got {self.init!r}")
         if self.init == "imagenet":
             from tf_stfusion.models.inflate import INFLATABLE
 
             if self.backbone not in INFLATABLE:
-                raise TrainError(f"--init=imagenet is available for {sorted(INFLATABLE)}, not {self.backbone}")
+                raise TrainError(f"$init=imagenet is available for {sorted(INFLATABLE)}, not {self.backbone}")
             if self.init_from:
-                raise TrainError("--init=imagenet and --init_from both set the starting weights; give one")
+                raise TrainError("$init=imagenet and $init_from both set the starting weights; give one")
         if not 0.0 < self.init_drop_prob < 1.0:
-            raise TrainError(f"--init_drop_prob must lie in (0, 1), got {self.init_drop_prob}")
+            raise TrainError(f"$init_drop_prob must lie in (0, 1), got {self.init_drop_prob}")
         if self.temperature <= 0 or self.length_scale <= 0:
-            raise TrainError("--temperature and --length_scale must be > 0")
+            raise TrainError("$temperature and $length_scale must be > 0")
         if self.weight_decay < 0 or self.momentum < 0 or not 0 < self.lr_decay <= 1:
-            raise TrainError("need --weight_decay >= 0, --momentum >= 0 and 0 < --lr_decay <= 1")
+            raise TrainError("need $weight_decay >= 0, $momentum >= 0 and 0 < $lr_decay <= 1")
         if self.mixed_precision not in MIXED_PRECISION:
-            raise TrainError(f"--mixed_precision must be one of {MIXED_PRECISION}")
+            raise TrainError(f"$mixed_precision must be one of {MIXED_PRECISION}")
         if self.data.eval_clips < 1 or self.data.num_frames < 1 or self.data.frame_stride < 1:
-            raise TrainError("--eval_clips, --num_frames and --frame_stride must be >= 1")
+            raise TrainError("$eval_clips, $num_frames and $frame_stride must be >= 1")
         if self.data.select_split not in SELECT_SPLITS:
-            raise TrainError(f"--select_split must be one of {SELECT_SPLITS}, got {self.data.select_split!r}")
+            raise TrainError(f"$select_split must be one of {SELECT_SPLITS}, got {self.data.select_split!r}")
         if self.data.select_split == "holdout" and not 0.0 < self.data.holdout_fraction < 1.0:
-            raise TrainError(f"--holdout_fraction must lie in (0, 1), got {self.data.holdout_fraction} "
-                             "(or --select_split=val to train on every training video)")
+            raise TrainError(f"$holdout_fraction must lie in (0, 1), got {self.data.holdout_fraction} "
+                             "(or $select_split=val to train on every training video)")
         return self
 
     def phase_schedule(self, phase):

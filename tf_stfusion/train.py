@@ -170,6 +170,19 @@ def config_from_flags():
     ).validate()
 
 
+# Config fields whose flag has another name.
+FLAG_OF_FIELD = {"phases": "phase"}
+
+
+def message(error):
+    """An error as the command line says it: settings named by their flags."""
+    from tf_stfusion.config import TrainError
+
+    if isinstance(error, TrainError):
+        return error.render(lambda field: f"--{FLAG_OF_FIELD.get(field, field)}")
+    return str(error)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -185,7 +198,7 @@ def main(argv):
         strategy = distribute.make_distribution(FLAGS.distribution, FLAGS.devices or None)
         trainer = Trainer(config, strategy)
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {message(e)}", file=sys.stderr)
         return 2
     from tf_stfusion.data.integrity import DataError
     from tf_stfusion.config import TrainError
@@ -199,7 +212,7 @@ def main(argv):
                                     seed=FLAGS.seed, progress=FLAGS.progress, verify_data=FLAGS.verify_data,
                                     skip_corrupt_records=FLAGS.skip_corrupt_records), tf_strategy=trainer.distribution)
     except (DataError, TrainError) as e:  # damaged data or checkpoints: one line, what to do
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {message(e)}", file=sys.stderr)
         return 2
     return 0
 
