@@ -1,5 +1,7 @@
 """Shared fixtures. TF is configured here, before any test touches it."""
 
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -113,3 +115,19 @@ def gate_kernel(model, gate):
             return layer(name).kernel
         frontier += graph.get(name, []) + [n for n, inputs in graph.items() if name in inputs]
     raise AssertionError(f"no 1x3x3 conv near {gate.name}")
+
+
+def hand_regularizer(model, k, n, entropy="binary"):
+    """Eq. 5 summed over the gates, by hand: ``k^2/(2N) (1-p) ||W||^2 + H(p)/N`` with
+    ``p = sigmoid(theta)`` and ``W`` the kernel the gate drops, found from the graph."""
+    total = 0.0
+    from tf_stfusion.gating import gate_layers
+
+    for gate in gate_layers(model):
+        theta = float(gate.drop_logit.numpy())
+        p = 1.0 / (1.0 + math.exp(-theta))
+        # The kernel the gate drops, found from the graph (not from the gate's own ``feeds``).
+        w2 = float(np.sum(np.square(np.asarray(gate_kernel(model, gate)), dtype=np.float64)))
+        ent = p * math.log(p) + ((1 - p) * math.log(1 - p) if entropy == "binary" else 0.0)
+        total += k * k / (2 * n) * (1 - p) * w2 + ent / n
+    return total

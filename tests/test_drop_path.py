@@ -11,7 +11,7 @@ import tf_stfusion as stf
 from tf_stfusion import gating
 from tf_stfusion.layers.drop_path import VariationalDropPath, binary_entropy_term
 
-from conftest import gate_kernel
+from conftest import hand_regularizer
 
 
 
@@ -163,29 +163,17 @@ def test_p_stays_strictly_inside_0_1():
         assert math.isfinite(term)
 
 
-def _hand_regularizer(model, k, n, entropy):
-    total = 0.0
-    for gate in gating.gate_layers(model):
-        theta = float(gate.drop_logit.numpy())
-        p = 1.0 / (1.0 + math.exp(-theta))
-        # The kernel the gate drops, found from the graph (not from the gate's own ``feeds``).
-        w2 = float(np.sum(np.square(np.asarray(gate_kernel(model, gate)), dtype=np.float64)))
-        ent = p * math.log(p) + ((1 - p) * math.log(1 - p) if entropy == "binary" else 0.0)
-        total += k * k / (2 * n) * (1 - p) * w2 + ent / n
-    return total
-
-
 @pytest.mark.parametrize("entropy", ["binary", "paper"])
 def test_regularizer_matches_hand_computation(tiny, entropy):
     rng = np.random.default_rng(1)
     for gate in gating.gate_layers(tiny):
         gate.drop_logit.assign(rng.uniform(-4, 4))
     got = float(stf.fusion_regularizer(tiny, length_scale=50.0, num_train=1000, entropy=entropy))
-    want = _hand_regularizer(tiny, 50.0, 1000, entropy)
+    want = hand_regularizer(tiny, 50.0, 1000, entropy)
     assert got == pytest.approx(want, rel=1e-5)
     # One training clip is a valid N (the smallest): the same formula, no refusal.
     got_one = float(stf.fusion_regularizer(tiny, length_scale=50.0, num_train=1, entropy=entropy))
-    assert got_one == pytest.approx(_hand_regularizer(tiny, 50.0, 1, entropy), rel=1e-5)
+    assert got_one == pytest.approx(hand_regularizer(tiny, 50.0, 1, entropy), rel=1e-5)
 
 
 def test_regularizer_gradient_reaches_logits_and_weights(tiny):

@@ -16,9 +16,11 @@ import tensorflow as tf
 
 import tf_stfusion as stf
 from tf_stfusion.data import sources, synthetic
-from tf_stfusion.gating import drop_probabilities, fusion_regularizer, gate_layers
+from tf_stfusion.gating import drop_probabilities, gate_layers
 from tf_stfusion.config import DataConfig, TrainConfig, TrainError
 from tf_stfusion.trainer import Trainer
+
+from conftest import hand_regularizer
 
 # 32 training and 32 validation clips in 2 + 2 shards (two workers get one each).
 SMALL = synthetic.SyntheticConfig(videos_per_class=4, val_videos_per_class=4, num_frames=8, size=32)
@@ -102,7 +104,7 @@ def test_regularizer_is_in_the_search_loss(tmp_path, synth_dir):
         kernels = [model.get_layer(g.feeds).kernel for g in gate_layers(model)]
         # N of Eq. 5 is the number of clips trained on: the training split minus the selection hold-out.
         assert trainer.num_train == trainer.source.num_train - len(trainer.holdout) > 0
-        expected_reg = float(fusion_regularizer(model, k, trainer.num_train))
+        expected_reg = hand_regularizer(model, k, trainer.num_train)  # Eq. 5 by hand (conftest)
         before = sum(float(tf.reduce_sum(tf.square(w))) for w in kernels)
         loss, reg, _ = _one_step(trainer, "search", fixed_batch())
         assert reg == pytest.approx(expected_reg, rel=1e-4)  # the step's loss carried Eq. 5
