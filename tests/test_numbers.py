@@ -48,6 +48,21 @@ def test_multi_clip_top1_top5_and_nll_by_hand():
     assert metrics["top1_ci"][0] < expected_top1 < metrics["top1_ci"][1] and metrics["num_videos"] == 3
 
 
+def test_video_probabilities_average_the_views_by_hand():
+    # The one-device path the export's serving check compares against: mean over each video's views.
+    from tf_stfusion.evaluation import video_probabilities
+
+    order = ["C", "A", "B"]
+    clips = np.log(np.array([VIEWS[v][k] for v in order for k in (1, 2)], np.float32)).reshape(6, 1, 1, 2, 3)
+    positions = np.array([sorted(VIEWS).index(v) for v in order], np.int64)
+    labels = np.zeros(3, np.int32)
+    model = keras.Sequential([keras.Input((1, 1, 2, 3)), keras.layers.Reshape((6,))])
+    dataset = tf.data.Dataset.from_tensors((clips, labels, positions))
+    got = video_probabilities(model, dataset, 2, 3)
+    want = [np.mean([VIEWS[v][1], VIEWS[v][2]], axis=0) for v in sorted(VIEWS)]  # A, B, C
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
 # -- parameters and FLOPs ---------------------------------------------------------------------
 SHAPE = (16, 224, 224, 3)
 

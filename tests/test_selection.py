@@ -155,6 +155,12 @@ def test_prior_diagnostics_numbers_and_warning_threshold():
     loud = prior_diagnostics([0.99] * 9 + [0.5], length_scale=1000, num_train=24, loss=1.0, regularizer=30.0)
     assert loud["fraction_gates_above_0.9"] == pytest.approx(0.9)
     assert "--length_scale=1000" in loud["warning"] and "k^2/(2N) = 2.08e+04" in loud["warning"]
+    # The thresholds are strict: p = 0.9 exactly is not "above 0.9", and exactly 80% of the gates
+    # above it does not yet warn ("more than 80%").
+    edge = prior_diagnostics([0.9, 0.95, 0.5, 0.5], length_scale=4, num_train=920)
+    assert edge["fraction_gates_above_0.9"] == pytest.approx(0.25)
+    at_80 = prior_diagnostics([0.95] * 8 + [0.5] * 2, length_scale=4, num_train=920)
+    assert at_80["fraction_gates_above_0.9"] == pytest.approx(0.8) and at_80["warning"] is None
 
 
 def test_prior_warning_fires_with_a_huge_k_and_stays_quiet_otherwise(trained_run, tmp_path, capsys):
