@@ -1,6 +1,6 @@
-"""Atomic file writes: a temporary name in the same folder, then a rename.
-
-A reader (or a resumed run) never sees a half-written file under its final name.
+"""File helpers. Atomic writes: a temporary name in the same folder, then a
+rename -- a reader (or a resumed run) never sees a half-written file under its
+final name; and the size of an export on disk.
 """
 
 import json
@@ -33,3 +33,10 @@ def claim_settings(path, settings, refusal):
             raise ValueError(refusal.format(keys=", ".join(keys)))
     else:
         atomic_write_json(path, settings)
+
+
+def size_on_disk(path):
+    """Bytes of a file, or of every file under a folder (a SavedModel)."""
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+    return os.path.getsize(path)

@@ -171,11 +171,26 @@ def views_to_clips(frames, num_clips, num_frames, size):
     return normalize(tf.reshape(frames, [num_clips, num_frames, size, size, 3]))
 
 
+def eval_frames(encoded, sampler, num_clips):
+    """The decoded frames ``[V*T, H, W, 3]`` evaluation reads from one video's
+    encoded frames ``[L]``: the sampler's ``V`` views, in view order (a short video loops)."""
+    indices = sampler.indices(tf.shape(encoded)[0], num_clips, False, tf.constant(EVAL_SEED, tf.int32))
+    return decode_frames(encoded, indices)
+
+
 def eval_clips(encoded, sampler, num_clips, size):
     """One video's encoded frames ``[L]`` -> its evaluation clips ``[V, T, S, S, 3]``:
-    the sampler's ``V`` views (a short video loops), decoded, cropped, normalised."""
-    indices = sampler.indices(tf.shape(encoded)[0], num_clips, False, tf.constant(EVAL_SEED, tf.int32))
-    return views_to_clips(decode_frames(encoded, indices), num_clips, sampler.num_frames, size)
+    the sampler's ``V`` views, decoded, cropped, normalised."""
+    return views_to_clips(eval_frames(encoded, sampler, num_clips), num_clips, sampler.num_frames, size)
+
+
+def uint8_clips(frames, num_clips, num_frames, size):
+    """What a client of a runtime without JPEG decoding sends (ONNX, LiteRT): decoded
+    frames ``[V*T, H, W, 3]`` resized and centre-cropped as evaluation does, rounded
+    to uint8 ``[V, T, S, S, 3]`` (evaluation normalises the unrounded values: the
+    two differ by at most half a grey level before normalisation)."""
+    views = tf.clip_by_value(tf.round(eval_crop(frames, size)), 0, 255)
+    return tf.reshape(tf.cast(views, tf.uint8), [num_clips, num_frames, size, size, 3])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -355,6 +370,25 @@ def make_dataset(
     options.deterministic = deterministic
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
+
+def uint8_views(files, contract, video_ids=None, num_clips=None):
+    """``(clips, label, video id)`` of every video in ``files`` (only ``video_ids``,
+    if given), in file order: uint8 clips ``[V, T, S, S, 3]`` of the frames
+    evaluation reads, as a client of a clip runtime sends them (``uint8_clips``).
+    ``num_clips``: ``V`` (default: the contract's ``eval_clips``)."""
+    sampler = contract.clip_sampler()
+    views = num_clips or contract.eval_clips
+    ds = tf.data.TFRecordDataset(list(files))
+    if video_ids is not None:
+        wanted = _id_table(sorted(video_ids), positions=False)
+        ds = ds.filter(lambda serialized: wanted.lookup(parse_media_id(serialized)) >= 0)
+
+    def load(serialized):
+        encoded, label, media_id = parse_example(serialized)
+        frames = eval_frames(encoded, sampler, views)
+        return uint8_clips(frames, views, contract.num_frames, contract.eval_size), label, media_id
+
+    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 def fill_batch(clips, labels, position, size):
     """Pads a batch of ``n <= size`` videos to ``size``: zero clips, label 0, position -1."""

@@ -85,13 +85,11 @@ def contract_clips(path, contract):
     resized and centre-cropped by the pipeline's evaluation functions (rounded)."""
     import tensorflow as tf
 
-    from tf_stfusion.data.pipeline import eval_crop
+    from tf_stfusion.data.pipeline import uint8_clips
 
     frames = decode_video(path, contract)
     chosen = frames[contract.frame_indices(len(frames)).ravel()]
-    views = eval_crop(tf.constant(chosen), contract.eval_size).numpy()
-    clips = np.clip(np.round(views), 0, 255).astype(np.uint8)
-    return clips.reshape(contract.eval_clips, contract.num_frames, contract.eval_size, contract.eval_size, 3)
+    return uint8_clips(tf.constant(chosen), contract.eval_clips, contract.num_frames, contract.eval_size).numpy()
 
 
 def top_classes(probabilities, class_names, k=5):

@@ -5,9 +5,18 @@ training run and writes, under ``OUT``:
 
     <model_name>/<version>/      SavedModel, TF Serving layout, signature serving_default
     <model_name>.onnx            the same function as ONNX (opset 17)
+    <model_name>.tflite          with ``--formats=...,tflite``: LiteRT, builtin ops only (the
+                                 deploy graph: 3D convs and pools as 2D ops); ``--quantize=
+                                 float16,int8`` adds ``<model_name>_fp16.tflite`` and
+                                 ``<model_name>_int8.tflite`` (int8 calibrated on
+                                 ``--calibration_clips`` clips of the run's hold-out videos)
     export_report.json           params / GFLOPs of template and pruned network, and the
                                  measured parity: (a) pruned Keras vs template in fixed mode,
-                                 (b) SavedModel vs pruned Keras, (c) ONNX Runtime vs pruned Keras
+                                 (b) SavedModel vs pruned Keras, (c) ONNX Runtime vs pruned Keras,
+                                 (d) LiteRT float32 vs pruned Keras; with tflite, ``litert``:
+                                 file sizes, batch-1 latency (median of 10) of every file, and
+                                 with ``--quantize`` every precision's top-1 on the validation
+                                 split next to the float SavedModel's (same clips, paired)
 
 Everything is written into a temporary folder next to ``OUT`` and moved into
 place only when every parity check passed (max abs difference <= 1e-4 times
@@ -27,7 +36,8 @@ import tempfile
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-FORMATS = ("saved_model", "onnx")  # the keys of writers.WRITERS, in writing order
+FORMATS = ("saved_model", "onnx", "tflite")  # the keys of writers.WRITERS, in writing order
+DEFAULT_FORMATS = ("saved_model", "onnx")
 TOLERANCE = 1e-4  # relative to the output scale
 WORK_PREFIX = ".stfusion-export-"  # + pid: the temporary folder an export writes into
 
@@ -42,7 +52,7 @@ class ExportConfig:
     model_dir: str
     export_dir: str
     checkpoint: str = ""
-    formats: tuple = FORMATS
+    formats: tuple = DEFAULT_FORMATS
     model_name: str = "stfusion"
     version: int = 1
     num_frames: int = 0  # 0: the run's
@@ -52,6 +62,9 @@ class ExportConfig:
     seed: int = 0
     check_serving: bool = False  # feed every validation video through serving_video and compare
     verify_data: bool = False  # with check_serving: the shards' CRC32C too, not only their sizes
+    quantize: tuple = ()  # with tflite: some of litert.QUANTIZATIONS (float16, int8)
+    calibration_clips: int = 100  # int8: representative clips from the run's hold-out (else training) videos
+    latency_repeats: int = 10  # with tflite: batch-1 latency, median of this many runs of every file
 
 
 def _max_diff(a, b):
@@ -72,6 +85,15 @@ def export(config: ExportConfig, log=print):
     bad = [f for f in config.formats if f not in FORMATS]
     if bad or not config.formats:
         raise ExportError(f"--formats: unknown {bad}; expected some of {FORMATS}")
+    from tf_stfusion.export.litert import QUANTIZATIONS
+
+    bad = [q for q in config.quantize if q not in QUANTIZATIONS]
+    if bad:
+        raise ExportError(f"--quantize: unknown {bad}; expected some of {QUANTIZATIONS}")
+    if config.quantize and "tflite" not in config.formats:
+        raise ExportError("--quantize makes LiteRT files: add tflite to --formats")
+    if config.calibration_clips < 1 or config.latency_repeats < 1:
+        raise ExportError("--calibration_clips and the latency repeats must be >= 1")
     if not config.model_name or "/" in config.model_name or config.version < 1:
         raise ExportError("--model_name must be a plain name and --version >= 1")
     from tf_stfusion.checkpoints import find_checkpoint
@@ -146,10 +168,16 @@ def export(config: ExportConfig, log=print):
             files[name] = writer.relative_path(config.model_name, config.version)
             path = os.path.join(work, files[name])
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            writer.write(pruned, contract, path, config.model_name)
+            try:
+                writer.write(pruned, contract, path, config.model_name)
+            except ValueError as e:  # LiteRTError / DeployError: which op has no builtin form
+                raise ExportError(f"{name}: {e}; nothing was written") from None
             out = writer.run(path, video)
             parity[writer.parity] = {"max_abs_diff": _max_diff(out["probabilities"], pruned_probs),
                                      "output": "probabilities", "scale": 1.0}
+        lite = None
+        if "tflite" in files:
+            lite = litert_check(pruned, run, contract, config, work, files, log)
         served = None
         if config.check_serving:
             if "saved_model" not in files:
@@ -174,6 +202,8 @@ def export(config: ExportConfig, log=print):
         }
         if served is not None:
             report["serving_check"] = served
+        if lite is not None:
+            report["litert"] = lite
         failed = [name for name, check in parity.items() if not check["passed"]]
         if failed:
             raise ExportError("parity check(s) failed: " + ", ".join(
@@ -184,7 +214,7 @@ def export(config: ExportConfig, log=print):
         # Move into place: the version folder last, so TF Serving never sees a partial one.
         # Move into place: folders (the SavedModel's version folder) last, so TF Serving
         # never sees a partial export.
-        for name in sorted(files, key=lambda n: writers.WRITERS[n].folder):
+        for name in sorted(files, key=lambda n: n in writers.WRITERS and writers.WRITERS[n].folder):
             final = os.path.join(parent, files[name])
             if os.path.isdir(final):
                 shutil.rmtree(final)  # --overwrite was given
@@ -195,6 +225,9 @@ def export(config: ExportConfig, log=print):
         shutil.rmtree(work, ignore_errors=True)
     for name, check in parity.items():
         log(f"  parity {name}: max abs diff {check['max_abs_diff']:.2e} (scale {check['scale']:.3g})")
+    if lite is not None:
+        for line in litert_lines(lite):
+            log(f"  {line}")
     if served is not None:
         log(f"  served top-1 {100 * served['served_top1']:.2f}% vs evaluation top-1 "
             f"{100 * served['evaluation_top1']:.2f}% on {served['split']} ({served['num_videos']} videos)")
@@ -257,14 +290,12 @@ def serving_check(template, run, contract, saved_model_dir, batch_size=8, verify
 
     from tf_stfusion import selection
     from tf_stfusion.data import pipeline
-    from tf_stfusion.data.sources import resolve_source
     from tf_stfusion.evaluation import video_outcomes, video_probabilities
     from tf_stfusion.export.client import VIDEO_SIGNATURE, rest_body
     from tf_stfusion.export.local_server import LocalServing
 
     data = run.data
-    source = resolve_source(data.dataset, data.data_dir, data.train_split, data.val_split,
-                            synthetic_config=data.synthetic_config, progress=False, verify=verify)
+    source = run_source(run, verify)
     ids = sorted(v for v, _ in source.val_examples)
     position = {v: i for i, v in enumerate(ids)}
     dataset = pipeline.make_dataset(
@@ -291,12 +322,150 @@ def serving_check(template, run, contract, saved_model_dir, batch_size=8, verify
             "max_abs_diff_probabilities": float(np.max(np.abs(served - evaluated)))}
 
 
+def run_source(run, verify=False):
+    """The run's data (its prepared shards or the synthetic set), read quietly."""
+    from tf_stfusion.data.sources import resolve_source
+
+    data = run.data
+    return resolve_source(data.dataset, data.data_dir, data.train_split, data.val_split,
+                          synthetic_config=data.synthetic_config, progress=False, verify=verify)
+
+
+def calibration_clips(run, contract, count, seed=0):
+    """``count`` uint8 clips ``[T, S, S, 3]`` (one per video, the middle evaluation
+    view) of the run's hold-out videos -- trained on by no phase, not the report
+    split -- or of its training videos when it selected on val. Returns
+    ``(clips, where)``."""
+    from tf_stfusion import selection
+    from tf_stfusion.data import pipeline
+
+    data = run.data
+    source = run_source(run)
+    ids = None
+    where = f"{data.train_split} (every training video)"
+    if data.select_split == "holdout":
+        ids = selection.holdout_ids(source.train_examples, data.holdout_fraction)
+        where = f"hold-out of {data.train_split} ({len(ids)} videos)"
+    views = pipeline.uint8_views(source.train_files, contract, ids, num_clips=1)
+    order = views.shuffle(4096, seed=seed, reshuffle_each_iteration=False).take(count)
+    return [c.numpy()[0] for c, _, _ in order], where
+
+
+def litert_check(pruned, run, contract, config, work, files, log):
+    """Quantized LiteRT files (written into ``work``, added to ``files``), every
+    file's size and batch-1 latency, and with ``--quantize`` every precision's top-1
+    on the validation split next to the float SavedModel's (same uint8 clips)."""
+    import numpy as np
+
+    from tf_stfusion.export import litert, writers
+    from tf_stfusion.fileio import size_on_disk
+
+    out = {"calibration": None, "builtin_ops": sorted(litert.builtin_ops(os.path.join(work, files["tflite"]))),
+           "files": {}}
+    if "int8" in config.quantize:
+        clips, where = calibration_clips(run, contract, config.calibration_clips, config.seed)
+        out["calibration"] = {"clips": len(clips), "videos": where, "view": "one evaluation clip per video"}
+        log(f"export: int8 calibration on {len(clips)} clips of the {where}")
+    for precision in config.quantize:
+        name = f"tflite_{precision}"
+        files[name] = litert.file_name(config.model_name, precision)
+        try:
+            writers.write_tflite(pruned, contract, os.path.join(work, files[name]), precision,
+                                 clips if precision == "int8" else None)
+        except ValueError as e:
+            raise ExportError(f"{name}: {e}; nothing was written") from None
+    runners = {}
+    shape = (contract.num_frames, contract.eval_size, contract.eval_size, 3)
+    clip = np.zeros((1, *shape), np.uint8)
+    if "saved_model" in files:
+        import tensorflow as tf
+
+        signature = tf.saved_model.load(os.path.join(work, files["saved_model"])).signatures["serving_default"]
+        runners["saved_model"] = lambda x: signature(video=tf.constant(x))["probabilities"].numpy()
+    if "onnx" in files:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(os.path.join(work, files["onnx"]), providers=["CPUExecutionProvider"])
+        runners["onnx"] = lambda x: session.run(["probabilities"], {"video": x})[0]
+    for precision in ("float32", *config.quantize):
+        name = "tflite" if precision == "float32" else f"tflite_{precision}"
+        runner = litert.Runner(os.path.join(work, files[name]))
+        runners[name] = lambda x, r=runner: r(x)["probabilities"]
+    for name, call in runners.items():
+        size = size_on_disk(os.path.join(work, files[name]))
+        seconds = litert.median_latency(lambda: call(clip), repeats=config.latency_repeats)
+        out["files"][name] = {"file": files[name], "bytes": size, "latency_ms_batch1": 1000 * seconds}
+    if "int8" in config.quantize:
+        out["int8_ops"] = dict(zip(("int8", "all"), litert.int8_ops(os.path.join(work, files["tflite_int8"]))))
+    out["latency"] = (f"batch 1, median of {config.latency_repeats} runs after 2 warm-up runs, "
+                      f"{os.cpu_count()} CPU threads")
+    if config.quantize:
+        out["accuracy"] = precision_accuracy(run, contract, runners, log)
+    return out
+
+
+def precision_accuracy(run, contract, runners, log):
+    """Top-1 of every runner on the validation split: the same uint8 clips (each
+    video's evaluation views, scores averaged), with 95% intervals, and each one's
+    paired difference to the float reference (the SavedModel, else LiteRT float32)."""
+    import numpy as np
+
+    from tf_stfusion import selection
+    from tf_stfusion.data import pipeline
+
+    data = run.data
+    source = run_source(run)
+    log(f"export: top-1 of every precision on {data.val_split} ({len(source.val_examples)} videos)")
+    hits = {name: [] for name in runners}
+    for clips, label, _ in pipeline.uint8_views(source.val_files, contract):
+        for name, call in runners.items():
+            hits[name].append(int(np.argmax(call(clips.numpy()).mean(axis=0))) == int(label))
+    reference = "saved_model" if "saved_model" in hits else "tflite"
+    result = {"split": data.val_split, "reference": reference, "interval": selection.CI_METHOD,
+              "clips": f"{contract.eval_clips} evaluation views per video, uint8 as a clip client sends them",
+              "top1": {}}
+    for name, correct in hits.items():
+        correct = np.asarray(correct, bool)
+        entry = selection.proportion(correct)
+        if name != reference:
+            entry["vs_reference"] = selection.paired_difference(correct, np.asarray(hits[reference], bool)).to_dict()
+        result["top1"][name] = entry
+    return result
+
+
+def litert_lines(lite):
+    """The export log's LiteRT lines: size, latency and top-1 of every file."""
+    lines = []
+    accuracy = (lite.get("accuracy") or {}).get("top1", {})
+    for name, entry in lite["files"].items():
+        line = f"{name}: {entry['bytes'] / 1e6:.2f} MB, {entry['latency_ms_batch1']:.1f} ms (batch 1)"
+        if name in accuracy:
+            top = accuracy[name]
+            line += f", top-1 {100 * top['value']:.2f}% [{100 * top['ci'][0]:.1f}, {100 * top['ci'][1]:.1f}]"
+            if "vs_reference" in top:
+                d, reference = top["vs_reference"], lite["accuracy"]["reference"]
+                if d["only_a"] == d["only_b"] == 0:
+                    line += f", right on the same videos as {reference}"
+                else:
+                    line += (f", {100 * d['diff']:+.2f} [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}] vs "
+                             f"{reference} ({d['verdict']}; right only here on {d['only_a']}, only there on "
+                             f"{d['only_b']} videos)")
+        lines.append(line)
+    if "accuracy" in lite:
+        lines.append(f"top-1 on {lite['accuracy']['split']} ({lite['accuracy']['interval']})")
+    return lines
+
 def define_flags():
     flags.DEFINE_string("strategy", None, "Strategy file (e.g. RUN/strategies/best.json).")
     flags.DEFINE_string("model_dir", None, "The training run whose template weights are used.")
     flags.DEFINE_string("checkpoint", None, "Checkpoint (default: the run's newest, search before warm-up).")
     flags.DEFINE_string("export_dir", None, "Output folder.")
-    flags.DEFINE_list("formats", list(FORMATS), "saved_model, onnx.")
+    flags.DEFINE_list("formats", list(DEFAULT_FORMATS), "Some of saved_model, onnx, tflite (LiteRT, builtin ops "
+                      "only).")
+    flags.DEFINE_list("quantize", [], "With tflite: also float16 (weights) and/or int8 (post-training, calibrated) "
+                      "LiteRT files, with their top-1 on the validation split next to the float model's.")
+    flags.DEFINE_integer("calibration_clips", 100, "int8: clips (one per video) of the run's hold-out videos "
+                         "(training videos if it had none) that calibrate the activation ranges.")
     flags.DEFINE_string("model_name", "stfusion", "Model name (TF Serving's model folder).")
     flags.DEFINE_integer("version", 1, "Model version folder.")
     flags.DEFINE_integer("num_frames", 0, "Frames per input clip (0: the run's).")
@@ -320,7 +489,8 @@ def main(argv):
         strategy_file=FLAGS.strategy, model_dir=FLAGS.model_dir, export_dir=FLAGS.export_dir,
         checkpoint=FLAGS.checkpoint or "", formats=tuple(FLAGS.formats), model_name=FLAGS.model_name,
         version=FLAGS.version, num_frames=FLAGS.num_frames, size=FLAGS.size, overwrite=FLAGS.overwrite,
-        check_serving=FLAGS.check_serving, verify_data=FLAGS.verify_data,
+        check_serving=FLAGS.check_serving, verify_data=FLAGS.verify_data, quantize=tuple(FLAGS.quantize),
+        calibration_clips=FLAGS.calibration_clips,
     )
     from tf_stfusion.data.integrity import DataError
 

@@ -35,10 +35,6 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 CONTRACT_FILE = "input_contract.json"
 
 
-def video_signature(num_frames, size):
-    return tf.TensorSpec([None, num_frames, size, size, 3], tf.uint8, name="video")
-
-
 def write_saved_model(model, contract, path, top_k=5, model_name="stfusion"):
     """A SavedModel with every serving signature, laid out for TF Serving."""
     tmp = tempfile.mkdtemp(prefix="stfusion-labels-")
@@ -113,6 +109,21 @@ def write_warmup_requests(path, contract, model_name):
     return path
 
 
+def clip_function(model, contract, top_k=5, batch=None):
+    """``(fn, input_signature)``: ``serving_default`` without the labels table --
+    uint8 clips ``video`` -> ``probabilities``, ``top_k`` -- for the runtimes that
+    take clips (ONNX; LiteRT with ``batch=1``)."""
+    top_k = min(top_k, len(contract.class_names))
+
+    def serve(video):
+        probs = clip_probabilities(model, video)
+        ids = tf.math.top_k(probs, top_k).indices
+        return {"probabilities": tf.identity(probs, name="probabilities"), "top_k": tf.identity(ids, name="top_k")}
+
+    return serve, tf.TensorSpec([batch, contract.num_frames, contract.eval_size, contract.eval_size, 3], tf.uint8,
+                                name="video")
+
+
 def write_onnx(model, contract, path, top_k=5):
     """ONNX (opset 17) of ``serving_default``, via tf2onnx; contract in the metadata."""
     import onnx
@@ -120,14 +131,8 @@ def write_onnx(model, contract, path, top_k=5):
 
     from tf_stfusion.layers.group_conv import grouped_convs_split
 
-    top_k = min(top_k, len(contract.class_names))
-
-    @tf.function(input_signature=[video_signature(contract.num_frames, contract.eval_size)])
-    def serve(video):
-        probs = clip_probabilities(model, video)
-        ids = tf.math.top_k(probs, top_k).indices
-        return {"probabilities": tf.identity(probs, name="probabilities"), "top_k": tf.identity(ids, name="top_k")}
-
+    fn, signature = clip_function(model, contract, top_k)
+    serve = tf.function(fn, input_signature=[signature])
     with grouped_convs_split(model):  # tf2onnx cannot convert Keras' XLA grouped convolution
         model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature,
                                                        opset=ONNX_OPSET)
@@ -174,4 +179,21 @@ WRITERS = {
         relative_path=lambda name, version: f"{name}.onnx",
         write=lambda model, contract, path, name: write_onnx(model, contract, path),
         run=run_onnx, parity="onnx_runtime_vs_keras_pruned"),
+    "tflite": Writer(
+        relative_path=lambda name, version: _litert().file_name(name),
+        write=lambda model, contract, path, name: write_tflite(model, contract, path),
+        run=lambda path, video: _litert().run_tflite(path, video), parity="litert_float32_vs_keras_pruned"),
 }
+
+
+def _litert():
+    from tf_stfusion.export import litert
+
+    return litert
+
+
+def write_tflite(model, contract, path, precision="float32", calibration=None):
+    """A LiteRT file of the deploy graph (``litert.convert``), builtin ops only."""
+    with open(path, "wb") as f:
+        f.write(_litert().convert(model, contract, precision, calibration))
+    return path
