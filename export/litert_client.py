@@ -9,7 +9,6 @@ view (uint8 ``[1, T, S, S, 3]`` each: the file takes batch 1) and averages
 their scores, as evaluation does.
 """
 
-import argparse
 import sys
 
 
@@ -26,21 +25,9 @@ def classify(model_path, video, num_threads=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--video", required=True)
-    parser.add_argument("--num_threads", type=int, default=None, help="CPU threads (default: all)")
-    args = parser.parse_args(argv)
-    from tf_stfusion.data.video import VideoError
+    from tf_stfusion.export.client import classify_main
 
-    try:
-        top = classify(args.model, args.video, args.num_threads)
-    except (VideoError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for probability, label in top:
-        print(f"{probability:.4f}  {label}")
-    return 0
+    return classify_main(__doc__.splitlines()[0], classify, argv, threads=True)
 
 
 if __name__ == "__main__":

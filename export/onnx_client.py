@@ -9,7 +9,6 @@ view (uint8 ``[eval_clips, T, S, S, 3]``) and averages their scores, as
 evaluation does.
 """
 
-import argparse
 import sys
 
 
@@ -29,20 +28,9 @@ def classify(model_path, video):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--video", required=True)
-    args = parser.parse_args(argv)
-    from tf_stfusion.data.video import VideoError
+    from tf_stfusion.export.client import classify_main
 
-    try:
-        top = classify(args.model, args.video)
-    except (VideoError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for probability, label in top:
-        print(f"{probability:.4f}  {label}")
-    return 0
+    return classify_main(__doc__.splitlines()[0], classify, argv)
 
 
 if __name__ == "__main__":

@@ -97,3 +97,30 @@ def top_classes(probabilities, class_names, k=5):
     probabilities = np.asarray(probabilities).ravel()
     order = np.argsort(-probabilities)[:k]
     return [(float(probabilities[i]), class_names[i]) for i in order]
+
+
+def classify_main(description, classify, argv=None, threads=False):
+    """The command line of the clip-runtime clients (``export/onnx_client.py``,
+    ``export/litert_client.py``): ``--model``, ``--video`` (and ``--num_threads``),
+    ``classify(model, video, **options)`` -> top classes, printed one per line;
+    a bad file is one ``error:`` line and exit code 2."""
+    import argparse
+    import sys
+
+    from tf_stfusion.data.video import VideoError
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--video", required=True)
+    if threads:
+        parser.add_argument("--num_threads", type=int, default=None, help="CPU threads (default: all)")
+    args = parser.parse_args(argv)
+    options = {"num_threads": args.num_threads} if threads else {}
+    try:
+        top = classify(args.model, args.video, **options)
+    except (VideoError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for probability, label in top:
+        print(f"{probability:.4f}  {label}")
+    return 0

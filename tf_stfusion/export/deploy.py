@@ -57,10 +57,10 @@ class FrameConv3D(keras.layers.Conv3D):
         cin, cout = inputs.shape[-1], kernel.shape[-1]
         if kh == kw == 1 and self.strides == (1, 1, 1) and self.groups == 1:
             # K x 1 x 1 over time: a K x 1 2D conv of [B, T, H*W, C].
-            b, t = ops.shape(inputs)[0], inputs.shape[1]
-            flat = ops.reshape(inputs, (b, t, -1, cin))
+            t, h, w = inputs.shape[1:4]  # static: the exported clip size
+            flat = ops.reshape(inputs, (-1, t, h * w, cin))
             out = ops.conv(flat, kernel[:, 0], strides=1, padding=self.padding)
-            return ops.reshape(out, (b, t, *inputs.shape[2:4], cout))
+            return ops.reshape(out, (-1, t, h, w, cout))
         if kt > 1:
             before = (kt - 1) // 2 if self.padding == "same" else 0
             after = kt - 1 - before if self.padding == "same" else 0
