@@ -124,7 +124,6 @@ class VariationalDropPath(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.mode = mode
-        self.supports_masking = True
 
     @property
     def mode(self):
