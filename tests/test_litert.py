@@ -156,6 +156,13 @@ def test_calibration_reads_the_holdout_not_the_report_split(trained_run):
     held = selection.holdout_ids(run_source(run).train_examples, run.data.holdout_fraction)
     assert len(clips) == len(held) and "hold-out" in where  # fewer videos than asked: all of them
     assert clips[0].shape == (8, 32, 32, 3) and clips[0].dtype == np.uint8
+    assert len(calibration_clips(run, contract, 3)[0]) == 3
+    # A run that selected on val never held videos out: its training videos calibrate.
+    import dataclasses
+
+    on_val = dataclasses.replace(run, data=dataclasses.replace(run.data, select_split="val"))
+    clips, where = calibration_clips(on_val, contract, 100)
+    assert len(clips) == len(run_source(run).train_examples) and "selected on val" in where
 
 
 def test_litert_refusals(trained_run, tmp_path):

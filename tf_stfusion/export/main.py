@@ -331,24 +331,26 @@ def run_source(run, verify=False):
                           synthetic_config=data.synthetic_config, progress=False, verify=verify)
 
 
-def calibration_clips(run, contract, count, seed=0):
-    """``count`` uint8 clips ``[T, S, S, 3]`` (one per video, the middle evaluation
-    view) of the run's hold-out videos -- trained on by no phase, not the report
-    split -- or of its training videos when it selected on val. Returns
-    ``(clips, where)``."""
+def calibration_clips(run, contract, count):
+    """``count`` uint8 clips ``[T, S, S, 3]`` (one per video, the evaluation view)
+    of the run's hold-out videos -- trained on by no phase, not the report split --
+    or of its training videos when it selected on val; the videos are the first
+    ``count`` of the split in racing's pseudo-random order, so only they are read
+    and decoded. Returns ``(clips, where)``."""
     from tf_stfusion import selection
     from tf_stfusion.data import pipeline
 
     data = run.data
     source = run_source(run)
-    ids = None
-    where = f"{data.train_split} (every training video)"
     if data.select_split == "holdout":
-        ids = selection.holdout_ids(source.train_examples, data.holdout_fraction)
-        where = f"hold-out of {data.train_split} ({len(ids)} videos)"
-    views = pipeline.uint8_views(source.train_files, contract, ids, num_clips=1)
-    order = views.shuffle(4096, seed=seed, reshuffle_each_iteration=False).take(count)
-    return [c.numpy()[0] for c, _, _ in order], where
+        candidates = selection.holdout_ids(source.train_examples, data.holdout_fraction)
+        where = f"hold-out of {data.train_split} ({len(candidates)} videos)"
+    else:
+        candidates = [video_id for video_id, _ in source.train_examples]
+        where = f"{data.train_split} ({len(candidates)} videos; the run selected on {data.val_split})"
+    chosen = selection.selection_order(candidates)[:count]
+    views = pipeline.uint8_views(source.train_files, contract, chosen, num_clips=1)
+    return [clips.numpy()[0] for clips, _, _ in views], where
 
 
 def litert_check(pruned, run, contract, config, work, files, log):
@@ -363,7 +365,7 @@ def litert_check(pruned, run, contract, config, work, files, log):
     out = {"calibration": None, "builtin_ops": sorted(litert.builtin_ops(os.path.join(work, files["tflite"]))),
            "files": {}}
     if "int8" in config.quantize:
-        clips, where = calibration_clips(run, contract, config.calibration_clips, config.seed)
+        clips, where = calibration_clips(run, contract, config.calibration_clips)
         out["calibration"] = {"clips": len(clips), "videos": where, "view": "one evaluation clip per video"}
         log(f"export: int8 calibration on {len(clips)} clips of the {where}")
     for precision in config.quantize:
