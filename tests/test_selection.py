@@ -155,6 +155,9 @@ def test_prior_diagnostics_numbers_and_warning_threshold():
     loud = prior_diagnostics([0.99] * 9 + [0.5], length_scale=1000, num_train=24, loss=1.0, regularizer=30.0)
     assert loud["fraction_gates_above_0.9"] == pytest.approx(0.9)
     assert "--length_scale=1000" in loud["warning"] and "k^2/(2N) = 2.08e+04" in loud["warning"]
+    # The percentages a user reads, in the summary line and in the warning: 9 of 10 gates.
+    assert loud["summary"].startswith("90% of 10 gates have p > 0.9")
+    assert "90% of the gates have p > 0.9" in loud["warning"]
     # The thresholds are strict: p = 0.9 exactly is not "above 0.9", and exactly 80% of the gates
     # above it does not yet warn ("more than 80%").
     edge = prior_diagnostics([0.9, 0.95, 0.5, 0.5], length_scale=4, num_train=920)
