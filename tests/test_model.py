@@ -85,6 +85,7 @@ def test_cost_of_a_strategy_equals_its_pruned_network(tiny):
     pruned = stf.build_template("tiny", num_classes=5, num_frames=8, input_size=32, units=units)
     assert (c.params, c.flops) == count_model(pruned)[0::2]
     assert c.macs * 2 == c.flops and c.gflops == c.flops / 1e9
+    assert type(c.macs) is int  # a count: written as an integer in reports (e.g. 123, not 123.0)
 
 
 def test_cost_orders_units_and_scales_with_input(tiny):
