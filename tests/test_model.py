@@ -86,6 +86,14 @@ def test_cost_of_a_strategy_equals_its_pruned_network(tiny):
     assert (c.params, c.flops) == count_model(pruned)[0::2]
     assert c.macs * 2 == c.flops and c.gflops == c.flops / 1e9
     assert type(c.macs) is int  # a count: written as an integer in reports (e.g. 123, not 123.0)
+    assert c.gmacs == c.macs / 1e9 and c.to_dict()["gmacs"] == c.gmacs
+
+
+def test_cost_defaults_to_the_papers_clip():
+    # 16 frames of 224 x 224 (SPEC, the paper's tables) unless the caller says otherwise.
+    c = stf.cost("tiny", None, num_classes=5)
+    assert c.input_shape == (16, 224, 224, 3)
+    assert c.flops == stf.cost("tiny", None, input_shape=(16, 224, 224, 3), num_classes=5).flops
 
 
 def test_cost_orders_units_and_scales_with_input(tiny):
