@@ -13,9 +13,7 @@ median of ``--runs`` timed calls after 3 untimed ones, and the machine.
 
 import os
 import platform
-import statistics
 import tempfile
-import time
 
 import tf_stfusion  # noqa: F401  (first: TensorFlow's environment defaults, see tf_stfusion/__init__.py)
 
@@ -30,14 +28,9 @@ FLAGS = flags.FLAGS
 
 
 def _median_ms(fn):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(FLAGS.runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    from tf_stfusion.export.litert import median_latency
+
+    return 1000 * median_latency(fn, FLAGS.runs, warmup=3)
 
 
 def main(argv):

@@ -85,11 +85,12 @@ def main(argv):
                 session = onnxruntime.InferenceSession(paths["ONNX RT"], providers=["CPUExecutionProvider"])
                 calls = {"SavedModel": lambda: serve(video=tf.constant(video))["probabilities"].numpy(),
                          "ONNX RT": lambda: session.run(None, {"video": video})}
-                for name in header[2:]:
-                    calls[name] = (lambda r: lambda: r(video))(litert.Runner(paths[name]))
+                runners = {name: litert.Runner(paths[name]) for name in header[2:]}
+                for name, runner in runners.items():
+                    calls[name] = (lambda r: lambda: r(video))(runner)
                 ms = {name: 1000 * litert.median_latency(call, FLAGS.runs) for name, call in calls.items()}
                 mb = {name: size_on_disk(paths[name]) / 1e6 for name in header}
-                diff = float(np.abs(litert.Runner(paths["LiteRT f32"])(video)["probabilities"] - reference).max())
+                diff = float(np.abs(runners["LiteRT f32"](video)["probabilities"] - reference).max())
                 quantized, total = litert.int8_ops(paths["LiteRT int8"])
                 ops = [op["op_name"] for op in litert.interpreter(paths["LiteRT int8"], 1, False)._get_ops_details()]
                 partitions = {name: sum(op["op_name"] == "DELEGATE" for op in litert.interpreter(paths[name])

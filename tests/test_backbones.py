@@ -91,5 +91,5 @@ def test_resnext_exports_to_saved_model_and_onnx(tmp_path):
     writers.write_onnx(pruned, contract, str(tmp_path / "m.onnx"))
     grouped = [layer for layer in pruned.layers if type(layer).__name__ == "GroupConv3D"]
     assert grouped and not any(layer.split_groups for layer in grouped)  # the caller's model is left as it was
-    for got in (writers.run_saved_model(str(tmp_path / "m" / "1"), video), writers.run_onnx(str(tmp_path / "m.onnx"), video)):
+    for got in (writers.load_saved_model(str(tmp_path / "m" / "1"))(video), writers.load_onnx(str(tmp_path / "m.onnx"))(video)):
         np.testing.assert_allclose(got["probabilities"], want, atol=1e-4)

@@ -390,6 +390,7 @@ def uint8_views(files, contract, video_ids=None, num_clips=None):
 
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
+
 def fill_batch(clips, labels, position, size):
     """Pads a batch of ``n <= size`` videos to ``size``: zero clips, label 0, position -1."""
     missing = size - tf.shape(labels)[0]

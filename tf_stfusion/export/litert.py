@@ -175,11 +175,6 @@ class Runner:
         return {name: np.concatenate([o[name] for o in outs]) for name in outs[0]}
 
 
-def run_tflite(path, video):
-    """The exporter's parity runner (``writers.Writer.run``)."""
-    return Runner(path)(video)
-
-
 def median_latency(call, repeats=10, warmup=2):
     """Median wall seconds of ``call()`` over ``repeats`` runs after ``warmup`` runs."""
     for _ in range(warmup):

@@ -172,7 +172,7 @@ def export(config: ExportConfig, log=print):
                 writer.write(pruned, contract, path, config.model_name)
             except ValueError as e:  # LiteRTError / DeployError: which op has no builtin form
                 raise ExportError(f"{name}: {e}; nothing was written") from None
-            out = writer.run(path, video)
+            out = writer.load(path)(video)
             parity[writer.parity] = {"max_abs_diff": _max_diff(out["probabilities"], pruned_probs),
                                      "output": "probabilities", "scale": 1.0}
         lite = None
@@ -211,7 +211,6 @@ def export(config: ExportConfig, log=print):
         from tf_stfusion.fileio import atomic_write_json
 
         atomic_write_json(os.path.join(work, "export_report.json"), report)
-        # Move into place: the version folder last, so TF Serving never sees a partial one.
         # Move into place: folders (the SavedModel's version folder) last, so TF Serving
         # never sees a partial export.
         for name in sorted(files, key=lambda n: n in writers.WRITERS and writers.WRITERS[n].folder):
@@ -379,20 +378,9 @@ def litert_check(pruned, run, contract, config, work, files, log):
     runners = {}
     shape = (contract.num_frames, contract.eval_size, contract.eval_size, 3)
     clip = np.zeros((1, *shape), np.uint8)
-    if "saved_model" in files:
-        import tensorflow as tf
-
-        signature = tf.saved_model.load(os.path.join(work, files["saved_model"])).signatures["serving_default"]
-        runners["saved_model"] = lambda x: signature(video=tf.constant(x))["probabilities"].numpy()
-    if "onnx" in files:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(os.path.join(work, files["onnx"]), providers=["CPUExecutionProvider"])
-        runners["onnx"] = lambda x: session.run(["probabilities"], {"video": x})[0]
-    for precision in ("float32", *config.quantize):
-        name = "tflite" if precision == "float32" else f"tflite_{precision}"
-        runner = litert.Runner(os.path.join(work, files[name]))
-        runners[name] = lambda x, r=runner: r(x)["probabilities"]
+    for name in files:  # every written file, loaded by its format's writer (tflite_*: the tflite one)
+        loaded = writers.WRITERS[name if name in writers.WRITERS else "tflite"].load(os.path.join(work, files[name]))
+        runners[name] = lambda x, run=loaded: run(x)["probabilities"]
     for name, call in runners.items():
         size = size_on_disk(os.path.join(work, files[name]))
         seconds = litert.median_latency(lambda: call(clip), repeats=config.latency_repeats)
@@ -456,6 +444,7 @@ def litert_lines(lite):
     if "accuracy" in lite:
         lines.append(f"top-1 on {lite['accuracy']['split']} ({lite['accuracy']['interval']})")
     return lines
+
 
 def define_flags():
     flags.DEFINE_string("strategy", None, "Strategy file (e.g. RUN/strategies/best.json).")

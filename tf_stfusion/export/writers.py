@@ -144,28 +144,30 @@ def write_onnx(model, contract, path, top_k=5):
     return path
 
 
-def run_saved_model(path, video):
-    loaded = tf.saved_model.load(path)
-    out = loaded.signatures["serving_default"](video=tf.constant(video))
-    return {k: v.numpy() for k, v in out.items()}
+def load_saved_model(path):
+    """``serving_default`` of the SavedModel at ``path``: uint8 clips -> numpy outputs."""
+    signature = tf.saved_model.load(path).signatures["serving_default"]
+    return lambda video: {k: v.numpy() for k, v in signature(video=tf.constant(video)).items()}
 
 
-def run_onnx(path, video):
+def load_onnx(path):
+    """An ONNX Runtime session (CPU) of the file at ``path``: uint8 clips -> outputs."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(None, {session.get_inputs()[0].name: np.asarray(video, np.uint8)})))
+    video_input = session.get_inputs()[0].name
+    return lambda video: dict(zip(names, session.run(None, {video_input: np.asarray(video, np.uint8)})))
 
 
 @dataclasses.dataclass(frozen=True)
 class Writer:
     """One export format: where it goes (relative to the export folder), how it is
-    written and how it is run for the parity check (``video`` uint8 -> outputs)."""
+    written and how it is loaded to run (parity check, latency, accuracy)."""
 
     relative_path: Callable  # (model_name, version) -> str
     write: Callable  # (model, contract, path, model_name) -> None
-    run: Callable  # (path, video) -> {"probabilities": ..., "top_k": ...}
+    load: Callable  # path -> (video uint8 -> {"probabilities": ..., "top_k": ...}), for parity and latency
     parity: str  # the export report's name for its parity check
     folder: bool = False  # moved into place last (TF Serving watches folders)
 
@@ -174,15 +176,15 @@ WRITERS = {
     "saved_model": Writer(
         relative_path=lambda name, version: os.path.join(name, str(version)),
         write=lambda model, contract, path, name: write_saved_model(model, contract, path, model_name=name),
-        run=run_saved_model, parity="saved_model_vs_keras_pruned", folder=True),
+        load=load_saved_model, parity="saved_model_vs_keras_pruned", folder=True),
     "onnx": Writer(
         relative_path=lambda name, version: f"{name}.onnx",
         write=lambda model, contract, path, name: write_onnx(model, contract, path),
-        run=run_onnx, parity="onnx_runtime_vs_keras_pruned"),
+        load=load_onnx, parity="onnx_runtime_vs_keras_pruned"),
     "tflite": Writer(
         relative_path=lambda name, version: _litert().file_name(name),
         write=lambda model, contract, path, name: write_tflite(model, contract, path),
-        run=lambda path, video: _litert().run_tflite(path, video), parity="litert_float32_vs_keras_pruned"),
+        load=lambda path: _litert().Runner(path), parity="litert_float32_vs_keras_pruned"),
 }
 
 
