@@ -48,6 +48,22 @@ def test_multi_clip_top1_top5_and_nll_by_hand():
     assert metrics["top1_ci"][0] < expected_top1 < metrics["top1_ci"][1] and metrics["num_videos"] == 3
 
 
+def test_multi_clip_evaluation_on_two_replicas_where_one_gets_nothing(mirrored_two_cpus):
+    # Three one-video batches over two replicas: the second step has a video for one replica and
+    # an empty share for the other, which must add no outcome (and no error); same numbers by hand.
+    order = ["C", "A", "B"]
+    clips = np.log(np.array([VIEWS[v][k] for v in order for k in (1, 2)], np.float32)).reshape(3, 2, 1, 1, 2, 3)
+    labels = np.array([VIEWS[v][0] for v in order], np.int32)
+    positions = np.array([sorted(VIEWS).index(v) for v in order], np.int64)
+    with mirrored_two_cpus.scope():
+        model = keras.Sequential([keras.Input((1, 1, 2, 3)), keras.layers.Reshape((6,))])
+    evaluator = MultiClipEvaluator(model, num_clips=2, distribution=mirrored_two_cpus)
+    results = evaluator.videos(lambda ctx: tf.data.Dataset.from_tensor_slices((clips, labels, positions)).batch(1).map(
+        lambda c, y, p: (tf.reshape(c, [-1, 1, 1, 2, 3]), y, p)), 3, progress=False)
+    assert results.top1.tolist() == [False, False, True] and results.top5.tolist() == [True, False, True]
+    np.testing.assert_allclose(results.nll, [-math.log(.30), -math.log(.05), -math.log(.50)], rtol=1e-5)
+
+
 def test_video_probabilities_average_the_views_by_hand():
     # The one-device path the export's serving check compares against: mean over each video's views.
     from tf_stfusion.evaluation import video_probabilities

@@ -37,7 +37,8 @@ def video_scores(model, clips, training=False):
     shape = tf.shape(clips)
     flat = tf.reshape(clips, tf.concat([[-1], shape[2:]], 0))
     probs = tf.nn.softmax(tf.cast(model(flat, training=training), tf.float32))
-    return tf.reduce_mean(tf.reshape(probs, [shape[0], shape[1], -1]), axis=1)
+    # The class count stays static: for a replica's empty share (batch 0) a -1 could not be inferred.
+    return tf.reduce_mean(tf.reshape(probs, [shape[0], shape[1], probs.shape[-1] or -1]), axis=1)
 
 
 def outcomes_or_none(outcomes_fn, clips, shape):
