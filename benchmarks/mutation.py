@@ -16,9 +16,11 @@ mutants is a sample), the seconds taken and the machine. Not part of CI (slow).
 
 import argparse
 import ast
+import concurrent.futures
 import json
 import os
 import platform
+import queue
 import random
 import shutil
 import subprocess
@@ -140,57 +142,92 @@ def main():
     parser.add_argument("--max_per_module", type=int, default=25, help="Mutants sampled per module (0: all).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=int, default=600, help="Seconds per mutant's test run.")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="Mutants tested at once, each in its own copy of the repository.")
     parser.add_argument("--out", default=None, help="JSON file for the results.")
     args = parser.parse_args()
     from tf_stfusion.selection import wilson_interval
 
-    work = tempfile.mkdtemp(prefix="stfusion-mutation-")
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                             text=True, check=True).stdout.split()
-    for name in listed:
-        if os.path.isfile(os.path.join(REPO, name)):
-            os.makedirs(os.path.dirname(os.path.join(work, name)) or work, exist_ok=True)
-            shutil.copy2(os.path.join(REPO, name), os.path.join(work, name))
+    # one copy of the repository per job: a job writes its mutant into its own copy
+    copies = queue.Queue()
+    for _ in range(args.jobs):
+        work = tempfile.mkdtemp(prefix="stfusion-mutation-")
+        for name in listed:
+            if os.path.isfile(os.path.join(REPO, name)):
+                os.makedirs(os.path.dirname(os.path.join(work, name)) or work, exist_ok=True)
+                shutil.copy2(os.path.join(REPO, name), os.path.join(work, name))
+        copies.put(work)
     print(f"machine: {os.cpu_count()} CPU cores ({platform.machine()}), Python {platform.python_version()}; "
-          f"copy of the repository in {work}", flush=True)
-    results = {}
-    try:
-        for module in args.modules.split(","):
-            path = os.path.join(work, "tf_stfusion", f"{module}.py")
-            with open(path) as f:
-                original = f.read()
-            points = mutation_points(ast.parse(original), FUNCTIONS.get(module))
-            chosen = points if not args.max_per_module or len(points) <= args.max_per_module else \
-                sorted(random.Random(args.seed).sample(points, args.max_per_module))
-            t0 = time.time()
-            if run_tests(work, TARGETS[module], args.timeout) != "survived":
-                raise SystemExit(f"{module}: the tests fail on the unmutated code; fix them first")
-            outcomes = []
-            for i, (index, what) in enumerate(chosen):
-                with open(path, "w") as f:
-                    f.write(mutate(original, index))
-                outcome = run_tests(work, TARGETS[module], args.timeout)
-                outcomes.append({"change": what, "outcome": outcome})
-                print(f"  {module} [{i + 1}/{len(chosen)}] {what}: {outcome}", flush=True)
+          f"{args.jobs} job(s), each on its own copy of the repository", flush=True)
+
+    plan = {}
+    for module in args.modules.split(","):
+        with open(os.path.join(REPO, "tf_stfusion", f"{module}.py")) as f:
+            original = f.read()
+        points = mutation_points(ast.parse(original), FUNCTIONS.get(module))
+        chosen = points if not args.max_per_module or len(points) <= args.max_per_module else \
+            sorted(random.Random(args.seed).sample(points, args.max_per_module))
+        plan[module] = (original, points, chosen)
+
+    def run_one(module, index):
+        """The module's tests on its source mutated at ``index`` (``None``: unmutated): outcome, seconds."""
+        original = plan[module][0]
+        work = copies.get()
+        path = os.path.join(work, "tf_stfusion", f"{module}.py")
+        t0 = time.time()
+        try:
+            with open(path, "w") as f:
+                f.write(original if index is None else mutate(original, index))
+            return run_tests(work, TARGETS[module], args.timeout), time.time() - t0
+        finally:
             with open(path, "w") as f:
                 f.write(original)
-            killed = sum(o["outcome"].startswith("killed") for o in outcomes)
-            low, high = wilson_interval(killed, len(outcomes)) if outcomes else (0.0, 0.0)
-            results[module] = {"mutation_points": len(points), "tried": len(outcomes), "killed": killed,
-                               "kill_rate": killed / max(len(outcomes), 1), "ci95": [low, high],
-                               "survivors": [o["change"] for o in outcomes if o["outcome"] == "survived"],
-                               "seconds": round(time.time() - t0, 1)}
-            r = results[module]
-            print(f"{module}: {r['killed']}/{r['tried']} killed ({100 * r['kill_rate']:.0f}%, 95% CI "
-                  f"[{100 * low:.0f}, {100 * high:.0f}]) of {r['mutation_points']} mutation points, "
-                  f"{r['seconds']:.0f}s; survivors: {r['survivors'] or 'none'}", flush=True)
+            copies.put(work)
+
+    results, started = {}, time.time()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+            # every module's unmutated run and mutants queued at once, so no job waits for a module to end
+            futures = {module: (pool.submit(run_one, module, None),
+                                [pool.submit(run_one, module, index) for index, _ in chosen])
+                       for module, (_, _, chosen) in plan.items()}
+            for module, (original, points, chosen) in plan.items():
+                unmutated, mutants = futures[module]
+                # a mutant only counts as killed if the tests pass without it
+                if unmutated.result()[0] != "survived":
+                    for future in (f for pending in futures.values() for f in pending[1]):
+                        future.cancel()
+                    raise SystemExit(f"{module}: the tests fail on the unmutated code; fix them first")
+                outcomes, seconds = [], unmutated.result()[1]
+                for i, ((_, what), future) in enumerate(zip(chosen, mutants)):
+                    outcome, took = future.result()
+                    seconds += took
+                    outcomes.append({"change": what, "outcome": outcome})
+                    print(f"  {module} [{i + 1}/{len(chosen)}] {what}: {outcome} ({took:.0f}s)", flush=True)
+                killed = sum(o["outcome"].startswith("killed") for o in outcomes)
+                low, high = wilson_interval(killed, len(outcomes)) if outcomes else (0.0, 0.0)
+                results[module] = {"mutation_points": len(points), "tried": len(outcomes), "killed": killed,
+                                   "kill_rate": killed / max(len(outcomes), 1), "ci95": [low, high],
+                                   "survivors": [o["change"] for o in outcomes if o["outcome"] == "survived"],
+                                   "seconds": round(seconds, 1)}
+                r = results[module]
+                print(f"{module}: {r['killed']}/{r['tried']} killed ({100 * r['kill_rate']:.0f}%, 95% CI "
+                      f"[{100 * low:.0f}, {100 * high:.0f}]) of {r['mutation_points']} mutation points, "
+                      f"{r['seconds']:.0f} test-seconds; survivors: {r['survivors'] or 'none'}", flush=True)
+                if args.out:  # after every module, so a run stopped early keeps what it measured
+                    with open(args.out, "w") as f:
+                        json.dump(results, f, indent=1)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        while not copies.empty():
+            shutil.rmtree(copies.get(), ignore_errors=True)
     total = sum(r["tried"] for r in results.values())
     killed = sum(r["killed"] for r in results.values())
     if total:
         low, high = wilson_interval(killed, total)
-        print(f"all: {killed}/{total} killed ({100 * killed / total:.0f}%, 95% CI [{100 * low:.0f}, {100 * high:.0f}])")
+        print(f"all: {killed}/{total} killed ({100 * killed / total:.0f}%, 95% CI [{100 * low:.0f}, {100 * high:.0f}]); "
+              f"{time.time() - started:.0f}s wall clock")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
