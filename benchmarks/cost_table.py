@@ -9,9 +9,9 @@ Prints a Markdown table (the one in the README) and the machine it ran on.
 Counting rules are in tf_stfusion/accounting.py.
 """
 
-import os
-import platform
 import time
+
+from machine import machine_line  # benchmarks/machine.py
 
 import tf_stfusion  # noqa: F401  (first: TensorFlow's environment defaults, see tf_stfusion/__init__.py)
 
@@ -41,8 +41,7 @@ def main(argv):
             c = stf.cost(backbone, strategy, shape, num_classes=FLAGS.num_classes)
             print(f"| {backbone} | {name} | {c.params / 1e6:.2f} | {c.params_with_bn_stats / 1e6:.2f} | "
                   f"{c.gflops:.1f} | {c.gmacs:.1f} |", flush=True)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; "
-          f"took {time.time() - start:.1f}s")
+    print(f"{machine_line()}; took {time.time() - start:.1f}s")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ median of ``--runs`` timed calls after 3 untimed ones, and the machine.
 """
 
 import os
-import platform
 import tempfile
+
+from machine import machine_line  # benchmarks/machine.py
 
 import tf_stfusion  # noqa: F401  (first: TensorFlow's environment defaults, see tf_stfusion/__init__.py)
 
@@ -45,9 +46,7 @@ def main(argv):
     from tf_stfusion.export import writers
     from tf_stfusion.models.prune import prune
 
-    print(f"machine: CPU {os.cpu_count()} cores ({platform.machine()}), GPUs: "
-          f"{len(tf.config.list_physical_devices('GPU'))}; TensorFlow {tf.__version__}, "
-          f"ONNX Runtime {onnxruntime.__version__}")
+    print(machine_line(TensorFlow=tf.__version__, **{"ONNX Runtime": onnxruntime.__version__}))
     print(f"batch 1, clip {FLAGS.num_frames}x{FLAGS.size}x{FLAGS.size}, median of {FLAGS.runs} runs (ms)")
     print(f"{'backbone':<12} {'strategy':<8} {'template+masks':>14} {'SavedModel':>11} {'ONNX RT':>8} "
           f"{'speed-up (SavedModel)':>22} {'GFLOPs ratio':>13}")

@@ -11,10 +11,11 @@ Prints the machine.
 """
 
 import os
-import platform
 import statistics
 import tempfile
 import time
+
+from machine import machine_line  # benchmarks/machine.py
 
 import tf_stfusion  # noqa: F401  (first: TensorFlow's environment defaults, see tf_stfusion/__init__.py)
 
@@ -31,8 +32,7 @@ def main(argv):
 
     from tf_stfusion.data.integrity import check_shards, shard_record
 
-    print(f"machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); "
-          f"google-crc32c implementation: {google_crc32c.implementation}")
+    print(machine_line(**{"google-crc32c implementation": google_crc32c.implementation}))
     with tempfile.TemporaryDirectory() as tmp:
         files, info = [], {}
         for i in range(FLAGS.shards):

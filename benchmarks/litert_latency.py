@@ -15,8 +15,9 @@ float LiteRT file's max abs difference to the Keras network, and the machine.
 """
 
 import os
-import platform
 import tempfile
+
+from machine import machine_line  # benchmarks/machine.py
 
 import tf_stfusion  # noqa: F401  (first: TensorFlow's environment defaults, see tf_stfusion/__init__.py)
 
@@ -46,9 +47,8 @@ def main(argv):
     from tf_stfusion.fileio import size_on_disk
     from tf_stfusion.models.prune import prune
 
-    print(f"machine: CPU {os.cpu_count()} cores ({platform.machine()}, {platform.processor() or 'unknown'}), GPUs: "
-          f"{len(tf.config.list_physical_devices('GPU'))}; TensorFlow {tf.__version__}, ONNX Runtime "
-          f"{onnxruntime.__version__}, LiteRT {getattr(ai_edge_litert, '__version__', 'ai-edge-litert')}")
+    print(machine_line(TensorFlow=tf.__version__, **{"ONNX Runtime": onnxruntime.__version__},
+                       LiteRT=getattr(ai_edge_litert, "__version__", "ai-edge-litert")))
     print(f"batch 1, clip {FLAGS.num_frames}x{FLAGS.size}x{FLAGS.size}, median of {FLAGS.runs} runs; "
           "size in MB, latency in ms")
     header = ["SavedModel", "ONNX RT", "LiteRT f32", "LiteRT f16", "LiteRT int8"]

@@ -19,7 +19,6 @@ import ast
 import concurrent.futures
 import json
 import os
-import platform
 import queue
 import random
 import shutil
@@ -27,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from machine import machine_line  # benchmarks/machine.py
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -159,8 +160,7 @@ def main():
                 os.makedirs(os.path.dirname(os.path.join(work, name)) or work, exist_ok=True)
                 shutil.copy2(os.path.join(REPO, name), os.path.join(work, name))
         copies.put(work)
-    print(f"machine: {os.cpu_count()} CPU cores ({platform.machine()}), Python {platform.python_version()}; "
-          f"{args.jobs} job(s), each on its own copy of the repository", flush=True)
+    print(f"{machine_line()}; {args.jobs} job(s), each on its own copy of the repository", flush=True)
 
     plan = {}
     for module in args.modules.split(","):

@@ -8,10 +8,10 @@ folder, then measures clips/s of ``make_dataset(training=True)`` and of
 warm-up training steps of ``tiny`` on random clips. Prints the machine.
 """
 
-import os
-import platform
 import tempfile
 import time
+
+from machine import machine_line  # benchmarks/machine.py
 
 import tf_stfusion  # noqa: F401  (first: TensorFlow's environment defaults, see tf_stfusion/__init__.py)
 
@@ -68,8 +68,7 @@ def main(argv):
     shape = f"{FLAGS.num_frames}x{FLAGS.input_size}x{FLAGS.input_size}"
     print(f"pipeline (train views {shape}, batch {FLAGS.batch_size}): {pipe:.1f} clips/s")
     print(f"tiny template training (warm-up, {shape}, batch {FLAGS.batch_size}): {train:.1f} clips/s")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
-          f"TensorFlow {tf.__version__}")
+    print(machine_line(TensorFlow=tf.__version__))
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ whether the 2-replica search gives the one-device results; and the machine.
 """
 
 import os
-import platform
 import tempfile
 import time
+
+from machine import machine_line  # benchmarks/machine.py
 
 import tf_stfusion  # noqa: F401  (first: TensorFlow's environment defaults, see tf_stfusion/__init__.py)
 
@@ -42,8 +43,7 @@ def main(argv):
     from tf_stfusion.search import SearchConfig, row_correct, run_search
     from tf_stfusion.selection import paired_difference
 
-    print(f"machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), GPUs: "
-          f"{len(tf.config.list_physical_devices('GPU'))}; TensorFlow {tf.__version__}")
+    print(machine_line(TensorFlow=tf.__version__))
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, racing, strategy in (

@@ -20,9 +20,10 @@
 
 import json
 import os
-import platform
 import sys
 import tempfile
+
+from machine import machine_line  # benchmarks/machine.py
 
 import tf_stfusion  # noqa: F401  (first: TensorFlow's environment defaults, see tf_stfusion/__init__.py)
 
@@ -130,7 +131,7 @@ def main(argv):
 
     from tf_stfusion.data.pipeline import InputContract
 
-    print(f"machine: {os.cpu_count()} CPU cores ({platform.machine()}); TensorFlow {tf.__version__}")
+    print(machine_line(TensorFlow=tf.__version__))
     demo = InputContract(num_frames=8, frame_stride=2, sampler="dense", eval_clips=2, eval_size=48,
                          class_names=tuple("abcdefgh"))
     k400 = InputContract(num_frames=16, frame_stride=2, sampler="dense", eval_clips=2, eval_size=256,

@@ -9,9 +9,9 @@ so that the number is the model's, not the input pipeline's. Prints clips/s
 per phase, the search/warm-up time ratio, and the machine.
 """
 
-import os
-import platform
 import time
+
+from machine import machine_line  # benchmarks/machine.py
 
 import tf_stfusion  # noqa: F401  (first: TensorFlow's environment defaults, see tf_stfusion/__init__.py)
 
@@ -24,14 +24,6 @@ flags.DEFINE_integer("batch_size", 0, "Batch (0: 16 for tiny, 2 for densenet121 
 flags.DEFINE_integer("steps", 20, "Timed steps per phase (after 3 untimed ones).")
 flags.DEFINE_integer("num_classes", 400, "Classifier width.")
 FLAGS = flags.FLAGS
-
-
-def _machine(tf):
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        return f"{len(gpus)} x {details.get('device_name', 'GPU')}, {os.cpu_count()} CPU cores"
-    return f"CPU only, {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
 
 
 def measure(backbone, phase, batch, tf, keras):
@@ -67,7 +59,7 @@ def main(argv):
     import tensorflow as tf
 
     gpu = bool(tf.config.list_physical_devices("GPU"))
-    print(f"machine: {_machine(tf)}; TensorFlow {tf.__version__}, Keras {keras.__version__}")
+    print(machine_line(TensorFlow=tf.__version__, Keras=keras.__version__))
     print(f"clips {FLAGS.num_frames}x{FLAGS.input_size}x{FLAGS.input_size}, {FLAGS.steps} timed steps per phase")
     print(f"{'backbone':<12} {'batch':>5} {'warm-up clips/s':>16} {'search clips/s':>15} {'search/warm-up step time':>25}")
     for backbone in FLAGS.backbones:

@@ -27,3 +27,29 @@ def test_ci_runs_the_readme_test_command():
     _, tests = _readme_commands()
     test_cmd = tests.split("&&")[-1].strip()
     assert test_cmd in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_benchmark_prints_the_shared_machine_line():
+    import importlib.util
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    spec = importlib.util.spec_from_file_location("machine", ROOT / "benchmarks" / "machine.py")
+    machine = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(machine)
+    # TensorFlow not imported by the benchmark: no GPU count (none is guessed), versions as given
+    code = ("import sys; sys.path.insert(0, 'benchmarks'); from machine import machine_line; "
+            "print(machine_line(Foo='1.2')); print('tensorflow' in sys.modules)")
+    line, tf_loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                                     check=True).stdout.splitlines()
+    assert tf_loaded == "False" and "GPUs" not in line
+    assert line.startswith("machine: ") and line.endswith(f"; Python {platform.python_version()}, Foo 1.2")
+    assert f"{os.cpu_count()} CPU cores ({machine.cpu_model()}, {platform.machine()})" in line
+    import tensorflow as tf  # imported: the GPUs TensorFlow sees are counted
+
+    assert f", GPUs: {len(tf.config.list_physical_devices('GPU'))}" in machine.machine_line()
+    scripts = [p for p in (ROOT / "benchmarks").glob("*.py") if p.name != "machine.py"]
+    assert scripts and all("print(machine_line(" in p.read_text() or "{machine_line()}" in p.read_text()
+                           for p in scripts)
