@@ -54,7 +54,11 @@ def main(argv):
                                   racing=racing, output_dir=os.path.join(tmp, name.replace(" ", "_").replace(",", "")),
                                   progress=False)
             start = time.perf_counter()
-            results[name] = run_search(config, log=lambda *a: None, tf_strategy=strategy)
+            try:
+                results[name] = run_search(config, log=lambda *a: None, tf_strategy=strategy)
+            except (ValueError, FileNotFoundError) as e:  # what stfusion-search reports in one line, too
+                raise SystemExit(f"error: {e} (this benchmark needs a run with a finished search phase: "
+                                 "the README's first command makes runs/demo)")
             results[name].wall = time.perf_counter() - start
 
     full = results["exhaustive"]
