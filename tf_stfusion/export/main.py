@@ -162,7 +162,7 @@ def export(config: ExportConfig, log=print):
         log(f"export: removed {leftover}, left by an export that was killed")
     work = tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=parent)
     try:
-        files = {}
+        files, loaded = {}, {}  # loaded: format -> its file, loaded to run (parity, then LiteRT latency / accuracy)
         for name in config.formats:
             writer = writers.WRITERS[name]
             files[name] = writer.relative_path(config.model_name, config.version)
@@ -172,12 +172,13 @@ def export(config: ExportConfig, log=print):
                 writer.write(pruned, contract, path, config.model_name)
             except ValueError as e:  # LiteRTError / DeployError: which op has no builtin form
                 raise ExportError(f"{name}: {e}; nothing was written") from None
-            out = writer.load(path)(video)
+            loaded[name] = writer.load(path)
+            out = loaded[name](video)
             parity[writer.parity] = {"max_abs_diff": _max_diff(out["probabilities"], pruned_probs),
                                      "output": "probabilities", "scale": 1.0}
         lite = None
         if "tflite" in files:
-            lite = litert_check(pruned, run, contract, config, work, files, log)
+            lite = litert_check(pruned, run, contract, config, work, files, loaded, log)
         served = None
         if config.check_serving:
             if "saved_model" not in files:
@@ -352,10 +353,11 @@ def calibration_clips(run, contract, count):
     return [clips.numpy()[0] for clips, _, _ in views], where
 
 
-def litert_check(pruned, run, contract, config, work, files, log):
-    """Quantized LiteRT files (written into ``work``, added to ``files``), every
-    file's size and batch-1 latency, and with ``--quantize`` every precision's top-1
-    on the validation split next to the float SavedModel's (same uint8 clips)."""
+def litert_check(pruned, run, contract, config, work, files, loaded, log):
+    """Quantized LiteRT files (written into ``work``, added to ``files`` and, loaded,
+    to ``loaded``), every file's size and batch-1 latency, and with ``--quantize``
+    every precision's top-1 on the validation split next to the float SavedModel's
+    (same uint8 clips). ``loaded``: the files already loaded for the parity check."""
     import numpy as np
 
     from tf_stfusion.export import litert, writers
@@ -375,12 +377,10 @@ def litert_check(pruned, run, contract, config, work, files, log):
                                  clips if precision == "int8" else None)
         except ValueError as e:
             raise ExportError(f"{name}: {e}; nothing was written") from None
-    runners = {}
+        loaded[name] = writers.WRITERS["tflite"].load(os.path.join(work, files[name]))
     shape = (contract.num_frames, contract.eval_size, contract.eval_size, 3)
     clip = np.zeros((1, *shape), np.uint8)
-    for name in files:  # every written file, loaded by its format's writer (tflite_*: the tflite one)
-        loaded = writers.WRITERS[name if name in writers.WRITERS else "tflite"].load(os.path.join(work, files[name]))
-        runners[name] = lambda x, run=loaded: run(x)["probabilities"]
+    runners = {name: lambda x, run=call: run(x)["probabilities"] for name, call in loaded.items()}
     for name, call in runners.items():
         size = size_on_disk(os.path.join(work, files[name]))
         seconds = litert.median_latency(lambda: call(clip), repeats=config.latency_repeats)
