@@ -36,7 +36,7 @@ def test_export_passes_every_parity_check(trained_run, tmp_path, units):
     assert set(report["parity"]) == {"keras_pruned_vs_template_fixed", "saved_model_vs_keras_pruned",
                                      "onnx_runtime_vs_keras_pruned"}
     for check in report["parity"].values():
-        assert check["passed"] and check["max_abs_diff"] <= 1e-4 * check["scale"]
+        assert check["output"] == "logits" and check["passed"] and check["max_abs_diff"] <= 1e-4 * check["scale"]
     on_disk = json.loads((out / "export_report.json").read_text())
     assert on_disk["parity"] == report["parity"]
     # The pruned network is smaller exactly as the cost accounting predicts.
@@ -46,7 +46,7 @@ def test_export_passes_every_parity_check(trained_run, tmp_path, units):
     version = out / "stfusion" / "1"
     loaded = tf.saved_model.load(str(version))
     sig = loaded.signatures["serving_default"]
-    assert set(sig.structured_outputs) == {"probabilities", "top_k", "labels"}
+    assert set(sig.structured_outputs) == {"probabilities", "top_k", "labels", "logits"}
     video = np.random.default_rng(5).integers(0, 256, (1, 8, 32, 32, 3), dtype=np.uint8)
     result = sig(video=tf.constant(video))
     assert result["labels"].shape == (1, 5) and (version / "assets" / "labels.txt").is_file()
@@ -127,7 +127,7 @@ def test_cli_and_saved_model_cli(trained_run, tmp_path):
     model = onnx.load(str(out / "demo.onnx"))
     assert model.opset_import[0].version >= 17
     assert [i.name for i in model.graph.input] == ["video"]
-    assert {o.name for o in model.graph.output} == {"probabilities", "top_k"}
+    assert {o.name for o in model.graph.output} == {"probabilities", "top_k", "logits"}
     assert json.loads({p.key: p.value for p in model.metadata_props}["class_names"])[0] == "move_right"
 
 
@@ -155,3 +155,59 @@ def test_formats_are_the_writer_table():
 
     assert tuple(writers.WRITERS) == export_main.FORMATS
     assert [name for name, w in writers.WRITERS.items() if w.folder] == ["saved_model"]  # moved into place last
+
+
+def test_parity_on_logits_catches_a_broken_conversion_of_a_saturated_model(trained_run, tmp_path, monkeypatch):
+    """A barely trained network can saturate (logits of order 1e4): every probability
+    is 0 or 1, and a check on probabilities reads 0.0 whatever the converted graph
+    computes. The check compares logits, so a conversion that is off below the
+    softmax fails it. Broken here: ONNX's file is written with the classifier's
+    kernel 1% too large."""
+    from tf_stfusion.export import writers
+
+    template = stf.build_template("tiny", num_classes=8, num_frames=8, input_size=32)
+    done = json.loads(open(f"{trained_run}/search/done.json").read())
+    tf.train.Checkpoint(model=template).restore(f"{trained_run}/search/{done['checkpoint']}").expect_partial()
+    dense = template.layers[-1]
+    kernel, bias = dense.get_weights()
+    dense.set_weights([kernel * 1e4, bias])  # saturate: |logits| ~ 1e3-1e5
+    saturated = tmp_path / "saturated" / "ckpt"
+    prefix = tf.train.Checkpoint(model=template).save(str(saturated))
+    strategy_file = _strategy_file(tmp_path, "S")
+    good = export(ExportConfig(strategy_file=strategy_file, model_dir=trained_run, export_dir=str(tmp_path / "ok"),
+                               checkpoint=prefix, formats=("onnx",)), log=lambda *a: None)
+    scale = good["parity"]["onnx_runtime_vs_keras_pruned"]["scale"]
+    assert scale > 1e3 and good["parity"]["onnx_runtime_vs_keras_pruned"]["passed"]
+
+    real_write = writers.write_onnx
+
+    def broken_write(model, contract, path, top_k=5):
+        # The file gets a classifier 1% off: a saturated network's softmax and top-1
+        # do not move, its logits move by ~1% of their scale (10x the tolerance is 1e-4).
+        head = model.layers[-1]
+        kernel, bias = head.get_weights()
+        head.set_weights([kernel * 1.01, bias])
+        try:
+            return real_write(model, contract, path, top_k)
+        finally:
+            head.set_weights([kernel, bias])
+
+    monkeypatch.setitem(writers.WRITERS, "onnx", writers.dataclasses.replace(
+        writers.WRITERS["onnx"], write=lambda model, contract, path, name: broken_write(model, contract, path)))
+    out = tmp_path / "broken"
+    # The broken file's probabilities equal the right ones: a check on them would pass it.
+    from tf_stfusion.data.pipeline import InputContract, normalize
+
+    contract = InputContract.from_dict(good["input_contract"], "export report")
+    strategy = stf.Strategy.uniform("S", "tiny")
+    stf.apply_strategy(template, strategy)
+    pruned = prune(template, strategy)
+    video = np.random.default_rng(0).integers(0, 256, (2, 8, 32, 32, 3), dtype=np.uint8)
+    right = pruned(normalize(tf.constant(video)), training=False).numpy()
+    wrong = writers.load_onnx(broken_write(pruned, contract, str(tmp_path / "broken.onnx")))(video)
+    np.testing.assert_allclose(wrong["probabilities"], tf.nn.softmax(right).numpy(), atol=1e-6)
+    assert np.max(np.abs(wrong["logits"] - right)) > 10 * 1e-4 * scale
+    with pytest.raises(ExportError, match="onnx_runtime_vs_keras_pruned"):
+        export(ExportConfig(strategy_file=strategy_file, model_dir=trained_run, export_dir=str(out),
+                            checkpoint=prefix, formats=("onnx",)), log=lambda *a: None)
+    assert not out.exists() or os.listdir(out) == []

@@ -76,9 +76,14 @@ def check_frames(frames, expected_count=None):
     return checks
 
 
+def clip_logits(model, video):
+    """The network's logits ``[batch, C]`` (float32) of uint8 clips ``[batch, T, S, S, 3]``."""
+    return tf.cast(model(pipeline.normalize(video), training=False), tf.float32)
+
+
 def clip_probabilities(model, video):
     """Softmax scores ``[batch, C]`` of uint8 clips ``[batch, T, S, S, 3]``."""
-    return tf.nn.softmax(tf.cast(model(pipeline.normalize(video), training=False), tf.float32))
+    return tf.nn.softmax(clip_logits(model, video))
 
 
 def make_signatures(model, contract: pipeline.InputContract, lookup, top_k=5):
@@ -94,7 +99,10 @@ def make_signatures(model, contract: pipeline.InputContract, lookup, top_k=5):
         return {"probabilities": probs, "top_k": ids, "labels": lookup(ids)}
 
     def serving_default(video):
-        return outputs(clip_probabilities(model, video))
+        # Per clip, so the logits are returned too: the export's parity checks compare
+        # them (probabilities of a saturated network are all 0 or 1 and hide errors).
+        logits = clip_logits(model, video)
+        return {**outputs(tf.nn.softmax(logits)), "logits": logits}
 
     def serving_video(frames):
         with tf.control_dependencies(check_frames(frames)):

@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_stfusion.export.serving import clip_probabilities, make_signatures
+from tf_stfusion.export.serving import clip_logits, make_signatures
 
 ONNX_OPSET = 17
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -111,14 +111,16 @@ def write_warmup_requests(path, contract, model_name):
 
 def clip_function(model, contract, top_k=5, batch=None):
     """``(fn, input_signature)``: ``serving_default`` without the labels table --
-    uint8 clips ``video`` -> ``probabilities``, ``top_k`` -- for the runtimes that
-    take clips (ONNX; LiteRT with ``batch=1``)."""
+    uint8 clips ``video`` -> ``probabilities``, ``top_k``, ``logits`` -- for the
+    runtimes that take clips (ONNX; LiteRT with ``batch=1``)."""
     top_k = min(top_k, len(contract.class_names))
 
     def serve(video):
-        probs = clip_probabilities(model, video)
+        logits = clip_logits(model, video)
+        probs = tf.nn.softmax(logits)
         ids = tf.math.top_k(probs, top_k).indices
-        return {"probabilities": tf.identity(probs, name="probabilities"), "top_k": tf.identity(ids, name="top_k")}
+        return {"probabilities": tf.identity(probs, name="probabilities"), "top_k": tf.identity(ids, name="top_k"),
+                "logits": tf.identity(logits, name="logits")}
 
     return serve, tf.TensorSpec([batch, contract.num_frames, contract.eval_size, contract.eval_size, 3], tf.uint8,
                                 name="video")
@@ -167,7 +169,7 @@ class Writer:
 
     relative_path: Callable  # (model_name, version) -> str
     write: Callable  # (model, contract, path, model_name) -> None
-    load: Callable  # path -> (video uint8 -> {"probabilities": ..., "top_k": ...}), for parity and latency
+    load: Callable  # path -> (video uint8 -> {"probabilities", "top_k", "logits"}), for parity and latency
     parity: str  # the export report's name for its parity check
     folder: bool = False  # moved into place last (TF Serving watches folders)
 
