@@ -3,7 +3,8 @@
 ``fusion_plot``: the paper's Fig. 4 -- per fusion layer, bars of the S, ST and
 S+ST unit probabilities (from the Eq. 7 marginals) and, as a line, the unit the
 best strategy chose. ``pareto_plot``: top-1 against GFLOPs of every evaluated
-strategy, the Pareto front, the fixed strategies and the best one marked.
+strategy (a marker per racing sample size), the Pareto front over the
+strategies scored on the whole split, the fixed strategies and the best one.
 ``write_report``: the paper's Table 2 (Opt vs S / ST / S+ST) and what the
 marginals say, block by block -- statements computed from the numbers.
 """
@@ -60,13 +61,26 @@ def fusion_plot(probs, best_units, path, title="Layer-level fusion preference"):
     _save(fig, path)
 
 
+ROUND_MARKERS = ("^", "v", "D", "P", "X")  # raced-out strategies: one per sample size (the whole split: "o")
+
+
 def pareto_plot(rows, front, best, path):
+    """Top-1 on the selection split against GFLOPs. Racing scores most strategies
+    on a prefix of the split only, so each sample size gets its own marker (the
+    legend says how many videos); the Pareto front is drawn over the strategies
+    scored on the whole split only (``front``), as a step line with its points."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     sampled = [r for r in rows if r["kind"] == "sampled"]
-    ax.scatter([r["gflops"] for r in sampled], [100 * r["top1"] for r in sampled], s=14, color="#999999",
-               label=f"sampled ({len(sampled)})")
-    ax.plot([r["gflops"] for r in front], [100 * r["top1"] for r in front], color="#4C72B0", lw=1,
-            label="Pareto front")
+    sizes = sorted({r["num_videos"] for r in sampled})
+    for i, size in enumerate(sizes):
+        group = [r for r in sampled if r["num_videos"] == size]
+        whole = size == sizes[-1]
+        ax.scatter([r["gflops"] for r in group], [100 * r["top1"] for r in group], s=16 if whole else 10,
+                   marker=ROUND_MARKERS[min(i, len(ROUND_MARKERS) - 1)] if not whole else "o",
+                   color="#555555" if whole else "#BBBBBB", alpha=1.0 if whole else 0.7,
+                   label=f"sampled, {size} videos{' (whole split)' if whole else ' (raced out)'}: {len(group)}")
+    ax.plot([r["gflops"] for r in front], [100 * r["top1"] for r in front], color="#4C72B0", lw=1.2,
+            marker="o", ms=5, mfc="none", drawstyle="steps-post", label="Pareto front (whole split)", zorder=4)
     for r in rows:
         if r["kind"] == "fixed":
             unit = r["id"].split("-", 1)[1]
@@ -76,7 +90,7 @@ def pareto_plot(rows, front, best, path):
                zorder=5)
     ax.set_xlabel("GFLOPs per clip")
     ax.set_ylabel(f"top-1 on {rows[0].get('split', 'the selection split')} (%)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     _save(fig, path)
 

@@ -210,10 +210,18 @@ def read_results(path):
     return {row["id"]: row for row in read_jsonl(path)}
 
 
+def fully_scored(rows):
+    """The rows scored on the whole selection split (racing stops the others on a
+    prefix of it: their top-1 rests on fewer videos and is not comparable)."""
+    full = max((r["num_videos"] for r in rows), default=0)
+    return [r for r in rows if r["num_videos"] == full]
+
+
 def pareto_front(rows):
-    """Rows not beaten by another at less or equal cost: sorted by GFLOPs."""
+    """Rows scored on the whole split not beaten by another at less or equal cost:
+    sorted by GFLOPs."""
     front, best = [], -1.0
-    for row in sorted(rows, key=lambda r: (r["gflops"], -r["top1"])):
+    for row in sorted(fully_scored(rows), key=lambda r: (r["gflops"], -r["top1"])):
         if row["top1"] > best:
             front.append(row)
             best = row["top1"]
@@ -223,9 +231,7 @@ def pareto_front(rows):
 def pick_best(rows, max_gflops=0.0):
     """The best sampled strategy scored on the whole selection split (top-1, then
     top-5, then fewer GFLOPs), within ``max_gflops`` if given."""
-    full = max((r["num_videos"] for r in rows), default=0)
-    pool = [r for r in rows if r["kind"] == "sampled" and r["num_videos"] == full
-            and (not max_gflops or r["gflops"] <= max_gflops)]
+    pool = [r for r in fully_scored(rows) if r["kind"] == "sampled" and (not max_gflops or r["gflops"] <= max_gflops)]
     if not pool:
         raise ValueError(f"no sampled strategy costs <= {max_gflops} GFLOPs" if max_gflops
                          else "no sampled strategy was evaluated")
