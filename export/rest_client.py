@@ -1,6 +1,7 @@
 """Classify a video with a model served by TF Serving's REST API.
 
     python export/rest_client.py --url=http://localhost:8501/v1/models/stfusion --video=clip.mp4
+    python export/rest_client.py --url=http://localhost:8501/v1/models/stfusion/versions/1:predict --video=clip.mp4
 
 The client follows the model's input contract, read from the model itself (the
 ``input_contract`` signature): it decodes the video as ``prepare`` did, picks
@@ -13,9 +14,32 @@ It prints the request size and the top classes.
 
 import argparse
 import json
+import re
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
+
+
+MODEL_PATH = re.compile(r"/v1/models/[^/:]+(/versions/\d+|/labels/[^/:]+)?$")
+
+
+def model_url(url):
+    """The model URL (``http://HOST:PORT/v1/models/NAME[/versions/N | /labels/L]``)
+    from what a user gives: that, or TF Serving's predict URL as its REST API
+    documentation writes it (the same with ``:predict``). ValueError names any
+    other form."""
+    url = url.strip().rstrip("/")
+    base, colon, verb = url.rpartition(":")
+    if colon and "/" not in verb and not verb.isdigit():  # a ":verb" ending, not a ":port"
+        if verb != "predict":
+            raise ValueError(f"--url={url}: this client calls :predict, not :{verb}; give the model URL "
+                             f"{base} (or {base}:predict)")
+        url = base
+    if not MODEL_PATH.search(urllib.parse.urlsplit(url).path):
+        raise ValueError(f"--url={url}: not a TF Serving model URL; expected "
+                         f"http://HOST:8501/v1/models/NAME[/versions/N][:predict]")
+    return url
 
 
 def post(url, body):
@@ -45,14 +69,19 @@ def classify(url, video, whole_video=False, send=post):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://localhost:8501/v1/models/stfusion",
-                        help="the model's REST address, without :predict")
+                        help="the model's REST address: .../v1/models/NAME[/versions/N], with or without :predict")
     parser.add_argument("--video", required=True)
     parser.add_argument("--whole_video", action="store_true", help="send every frame to serving_video")
     args = parser.parse_args(argv)
+    try:
+        url = model_url(args.url)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from tf_stfusion.data.video import VideoError
 
     try:
-        top, size = classify(args.url.rstrip("/"), args.video, args.whole_video)
+        top, size = classify(url, args.video, args.whole_video)
     except (VideoError, ValueError) as e:
         print(f"error: {args.video}: {e}", file=sys.stderr)
         return 2

@@ -241,6 +241,9 @@ def test_rest_client_command_line_needs_no_sizes(stride2_export, tmp_path):
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 (http.server's name)
             body = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.path not in ("/v1/models/stfusion:predict", "/v1/models/stfusion/versions/1:predict"):
+                self.send_error(404, f"no such path {self.path}")  # as TF Serving answers a wrong URL
+                return
             reply = json.dumps(server.rest(body)).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -259,8 +262,10 @@ def test_rest_client_command_line_needs_no_sizes(stride2_export, tmp_path):
         _, frames, _ = synthetic.render_clip(synthetic.SyntheticConfig(num_frames=12, size=32), "val", 5)
         write_video(str(tmp_path / "clip.mp4"), frames)
         url = f"http://127.0.0.1:{httpd.server_port}/v1/models/stfusion"
-        proc = subprocess.run([sys.executable, os.path.join(REPO, "export", "rest_client.py"), f"--url={url}",
-                               f"--video={tmp_path}/clip.mp4"], capture_output=True, text=True, timeout=180)
+        # TF Serving's predict URL as its documentation writes it (the bare model URL below).
+        proc = subprocess.run([sys.executable, os.path.join(REPO, "export", "rest_client.py"),
+                               f"--url={url}/versions/1:predict", f"--video={tmp_path}/clip.mp4"],
+                              capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stderr[-2000:]
         lines = proc.stdout.strip().splitlines()
         assert lines[0].startswith("request: ") and lines[0].endswith(" bytes")
@@ -270,3 +275,16 @@ def test_rest_client_command_line_needs_no_sizes(stride2_export, tmp_path):
         assert proc.returncode == 2 and "missing" in proc.stderr and "Traceback" not in proc.stderr
     finally:
         httpd.shutdown()
+
+
+def test_rest_client_takes_the_model_url_or_the_predict_url():
+    base = "http://h:8501/v1/models/stfusion"
+    for given, expected in ((base, base), (base + "/", base), (base + ":predict", base),
+                            (base + "/versions/3:predict", base + "/versions/3"),
+                            (base + "/labels/stable:predict", base + "/labels/stable")):
+        assert rest_client.model_url(given) == expected
+    with pytest.raises(ValueError, match="not :classify"):
+        rest_client.model_url(base + ":classify")
+    for wrong in ("http://h:8501", "http://h:8501/v1/stfusion", base + "/versions/x"):
+        with pytest.raises(ValueError, match="not a TF Serving model URL"):
+            rest_client.model_url(wrong)
