@@ -271,7 +271,7 @@ def ordered_frame_names(path):
     (``1.jpg, 2.jpg, ..., 10.jpg``; ``img_00001.jpg``; ``frame_7.png``), as the
     tools that write such folders number them. Raises VideoError when the names
     are not one pattern around one number (then there is no order to trust)."""
-    names = [n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS)]
+    names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS))
     keyed, patterns = {}, set()
     for name in names:
         match = _NUMBERED.match(os.path.splitext(name)[0])
