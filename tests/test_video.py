@@ -171,6 +171,7 @@ ROT90 = [0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30]  # what `-metadata:s:v:
     ({"rotation": (0, True)}, np.fliplr),
     ({"rotation": (0, False, True)}, np.flipud),
     ({"rotation": (90, True)}, lambda im: np.fliplr(np.rot90(im, 1))),  # a transpose
+    ({"rotation": (90, False, True)}, lambda im: np.flipud(np.rot90(im, 1))),  # the other transpose
     ({"rotation": (270, False, True)}, lambda im: np.flipud(np.rot90(im, 3))),
 ])
 def test_frames_follow_the_display_matrix(tmp_path, display, expected):
@@ -183,6 +184,19 @@ def test_frames_follow_the_display_matrix(tmp_path, display, expected):
     contract = pipeline.InputContract(4, 1, "dense", 1, 32, ("a",), frame_short_side=24)
     served = client.decode_video(path, contract)
     assert served.shape[1:3] == ((24, 32) if want.shape[0] < want.shape[1] else (32, 24))
+
+
+def test_anamorphic_video_is_stretched_to_its_display_width(tmp_path):
+    # Stored 32 wide with 2:1 pixels (sample aspect ratio): a player shows it 64 wide.
+    with av.open(str(tmp_path / "anamorphic.mkv"), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = W // 2, H, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = fractions.Fraction(2, 1)
+        stored = marker_image()[:, ::2]  # the marker becomes 16 high x 8 stored pixels
+        for packet in [*stream.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")), *stream.encode()]:
+            container.mux(packet)
+    frames = decode(str(tmp_path / "anamorphic.mkv"))
+    assert frames.shape[1:3] == (H, W) and (red_mask(frames[0]) != red_mask(marker_image())).mean() < 0.02
 
 
 # -- 3. damage is survived and counted -----------------------------------------------------
