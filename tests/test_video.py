@@ -287,6 +287,26 @@ def test_contracts_without_fps_still_read_and_mean_no_resampling():
     assert pipeline.InputContract.from_dict(old).fps == 0.0
 
 
+# -- 6. bounded memory: records streamed from a spool ----------------------------------------------
+def test_streamed_records_are_the_bytes_tensorflow_writes(tmp_path):
+    from tf_stfusion.data.records import FrameSpool, ShardWriter, context_features
+
+    rng = np.random.default_rng(0)
+    jpegs = [rng.bytes(n) for n in (0, 1, 127, 128, 300, 20000)]  # sizes around varint boundaries
+    with tf.io.TFRecordWriter(str(tmp_path / "tf.tfrecord")) as writer:
+        writer.write(b"first")
+        writer.write(prepare.sequence_example("v/1", 3, jpegs, 48, 64).SerializeToString())
+    with ShardWriter(str(tmp_path / "ours.tfrecord")) as writer:
+        writer.write(b"first")
+        spool = FrameSpool(str(tmp_path))
+        for jpeg in jpegs:
+            spool.add(jpeg)
+        writer.example(context_features("v/1", 3, len(jpegs), 48, 64), spool)
+        spool.close()
+    assert (tmp_path / "ours.tfrecord").read_bytes() == (tmp_path / "tf.tfrecord").read_bytes()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".frames-")] == []
+
+
 # -- the whole split: prepare ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def awkward_folder(tmp_path_factory):

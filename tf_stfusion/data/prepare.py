@@ -31,6 +31,7 @@ from absl import app, flags
 
 from tf_stfusion.data import readers, synthetic
 from tf_stfusion.data.integrity import check_shards, shard_record
+from tf_stfusion.data.records import FrameSpool, RecordWriteError, ShardWriter, context_features
 from tf_stfusion.data.video import DecodeStats, VideoError, iter_frames, resize_image
 from tf_stfusion.fileio import atomic_write_json
 
@@ -104,19 +105,11 @@ def encode_jpeg(frame, quality):
 
 
 def sequence_example(video_id, label, encoded, height, width):
-    """A ``tf.train.SequenceExample`` of JPEG-encoded frames (module docstring)."""
+    """A ``tf.train.SequenceExample`` of JPEG-encoded frames (module docstring);
+    ``record_video`` writes the same bytes without holding them."""
     import tensorflow as tf
 
-    def int64(v):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
-
-    context = tf.train.Features(feature={
-        "clip/media_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[video_id.encode()])),
-        "clip/label/index": int64(label),
-        "clip/num_frames": int64(len(encoded)),
-        "image/height": int64(height),
-        "image/width": int64(width),
-    })
+    context = tf.train.Features.FromString(context_features(video_id, label, len(encoded), height, width))
     features = [tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])) for jpeg in encoded]
     lists = tf.train.FeatureLists(feature_list={"image/encoded": tf.train.FeatureList(feature=features)})
     return tf.train.SequenceExample(context=context, feature_lists=lists)
@@ -127,21 +120,27 @@ def make_sequence_example(video_id, label, frames, quality):
     return sequence_example(video_id, label, [encode_jpeg(f, quality) for f in frames], *frames.shape[1:3])
 
 
-def encode_video(video_id, source, label, opts):
-    """``(serialized SequenceExample, DecodeStats)`` of one video, streamed: each
-    frame is decoded, resized and JPEG-encoded before the next is decoded, so only
-    the JPEG bytes of a video are held. Raises VideoError (the video's skip reason)."""
+def record_video(writer, video_id, source, label, opts):
+    """Streams one video into the shard ``writer`` and returns its DecodeStats: each
+    frame is decoded, resized and JPEG-encoded, and its JPEG spooled to disk, before
+    the next is decoded, so memory does not grow with the video's length. Raises
+    VideoError (the video's skip reason) before anything is written."""
     stats = DecodeStats()
-    encoded, shape = [], (0, 0)
-    for frame in iter_source_frames(source, opts, stats):
-        encoded.append(encode_jpeg(frame, opts["jpeg_quality"]))
-        shape = frame.shape[:2]
-    if stats.dropped_fraction > opts["max_dropped_fraction"]:
-        raise VideoError(f"damaged: {stats.packets_dropped} of {stats.packets} packets do not decode "
-                         f"(> --max_dropped_fraction={opts['max_dropped_fraction']})")
-    if len(encoded) < opts["min_frames"]:
-        raise VideoError(f"too short: {len(encoded)} frames < --min_frames={opts['min_frames']}")
-    return sequence_example(video_id, label, encoded, *shape).SerializeToString(), stats
+    spool = FrameSpool(os.path.dirname(writer.file.name))
+    try:
+        shape = (0, 0)
+        for frame in iter_source_frames(source, opts, stats):
+            spool.add(encode_jpeg(frame, opts["jpeg_quality"]))
+            shape = frame.shape[:2]
+        if stats.dropped_fraction > opts["max_dropped_fraction"]:
+            raise VideoError(f"damaged: {stats.packets_dropped} of {stats.packets} packets do not decode "
+                             f"(> --max_dropped_fraction={opts['max_dropped_fraction']})")
+        if spool.num_frames < opts["min_frames"]:
+            raise VideoError(f"too short: {spool.num_frames} frames < --min_frames={opts['min_frames']}")
+        writer.example(context_features(video_id, label, spool.num_frames, *shape), spool)
+    finally:
+        spool.close()
+    return stats
 
 
 # -- one shard ----------------------------------------------------------------
@@ -152,30 +151,30 @@ def shard_name(split, i, n):
 def write_shard(task):
     """Writes one shard atomically; returns its record (also saved as .done.json).
     One video's failure, of whatever kind, is that video's skip with its reason."""
-    import tensorflow as tf
-
     path, entries, opts = task
     record = {"shard": os.path.basename(path), "examples": [], "skipped": [], "frames": [], "videos": {}}
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with tf.io.TFRecordWriter(tmp) as writer:
+        with ShardWriter(tmp) as writer:
             for video_id, source, label in entries:
                 try:
-                    example, stats = encode_video(video_id, source, label, opts)
+                    stats = record_video(writer, video_id, source, label, opts)
                 except VideoError as e:
                     record["skipped"].append([video_id, str(e)])
                     continue
+                except RecordWriteError:
+                    raise
                 except Exception as e:  # noqa: BLE001 -- FFmpeg, PIL and numpy fail in many classes
                     record["skipped"].append([video_id, f"failed: {type(e).__name__}: {e}"])
                     continue
-                writer.write(example)
                 record["examples"].append([video_id, label])
                 record["frames"].append(stats.frames)
                 record["videos"][video_id] = stats.to_dict()
         os.replace(tmp, path)
-    except (OSError, tf.errors.OpError) as e:
-        raise PrepareError(f"{tmp}: cannot write the shard ({type(e).__name__}: {e}); check the space and "
-                           "permissions of --output_dir and rerun: finished shards are kept") from None
+    except (OSError, RecordWriteError) as e:
+        where = str(e) if isinstance(e, RecordWriteError) else f"{tmp}: cannot write ({type(e).__name__}: {e})"
+        raise PrepareError(f"{where}; check the space and permissions of --output_dir and rerun: finished "
+                           "shards are kept") from None
     record.update(shard_record(path))  # size and CRC32C: later runs check the shard against them
     atomic_write_json(f"{path}.done.json", record)
     return record
