@@ -1,8 +1,8 @@
 """Peak resident memory of ``prepare --num_workers=1`` on a short and a long video.
 
-    python benchmarks/prepare_memory.py [--short_frames=300] [--long_frames=3000]
+    python benchmarks/prepare_memory.py [--frames=300,3000] [--size=320x240]
 
-Each video (H.264, ``--width`` x ``--height``, 30 fps, a textured scene moving a
+Each video (H.264, ``--size`` width x height, 30 fps, a textured scene moving a
 pixel per frame, so its JPEGs are as large as a real video's) is prepared alone
 in a ``folder`` dataset by a child process; its peak RSS is read from
 ``wait4``'s resource usage (``ru_maxrss``). ``prepare`` streams decode -> resize
@@ -20,10 +20,8 @@ from machine import machine_line  # benchmarks/machine.py
 
 from absl import app, flags
 
-flags.DEFINE_integer("short_frames", 300, "Frames of the short video.")
-flags.DEFINE_integer("long_frames", 3000, "Frames of the long video.")
-flags.DEFINE_integer("width", 320, "Video width.")
-flags.DEFINE_integer("height", 240, "Video height.")
+flags.DEFINE_list("frames", ["300", "3000"], "Frames of the short and the long video.")
+flags.DEFINE_string("size", "320x240", "Video width x height.")
 flags.DEFINE_integer("short_side", 256, "prepare --short_side.")
 FLAGS = flags.FLAGS
 
@@ -67,22 +65,24 @@ def main(argv):
     import av
 
     print(machine_line(PyAV=av.__version__, FFmpeg=".".join(map(str, av.library_versions["libavcodec"]))))
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for frames in (FLAGS.short_frames, FLAGS.long_frames):
-            root = os.path.join(tmp, f"v{frames}")
-            os.makedirs(os.path.join(root, "train", "a"))
-            write_moving_video(os.path.join(root, "train", "a", "clip.mp4"), frames, FLAGS.width, FLAGS.height)
-            results[frames] = peak_rss_of_prepare(root, os.path.join(tmp, f"out{frames}"))
-            peak, seconds, stored = results[frames]
-            print(f"{frames} frames ({FLAGS.width}x{FLAGS.height}, --short_side={FLAGS.short_side}): peak RSS "
-                  f"{peak:.0f} MiB, {seconds:.1f} s, {stored / 2 ** 20:.1f} MiB of JPEG records")
     from tf_stfusion.data.video import resized_shape
 
-    difference = results[FLAGS.long_frames][0] - results[FLAGS.short_frames][0]
-    h, w = resized_shape(FLAGS.height, FLAGS.width, FLAGS.short_side)
-    pixels = (FLAGS.long_frames - FLAGS.short_frames) * h * w * 3 / 2 ** 20
-    print(f"peak RSS difference, {FLAGS.long_frames} - {FLAGS.short_frames} frames: {difference:.0f} MiB "
+    short, long = map(int, FLAGS.frames)
+    width, height = map(int, FLAGS.size.split("x"))
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for frames in (short, long):
+            root = os.path.join(tmp, f"v{frames}")
+            os.makedirs(os.path.join(root, "train", "a"))
+            write_moving_video(os.path.join(root, "train", "a", "clip.mp4"), frames, width, height)
+            results[frames] = peak_rss_of_prepare(root, os.path.join(tmp, f"out{frames}"))
+            peak, seconds, stored = results[frames]
+            print(f"{frames} frames ({width}x{height}, --short_side={FLAGS.short_side}): peak RSS "
+                  f"{peak:.0f} MiB, {seconds:.1f} s, {stored / 2 ** 20:.1f} MiB of JPEG records")
+    difference = results[long][0] - results[short][0]
+    h, w = resized_shape(height, width, FLAGS.short_side)
+    pixels = (long - short) * h * w * 3 / 2 ** 20
+    print(f"peak RSS difference, {long} - {short} frames: {difference:.0f} MiB "
           f"(their {h}x{w} pixels alone: {pixels:.0f} MiB)")
 
 

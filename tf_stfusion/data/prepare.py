@@ -1,8 +1,11 @@
 """``python -m tf_stfusion.data.prepare``: videos -> sharded TFRecords + manifest.
 
-Each video is decoded (PyAV, or JPEG frame folders), its short side resized
-(``--short_side``, default 256) and written as a ``tf.train.SequenceExample``
-(the TF Model Garden video layout)::
+Each video is decoded as a player shows it (``data.video.iter_frames``: PyAV
+and an FFmpeg filter graph; or an image-frame folder in the order of the numbers
+in its names), optionally resampled to a constant ``--fps``, its short side
+resized (``--short_side``, default 256) and written, one frame at a time
+(``data.records``), as a ``tf.train.SequenceExample`` (the TF Model Garden video
+layout)::
 
     context:       clip/media_id (bytes), clip/label/index (int64),
                    clip/num_frames, image/height, image/width (int64)
@@ -10,13 +13,16 @@ Each video is decoded (PyAV, or JPEG frame folders), its short side resized
 
 into ``<output_dir>/<split>-<i:05d>-of-<n:05d>.tfrecord``, next to a
 ``<split>-manifest.json`` (class names, counts per class, skipped items with
-reasons, frame-count statistics).
+reasons, frame-count statistics, ``fps``, and per video its ``DecodeStats``:
+frames decoded and announced, packets dropped, average fps, duration, variable
+frame rate).
 
 Robust by construction: work is split into shards and spread over processes;
 a shard is written under a temporary name and renamed when complete, then its
 ``.done.json`` record is written, so no half-written shard ever sits under its
 final name, and a rerun of the same command skips finished shards and
-completes the rest. A video that cannot be used is skipped and reported.
+completes the rest. A video that cannot be used, for whatever reason, is
+skipped and reported; a split that writes no video is an error.
 """
 
 import json
@@ -41,9 +47,11 @@ FLAGS = flags.FLAGS
 
 SYNTHETIC_PREFIX = "synthetic:"
 # Up to a tenth of a video's packets may fail to decode: FFmpeg conceals a lost packet
-# from its reference frames, so the video still shows every scene (the issue's recipe,
-# 64 bytes damaged mid-stream, loses 3 of 60 packets: 5%); beyond one packet in ten
-# whole GOPs are gone and the clips would train on concealment artefacts.
+# from its reference frames, so a video missing a few still shows every scene (one
+# damaged packet header: 1 of 60 dropped in tests/test_video.py; the issue reports 3 of
+# 60 frames lost to 64 damaged bytes). Beyond one packet in ten, a recipe's 32-frame
+# span (16 frames at stride 2) holds three or more concealed frames on average, and the
+# clips would train on concealment artefacts.
 MAX_DROPPED_FRACTION = 0.1
 
 
@@ -249,25 +257,12 @@ def prepare(index, output_dir, examples_per_shard=32, num_workers=None, short_si
     and CRC32C still match that record; a damaged or missing one is written again.
     ``command``: how to rerun this (kept in the manifest for error messages).
     """
-    if examples_per_shard < 1:
-        raise ValueError("examples_per_shard must be >= 1")
+    _check_options(examples_per_shard, fps, max_dropped_fraction, synthetic_config)
     os.makedirs(output_dir, exist_ok=True)
     split = index.split
     entries = sorted(index.entries, key=lambda e: e.video_id)
     n = max(1, -(-len(entries) // examples_per_shard))
-    stale = [f for f in os.listdir(output_dir)
-             if f.startswith(f"{split}-") and f.endswith(".tfrecord") and not f.endswith(f"-of-{n:05d}.tfrecord")]
-    if stale:
-        raise ValueError(
-            f"{output_dir} already holds {split} shards with a different shard count "
-            f"(e.g. {stale[0]}); use a new --output_dir or the same --examples_per_shard"
-        )
-    # Leftovers of a killed run: never under a final name, removed here.
-    for name in os.listdir(output_dir):
-        if name.startswith(f"{split}-") and ".tmp-" in name:
-            os.remove(os.path.join(output_dir, name))
-    if fps and synthetic_config is not None:
-        raise ValueError("--fps resamples decoded videos by their timestamps; synthetic clips have none")
+    _clear_leftovers(output_dir, split, n)
     opts = {"short_side": short_side, "min_frames": min_frames, "max_frames": max_frames,
             "jpeg_quality": jpeg_quality, "synthetic": synthetic_config, "fps": float(fps or 0),
             "max_dropped_fraction": max_dropped_fraction}
@@ -319,6 +314,31 @@ def skip_summary(skipped, examples=1):
         return "the index lists no video"
     return ", ".join(f"{len(items)} {kind} (e.g. {'; '.join(items[:examples])})"
                      for kind, items in sorted(kinds.items(), key=lambda kv: -len(kv[1])))
+
+
+def _clear_leftovers(output_dir, split, n):
+    """Refuses shards of another shard count; removes a killed or failed run's
+    temporary shards (never under a final name)."""
+    stale = [f for f in os.listdir(output_dir)
+             if f.startswith(f"{split}-") and f.endswith(".tfrecord") and not f.endswith(f"-of-{n:05d}.tfrecord")]
+    if stale:
+        raise ValueError(
+            f"{output_dir} already holds {split} shards with a different shard count "
+            f"(e.g. {stale[0]}); use a new --output_dir or the same --examples_per_shard"
+        )
+    for name in os.listdir(output_dir):
+        if name.startswith(f"{split}-") and ".tmp-" in name:
+            os.remove(os.path.join(output_dir, name))
+
+
+def _check_options(examples_per_shard, fps, max_dropped_fraction, synthetic_config):
+    if examples_per_shard < 1:
+        raise ValueError("examples_per_shard must be >= 1")
+    if fps < 0 or not 0 <= max_dropped_fraction <= 1:
+        raise ValueError(f"--fps must be >= 0 (got {fps}) and --max_dropped_fraction in [0, 1] "
+                         f"(got {max_dropped_fraction})")
+    if fps and synthetic_config is not None:
+        raise ValueError("--fps resamples decoded videos by their timestamps; synthetic clips have none")
 
 
 def _finished_record(path, done):
