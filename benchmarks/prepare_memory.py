@@ -78,11 +78,11 @@ def main(argv):
             results[frames] = peak_rss_of_prepare(root, os.path.join(tmp, f"out{frames}"))
             peak, seconds, stored = results[frames]
             print(f"{frames} frames ({width}x{height}, --short_side={FLAGS.short_side}): peak RSS "
-                  f"{peak:.0f} MiB, {seconds:.1f} s, {stored / 2 ** 20:.1f} MiB of JPEG records")
+                  f"{peak:.1f} MiB, {seconds:.1f} s, {stored / 2 ** 20:.1f} MiB of JPEG records")
     difference = results[long][0] - results[short][0]
     h, w = resized_shape(height, width, FLAGS.short_side)
     pixels = (long - short) * h * w * 3 / 2 ** 20
-    print(f"peak RSS difference, {long} - {short} frames: {difference:.0f} MiB "
+    print(f"peak RSS difference, {long} - {short} frames: {difference:.1f} MiB "
           f"(their {h}x{w} pixels alone: {pixels:.0f} MiB)")
 
 

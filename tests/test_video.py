@@ -373,6 +373,22 @@ def test_too_many_dropped_packets_skip_the_video(awkward_folder, tmp_path):
         "damaged: 1 of 60 packets do not decode (> --max_dropped_fraction=0.01)"
 
 
+def test_any_other_failure_is_that_videos_skip(awkward_folder, tmp_path, monkeypatch):
+    index = readers.read_index("folder", str(awkward_folder), "train")
+    index.entries[:] = [e for e in index.entries if e.video_id in ("a/good", "a/phone")]
+    encode = prepare.encode_jpeg
+
+    def encode_jpeg(frame, quality):  # fails on the phone video's frames (48 wide) only
+        if frame.shape[1] == H:
+            raise RuntimeError("simulated fault")
+        return encode(frame, quality)
+
+    monkeypatch.setattr(prepare, "encode_jpeg", encode_jpeg)
+    manifest = prepare.prepare(index, str(tmp_path), num_workers=1, short_side=0, progress=False)
+    assert manifest["skipped"] == [["a/phone", "failed: RuntimeError: simulated fault"]]
+    assert manifest["num_examples"] == 1 and not list(tmp_path.glob(".frames-*"))
+
+
 def test_a_split_with_no_readable_video_fails_with_the_reasons(tmp_path):
     # Kinetics extracted flat, without class folders: every listed clip is "missing".
     rows = ["label,youtube_id,time_start,time_end,split"]
