@@ -7,6 +7,7 @@ the image that was encoded, the frame numbers painted into the pixels), never
 from the decoder under test.
 """
 
+import dataclasses
 import fractions
 import json
 import os
@@ -361,6 +362,17 @@ def test_prepare_keeps_every_usable_video_and_says_what_it_saw(awkward_folder, t
     sent, _ = client.request_frames(str(awkward_folder / "train" / "b" / "vfr.mp4"), contract, whole_video=True)
     assert frame_numbers(np.stack([tf.io.decode_jpeg(f).numpy() for f in sent])) == \
         frame_numbers(_stored(out, "b/vfr"))
+
+
+def test_the_rate_reaches_the_data_source(awkward_folder, tmp_path):
+    from tf_stfusion.data import sources
+
+    index = readers.read_index("folder", str(awkward_folder), "train")
+    index.entries[:] = [e for e in index.entries if e.video_id == "a/good"]
+    for split in ("train", "val"):
+        prepare.prepare(dataclasses.replace(index, split=split), str(tmp_path), num_workers=1, short_side=0,
+                        progress=False, fps=12.5)
+    assert sources.resolve_source("tfrecord", str(tmp_path)).fps == 12.5
 
 
 def test_too_many_dropped_packets_skip_the_video(awkward_folder, tmp_path):
