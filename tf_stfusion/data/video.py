@@ -29,7 +29,6 @@ import re
 import numpy as np
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-JPEG_EXTENSIONS = (".jpg", ".jpeg")  # what sthv1-style folders usually hold
 
 
 class VideoError(Exception):
@@ -97,7 +96,8 @@ def display_rotation(matrix):
     scale1 = math.hypot(matrix[1], matrix[4])
     if not scale0 or not scale1:
         return 0.0
-    theta = round(math.degrees(math.atan2(matrix[1] / scale1, matrix[0] / scale0)))
+    theta = math.degrees(math.atan2(matrix[1] / scale1, matrix[0] / scale0))
+    theta = math.copysign(math.floor(abs(theta) + 0.5), theta)  # C's round(): halves away from zero
     return theta - 360 * math.floor(theta / 360 + 0.9 / 360)
 
 
@@ -110,7 +110,7 @@ def display_filters(matrix):
     if abs(theta - 90) < 1:
         return [("transpose", "cclock_flip" if matrix[3] > 0 else "clock")]
     if abs(theta - 180) < 1:
-        return [f for f, flip in ((("hflip", ""), matrix[0] < 0), (("vflip", ""), matrix[4] < 0)) if flip]
+        return ([("hflip", "")] if matrix[0] < 0 else []) + ([("vflip", "")] if matrix[4] < 0 else [])
     if abs(theta - 270) < 1:
         return [("transpose", "clock_flip" if matrix[3] < 0 else "cclock")]
     if abs(theta) > 1:
