@@ -401,6 +401,20 @@ def test_any_other_failure_is_that_videos_skip(awkward_folder, tmp_path, monkeyp
     assert manifest["num_examples"] == 1 and not list(tmp_path.glob(".frames-*"))
 
 
+def test_a_full_disk_is_a_split_wide_error_naming_the_file(awkward_folder, tmp_path, monkeypatch):
+    from tf_stfusion.data import records
+
+    def full(self, jpeg):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(records.FrameSpool, "add", records._writing(full))
+    index = readers.read_index("folder", str(awkward_folder), "train")
+    index.entries[:] = [e for e in index.entries if e.video_id == "a/good"]
+    message = r"the frame spool in .*: cannot write \(OSError: \[Errno 28\] No space left on device\); check the space"
+    with pytest.raises(prepare.PrepareError, match=message):
+        prepare.prepare(index, str(tmp_path), num_workers=1, short_side=0, progress=False)
+
+
 def test_a_split_with_no_readable_video_fails_with_the_reasons(tmp_path):
     # Kinetics extracted flat, without class folders: every listed clip is "missing".
     rows = ["label,youtube_id,time_start,time_end,split"]

@@ -417,8 +417,9 @@ def main(argv):
         )
         manifest = prepare(
             index, FLAGS.output_dir, FLAGS.examples_per_shard, FLAGS.num_workers, short_side,
-            FLAGS.min_frames, FLAGS.max_frames, FLAGS.jpeg_quality, config, fps=FLAGS.fps,
-            max_dropped_fraction=FLAGS.max_dropped_fraction, command=" ".join(shlex.quote(a) for a in ["python", "-m", "tf_stfusion.data.prepare", *sys.argv[1:]]),
+            FLAGS.min_frames, FLAGS.max_frames, FLAGS.jpeg_quality, config,
+            command=" ".join(shlex.quote(a) for a in ["python", "-m", "tf_stfusion.data.prepare", *sys.argv[1:]]),
+            fps=FLAGS.fps, max_dropped_fraction=FLAGS.max_dropped_fraction,
         )
     except (readers.AnnotationError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -41,8 +41,7 @@ def _writing(method):
         try:
             return method(self, *args)
         except OSError as e:
-            raise RecordWriteError(f"{getattr(getattr(self, 'file', None), 'name', 'a shard')}: cannot write "
-                                   f"({type(e).__name__}: {e})") from None
+            raise RecordWriteError(f"{self.where}: cannot write ({type(e).__name__}: {e})") from None
     return wrapped
 
 
@@ -91,6 +90,7 @@ class FrameSpool:
 
     @_writing
     def __init__(self, folder):
+        self.where = f"the frame spool in {folder}"
         self.file = tempfile.TemporaryFile(dir=folder, prefix=".frames-")
         self.num_frames = self.length = 0
 
@@ -120,6 +120,7 @@ class ShardWriter:
 
     @_writing
     def __init__(self, path):
+        self.where = path
         self.file = open(path, "wb")
 
     @_writing
