@@ -219,6 +219,15 @@ def test_a_packet_that_does_not_decode_is_skipped_and_counted(tmp_path, codec, e
     assert len(frames) == stats.frames_decoded >= 55
 
 
+def test_a_damaged_avi_index_read_as_junk_packets_costs_no_frame(tmp_path):
+    path = write_noise_video(str(tmp_path / "index.avi"), "mpeg4")
+    # The index's header (idx1, at the end): the demuxer then reads its entries as data chunks.
+    overwrite(path, open(path, "rb").read().index(b"idx1") - 128, 256)
+    stats = DecodeStats()
+    assert len(decode(path, stats=stats)) == 60
+    assert stats.packets_dropped > 6 and stats.dropped_fraction == 0  # junk after the stream: kept
+
+
 @pytest.mark.parametrize("codec,ext,k", [("libvpx", "webm", 43), ("libx264", "mkv", 31)])
 def test_damage_in_matroska_keeps_the_rest(tmp_path, codec, ext, k):
     # Matroska announces no frame count and its demuxer skips a damaged block: the

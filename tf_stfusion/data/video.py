@@ -60,6 +60,11 @@ class DecodeStats:
 
     @property
     def dropped_fraction(self):
+        """Packets lost / packets read. When the container announced a frame count and
+        every announced frame decoded, what did not decode was junk read past the
+        stream (a damaged AVI index read as data chunks) and cost no frame: 0."""
+        if self.frames_announced and self.frames_decoded >= self.frames_announced:
+            return 0.0
         return self.packets_dropped / self.packets if self.packets else 0.0
 
     def to_dict(self):
