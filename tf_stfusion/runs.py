@@ -320,6 +320,7 @@ class Run:
             num_frames=data.num_frames, frame_stride=data.frame_stride, sampler=data.sampler, eval_clips=data.eval_clips,
             eval_size=data.eval_input_size, class_names=tuple(self.source.class_names),
             frame_short_side=self.source.frame_short_side, jpeg_quality=self.source.jpeg_quality,
+            fps=self.source.fps,
         )
 
     def split_name(self, split):

@@ -203,7 +203,10 @@ class InputContract:
     and their scores averaged, frames resized (short side) and centre-cropped to
     ``eval_size``, ImageNet ``mean``/``std``. ``frame_short_side`` and
     ``jpeg_quality`` say how ``prepare`` stored the frames the run was evaluated on
-    (0: as decoded), so a client can send frames encoded the same way.
+    (0: as decoded), so a client can send frames encoded the same way. ``fps``:
+    the constant rate ``prepare --fps`` resampled every video to (frames/s), so
+    that ``frame_stride`` is a time step; a client resamples the same way before
+    picking frames. 0 (and a contract recorded before it existed): no resampling.
     """
 
     num_frames: int
@@ -214,6 +217,7 @@ class InputContract:
     class_names: Tuple[str, ...]
     frame_short_side: int = 0
     jpeg_quality: int = 90
+    fps: float = 0.0
     mean: Tuple[float, ...] = IMAGENET_MEAN
     std: Tuple[float, ...] = IMAGENET_STD
 

@@ -1,8 +1,11 @@
 """``python -m tf_stfusion.data.prepare``: videos -> sharded TFRecords + manifest.
 
-Each video is decoded (PyAV, or JPEG frame folders), its short side resized
-(``--short_side``, default 256) and written as a ``tf.train.SequenceExample``
-(the TF Model Garden video layout)::
+Each video is decoded as a player shows it (``data.video.iter_frames``: PyAV
+and an FFmpeg filter graph; or an image-frame folder in the order of the numbers
+in its names), optionally resampled to a constant ``--fps``, its short side
+resized (``--short_side``, default 256) and written, one frame at a time
+(``data.records``), as a ``tf.train.SequenceExample`` (the TF Model Garden video
+layout)::
 
     context:       clip/media_id (bytes), clip/label/index (int64),
                    clip/num_frames, image/height, image/width (int64)
@@ -10,13 +13,16 @@ Each video is decoded (PyAV, or JPEG frame folders), its short side resized
 
 into ``<output_dir>/<split>-<i:05d>-of-<n:05d>.tfrecord``, next to a
 ``<split>-manifest.json`` (class names, counts per class, skipped items with
-reasons, frame-count statistics).
+reasons, frame-count statistics, ``fps``, and per video its ``DecodeStats``:
+frames decoded and announced, packets dropped, average fps, duration, variable
+frame rate).
 
 Robust by construction: work is split into shards and spread over processes;
 a shard is written under a temporary name and renamed when complete, then its
 ``.done.json`` record is written, so no half-written shard ever sits under its
 final name, and a rerun of the same command skips finished shards and
-completes the rest. A video that cannot be used is skipped and reported.
+completes the rest. A video that cannot be used, for whatever reason, is
+skipped and reported; a split that writes no video is an error.
 """
 
 import json
@@ -31,12 +37,22 @@ from absl import app, flags
 
 from tf_stfusion.data import readers, synthetic
 from tf_stfusion.data.integrity import check_shards, shard_record
-from tf_stfusion.data.video import VideoError, decode, resize_image
+from tf_stfusion.data.records import FrameSpool, RecordWriteError, ShardWriter, context_features
+from tf_stfusion.data.video import DecodeStats, VideoError, iter_frames, resize_image
 from tf_stfusion.fileio import atomic_write_json
 
 LAYOUTS = sorted(readers.READERS) + ["synthetic"]  # what prepare reads: a dataset's folder layout
 
 FLAGS = flags.FLAGS
+
+SYNTHETIC_PREFIX = "synthetic:"
+# Up to a tenth of a video's packets may fail to decode: FFmpeg conceals a lost packet
+# from its reference frames, so a video missing a few still shows every scene (one
+# damaged packet header: 1 of 60 dropped in tests/test_video.py; the issue reports 3 of
+# 60 frames lost to 64 damaged bytes). Beyond one packet in ten, a recipe's 32-frame
+# span (16 frames at stride 2) holds three or more concealed frames on average, and the
+# clips would train on concealment artefacts.
+MAX_DROPPED_FRACTION = 0.1
 
 
 def define_flags():
@@ -54,33 +70,36 @@ def define_flags():
     flags.DEFINE_integer("examples_per_shard", 32, "Videos per TFRecord shard.")
     flags.DEFINE_integer("num_workers", None, "Worker processes (default: all cores).")
     flags.DEFINE_integer("min_frames", 1, "Skip (and report) videos with fewer frames.")
-    flags.DEFINE_integer("max_frames", 0, "Keep at most this many frames per video (0: all).")
+    flags.DEFINE_integer("max_frames", 0, "Keep the first this many frames of each video, counted after --fps "
+                         "resampling; decoding stops there (0: all).")
+    flags.DEFINE_float("fps", 0.0, "Resample every video to this constant frame rate by presentation timestamps "
+                       "(FFmpeg's fps filter), so --frame_stride is the same time step in every video; 0: keep "
+                       "every decoded frame. Recorded in the manifest and the input contract.")
+    flags.DEFINE_float("max_dropped_fraction", MAX_DROPPED_FRACTION, "Skip (and report) a video when more than "
+                       "this fraction of its packets does not decode.")
     flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of the stored frames.")
     synthetic.define_flags(flags)
     flags.DEFINE_integer("seed", 0, "Synthetic: generator seed.")
 
 
-SYNTHETIC_PREFIX = "synthetic:"
+class PrepareError(ValueError):
+    """A split-wide failure; the message names the file and what to do."""
 
 
 # -- one example --------------------------------------------------------------
-def load_frames(source, short_side, max_frames, synthetic_config=None):
-    """Frames of an index entry: a video, a frame folder or a synthetic clip."""
-    if source.startswith(SYNTHETIC_PREFIX):
-        split, index = source[len(SYNTHETIC_PREFIX):].split(":")
-        frames = synthetic.render_clip(synthetic_config, split, int(index))[1]
-        if max_frames:
-            frames = frames[:max_frames]
-        if short_side:
-            frames = _resize_all(frames, short_side)
-        return frames
-    return decode(source, short_side=short_side, max_frames=max_frames)
-
-
-def _resize_all(frames, short_side):
-    import numpy as np
-
-    return np.stack([resize_image(f, short_side) for f in frames])
+def iter_source_frames(source, opts, stats):
+    """Frames of an index entry, one at a time: a video, a frame folder or a
+    synthetic clip (``opts``: short_side, max_frames, fps, synthetic)."""
+    short_side, max_frames = opts["short_side"], opts["max_frames"]
+    if not source.startswith(SYNTHETIC_PREFIX):
+        yield from iter_frames(source, short_side or None, max_frames or None, opts.get("fps") or None, stats)
+        return
+    split, index = source[len(SYNTHETIC_PREFIX):].split(":")
+    frames = synthetic.render_clip(opts["synthetic"], split, int(index))[1]
+    frames = frames[:max_frames] if max_frames else frames
+    stats.frames_announced = stats.frames_decoded = stats.frames = len(frames)
+    for frame in frames:
+        yield resize_image(frame, short_side) if short_side else frame
 
 
 def encode_jpeg(frame, quality):
@@ -93,25 +112,43 @@ def encode_jpeg(frame, quality):
     return buf.getvalue()
 
 
-def make_sequence_example(video_id, label, frames, quality):
+def sequence_example(video_id, label, encoded, height, width):
+    """A ``tf.train.SequenceExample`` of JPEG-encoded frames (module docstring);
+    ``record_video`` writes the same bytes without holding them."""
     import tensorflow as tf
 
-    def int64(v):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
-
-    context = tf.train.Features(feature={
-        "clip/media_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[video_id.encode()])),
-        "clip/label/index": int64(label),
-        "clip/num_frames": int64(len(frames)),
-        "image/height": int64(frames.shape[1]),
-        "image/width": int64(frames.shape[2]),
-    })
-    encoded = [
-        tf.train.Feature(bytes_list=tf.train.BytesList(value=[encode_jpeg(f, quality)]))
-        for f in frames
-    ]
-    lists = tf.train.FeatureLists(feature_list={"image/encoded": tf.train.FeatureList(feature=encoded)})
+    context = tf.train.Features.FromString(context_features(video_id, label, len(encoded), height, width))
+    features = [tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])) for jpeg in encoded]
+    lists = tf.train.FeatureLists(feature_list={"image/encoded": tf.train.FeatureList(feature=features)})
     return tf.train.SequenceExample(context=context, feature_lists=lists)
+
+
+def make_sequence_example(video_id, label, frames, quality):
+    """``sequence_example`` of uint8 frames ``[N, H, W, 3]``, JPEG-encoded at ``quality``."""
+    return sequence_example(video_id, label, [encode_jpeg(f, quality) for f in frames], *frames.shape[1:3])
+
+
+def record_video(writer, video_id, source, label, opts):
+    """Streams one video into the shard ``writer`` and returns its DecodeStats: each
+    frame is decoded, resized and JPEG-encoded, and its JPEG spooled to disk, before
+    the next is decoded, so memory does not grow with the video's length. Raises
+    VideoError (the video's skip reason) before anything is written."""
+    stats = DecodeStats()
+    spool = FrameSpool(os.path.dirname(writer.file.name))
+    try:
+        shape = (0, 0)
+        for frame in iter_source_frames(source, opts, stats):
+            spool.add(encode_jpeg(frame, opts["jpeg_quality"]))
+            shape = frame.shape[:2]
+        if stats.dropped_fraction > opts["max_dropped_fraction"]:
+            raise VideoError(f"damaged: {stats.packets_dropped} of {stats.packets} packets do not decode "
+                             f"(> --max_dropped_fraction={opts['max_dropped_fraction']})")
+        if spool.num_frames < opts["min_frames"]:
+            raise VideoError(f"too short: {spool.num_frames} frames < --min_frames={opts['min_frames']}")
+        writer.example(context_features(video_id, label, spool.num_frames, *shape), spool)
+    finally:
+        spool.close()
+    return stats
 
 
 # -- one shard ----------------------------------------------------------------
@@ -120,26 +157,32 @@ def shard_name(split, i, n):
 
 
 def write_shard(task):
-    """Writes one shard atomically; returns its record (also saved as .done.json)."""
-    import tensorflow as tf
-
+    """Writes one shard atomically; returns its record (also saved as .done.json).
+    One video's failure, of whatever kind, is that video's skip with its reason."""
     path, entries, opts = task
-    record = {"shard": os.path.basename(path), "examples": [], "skipped": [], "frames": []}
+    record = {"shard": os.path.basename(path), "examples": [], "skipped": [], "frames": [], "videos": {}}
     tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.TFRecordWriter(tmp) as writer:
-        for video_id, source, label in entries:
-            try:
-                frames = load_frames(source, opts["short_side"], opts["max_frames"], opts["synthetic"])
-                if len(frames) < opts["min_frames"]:
-                    raise VideoError(f"too short: {len(frames)} frames < --min_frames={opts['min_frames']}")
-            except VideoError as e:
-                record["skipped"].append([video_id, str(e)])
-                continue
-            example = make_sequence_example(video_id, label, frames, opts["jpeg_quality"])
-            writer.write(example.SerializeToString())
-            record["examples"].append([video_id, label])
-            record["frames"].append(len(frames))
-    os.replace(tmp, path)
+    try:
+        with ShardWriter(tmp) as writer:
+            for video_id, source, label in entries:
+                try:
+                    stats = record_video(writer, video_id, source, label, opts)
+                except VideoError as e:
+                    record["skipped"].append([video_id, str(e)])
+                    continue
+                except RecordWriteError:
+                    raise
+                except Exception as e:  # noqa: BLE001 -- FFmpeg, PIL and numpy fail in many classes
+                    record["skipped"].append([video_id, f"failed: {type(e).__name__}: {e}"])
+                    continue
+                record["examples"].append([video_id, label])
+                record["frames"].append(stats.frames)
+                record["videos"][video_id] = stats.to_dict()
+        os.replace(tmp, path)
+    except (OSError, RecordWriteError) as e:
+        where = str(e) if isinstance(e, RecordWriteError) else f"{tmp}: cannot write ({type(e).__name__}: {e})"
+        raise PrepareError(f"{where}; check the space and permissions of --output_dir and rerun: finished "
+                           "shards are kept") from None
     record.update(shard_record(path))  # size and CRC32C: later runs check the shard against them
     atomic_write_json(f"{path}.done.json", record)
     return record
@@ -201,32 +244,28 @@ def build_index(dataset, data_dir, split, synthetic_config=None, **kwargs):
 
 
 def prepare(index, output_dir, examples_per_shard=32, num_workers=None, short_side=256,
-            min_frames=1, max_frames=0, jpeg_quality=90, synthetic_config=None, progress=True, command=None):
+            min_frames=1, max_frames=0, jpeg_quality=90, synthetic_config=None, progress=True, command=None,
+            fps=0.0, max_dropped_fraction=MAX_DROPPED_FRACTION):
     """Writes the shards and manifest of one split; returns the manifest dict.
+
+    ``fps``: resample every video to this constant rate (frames/s; 0: keep every
+    decoded frame). ``max_dropped_fraction``: skip a video when more of its packets
+    fail to decode. Raises PrepareError when no video of the split is written (the
+    manifest, with every reason, is written first).
 
     A shard already finished (its ``.done.json`` exists) is kept only if its size
     and CRC32C still match that record; a damaged or missing one is written again.
     ``command``: how to rerun this (kept in the manifest for error messages).
     """
-    if examples_per_shard < 1:
-        raise ValueError("examples_per_shard must be >= 1")
+    _check_options(examples_per_shard, fps, max_dropped_fraction, synthetic_config)
     os.makedirs(output_dir, exist_ok=True)
     split = index.split
     entries = sorted(index.entries, key=lambda e: e.video_id)
     n = max(1, -(-len(entries) // examples_per_shard))
-    stale = [f for f in os.listdir(output_dir)
-             if f.startswith(f"{split}-") and f.endswith(".tfrecord") and not f.endswith(f"-of-{n:05d}.tfrecord")]
-    if stale:
-        raise ValueError(
-            f"{output_dir} already holds {split} shards with a different shard count "
-            f"(e.g. {stale[0]}); use a new --output_dir or the same --examples_per_shard"
-        )
-    # Leftovers of a killed run: never under a final name, removed here.
-    for name in os.listdir(output_dir):
-        if name.startswith(f"{split}-") and ".tmp-" in name:
-            os.remove(os.path.join(output_dir, name))
+    _clear_leftovers(output_dir, split, n)
     opts = {"short_side": short_side, "min_frames": min_frames, "max_frames": max_frames,
-            "jpeg_quality": jpeg_quality, "synthetic": synthetic_config}
+            "jpeg_quality": jpeg_quality, "synthetic": synthetic_config, "fps": float(fps or 0),
+            "max_dropped_fraction": max_dropped_fraction}
     tasks, records = [], {}
     for i in range(n):
         path = os.path.join(output_dir, shard_name(split, i, n))
@@ -258,8 +297,48 @@ def prepare(index, output_dir, examples_per_shard=32, num_workers=None, short_si
                 bar.update(len(records))
     manifest = summarize(index, [records[i] for i in range(n)], opts)
     manifest["command"] = command
-    atomic_write_json(os.path.join(output_dir, f"{split}-manifest.json"), manifest)
+    path = os.path.join(output_dir, f"{split}-manifest.json")
+    atomic_write_json(path, manifest)
+    if not manifest["num_examples"]:
+        raise PrepareError(f"no video of the {split} split was written ({skip_summary(manifest['skipped'])}); "
+                           f"every reason is in {path}. Check --data_dir/--video_dir and the layout (README, Data)")
     return manifest
+
+
+def skip_summary(skipped, examples=1):
+    """``"6 missing (e.g. a: missing: /x/a.mp4), ..."``: skip reasons counted by kind."""
+    kinds = {}
+    for video_id, reason in skipped:
+        kinds.setdefault(reason.split(":")[0], []).append(f"{video_id}: {reason}")
+    if not kinds:
+        return "the index lists no video"
+    return ", ".join(f"{len(items)} {kind} (e.g. {'; '.join(items[:examples])})"
+                     for kind, items in sorted(kinds.items(), key=lambda kv: -len(kv[1])))
+
+
+def _clear_leftovers(output_dir, split, n):
+    """Refuses shards of another shard count; removes a killed or failed run's
+    temporary shards (never under a final name)."""
+    stale = [f for f in os.listdir(output_dir)
+             if f.startswith(f"{split}-") and f.endswith(".tfrecord") and not f.endswith(f"-of-{n:05d}.tfrecord")]
+    if stale:
+        raise ValueError(
+            f"{output_dir} already holds {split} shards with a different shard count "
+            f"(e.g. {stale[0]}); use a new --output_dir or the same --examples_per_shard"
+        )
+    for name in os.listdir(output_dir):
+        if name.startswith(f"{split}-") and ".tmp-" in name:
+            os.remove(os.path.join(output_dir, name))
+
+
+def _check_options(examples_per_shard, fps, max_dropped_fraction, synthetic_config):
+    if examples_per_shard < 1:
+        raise ValueError("examples_per_shard must be >= 1")
+    if fps < 0 or not 0 <= max_dropped_fraction <= 1:
+        raise ValueError(f"--fps must be >= 0 (got {fps}) and --max_dropped_fraction in [0, 1] "
+                         f"(got {max_dropped_fraction})")
+    if fps and synthetic_config is not None:
+        raise ValueError("--fps resamples decoded videos by their timestamps; synthetic clips have none")
 
 
 def _finished_record(path, done):
@@ -308,6 +387,9 @@ def summarize(index, records, opts):
             "mean": statistics.fmean(frames) if frames else 0.0,
             "median": statistics.median(frames) if frames else 0,
         },
+        "videos": {v: stats for r in records for v, stats in r.get("videos", {}).items()},
+        "fps": opts["fps"],
+        "max_dropped_fraction": opts["max_dropped_fraction"],
         "flip_ok": index.flip_ok,
         "short_side": opts["short_side"],
         "jpeg_quality": opts["jpeg_quality"],
@@ -337,6 +419,7 @@ def main(argv):
             index, FLAGS.output_dir, FLAGS.examples_per_shard, FLAGS.num_workers, short_side,
             FLAGS.min_frames, FLAGS.max_frames, FLAGS.jpeg_quality, config,
             command=" ".join(shlex.quote(a) for a in ["python", "-m", "tf_stfusion.data.prepare", *sys.argv[1:]]),
+            fps=FLAGS.fps, max_dropped_fraction=FLAGS.max_dropped_fraction,
         )
     except (readers.AnnotationError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -37,6 +37,7 @@ class DataSource:
     val_examples: List[Tuple[str, int]] = ()
     frame_short_side: int = 0  # how prepare stored the validation frames (0: as decoded)
     jpeg_quality: int = 90
+    fps: float = 0.0  # the rate prepare --fps resampled the videos to (0: as decoded)
     shard_videos: Dict[str, Tuple[str, ...]] = dataclasses.field(default_factory=dict)  # shard file -> video ids
     shard_info: Dict[str, dict] = dataclasses.field(default_factory=dict)  # shard name -> {bytes, crc32c}
     commands: Dict[str, Optional[str]] = dataclasses.field(default_factory=dict)  # split -> how prepare wrote it
@@ -220,6 +221,7 @@ def resolve_source(dataset, data_dir=None, train_split="train", val_split="val",
         val_examples=examples[val_split],
         frame_short_side=int(val.get("short_side") or 0),
         jpeg_quality=int(val.get("jpeg_quality", 90)),
+        fps=float(val.get("fps") or 0),
         shard_videos=shard_videos,
         shard_info=shard_info,
         commands=commands,

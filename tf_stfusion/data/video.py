@@ -1,14 +1,76 @@
-"""Decoding: a video file (PyAV / FFmpeg) or a folder of JPEG frames -> RGB frames."""
+"""Decoding: a video file (PyAV / FFmpeg) or a folder of image frames -> RGB
+frames as a player shows them, one at a time.
 
+``iter_frames`` is the one decoder of the package (``prepare`` and every serving
+client use it). A video file goes packet by packet through FFmpeg's decoder and
+then through an FFmpeg filter graph (``av.filter.Graph``) that applies what a
+player applies:
+
+* the display matrix (rotation and flips; phone videos), with the filters and
+  the angle rule of the ffmpeg CLI's autorotation (``fftools/ffmpeg_filter.c``,
+  ``libavutil/display.c``);
+* the sample aspect ratio (anamorphic video is stretched to its display width);
+* a frame-size change mid-stream: every frame is scaled to the first frame's
+  size, as the ffmpeg CLI does;
+* ``fps``: a constant output rate by presentation timestamps (FFmpeg's ``fps``
+  filter: each output tick takes the frame shown at that time);
+* the short side resized (``scale``, bilinear).
+
+A packet that does not decode is skipped and counted; decoding goes on. What
+was seen is recorded in a ``DecodeStats`` (frames decoded and announced,
+packets dropped, average frame rate, duration, variable frame rate).
+"""
+
+import dataclasses
+import math
 import os
+import re
 
 import numpy as np
 
-JPEG_EXTENSIONS = (".jpg", ".jpeg")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 class VideoError(Exception):
     """A video that cannot be used; the message says why (for the manifest)."""
+
+
+@dataclasses.dataclass
+class DecodeStats:
+    """What decoding one video saw; filled in by ``iter_frames`` as it goes.
+
+    ``frames_announced``: the frame count the container states (0: none; for a
+    frame folder, its image files). ``packets_dropped``: packets the decoder
+    rejected, plus those the container announced but could not deliver (a
+    damaged tail). ``fps``: decoded frames / duration (0 for a frame folder);
+    ``duration`` in seconds from the first frame's timestamp to the end of the
+    last; ``variable_frame_rate``: the frame intervals differ by more than 10% and
+    more than two timestamp ticks. ``frames`` counts the frames yielded (after
+    ``fps`` resampling and ``max_frames``).
+    """
+
+    frames: int = 0
+    frames_decoded: int = 0
+    frames_announced: int = 0
+    packets: int = 0
+    packets_dropped: int = 0
+    fps: float = 0.0
+    duration: float = 0.0
+    variable_frame_rate: bool = False
+
+    @property
+    def dropped_fraction(self):
+        """Packets lost / packets read. When the container announced a frame count and
+        every announced frame decoded, what did not decode was junk read past the
+        stream (a damaged AVI index read as data chunks) and cost no frame: 0."""
+        if self.frames_announced and self.frames_decoded >= self.frames_announced:
+            return 0.0
+        return self.packets_dropped / self.packets if self.packets else 0.0
+
+    def to_dict(self):
+        out = dataclasses.asdict(self)
+        out.update(fps=round(self.fps, 3), duration=round(self.duration, 3))
+        return out
 
 
 def resized_shape(height, width, short_side):
@@ -30,59 +92,257 @@ def resize_image(image, short_side):
     return np.asarray(img)
 
 
-def _decode_file(path, short_side, max_frames):
-    import av  # PyAV: FFmpeg bindings
+# -- display geometry -------------------------------------------------------------
+def display_rotation(matrix):
+    """The clockwise display angle in degrees, [0, 360), of an FFmpeg display matrix
+    (9 ints, 16.16 fixed point): ``get_rotation`` of fftools/cmdutils.c over
+    ``av_display_rotation_get`` of libavutil/display.c."""
+    scale0 = math.hypot(matrix[0], matrix[3])
+    scale1 = math.hypot(matrix[1], matrix[4])
+    if not scale0 or not scale1:
+        return 0.0
+    theta = math.degrees(math.atan2(matrix[1] / scale1, matrix[0] / scale0))
+    theta = math.copysign(math.floor(abs(theta) + 0.5), theta)  # C's round(): halves away from zero
+    return theta - 360 * math.floor(theta / 360 + 0.9 / 360)
+
+
+def display_filters(matrix):
+    """``[(filter, args)]`` that show a frame as its display matrix says, chosen as
+    the ffmpeg CLI's autorotation chooses them (fftools/ffmpeg_filter.c); [] for none."""
+    if matrix is None:
+        return []
+    theta = display_rotation(matrix)
+    if abs(theta - 90) < 1:
+        return [("transpose", "cclock_flip" if matrix[3] > 0 else "clock")]
+    if abs(theta - 180) < 1:
+        return ([("hflip", "")] if matrix[0] < 0 else []) + ([("vflip", "")] if matrix[4] < 0 else [])
+    if abs(theta - 270) < 1:
+        return [("transpose", "clock_flip" if matrix[3] < 0 else "cclock")]
+    if abs(theta) > 1:
+        return [("rotate", f"{theta}*PI/180")]
+    return [("vflip", "")] if matrix[4] < 0 else []
+
+
+def _display_matrix(frame):
+    import struct
+
+    data = frame.side_data.get("DISPLAYMATRIX")
+    return struct.unpack("<9i", bytes(data)) if data is not None else None
+
+
+def _display_size(frame, sar, filters, short_side):
+    """The (h, w) a player shows ``frame`` at (the stream's sample aspect ratio
+    applied, then the display transform), short side resized."""
+    height, width = frame.height, frame.width
+    if sar and sar.numerator > 0 and sar != 1:
+        width = max(1, round(width * float(sar)))
+    if any(name == "transpose" for name, _ in filters):
+        height, width = width, height
+    return resized_shape(height, width, short_side)
+
+
+def _graph(frame, time_base, filters, size, fps):
+    """buffer -> display filters -> [fps] -> scale -> rgb24 -> buffersink."""
+    import av
+
+    graph = av.filter.Graph()
+    chain = [graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
+                              time_base=time_base)]
+    steps = list(filters) + ([("fps", f"fps={fps}")] if fps else [])
+    steps += [("scale", f"{size[1]}:{size[0]}:flags=bilinear"), ("format", "rgb24"), ("buffersink", "")]
+    for name, args in steps:
+        chain.append(graph.add(name, args) if args else graph.add(name))
+        chain[-2].link_to(chain[-1])
+    graph.configure()
+    return graph
+
+
+def _pull_all(graph):
+    import av
+
+    while True:
+        try:
+            yield graph.vpull()
+        except (av.BlockingIOError, av.EOFError):
+            return
+
+
+# -- video files ------------------------------------------------------------------
+def _packets(container, stream, stats):
+    """Decoded frames of ``stream``, packet by packet: a packet that does not decode
+    is counted in ``stats.packets_dropped`` and skipped."""
+    import av
+
+    demuxed = container.demux(stream)
+    while True:
+        try:
+            packet = next(demuxed)
+        except StopIteration:
+            return
+        except av.FFmpegError:
+            # The container itself is damaged from here: what it announced and did
+            # not deliver is lost.
+            stats.packets_dropped += max(0, stats.frames_announced - stats.packets)
+            stats.packets = max(stats.packets, stats.frames_announced)
+            return
+        if packet.size:
+            stats.packets += 1
+        try:
+            frames = packet.decode()
+        except av.FFmpegError:
+            stats.packets_dropped += 1
+            continue
+        yield from frames
+
+
+class _Timing:
+    """Frame timestamps -> average rate, duration, variable frame rate."""
+
+    def __init__(self):
+        self.pts = []
+
+    def add(self, frame, index):
+        self.pts.append(frame.pts if frame.pts is not None else index)
+
+    def fill(self, stats, time_base, guessed_rate):
+        pts = sorted(self.pts)
+        if len(pts) < 2:
+            stats.duration = float(1 / guessed_rate) if guessed_rate else 0.0
+        else:
+            steps = np.diff(pts)
+            median = float(np.median(steps))
+            stats.duration = float((pts[-1] - pts[0] + median) * time_base)
+            spread = float(steps.max() - steps.min())
+            stats.variable_frame_rate = spread > max(2.0, 0.1 * median)
+        stats.fps = len(pts) / stats.duration if stats.duration else 0.0
+
+
+def _iter_file(path, short_side, fps, stats):
+    import av
 
     if os.path.getsize(path) == 0:
         raise VideoError("empty file (0 bytes)")
-    frames = []
     try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise VideoError("no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for frame in container.decode(stream):
-                h, w = resized_shape(frame.height, frame.width, short_side)
-                frames.append(frame.to_ndarray(format="rgb24", width=w, height=h))
-                if max_frames and len(frames) >= max_frames:
-                    break
-    except VideoError:
-        raise
-    except Exception as e:  # FFmpeg errors come in many classes
-        if not frames:
-            raise VideoError(f"cannot decode: {type(e).__name__}: {e}") from None
-        # A damaged tail: keep the frames decoded before it.
-    return frames
+        container = av.open(path)
+    except av.FFmpegError as e:
+        raise VideoError(f"cannot decode: {type(e).__name__}: {e}") from None
+    with container:
+        if not container.streams.video:
+            raise VideoError("no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stats.frames_announced = int(stream.frames or 0)
+        time_base = stream.time_base or stream.codec_context.time_base
+        timing = _Timing()
+        try:
+            yield from _displayed(container, stream, time_base, stats, timing, short_side, fps)
+        finally:
+            timing.fill(stats, time_base, stream.guessed_rate)
 
 
-def _decode_frames_dir(path, short_side, max_frames):
+def _displayed(container, stream, time_base, stats, timing, short_side, fps):
+    """The frames of ``_packets`` through the display graph (``_graph``)."""
+    graph = first = None
+    for frame in _packets(container, stream, stats):
+        timing.add(frame, stats.frames_decoded)
+        if frame.pts is None:
+            frame.pts = stats.frames_decoded  # some AVI/raw streams: one tick per frame
+        stats.frames_decoded += 1
+        if graph is None:
+            first = frame
+            filters = display_filters(_display_matrix(frame))
+            size = _display_size(frame, stream.sample_aspect_ratio, filters, short_side)
+            graph = _graph(frame, time_base, filters, size, fps)
+        elif (frame.width, frame.height, frame.format.name) != (first.width, first.height, first.format.name):
+            # A size change mid-stream: scaled to the first frame's size, as the ffmpeg CLI does.
+            frame = frame.reformat(width=first.width, height=first.height, format=first.format.name)
+        graph.vpush(frame)
+        for out in _pull_all(graph):
+            yield out.to_ndarray()
+    if graph is None:
+        raise VideoError(f"cannot decode: no frame decoded ({stats.packets_dropped} of {stats.packets} "
+                         "packets rejected)")
+    graph.vpush(None)  # flush: the fps filter emits its last frames at end of stream
+    for out in _pull_all(graph):
+        yield out.to_ndarray()
+
+
+# -- frame folders -----------------------------------------------------------------
+_NUMBERED = re.compile(r"^(.*?)(\d+)(\D*)$")
+
+
+def ordered_frame_names(path):
+    """The image files of a frame folder in the order of the number in their names
+    (``1.jpg, 2.jpg, ..., 10.jpg``; ``img_00001.jpg``; ``frame_7.png``), as the
+    tools that write such folders number them. Raises VideoError when the names
+    are not one pattern around one number (then there is no order to trust)."""
+    names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS))
+    keyed, patterns = {}, set()
+    for name in names:
+        match = _NUMBERED.match(os.path.splitext(name)[0])
+        if not match:
+            raise VideoError(f"frame names cannot be ordered by a number: {name!r} has none")
+        patterns.add((match.group(1), match.group(3), os.path.splitext(name)[1].lower()))
+        number = int(match.group(2))
+        if number in keyed:
+            raise VideoError(f"frame names cannot be ordered by a number: {keyed[number]!r} and {name!r} "
+                             f"both are frame {number}")
+        keyed[number] = name
+    if len(patterns) > 1:
+        shown = ", ".join(sorted(f"{p}<n>{s}{e}" for p, s, e in patterns)[:3])
+        raise VideoError(f"frame names cannot be ordered by a number: more than one naming pattern ({shown})")
+    return [keyed[n] for n in sorted(keyed)]
+
+
+def _iter_frames_dir(path, short_side, stats):
     from PIL import Image
 
-    names = sorted(n for n in os.listdir(path) if n.lower().endswith(JPEG_EXTENSIONS))
-    if max_frames:
-        names = names[:max_frames]
-    frames = []
+    names = ordered_frame_names(path)
+    stats.frames_announced = len(names)
     for name in names:
         try:
             with Image.open(os.path.join(path, name)) as img:
-                frames.append(resize_image(img.convert("RGB"), short_side))
+                frame = resize_image(img.convert("RGB"), short_side)
         except OSError as e:
             raise VideoError(f"cannot read frame {name}: {e}") from None
-    return frames
+        stats.frames_decoded += 1
+        yield frame
 
 
-def decode(source, short_side=None, max_frames=None):
-    """All frames of ``source`` as a uint8 array ``[N, H, W, 3]``; raises VideoError."""
+# -- the one entry point -------------------------------------------------------------
+def iter_frames(source, short_side=None, max_frames=None, fps=None, stats=None):
+    """Frames of ``source`` (a video file or a frame folder) as uint8 ``[H, W, 3]``
+    arrays, one at a time, as a player shows them (module docstring).
+
+    ``short_side``: resize the short side to this (None/0: keep). ``fps``: resample
+    a video file to this constant rate (frames/s) by timestamps (None/0: every
+    decoded frame; frame folders have no timestamps and are never resampled).
+    ``max_frames``: stop after this many frames (the first ones, after
+    resampling). ``stats``: a ``DecodeStats`` filled in as frames are read.
+    Raises VideoError (missing, empty, undecodable, unorderable frame names).
+    """
+    stats = stats if stats is not None else DecodeStats()
     if os.path.isdir(source):
-        frames = _decode_frames_dir(source, short_side, max_frames)
+        frames = _iter_frames_dir(source, short_side, stats)
     elif os.path.isfile(source):
-        frames = _decode_file(source, short_side, max_frames)
+        frames = _iter_file(source, short_side, fps, stats)
     else:
         raise VideoError(f"missing: {source}")
-    if not frames:
+    try:
+        for frame in frames:
+            stats.frames += 1
+            yield frame
+            if max_frames and stats.frames >= max_frames:
+                return
+    finally:
+        frames.close()
+    if not stats.frames:
         raise VideoError("no frames")
-    return np.stack(frames)
+
+
+def decode(source, short_side=None, max_frames=None, fps=None, stats=None):
+    """All frames of ``source`` as a uint8 array ``[N, H, W, 3]`` (``iter_frames``)."""
+    return np.stack(list(iter_frames(source, short_side, max_frames, fps, stats)))
 
 
 def write_video(path, frames, fps=25, codec="libx264", pix_fmt="yuv420p"):

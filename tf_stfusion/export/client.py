@@ -6,8 +6,9 @@ LiteRT) are thin command lines over these:
 
 * ``contract_from_json``: the ``InputContract`` a model carries (the
   ``input_contract`` signature, the ONNX metadata, the export report);
-* ``request_frames``: a video file decoded as ``prepare`` decodes it (short side
-  to the contract's ``frame_short_side``), the frames evaluation would read
+* ``request_frames``: a video file decoded as ``prepare`` decodes it (as a
+  player shows it, resampled to the contract's ``fps``, short side to its
+  ``frame_short_side``), the frames evaluation would read
   (``InputContract.frame_indices``, i.e. the pipeline's clip sampler), JPEG-encoded
   as ``prepare`` stores them -- or every frame with ``whole_video``;
 * ``rest_body`` / ``grpc_request``: TF Serving's REST JSON (``{"b64": ...}``
@@ -41,10 +42,13 @@ def contract_from_json(text, where="input contract"):
 
 
 def decode_video(path, contract):
-    """All frames of a video file, decoded and resized as ``prepare`` stored them."""
+    """All frames ``[N, H, W, 3]`` of a video file as ``prepare`` stored them: the
+    package's one decoder (``data.video.iter_frames``: display matrix, frame-size
+    changes, damaged packets), resampled to the contract's ``fps`` and resized to
+    its ``frame_short_side``."""
     from tf_stfusion.data.video import decode
 
-    return decode(path, short_side=contract.frame_short_side or None)
+    return decode(path, short_side=contract.frame_short_side or None, fps=contract.fps or None)
 
 
 def request_frames(path, contract, whole_video=False):

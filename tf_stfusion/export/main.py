@@ -278,7 +278,8 @@ def run_contract(record, run, config):
             num_frames=run.data.num_frames, frame_stride=run.data.frame_stride, sampler=run.data.sampler,
             eval_clips=run.data.eval_clips, eval_size=run.data.eval_input_size,
             class_names=tuple(record["identity"]["class_names"]),
-            frame_short_side=int(stored.get("short_side") or 0), jpeg_quality=int(stored.get("jpeg_quality", 90)))
+            frame_short_side=int(stored.get("short_side") or 0), jpeg_quality=int(stored.get("jpeg_quality", 90)),
+            fps=float(stored.get("fps") or 0))
     return dataclasses.replace(contract, num_frames=config.num_frames or contract.num_frames,
                                eval_size=config.size or contract.eval_size)
 

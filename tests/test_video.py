@@ -1,0 +1,440 @@
+"""Awkward real-world videos, generated here with PyAV: each kind of issue 23 (display
+matrix, damaged packets, frame-size changes, frame-folder names, variable frame
+rate, an empty split) with the issue's recipe and instances it does not give.
+
+Expected frames are worked out from how each video was made (numpy rotations of
+the image that was encoded, the frame numbers painted into the pixels), never
+from the decoder under test.
+"""
+
+import dataclasses
+import fractions
+import json
+import os
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tf_stfusion.data import pipeline, prepare, readers
+from tf_stfusion.data.video import DecodeStats, VideoError, decode, ordered_frame_names, write_video
+from tf_stfusion.export import client
+
+H, W = 48, 64  # stored (coded) size of the marker videos
+
+
+# -- how the videos are made ------------------------------------------------------
+def marker_image():
+    """A black 48x64 frame with a red 16x16 block in the top-left corner."""
+    image = np.zeros((H, W, 3), np.uint8)
+    image[:16, :16] = (255, 0, 0)
+    return image
+
+
+def write_marker_video(path, matrix=None, rotation=None, n=4, codec="libx264"):
+    """The marker image as an H.264 video whose container carries a display matrix
+    (``matrix``: 9 ints, FFmpeg's layout) or PyAV's ``set_display_rotation`` args."""
+    with av.open(path, "w") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        if matrix is not None:
+            stream.set_display_matrix(matrix)
+        if rotation is not None:
+            stream.set_display_rotation(*rotation)
+        for _ in range(n):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(marker_image(), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def numbered_frames(n, h=H, w=W):
+    """Frame ``i`` is grey level ``6 i + 5``: the frame number survives lossy coding."""
+    return np.broadcast_to((6 * np.arange(n) + 5).astype(np.uint8)[:, None, None, None], (n, h, w, 3)).copy()
+
+
+def frame_numbers(frames):
+    return np.round((frames[:, :, :, 0].reshape(len(frames), -1).mean(1) - 5) / 6).astype(int).tolist()
+
+
+def write_noise_video(path, codec, n=60, gop=10):
+    rng = np.random.default_rng(0)
+    with av.open(path, "w") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        stream.codec_context.gop_size = gop
+        for _ in range(n):
+            image = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def overwrite(path, at, nbytes=64):
+    data = bytearray(open(path, "rb").read())
+    data[at:at + nbytes] = bytes(range(nbytes))
+    open(path, "wb").write(data)
+
+
+def mdat_offset(path, fraction):
+    """The byte ``fraction`` of the way into an MP4's ``mdat`` payload."""
+    data = open(path, "rb").read()
+    start = data.index(b"mdat") + 4
+    return start + int((int.from_bytes(data[start - 8:start - 4], "big") - 8) * fraction)
+
+
+def packet_offset(path, k):
+    """Where the ``k``-th packet (in file order) starts."""
+    with av.open(path) as container:
+        return sorted(p.pos for p in container.demux(container.streams.video[0]) if p.size)[k]
+
+
+def concat_copy(out, parts):
+    """Joins videos packet by packet without re-encoding (the concat demuxer's ``-c copy``)."""
+    with av.open(out, "w") as target:
+        stream, offset = None, 0
+        for part in parts:
+            with av.open(part) as source:
+                video = source.streams.video[0]
+                stream = stream or target.add_stream_from_template(video)
+                end = 0
+                for packet in source.demux(video):
+                    if packet.dts is None:
+                        continue
+                    packet.pts += offset
+                    packet.dts += offset
+                    end = max(end, packet.pts + (packet.duration or 0))
+                    packet.stream = stream
+                    target.mux(packet)
+                offset = end
+    return out
+
+
+def two_size_video(path, codec, first, second):
+    """10 frames at size ``first`` (blue) then 10 at ``second`` (green); the right
+    half of every frame is white."""
+    parts = []
+    for i, ((h, w), colour) in enumerate(((first, (0, 0, 255)), (second, (0, 255, 0)))):
+        frames = np.zeros((10, h, w, 3), np.uint8)
+        frames[:] = colour
+        frames[:, :, w // 2:] = 255
+        parts.append(write_video(f"{path}.part{i}.webm", frames, codec=codec))
+    return concat_copy(path, parts)
+
+
+VFR_PTS_MS = [33 * i for i in range(30)] + [957 + 500 * k for k in range(1, 11)]  # 30 at 33 ms, 10 at 500 ms
+
+
+def write_vfr_video(path, pts_ms=VFR_PTS_MS):
+    """Frames numbered as ``numbered_frames``, at the millisecond timestamps ``pts_ms``."""
+    ms = fractions.Fraction(1, 1000)
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = ms
+        for image, pts in zip(numbered_frames(len(pts_ms)), pts_ms):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = pts, ms
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_frame_folder(folder, names):
+    """Frame ``i`` (grey ``6 i + 5``) saved under ``names[i]``."""
+    os.makedirs(folder, exist_ok=True)
+    for image, name in zip(numbered_frames(len(names), 32, 32), names):
+        Image.fromarray(image).save(os.path.join(folder, name))
+    return folder
+
+
+def red_mask(frame):
+    return (frame[..., 0] > 128) & (frame[..., 1] < 100)
+
+
+# -- 1. frames as displayed ------------------------------------------------------------
+ROT90 = [0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30]  # what `-metadata:s:v:0 rotate=90` writes
+
+
+@pytest.mark.parametrize("display,expected", [
+    ({"matrix": ROT90}, lambda im: np.rot90(im, -1)),  # the issue's phone video: 90 degrees clockwise
+    ({"rotation": (90,)}, lambda im: np.rot90(im, 1)),  # PyAV's angles are counter-clockwise
+    ({"rotation": (180,)}, lambda im: np.rot90(im, 2)),
+    ({"rotation": (0, True)}, np.fliplr),
+    ({"rotation": (0, False, True)}, np.flipud),
+    ({"rotation": (90, True)}, lambda im: np.fliplr(np.rot90(im, 1))),  # a transpose
+    ({"rotation": (90, False, True)}, lambda im: np.flipud(np.rot90(im, 1))),  # the other transpose
+    ({"rotation": (270, False, True)}, lambda im: np.flipud(np.rot90(im, 3))),
+])
+def test_frames_follow_the_display_matrix(tmp_path, display, expected):
+    path = write_marker_video(str(tmp_path / "phone.mp4"), **display)
+    frames = decode(path)
+    want = red_mask(expected(marker_image()))
+    assert frames.shape[1:3] == want.shape
+    assert (red_mask(frames[0]) != want).mean() < 0.02
+    # The client decodes with the same function: a served video is seen the same way.
+    contract = pipeline.InputContract(4, 1, "dense", 1, 32, ("a",), frame_short_side=24)
+    served = client.decode_video(path, contract)
+    assert served.shape[1:3] == ((24, 32) if want.shape[0] < want.shape[1] else (32, 24))
+
+
+def test_anamorphic_video_is_stretched_to_its_display_width(tmp_path):
+    # Stored 32 wide with 2:1 pixels (sample aspect ratio): a player shows it 64 wide.
+    with av.open(str(tmp_path / "anamorphic.mkv"), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = W // 2, H, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = fractions.Fraction(2, 1)
+        stored = marker_image()[:, ::2]  # the marker becomes 16 high x 8 stored pixels
+        for packet in [*stream.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")), *stream.encode()]:
+            container.mux(packet)
+    frames = decode(str(tmp_path / "anamorphic.mkv"))
+    assert frames.shape[1:3] == (H, W) and (red_mask(frames[0]) != red_mask(marker_image())).mean() < 0.02
+
+
+# -- 3. damage is survived and counted -----------------------------------------------------
+def test_the_issue_recipe_mid_stream_damage_keeps_the_frames(tmp_path):
+    path = write_noise_video(str(tmp_path / "damaged.mp4"), "libx264")
+    overwrite(path, mdat_offset(path, 0.25))
+    stats = DecodeStats()
+    frames = decode(path, stats=stats)
+    assert len(frames) >= 55 and stats.frames_announced == 60 and stats.packets == 60
+
+
+@pytest.mark.parametrize("codec,ext,k", [("libx264", "mp4", 15), ("mpeg4", "avi", 40), ("mpeg4", "mov", 5)])
+def test_a_packet_that_does_not_decode_is_skipped_and_counted(tmp_path, codec, ext, k):
+    path = write_noise_video(str(tmp_path / f"damaged.{ext}"), codec)
+    overwrite(path, packet_offset(path, k))  # the packet's header: the decoder rejects it
+    stats = DecodeStats()
+    frames = decode(path, stats=stats)
+    assert stats.packets_dropped == 1 and stats.packets == 60
+    assert len(frames) == stats.frames_decoded >= 55
+
+
+def test_a_damaged_avi_index_read_as_junk_packets_costs_no_frame(tmp_path):
+    path = write_noise_video(str(tmp_path / "index.avi"), "mpeg4")
+    # The index's header (idx1, at the end): the demuxer then reads its entries as data chunks.
+    overwrite(path, open(path, "rb").read().index(b"idx1") - 128, 256)
+    stats = DecodeStats()
+    assert len(decode(path, stats=stats)) == 60
+    assert stats.packets_dropped > 6 and stats.dropped_fraction == 0  # junk after the stream: kept
+
+
+@pytest.mark.parametrize("codec,ext,k", [("libvpx", "webm", 43), ("libx264", "mkv", 31)])
+def test_damage_in_matroska_keeps_the_rest(tmp_path, codec, ext, k):
+    # Matroska announces no frame count and its demuxer skips a damaged block: the
+    # loss shows as fewer frames over the same duration, not as dropped packets.
+    path = write_noise_video(str(tmp_path / f"damaged.{ext}"), codec)
+    overwrite(path, packet_offset(path, k))
+    stats = DecodeStats()
+    assert 55 <= len(decode(path, stats=stats)) < 60
+    assert stats.frames_announced == 0 and abs(stats.duration - 2.4) < 0.01
+
+
+# -- 4. a frame-size change is scaled to the first frame's size ---------------------------------
+@pytest.mark.parametrize("codec,second", [("libvpx", (64, 96)), ("libvpx-vp9", (64, 48))])
+def test_a_size_change_is_scaled_to_the_first_size(tmp_path, codec, second):
+    frames = decode(two_size_video(str(tmp_path / "joined.webm"), codec, (H, W), second))
+    assert frames.shape == (20, H, W, 3)
+    left, right = frames[:, H // 2, : W // 4].mean(1), frames[:, H // 2, -W // 4:].mean(1)
+    assert (left[:10, 2] > 200).all() and (left[10:, 1] > 200).all() and (left[10:, 2] < 60).all()
+    assert (right > 200).all()  # the white half stays the right half: scaled, not cropped
+
+
+# -- 5. frame folders in natural order ------------------------------------------------------------
+@pytest.mark.parametrize("pattern", ["{}.jpg", "img_{:05d}.jpg", "frame_{}.png", "{}_rgb.jpeg"])
+def test_frame_folders_are_read_in_the_order_of_their_numbers(tmp_path, pattern):
+    numbers = [1, 2, 3, 5, 7, 8, 9, 10, 11, 12, 30, 100]  # gaps, and more digits later on
+    write_frame_folder(str(tmp_path / "v"), [pattern.format(n) for n in numbers])
+    assert frame_numbers(decode(str(tmp_path / "v"))) == list(range(len(numbers)))
+
+
+@pytest.mark.parametrize("names,why", [
+    (["a.jpg", "b.jpg"], "'a.jpg' has none"),
+    (["1.jpg", "01.jpg"], "both are frame 1"),
+    (["img_1.jpg", "flow_2.jpg"], "more than one naming pattern"),
+])
+def test_a_folder_whose_names_have_no_order_is_refused(tmp_path, names, why):
+    write_frame_folder(str(tmp_path / "v"), names)
+    with pytest.raises(VideoError, match=f"cannot be ordered by a number: .*{why}"):
+        ordered_frame_names(str(tmp_path / "v"))
+
+
+# -- 2. time ------------------------------------------------------------------------------------
+def _sampled_seconds(frames, fps):
+    """Source times (s) of the frames ``UniformClipSampler(8)`` picks from ``frames``."""
+    picks = pipeline.UniformClipSampler(8).indices(tf.constant(len(frames)), 1, False, None).numpy()[0]
+    times = [VFR_PTS_MS[i] / 1000 for i in frame_numbers(frames[picks])]
+    return np.array(times)
+
+
+def test_fps_resampling_spreads_sampled_frames_over_time(tmp_path):
+    path = write_vfr_video(str(tmp_path / "vfr.mp4"))
+    stats = DecodeStats()
+    by_index = decode(path, stats=stats)
+    assert stats.variable_frame_rate and abs(stats.duration - 5.99) < 0.01 and abs(stats.fps - 40 / 5.99) < 0.01
+    assert (_sampled_seconds(by_index, None) < 1).sum() == 6  # the issue's finding, without --fps
+    resampled = decode(path, fps=5)
+    assert abs(len(resampled) - 30) <= 1  # 6 s at 5 fps
+    seconds = _sampled_seconds(resampled, 5)
+    assert (seconds < 1).sum() <= 2 and seconds.max() - seconds.min() > 4
+    constant = DecodeStats()
+    decode(write_marker_video(str(tmp_path / "cfr.mp4"), n=10), stats=constant)
+    assert not constant.variable_frame_rate and abs(constant.fps - 25) < 0.01
+
+
+def test_contracts_without_fps_still_read_and_mean_no_resampling():
+    old = pipeline.InputContract(8, 2, "dense", 1, 32, ("a", "b")).to_dict()
+    del old["fps"]
+    assert pipeline.InputContract.from_dict(old).fps == 0.0
+
+
+# -- 6. bounded memory: records streamed from a spool ----------------------------------------------
+def test_streamed_records_are_the_bytes_tensorflow_writes(tmp_path):
+    from tf_stfusion.data.records import FrameSpool, ShardWriter, context_features
+
+    rng = np.random.default_rng(0)
+    jpegs = [rng.bytes(n) for n in (0, 1, 127, 128, 300, 20000)]  # sizes around varint boundaries
+    with tf.io.TFRecordWriter(str(tmp_path / "tf.tfrecord")) as writer:
+        writer.write(b"first")
+        writer.write(prepare.sequence_example("v/1", 3, jpegs, 48, 64).SerializeToString())
+    with ShardWriter(str(tmp_path / "ours.tfrecord")) as writer:
+        writer.write(b"first")
+        spool = FrameSpool(str(tmp_path))
+        for jpeg in jpegs:
+            spool.add(jpeg)
+        writer.example(context_features("v/1", 3, len(jpegs), 48, 64), spool)
+        spool.close()
+    assert (tmp_path / "ours.tfrecord").read_bytes() == (tmp_path / "tf.tfrecord").read_bytes()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".frames-")] == []
+
+
+# -- the whole split: prepare ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def awkward_folder(tmp_path_factory):
+    """A ``folder`` dataset holding one of each awkward kind, next to good clips."""
+    root = tmp_path_factory.mktemp("awkward")
+    train = root / "train"
+    for klass in ("a", "b"):
+        (train / klass).mkdir(parents=True)
+    write_video(str(train / "a" / "good.mp4"), numbered_frames(8))
+    write_marker_video(str(train / "a" / "phone.mp4"), matrix=ROT90)
+    damaged = write_noise_video(str(train / "a" / "damaged.mp4"), "libx264")
+    overwrite(damaged, packet_offset(damaged, 15))
+    two_size_video(str(train / "b" / "joined.webm"), "libvpx", (H, W), (64, 96))
+    write_vfr_video(str(train / "b" / "vfr.mp4"))
+    write_frame_folder(str(train / "b" / "frames"), [f"{n}.jpg" for n in range(1, 13)])
+    write_frame_folder(str(train / "b" / "unnamed"), ["x.jpg", "y.jpg"])
+    (train / "b" / "junk.mp4").write_bytes(b"\0" * 1000)
+    return root
+
+
+def _stored(out, video_id):
+    for shard in pipeline.list_shards(str(out), "train"):
+        for record in tf.data.TFRecordDataset(shard):
+            encoded, _, media_id = pipeline.parse_example(record)
+            if media_id.numpy().decode() == video_id:
+                return np.stack([tf.io.decode_jpeg(jpeg).numpy() for jpeg in encoded])
+    raise AssertionError(f"{video_id} not stored")
+
+
+def test_prepare_keeps_every_usable_video_and_says_what_it_saw(awkward_folder, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train-00000-of-00002.tfrecord.tmp-4242").write_bytes(b"left by a killed run")
+    index = readers.read_index("folder", str(awkward_folder), "train")
+    manifest = prepare.prepare(index, str(out), examples_per_shard=4, num_workers=1, short_side=0,
+                               progress=False, fps=5)
+    assert not [p for p in os.listdir(out) if ".tmp-" in p]
+    skipped = dict(manifest["skipped"])
+    assert set(skipped) == {"b/unnamed", "b/junk"}
+    assert "cannot be ordered by a number" in skipped["b/unnamed"] and skipped["b/junk"].startswith("cannot decode")
+    videos = manifest["videos"]
+    assert videos["a/damaged"]["packets_dropped"] == 1 and videos["a/damaged"]["frames_announced"] == 60
+    assert videos["a/damaged"]["frames_decoded"] == 59
+    assert videos["b/vfr"]["variable_frame_rate"] and videos["b/vfr"]["duration"] == 5.99
+    assert not videos["a/good"]["variable_frame_rate"] and videos["a/good"]["fps"] == 25
+    assert manifest["fps"] == 5
+    assert _stored(out, "a/phone").shape[1:3] == (W, H)
+    assert _stored(out, "b/joined").shape[1:3] == (H, W)
+    assert frame_numbers(_stored(out, "b/frames")) == list(range(12))  # frame folders are never resampled
+    # What a client sends for the VFR video is what prepare stored (same decoder, same --fps).
+    contract = pipeline.InputContract(4, 1, "dense", 1, 32, ("a", "b"), fps=5)
+    sent, _ = client.request_frames(str(awkward_folder / "train" / "b" / "vfr.mp4"), contract, whole_video=True)
+    assert frame_numbers(np.stack([tf.io.decode_jpeg(f).numpy() for f in sent])) == \
+        frame_numbers(_stored(out, "b/vfr"))
+
+
+def test_the_rate_reaches_the_data_source(awkward_folder, tmp_path):
+    from tf_stfusion.data import sources
+
+    index = readers.read_index("folder", str(awkward_folder), "train")
+    index.entries[:] = [e for e in index.entries if e.video_id == "a/good"]
+    for split in ("train", "val"):
+        prepare.prepare(dataclasses.replace(index, split=split), str(tmp_path), num_workers=1, short_side=0,
+                        progress=False, fps=12.5)
+    assert sources.resolve_source("tfrecord", str(tmp_path)).fps == 12.5
+
+
+def test_too_many_dropped_packets_skip_the_video(awkward_folder, tmp_path):
+    index = readers.read_index("folder", str(awkward_folder), "train")
+    index.entries[:] = [e for e in index.entries if e.video_id in ("a/damaged", "a/good")]
+    manifest = prepare.prepare(index, str(tmp_path), num_workers=1, short_side=0, progress=False,
+                               max_dropped_fraction=0.01)
+    assert manifest["num_examples"] == 1
+    assert dict(manifest["skipped"])["a/damaged"] == \
+        "damaged: 1 of 60 packets do not decode (> --max_dropped_fraction=0.01)"
+
+
+def test_any_other_failure_is_that_videos_skip(awkward_folder, tmp_path, monkeypatch):
+    index = readers.read_index("folder", str(awkward_folder), "train")
+    index.entries[:] = [e for e in index.entries if e.video_id in ("a/good", "a/phone")]
+    encode = prepare.encode_jpeg
+
+    def encode_jpeg(frame, quality):  # fails on the phone video's frames (48 wide) only
+        if frame.shape[1] == H:
+            raise RuntimeError("simulated fault")
+        return encode(frame, quality)
+
+    monkeypatch.setattr(prepare, "encode_jpeg", encode_jpeg)
+    manifest = prepare.prepare(index, str(tmp_path), num_workers=1, short_side=0, progress=False)
+    assert manifest["skipped"] == [["a/phone", "failed: RuntimeError: simulated fault"]]
+    assert manifest["num_examples"] == 1 and not list(tmp_path.glob(".frames-*"))
+
+
+def test_a_full_disk_is_a_split_wide_error_naming_the_file(awkward_folder, tmp_path, monkeypatch):
+    from tf_stfusion.data import records
+
+    def full(self, jpeg):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(records.FrameSpool, "add", records._writing(full))
+    index = readers.read_index("folder", str(awkward_folder), "train")
+    index.entries[:] = [e for e in index.entries if e.video_id == "a/good"]
+    message = r"the frame spool in .*: cannot write \(OSError: \[Errno 28\] No space left on device\); check the space"
+    with pytest.raises(prepare.PrepareError, match=message):
+        prepare.prepare(index, str(tmp_path), num_workers=1, short_side=0, progress=False)
+
+
+def test_a_split_with_no_readable_video_fails_with_the_reasons(tmp_path):
+    # Kinetics extracted flat, without class folders: every listed clip is "missing".
+    rows = ["label,youtube_id,time_start,time_end,split"]
+    for i in range(6):
+        write_video(str(tmp_path / f"yt{i}.mp4"), numbered_frames(2))
+        rows.append(f"abseiling,yt{i},0,10,train")
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    result = subprocess.run([sys.executable, "-m", "tf_stfusion.data.prepare", "--dataset=kinetics400",
+                             f"--data_dir={tmp_path}", f"--output_dir={tmp_path / 'out'}", "--num_workers=1"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: no video of the train split was written (6 missing (e.g. yt0_000000_000010: missing:" \
+        in result.stderr
+    assert json.loads((tmp_path / "out" / "train-manifest.json").read_text())["num_skipped"] == 6
