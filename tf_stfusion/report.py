@@ -247,8 +247,8 @@ def calibration_plot(posterior, path):
         ax.bar([edges[i] for i in filled], [diagram["accuracy"][i] for i in filled], width=width, align="edge",
                color="#4C72B0", edgecolor="white", label="accuracy")
         ax.bar([edges[i] for i in filled], [diagram["confidence"][i] - diagram["accuracy"][i] for i in filled],
-               bottom=[diagram["accuracy"][i] for i in filled], width=width, align="edge", color="#C44E52",
-               alpha=0.35, label="gap to confidence")
+               bottom=[diagram["accuracy"][i] for i in filled], width=width, align="edge", fill=False,
+               edgecolor="#C44E52", hatch="///", lw=0.6, label="gap to mean confidence")
         ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
@@ -275,7 +275,7 @@ def risk_coverage_plot(posterior, path):
         for ranking, curve in selective["curves"].items():
             ax.plot([100 * c for c in curve["coverage"]], [100 * (1 - r) for r in curve["risk"]], ls=styles[ranking],
                     color=colour, lw=1.3, label=f"{name}, by {RANKINGS[ranking]} (AURC "
-                                                f"{selective['aurc'][ranking]:.3f})")
+                                                f"{selective['aurc'][ranking]:.4f})")
         kept = selective["threshold"]["val"]
         if kept["accuracy"] is not None:
             ax.scatter([100 * kept["coverage"]], [100 * kept["accuracy"]], color=colour, marker="o", zorder=5)
@@ -297,7 +297,8 @@ def posterior_table(posterior):
     lines = [f"| model | networks | top-1 on `{posterior['report_split']}` (%) [95% CI] | this minus Opt, top-1 "
              "points [95% CI] | NLL [95% CI] | ECE (%) [95% CI] | GFLOPs |", "|---|---|---|---|---|---|---|"]
     for name, r in posterior["models"].items():
-        diff = "--" if r["vs_opt"] is None else f"{_points(r['vs_opt']['diff'], r['vs_opt']['ci'])} ({r['vs_opt']['verdict']})"
+        d = r["vs_opt"]
+        diff = "--" if d is None else f"{_points(d['diff'], d['ci'])} ({d['verdict']})"
         lines.append(f"| {name} | {r['members']} | {_pct(r['top1'], r['top1_ci'])} | {diff} | "
                      f"{_interval(r['nll'], r['nll_ci'])} | {_interval(r['ece'], r['ece_ci'], 100, 1)} | "
                      f"{r['gflops']:.3f} |")
@@ -315,7 +316,7 @@ def selective_table(posterior):
             continue
         s = r["selective"]
         kept = s["threshold"]["val"]
-        aurc = " / ".join(f"{s['aurc'][k]:.3f}" if k in s["aurc"] else "--" for k in RANKINGS)
+        aurc = " / ".join(f"{s['aurc'][k]:.4f}" if k in s['aurc'] else "--" for k in RANKINGS)
         accuracy = "--" if kept["accuracy"] is None else _pct(kept["accuracy"], kept["accuracy_ci"])
         threshold = f"{kept['threshold']:.3f}" + ("" if s["threshold"]["reachable"] else " (target not reached)")
         lines.append(f"| {name} | {s['temperature']:.3f} | {100 * r['ece']:.1f} -> "

@@ -22,6 +22,13 @@ Everything is written into a temporary folder next to ``OUT`` and moved into
 place only when every parity check passed (max abs difference of the logits
 <= 1e-4 times their scale, the largest |logit| of the reference but at least 1;
 the served-vs-evaluation check compares view-averaged probabilities); otherwise nothing is left behind and the exit code is 1.
+``--ensemble=M`` writes instead one SavedModel of the search's ``ensemble-M`` (its
+members, temperature and threshold from ``calibration.json`` beside ``--strategy``):
+the M pruned networks on one input, returning temperature-scaled averaged
+probabilities, their predictive ``entropy`` and an ``abstain`` flag, checked
+against the template in fixed mode member by member (``export_ensemble``), with
+its batch-1 latency against Opt's network in ``export_report.json``.
+
 A bad strategy file, a strategy for another backbone, a checkpoint that does
 not match, or an existing version folder (without ``--overwrite``) stop the
 export before anything is built.

@@ -8,7 +8,8 @@ class names in a ``labels.txt`` asset (a lookup table turns top-k ids into
 names), the contract also as ``assets.extra/input_contract.json``, and TF
 Serving warm-up requests (``assets.extra/tf_serving_warmup_requests``: one
 ``PredictionLog`` per signature) so that the first real request does not pay
-for graph warm-up.
+for graph warm-up. An ensemble (``serving.Ensemble`` with an ``EnsembleHead``)
+also gets ``assets.extra/ensemble.json``: its members, temperature and threshold.
 
 ONNX has no portable JPEG decoding: its file keeps the uint8 clip input of
 ``serving_default`` (``video`` -> ``probabilities``, ``top_k``) and carries the
