@@ -245,6 +245,17 @@ def test_ensemble_export_equals_the_evaluated_ensemble(trained_run, tmp_path):
                             ensemble=2), log=lambda *a: None)
     with pytest.raises(ExportError, match="SavedModel only"):
         export(ExportConfig(strategy_file=best, model_dir=model_dir, export_dir=str(out), ensemble=3))
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(best, alone / "best.json")
+    with pytest.raises(ExportError, match="needs the search's calibration.json"):
+        export(ExportConfig(strategy_file=str(alone / "best.json"), model_dir=model_dir, export_dir=str(out),
+                            formats=("saved_model",), ensemble=3))
+    (alone / "calibration.json").write_text('{"models": {}')  # torn
+    with pytest.raises(ExportError, match="not a complete calibration.json"):
+        export(ExportConfig(strategy_file=str(alone / "best.json"), model_dir=model_dir, export_dir=str(out),
+                            formats=("saved_model",), ensemble=3))
+    assert not out.exists() or not any(out.iterdir())  # refusals leave nothing behind
     report = export(ExportConfig(strategy_file=best, model_dir=model_dir, export_dir=str(out),
                                  formats=("saved_model",), ensemble=3, check_serving=True), log=lambda *a: None)
     assert all(check["passed"] for check in report["parity"].values())

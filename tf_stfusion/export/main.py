@@ -260,16 +260,21 @@ def read_ensemble(config):
     if not os.path.isfile(path):
         raise ExportError(f"--ensemble needs the search's calibration.json beside {config.strategy_file}; run "
                           f"python -m tf_stfusion.search --model_dir={config.model_dir} (with --ensemble_sizes)")
-    with open(path) as f:
-        posterior = json.load(f)
-    name = f"ensemble-{config.ensemble}"
-    if name not in posterior["models"]:
-        raise ExportError(f"{path}: no ensemble of {config.ensemble} members; the search measured M = "
-                          f"{', '.join(map(str, posterior['sizes']))} (search with --ensemble_sizes to add one)")
-    selective = posterior["models"][name]["selective"]
-    threshold = selective["threshold"]
+    try:
+        with open(path) as f:
+            posterior = json.load(f)
+        name = f"ensemble-{config.ensemble}"
+        if name not in posterior["models"]:
+            raise ExportError(f"{path}: no ensemble of {config.ensemble} members; the search measured M = "
+                              f"{', '.join(map(str, posterior['sizes']))} (search with --ensemble_sizes to add one)")
+        selective = posterior["models"][name]["selective"]
+        threshold = selective["threshold"]
+        units = posterior["member_units"][:config.ensemble]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ExportError(f"{path} is not a complete calibration.json ({type(e).__name__}: {e}); rerun "
+                          f"python -m tf_stfusion.search --model_dir={config.model_dir}") from None
     return {"members": posterior["members"][:config.ensemble],
-            "units": posterior["member_units"][:config.ensemble], "temperature": selective["temperature"],
+            "units": units, "temperature": selective["temperature"],
             "threshold": threshold["val"]["threshold"], "abstain_on": threshold["on"],
             "target_accuracy": threshold["target_accuracy"], "target_reached_on_fit_split": threshold["reachable"],
             "fitted_on": posterior["fit_split"], "source": path}
@@ -293,13 +298,7 @@ def export_ensemble(config, run, template, opt, ensemble, contract, checkpoint, 
     shape = (contract.num_frames, contract.eval_size, contract.eval_size, 3)
     video = np.random.default_rng(config.seed).integers(0, 256, (config.parity_clips, *shape), dtype=np.uint8)
     x = normalize(tf.constant(video))
-    members, reference = [], []
-    for units in ensemble["units"]:
-        strategy = stf.Strategy.from_units(run.backbone, units)
-        stf.apply_strategy(template, strategy)
-        reference.append(template(x, training=False).numpy())
-        members.append(prune(template, strategy))
-    reference = np.stack(reference, axis=1)  # [clips, M, C]: the evaluation's networks, one by one
+    members, reference = pruned_members(template, ensemble["units"], x)
     model = Ensemble(members)
     head = EnsembleHead(ensemble["temperature"], ensemble["threshold"],
                         {k: v for k, v in ensemble.items() if k != "source"})
@@ -353,6 +352,24 @@ def export_ensemble(config, run, template, opt, ensemble, contract, checkpoint, 
     log(f"  ensemble of {config.ensemble}: temperature {head.temperature:.3f}, abstains below {head.threshold:.3f}; "
         f"batch-1 latency {lat['ensemble_ms']:.1f} ms vs Opt {lat['opt_ms']:.1f} ms; written to {parent}")
     return report
+
+
+def pruned_members(template, member_units, x):
+    """The members' pruned networks, and the template's logits ``[clips, M, C]`` on
+    normalised clips ``x`` in fixed mode with each member's masks (the evaluation's
+    networks, one by one)."""
+    import numpy as np
+
+    import tf_stfusion as stf
+    from tf_stfusion.models.prune import prune
+
+    members, reference = [], []
+    for units in member_units:
+        strategy = stf.Strategy.from_units(template.stf_spec.backbone, units)
+        stf.apply_strategy(template, strategy)
+        reference.append(template(x, training=False).numpy())
+        members.append(prune(template, strategy))
+    return members, np.stack(reference, axis=1)
 
 
 def ensemble_latency(model, opt_pruned, shape, repeats):
