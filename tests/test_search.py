@@ -107,7 +107,8 @@ RACE = dict(num_samples=17, tiles=4, racing="on", racing_min_videos=2, progress=
 
 def test_racing_scores_fewer_videos_and_its_pick_saw_the_whole_split(trained_run, tmp_path):
     model_dir = _fresh_copy(trained_run, tmp_path / "run")
-    result = run_search(SearchConfig(model_dir=model_dir, **RACE))
+    result = run_search(SearchConfig(model_dir=model_dir, ensemble_from="survivors", ensemble_sizes=(2, 17),
+                                     **RACE))
     plan = json.loads((tmp_path / "run" / "strategies" / "plan.json").read_text())
     slices = plan["racing"]["slices"]
     assert len(slices) == 2 and slices[-1][1] == 8  # 8 hold-out videos: a first slice, then all of them
@@ -119,6 +120,9 @@ def test_racing_scores_fewer_videos_and_its_pick_saw_the_whole_split(trained_run
     assert result.strategy_videos < result.exhaustive_videos
     # Every planned strategy has its row (marginals and plots use them all).
     assert len(read_results(tmp_path / "run" / "strategies" / "strategies.jsonl")) == 20
+    # --ensemble_from=survivors: the members are the sampled strategies racing kept to the end, in plan order.
+    survivors = [r["id"] for r in result.rows if r["kind"] == "sampled" and r["dropped_round"] is None]
+    assert result.posterior["members"] == survivors[:2] and result.posterior["sizes"] == [2]  # 17: too few survivors
 
 
 def test_a_killed_racing_search_resumes_with_the_same_pick(trained_run, tmp_path):

@@ -330,10 +330,12 @@ def posterior_lines(posterior):
     """The report's section on the posterior predictive (``search.posterior_evaluation``)."""
     split, fit = posterior["report_split"], posterior["fit_split"]
     members = posterior["members"]
+    source = ("sampled strategies" if posterior.get("members_from", "samples") == "samples" else
+              "racing survivors (the sampled strategies scored on the whole selection split)")
     lines = ["## The posterior predictive: ensembles, calibration, abstention", "",
-             f"`ensemble-M`: the mean video scores of the first M sampled strategies ({members[0]} ... "
-             f"{members[-1]}, draws from the learned gates), each a pruned network; its GFLOPs are the members' sum. "
-             f"Every number is on `{split}` ({posterior['models']['Opt']['num_videos']} videos).", ""]
+             f"`ensemble-M`: the mean video scores of the first M {source} ({members[0]} ... {members[-1]}, draws "
+             "from the learned gates), each a pruned network; its GFLOPs are the members' sum. Every number is on "
+             f"`{split}` ({posterior['models']['Opt']['num_videos']} videos).", ""]
     if posterior["note"]:
         lines += [f"**Temperature and threshold {posterior['note']}**: the run selected on `{split}`.", ""]
     lines += posterior_table(posterior)

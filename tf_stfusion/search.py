@@ -79,6 +79,7 @@ class SearchConfig:
     skip_corrupt_records: bool = False
     ensemble_sizes: tuple = (1, 2, 4, 8, 16)  # posterior-averaged ensembles reported (); (): none
     target_accuracy: float = 0.9  # the abstention threshold's target, chosen on the hold-out
+    ensemble_from: str = "samples"  # samples: draws from the gates; survivors: those racing kept to the end
 
     def folder(self):
         return self.output_dir or os.path.join(self.model_dir, FOLDER)
@@ -423,11 +424,15 @@ def chance_warning(comparison, best, num_classes, prior):
 FIXED_UNITS = ("S", "ST", "S+ST")
 
 
-def ensemble_members(planned, size):
+ENSEMBLE_FROM = ("samples", "survivors")
+
+
+def ensemble_members(planned, size, keep=None):
     """The first ``size`` sampled strategies of the plan, ``[(id, Strategy)]``: i.i.d.
     draws from the learned gates, so their mean prediction is a Monte Carlo estimate
-    of the posterior predictive (repeated draws count as often as they were drawn)."""
-    return [(sid, s) for sid, kind, s in planned if kind == "sampled"][:size]
+    of the posterior predictive (repeated draws count as often as they were drawn);
+    with ``keep`` (a set of ids), only those (racing's survivors)."""
+    return [(sid, s) for sid, kind, s in planned if kind == "sampled" and (keep is None or sid in keep)][:size]
 
 
 def split_probabilities(room, evaluator, split, videos, strategies):
@@ -443,14 +448,14 @@ def split_probabilities(room, evaluator, split, videos, strategies):
     return probs[[keys.index(unit_key(s)) for s in strategies]], labels
 
 
-def posterior_scores(room, evaluator, planned, best, select_split, select_videos, sizes):
+def posterior_scores(room, evaluator, planned, best, select_split, select_videos, sizes, keep=None):
     """Scores of Opt, the ensembles of ``sizes`` members and S / ST / S+ST on val
     (``{name: [n, C]}``, labels), of Opt and the ensembles on the split that fits the
     temperature and threshold (the hold-out; val when the run selected on val), and
     the largest ensemble's members on val ``[M, n, C]``."""
     from tf_stfusion.strategy import Strategy
 
-    members = [s for _, s in ensemble_members(planned, max(sizes))]
+    members = [s for _, s in ensemble_members(planned, max(sizes), keep)]
     opt = Strategy.from_units(room.model.stf_spec.backbone, best["units"])
     fixed = {sid.split("-", 1)[1]: s for sid, kind, s in planned if kind == "fixed"}
     probs, labels = split_probabilities(room, evaluator, "val", room.split_videos("val"),
@@ -491,23 +496,29 @@ def selective_summary(val_probs, val_labels, fit_probs, fit_labels, target, memb
                           "val": cal.selective_result(confidence, correct, threshold)}}
 
 
-def posterior_evaluation(room, evaluator, planned, best, select_split, select_videos, cost_of, config):
+def posterior_evaluation(room, evaluator, planned, rows, best, select_split, select_videos, cost_of, config):
     """The posterior-averaged evaluation (``calibration.json``): per model on val
     top-1, NLL and ECE with intervals, its paired top-1 difference to Opt, cost,
     reliability data; temperature scaling and selective prediction of Opt and the
-    ensembles. ``None`` when ``config.ensemble_sizes`` is empty."""
+    ensembles. Members: the first sampled strategies, or with
+    ``config.ensemble_from == "survivors"`` those scored on the whole selection
+    split (``rows``). ``None`` when ``config.ensemble_sizes`` is empty."""
     import numpy as np
 
     from tf_stfusion import calibration as cal
     from tf_stfusion.selection import CI_METHOD, PAIRED_METHOD, SAME_SPLIT_NOTE, paired_difference
 
-    sampled = sum(kind == "sampled" for _, kind, _ in planned)
-    sizes = sorted({m for m in config.ensemble_sizes if 1 <= m <= sampled})
+    if config.ensemble_from not in ENSEMBLE_FROM:
+        raise ValueError(f"--ensemble_from must be one of {ENSEMBLE_FROM}, got {config.ensemble_from!r}")
+    keep = ({r["id"] for r in fully_scored(rows) if r["kind"] == "sampled"} if config.ensemble_from == "survivors"
+            else None)
+    available = len(ensemble_members(planned, len(planned), keep))
+    sizes = sorted({m for m in config.ensemble_sizes if 1 <= m <= available})
     if not sizes:
         return None
     val, labels, fit, fit_labels, members = posterior_scores(room, evaluator, planned, best, select_split,
-                                                             select_videos, sizes)
-    chosen = ensemble_members(planned, max(sizes))
+                                                             select_videos, sizes, keep)
+    chosen = ensemble_members(planned, max(sizes), keep)
     fixed = {sid.split("-", 1)[1]: s for sid, kind, s in planned if kind == "fixed"}
     member_costs = np.array([cost_of(s) for _, s in chosen], np.float64)  # [M, (params, GFLOPs)]: M networks run
     opt_correct = cal.confidence_and_correct(val["Opt"], labels)[1]
@@ -525,6 +536,7 @@ def posterior_evaluation(room, evaluator, planned, best, select_split, select_vi
                                                         members[:m] if m > 1 else None)
     return {"report_split": room.split_name("val"), "fit_split": room.split_name(select_split),
             "note": SAME_SPLIT_NOTE if select_split == "val" else None, "sizes": sizes,
+            "members_from": config.ensemble_from,
             "members": [sid for sid, _ in chosen], "member_units": [s.units for _, s in chosen],
             "target_accuracy": config.target_accuracy, "ece_method": cal.ECE_METHOD,
             "interval_methods": {"top1": CI_METHOD, "nll_ece": cal.BOOTSTRAP_METHOD, "vs_opt": PAIRED_METHOD},
@@ -673,7 +685,8 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
     comparison["chance_warning"] = chance_warning(comparison, best, spec.num_classes, comparison["prior"])
     comparison["search"] = {"racing": racing, "strategy_videos": strategy_videos, "exhaustive_videos": exhaustive,
                             "clip_evaluations": strategy_videos * data.eval_clips}
-    posterior = posterior_evaluation(room, evaluator, planned, best, select_split, select_videos, cost_of, config)
+    posterior = posterior_evaluation(room, evaluator, planned, rows, best, select_split, select_videos, cost_of,
+                                     config)
     seconds = time.time() - t0
     result = SearchResult(rows, best, counts["evaluated"], evaluator.traces, seconds, out_dir, comparison,
                           strategy_videos, exhaustive, posterior)
@@ -744,6 +757,9 @@ def define_flags():
     flags.DEFINE_bool("progress", True, "Progress bar.")
     flags.DEFINE_list("ensemble_sizes", ["1", "2", "4", "8", "16"], "Posterior-averaged ensembles reported: the "
                       "mean scores of the first M sampled strategies, for each M (empty: none).")
+    flags.DEFINE_enum("ensemble_from", "samples", list(ENSEMBLE_FROM), "Ensemble members: samples (draws from the "
+                      "learned gates: the posterior predictive) or survivors (the sampled strategies racing scored "
+                      "on the whole selection split).")
     flags.DEFINE_float("target_accuracy", 0.9, "Abstention: the threshold on the (temperature-scaled) maximum "
                        "probability is the lowest at which the hold-out's kept videos reach this top-1.")
 
@@ -776,7 +792,7 @@ def main(argv):
         checkpoint=FLAGS.checkpoint or "", select_split=FLAGS.select_split or "", racing=FLAGS.racing,
         racing_eta=FLAGS.racing_eta, racing_min_videos=FLAGS.racing_min_videos, output_dir=FLAGS.output_dir or "",
         progress=FLAGS.progress, verify_data=FLAGS.verify_data, skip_corrupt_records=FLAGS.skip_corrupt_records,
-        ensemble_sizes=sizes, target_accuracy=FLAGS.target_accuracy,
+        ensemble_sizes=sizes, target_accuracy=FLAGS.target_accuracy, ensemble_from=FLAGS.ensemble_from,
     )
     try:
         from tf_stfusion import distribute
