@@ -211,3 +211,79 @@ def test_parity_on_logits_catches_a_broken_conversion_of_a_saturated_model(train
         export(ExportConfig(strategy_file=strategy_file, model_dir=trained_run, export_dir=str(out),
                             checkpoint=prefix, formats=("onnx",)), log=lambda *a: None)
     assert not out.exists() or os.listdir(out) == []
+
+
+def test_ensemble_head_scales_and_abstains_by_hand():
+    from tf_stfusion.export.serving import EnsembleHead
+
+    # T = 2: softmax(log p / 2) = sqrt(p) / sum sqrt(p): [0.9, 0.1] -> [0.75, 0.25]; [0.6, 0.4] -> [0.5505, 0.4495].
+    head = EnsembleHead(temperature=2.0, threshold=0.7, info={})
+    scaled, entropy, abstain = head.apply(tf.constant([[0.9, 0.1], [0.6, 0.4]], tf.float32))
+    np.testing.assert_allclose(scaled.numpy(), [[0.75, 0.25], [0.550510, 0.449490]], atol=1e-5)
+    np.testing.assert_allclose(entropy.numpy()[0], -(0.75 * np.log(0.75) + 0.25 * np.log(0.25)), atol=1e-5)
+    assert abstain.numpy().tolist() == [False, True]
+
+
+def test_ensemble_export_equals_the_evaluated_ensemble(trained_run, tmp_path):
+    """``--ensemble=3``: one SavedModel of the three pruned members whose scores equal
+    the search's evaluation of the same three strategies (template in fixed mode,
+    mean softmax, the fitted temperature), on random clips and on every val video."""
+    import shutil
+
+    from tf_stfusion.calibration import apply_temperature
+    from tf_stfusion.data import pipeline
+    from tf_stfusion.search import SearchConfig, run_search
+
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(trained_run, model_dir)
+    run_search(SearchConfig(model_dir=model_dir, num_samples=4, tiles=4, racing="off", progress=False,
+                            ensemble_sizes=(3,), target_accuracy=0.5))
+    posterior = json.loads(open(f"{model_dir}/strategies/calibration.json").read())
+    best, out = f"{model_dir}/strategies/best.json", tmp_path / "out"
+    with pytest.raises(ExportError, match="M = 3"):
+        export(ExportConfig(strategy_file=best, model_dir=model_dir, export_dir=str(out), formats=("saved_model",),
+                            ensemble=2), log=lambda *a: None)
+    with pytest.raises(ExportError, match="SavedModel only"):
+        export(ExportConfig(strategy_file=best, model_dir=model_dir, export_dir=str(out), ensemble=3))
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(best, alone / "best.json")
+    with pytest.raises(ExportError, match="needs the search's calibration.json"):
+        export(ExportConfig(strategy_file=str(alone / "best.json"), model_dir=model_dir, export_dir=str(out),
+                            formats=("saved_model",), ensemble=3))
+    (alone / "calibration.json").write_text('{"models": {}')  # torn
+    with pytest.raises(ExportError, match="not a complete calibration.json"):
+        export(ExportConfig(strategy_file=str(alone / "best.json"), model_dir=model_dir, export_dir=str(out),
+                            formats=("saved_model",), ensemble=3))
+    assert not out.exists() or not any(out.iterdir())  # refusals leave nothing behind
+    report = export(ExportConfig(strategy_file=best, model_dir=model_dir, export_dir=str(out),
+                                 formats=("saved_model",), ensemble=3, check_serving=True), log=lambda *a: None)
+    assert all(check["passed"] for check in report["parity"].values())
+    assert report["parity"]["served_vs_evaluation"]["max_abs_diff"] <= 1e-4  # every val video, serving_video
+    selective = posterior["models"]["ensemble-3"]["selective"]
+    assert report["ensemble"]["temperature"] == selective["temperature"]
+    assert report["ensemble"]["threshold"] == selective["threshold"]["val"]["threshold"]
+    assert report["ensemble"]["latency"]["ensemble_ms"] > 0 and report["ensemble"]["latency"]["opt_ms"] > 0
+    loaded = tf.saved_model.load(str(out / "stfusion" / "1"))
+    info = json.loads(loaded.signatures["input_contract"]()["ensemble"].numpy())
+    assert info["units"] == posterior["member_units"][:3] and info["temperature"] == selective["temperature"]
+    # Independently of the export: the template in fixed mode, one member at a time.
+    classes = len(report["input_contract"]["class_names"])
+    template = stf.build_template("tiny", num_classes=classes, num_frames=8, input_size=32)
+    done = json.loads(open(f"{model_dir}/search/done.json").read())
+    tf.train.Checkpoint(model=template).restore(f"{model_dir}/search/{done['checkpoint']}").expect_partial()
+    video = np.random.default_rng(7).integers(0, 256, (4, 8, 32, 32, 3), dtype=np.uint8)
+    x = pipeline.normalize(tf.constant(video))
+    softmaxes = []
+    for units in info["units"]:
+        stf.apply_strategy(template, stf.Strategy.from_units("tiny", units))
+        softmaxes.append(tf.nn.softmax(template(x, training=False)).numpy())
+    served = loaded.signatures["serving_default"](video=tf.constant(video))
+    want = apply_temperature(np.mean(softmaxes, axis=0), info["temperature"])
+    np.testing.assert_allclose(served["probabilities"].numpy(), want, atol=1e-5)
+    assert served["logits"].shape == (4, 3, classes)
+    probs = served["probabilities"].numpy()
+    assert np.array_equal(served["abstain"].numpy(), probs.max(axis=1) < info["threshold"])
+    np.testing.assert_allclose(served["entropy"].numpy(), -np.sum(probs * np.log(probs), axis=1), atol=1e-5)
+    graph = str(loaded.signatures["serving_default"].graph.as_graph_def())
+    assert "drop_logit" not in graph and "fixed_mask" not in graph  # pruned members, not the template with masks

@@ -107,7 +107,8 @@ RACE = dict(num_samples=17, tiles=4, racing="on", racing_min_videos=2, progress=
 
 def test_racing_scores_fewer_videos_and_its_pick_saw_the_whole_split(trained_run, tmp_path):
     model_dir = _fresh_copy(trained_run, tmp_path / "run")
-    result = run_search(SearchConfig(model_dir=model_dir, **RACE))
+    result = run_search(SearchConfig(model_dir=model_dir, ensemble_from="survivors", ensemble_sizes=(2, 17),
+                                     **RACE))
     plan = json.loads((tmp_path / "run" / "strategies" / "plan.json").read_text())
     slices = plan["racing"]["slices"]
     assert len(slices) == 2 and slices[-1][1] == 8  # 8 hold-out videos: a first slice, then all of them
@@ -119,6 +120,9 @@ def test_racing_scores_fewer_videos_and_its_pick_saw_the_whole_split(trained_run
     assert result.strategy_videos < result.exhaustive_videos
     # Every planned strategy has its row (marginals and plots use them all).
     assert len(read_results(tmp_path / "run" / "strategies" / "strategies.jsonl")) == 20
+    # --ensemble_from=survivors: the members are the sampled strategies racing kept to the end, in plan order.
+    survivors = [r["id"] for r in result.rows if r["kind"] == "sampled" and r["dropped_round"] is None]
+    assert result.posterior["members"] == survivors[:2] and result.posterior["sizes"] == [2]  # 17: too few survivors
 
 
 def test_a_killed_racing_search_resumes_with_the_same_pick(trained_run, tmp_path):
@@ -149,6 +153,51 @@ def test_two_replicas_give_the_one_device_results(trained_run, tmp_path, mirrore
     for a, b in zip(one.rows, two.rows):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     assert two.best["id"] == one.best["id"] and two.traces == 1
+
+
+def test_ensembles_average_their_members_evaluated_one_by_one(trained_run, tmp_path):
+    """The posterior-averaged scores are the mean of the members' scores, each from a
+    plain one-device evaluation of the template in fixed mode (no tiling)."""
+    from tf_stfusion import calibration
+    from tf_stfusion.evaluation import video_probabilities
+    from tf_stfusion.search import ensemble_members, plan_strategies
+
+    model_dir = _fresh_copy(trained_run, tmp_path / "run")
+    config = SearchConfig(model_dir=model_dir, num_samples=5, tiles=4, racing="off", progress=False,
+                          ensemble_sizes=(1, 3, 99), target_accuracy=0.5)
+    result = run_search(config)
+    posterior = json.loads((tmp_path / "run" / "strategies" / "calibration.json").read_text())
+    assert posterior["sizes"] == [1, 3] and list(posterior["models"]) == \
+        ["Opt", "ensemble-1", "ensemble-3", "S", "ST", "S+ST"]  # 99 > the 5 samples: left out
+    room = Run(dataclasses.replace(load_run_config(model_dir), progress=False))
+    done = json.loads(open(f"{model_dir}/search/done.json").read())
+    tf.train.Checkpoint(model=room.model).restore(f"{model_dir}/search/{done['checkpoint']}").expect_partial()
+    members = ensemble_members(plan_strategies(room.model, config), 3)
+    assert [sid for sid, _ in members] == posterior["members"]
+    videos = room.split_videos("val")
+    one_by_one = []
+    for _, strategy in members:
+        stf.apply_strategy(room.model, strategy)
+        one_by_one.append(video_probabilities(room.model, room.eval_dataset_fn("val")(None), 2, len(videos)))
+    labels = np.array([room.source.val_examples[[v for v, _ in room.source.val_examples].index(v)][1]
+                       for v in videos])
+    mean = np.mean(one_by_one, axis=0)
+    ensemble = posterior["models"]["ensemble-3"]
+    assert ensemble["nll"] == pytest.approx(calibration.nll(mean, labels), abs=1e-5)
+    assert ensemble["top1"] == pytest.approx(np.mean(mean.argmax(1) == labels))
+    assert ensemble["ece"] == pytest.approx(calibration.expected_calibration_error(mean, labels), abs=1e-5)
+    assert posterior["models"]["ensemble-1"]["nll"] == pytest.approx(calibration.nll(one_by_one[0], labels), abs=1e-5)
+    assert ensemble["gflops"] == pytest.approx(sum(r["gflops"] for r in result.rows if r["id"] in
+                                                   posterior["members"]), abs=1e-3)
+    # Opt is paired with itself nowhere; every other model carries its paired difference to Opt.
+    assert posterior["models"]["Opt"]["vs_opt"] is None and ensemble["vs_opt"]["n"] == len(videos)
+    threshold = ensemble["selective"]["threshold"]
+    assert threshold["target_accuracy"] == 0.5 and threshold["val"]["num_videos"] == len(videos)
+    assert set(ensemble["selective"]["aurc"]) == {"max_probability", "entropy", "mutual_information"}
+    for name in ("calibration.png", "risk_coverage.png"):
+        assert (tmp_path / "run" / "strategies" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (tmp_path / "run" / "strategies" / "report.md").read_text()
+    assert "| ensemble-3 | 3 |" in report and "ensemble-3 minus Opt:" in report and "AURC" in report
 
 
 def test_best_under_a_budget_comes_from_the_pareto_set():

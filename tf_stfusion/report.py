@@ -183,7 +183,8 @@ def comparison_table(comparison):
     return lines
 
 
-def write_report(path, rows, best, probs, plan, comparison, max_gflops=0.0):
+def write_report(path, rows, best, probs, plan, comparison, max_gflops=0.0, sections=()):
+    """``report.md``; ``sections``: more markdown lines, after the Table 2 part."""
     from tf_stfusion.selection import CI_METHOD, PAIRED_METHOD
 
     report = comparison["strategies"]["Opt"]
@@ -210,6 +211,7 @@ def write_report(path, rows, best, probs, plan, comparison, max_gflops=0.0):
     counts = {u: best["units"].count(u) for u in UNIT_LEVELS}
     lines += [f"Opt (`{best['id']}`) uses " + ", ".join(f"{counts[u]} {u}" for u in ("S", "ST", "S+ST", "none"))
               + " layers; it is written to `best.json`.", ""]
+    lines += list(sections)
     prior = comparison.get("prior")
     if prior:
         lines += ["## Prior diagnostics", "", f"- {prior['summary']}."]
@@ -222,3 +224,136 @@ def write_report(path, rows, best, probs, plan, comparison, max_gflops=0.0):
     lines += ["", "Figures: `fusion.png` (per-layer unit probabilities and Opt's units), `pareto.png` "
               f"(top-1 on `{comparison['selected_on']}` vs GFLOPs of every evaluated strategy).", ""]
     atomic_write_text(path, "\n".join(lines))
+
+
+# -- the posterior predictive: ensembles, calibration, abstention ------------------------
+def _shown_ensemble(posterior):
+    """The ensemble the figures show: 8 members when measured, else the largest."""
+    sizes = [m for m in posterior["sizes"] if m > 1] or posterior["sizes"]
+    return f"ensemble-{8 if 8 in sizes else sizes[-1]}"
+
+
+def calibration_plot(posterior, path):
+    """Reliability diagrams (accuracy against mean confidence per bin) of Opt, an
+    ensemble and S / ST / S+ST on the report split, with their ECE."""
+    names = ["Opt", _shown_ensemble(posterior)] + [n for n in ("S", "ST", "S+ST") if n in posterior["models"]]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 3.3), sharey=True)
+    for ax, name in zip(axes, names):
+        row = posterior["models"][name]
+        diagram = row["reliability"]
+        edges = diagram["edges"]
+        width = edges[1] - edges[0]
+        filled = [i for i, c in enumerate(diagram["count"]) if c]
+        ax.bar([edges[i] for i in filled], [diagram["accuracy"][i] for i in filled], width=width, align="edge",
+               color="#4C72B0", edgecolor="white", label="accuracy")
+        ax.bar([edges[i] for i in filled], [diagram["confidence"][i] - diagram["accuracy"][i] for i in filled],
+               bottom=[diagram["accuracy"][i] for i in filled], width=width, align="edge", fill=False,
+               edgecolor="#C44E52", hatch="///", lw=0.6, label="gap to mean confidence")
+        ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{name}\nECE {100 * row['ece']:.1f}% [{100 * row['ece_ci'][0]:.1f}, "
+                     f"{100 * row['ece_ci'][1]:.1f}]", fontsize=9)
+        ax.set_xlabel("confidence (max probability)")
+    axes[0].set_ylabel(f"top-1 on {posterior['report_split']}")
+    axes[0].legend(fontsize=7, loc="upper left")
+    _save(fig, path)
+
+
+RANKINGS = {"max_probability": "max probability", "entropy": "predictive entropy",
+            "mutual_information": "disagreement (mutual information)"}
+
+
+def risk_coverage_plot(posterior, path):
+    """Top-1 of the videos kept against the share kept (ranked by confidence), for
+    Opt and an ensemble, with the abstention threshold's point on the report split."""
+    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    shown = _shown_ensemble(posterior)
+    styles = {"max_probability": "-", "entropy": "--", "mutual_information": ":"}
+    for name, colour in (("Opt", "#555555"), (shown, "#4C72B0")):
+        selective = posterior["models"][name]["selective"]
+        for ranking, curve in selective["curves"].items():
+            ax.plot([100 * c for c in curve["coverage"]], [100 * (1 - r) for r in curve["risk"]], ls=styles[ranking],
+                    color=colour, lw=1.3, label=f"{name}, by {RANKINGS[ranking]} (AURC "
+                                                f"{selective['aurc'][ranking]:.4f})")
+        kept = selective["threshold"]["val"]
+        if kept["accuracy"] is not None:
+            ax.scatter([100 * kept["coverage"]], [100 * kept["accuracy"]], color=colour, marker="o", zorder=5)
+    ax.axhline(100 * posterior["target_accuracy"], color="#C44E52", lw=0.8, ls="-.",
+               label=f"target {100 * posterior['target_accuracy']:.0f}% (threshold chosen on {posterior['fit_split']})")
+    ax.set_xlabel(f"coverage: share of {posterior['report_split']} videos kept (%)")
+    ax.set_ylabel("top-1 of the videos kept (%)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def _interval(value, ci, scale=1.0, digits=3):
+    return f"{scale * value:.{digits}f} [{scale * ci[0]:.{digits}f}, {scale * ci[1]:.{digits}f}]"
+
+
+def posterior_table(posterior):
+    """Markdown rows: top-1, NLL, ECE (intervals) and the paired difference to Opt."""
+    lines = [f"| model | networks | top-1 on `{posterior['report_split']}` (%) [95% CI] | this minus Opt, top-1 "
+             "points [95% CI] | NLL [95% CI] | ECE (%) [95% CI] | GFLOPs |", "|---|---|---|---|---|---|---|"]
+    for name, r in posterior["models"].items():
+        d = r["vs_opt"]
+        diff = "--" if d is None else f"{_points(d['diff'], d['ci'])} ({d['verdict']})"
+        lines.append(f"| {name} | {r['members']} | {_pct(r['top1'], r['top1_ci'])} | {diff} | "
+                     f"{_interval(r['nll'], r['nll_ci'])} | {_interval(r['ece'], r['ece_ci'], 100, 1)} | "
+                     f"{r['gflops']:.3f} |")
+    return lines
+
+
+def selective_table(posterior):
+    """Markdown rows: temperature, ECE before / after, AURC, the abstention threshold."""
+    split, fit = posterior["report_split"], posterior["fit_split"]
+    lines = [f"| model | T (fitted on `{fit}`) | ECE (%) before -> after | NLL before -> after | AURC by max prob / "
+             f"entropy / disagreement | threshold (max prob) | coverage on `{split}` (%) [95% CI] | top-1 of kept "
+             "(%) [95% CI] |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in posterior["models"].items():
+        if "selective" not in r:
+            continue
+        s = r["selective"]
+        kept = s["threshold"]["val"]
+        aurc = " / ".join(f"{s['aurc'][k]:.4f}" if k in s['aurc'] else "--" for k in RANKINGS)
+        accuracy = "--" if kept["accuracy"] is None else _pct(kept["accuracy"], kept["accuracy_ci"])
+        threshold = f"{kept['threshold']:.3f}" + ("" if s["threshold"]["reachable"] else " (target not reached)")
+        lines.append(f"| {name} | {s['temperature']:.3f} | {100 * r['ece']:.1f} -> "
+                     f"{_interval(s['scaled']['ece'], s['scaled']['ece_ci'], 100, 1)} | {r['nll']:.3f} -> "
+                     f"{s['scaled']['nll']:.3f} | {aurc} | {threshold} | {_pct(kept['coverage'], kept['coverage_ci'])} "
+                     f"| {accuracy} |")
+    return lines
+
+
+def posterior_lines(posterior):
+    """The report's section on the posterior predictive (``search.posterior_evaluation``)."""
+    split, fit = posterior["report_split"], posterior["fit_split"]
+    members = posterior["members"]
+    source = ("sampled strategies" if posterior.get("members_from", "samples") == "samples" else
+              "racing survivors (the sampled strategies scored on the whole selection split)")
+    lines = ["## The posterior predictive: ensembles, calibration, abstention", "",
+             f"`ensemble-M`: the mean video scores of the first M {source} ({members[0]} ... {members[-1]}, draws "
+             "from the learned gates), each a pruned network; its GFLOPs are the members' sum. Every number is on "
+             f"`{split}` ({posterior['models']['Opt']['num_videos']} videos).", ""]
+    if posterior["note"]:
+        lines += [f"**Temperature and threshold {posterior['note']}**: the run selected on `{split}`.", ""]
+    lines += posterior_table(posterior)
+    lines += ["", f"Top-1: {posterior['interval_methods']['top1']}; NLL and ECE ({posterior['ece_method']}): "
+              f"{posterior['interval_methods']['nll_ece']}; differences: {posterior['interval_methods']['vs_opt']}.",
+              ""]
+    for name, r in posterior["models"].items():
+        if name.startswith("ensemble-") and r["vs_opt"]:
+            d = r["vs_opt"]
+            lines.append(f"- {name} minus Opt: {_points(d['diff'], d['ci'])} top-1 points ({d['verdict']}; right only "
+                         f"with the ensemble on {d['only_a']} videos, only with Opt on {d['only_b']}).")
+    lines += ["", f"Temperature scaling (one scalar per model, by NLL on `{fit}`) and selective prediction: videos "
+              "ranked by the scaled maximum probability, by minus the predictive entropy, or (ensembles) by minus "
+              "the members' mutual information; AURC is the mean error rate of the kept videos over every coverage "
+              f"(lower is better). The threshold is the lowest at which `{fit}`'s kept videos reach "
+              f"{100 * posterior['target_accuracy']:.0f}% top-1 (`--target_accuracy`).", ""]
+    lines += selective_table(posterior)
+    lines += ["", "Figures: `calibration.png` (reliability diagrams), `risk_coverage.png` (top-1 of the kept videos "
+              "against coverage). `stfusion-export --ensemble=M` exports an ensemble with its temperature and "
+              "threshold.", ""]
+    return lines

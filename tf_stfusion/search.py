@@ -22,7 +22,15 @@ From the search-phase checkpoint of RUN:
    one line per strategy and round, appended as results come, so an interrupted
    search resumes with the rest), ``strategies.jsonl`` (one row per strategy),
    ``best.json``, ``comparison.json``, ``marginals.json``, ``fusion.png``
-   (the paper's Fig. 4), ``pareto.png`` and ``report.md``.
+   (the paper's Fig. 4), ``pareto.png`` and ``report.md``;
+6. the posterior predictive (``--ensemble_sizes``): the mean scores of the first
+   ``M`` sampled strategies (draws from the learned gates), for each ``M``,
+   scored on val beside Opt and S / ST / S+ST (top-1, NLL, ECE with intervals,
+   paired difference to Opt), one temperature per model fitted by NLL on the
+   hold-out, risk-coverage curves and an abstention threshold for
+   ``--target_accuracy`` chosen on the hold-out (``calibration.py``): written to
+   ``calibration.json`` (with the members, which ``stfusion-export --ensemble=M``
+   reads), ``calibration.png`` and ``risk_coverage.png``.
 
 Under ``--distribution`` (and ``TF_CONFIG``) the search runs on every device
 and worker, like training: batches are split over replicas, each worker reads
@@ -46,6 +54,7 @@ PLAN = "plan.json"
 ROUNDS = "rounds.jsonl"
 RESULTS = "strategies.jsonl"
 COMPARISON = "comparison.json"
+CALIBRATION = "calibration.json"
 RACING = ("auto", "on", "off")
 PASS_GROUPS = 4  # groups of K strategies scored per pass over the data (and per journal write)
 
@@ -68,6 +77,9 @@ class SearchConfig:
     progress: bool = True
     verify_data: bool = False  # check the shards' CRC32C too, not only their sizes
     skip_corrupt_records: bool = False
+    ensemble_sizes: tuple = (1, 2, 4, 8, 16)  # posterior-averaged ensembles reported (); (): none
+    target_accuracy: float = 0.9  # the abstention threshold's target, chosen on the hold-out
+    ensemble_from: str = "samples"  # samples: draws from the gates; survivors: those racing kept to the end
 
     def folder(self):
         return self.output_dir or os.path.join(self.model_dir, FOLDER)
@@ -84,6 +96,7 @@ class SearchResult:
     comparison: dict  # Opt vs S / ST / S+ST on the report split (comparison.json)
     strategy_videos: int  # (strategy, video) pairs scored on the selection split, this call and before
     exhaustive_videos: int  # what scoring every unique strategy on every video would take
+    posterior: dict = None  # the posterior-averaged evaluation (calibration.json); None without ensembles
 
 
 def results_folder(model_dir):
@@ -106,8 +119,10 @@ class TiledEvaluator:
     once and scored by every group of ``K`` strategies in turn (the group's masks
     are assigned to the gates' variables, then one step). A replica's step tiles
     its clips ``K`` times, scores all tiles in one model call and returns
-    ``[K, b, 3]`` outcomes (``video_outcomes``: top-1 hit, top-5 hit, NLL);
-    outcomes and video positions are gathered over replicas and workers. Traced
+    ``[K, b, 3 + C]``: outcomes (``video_outcomes``: top-1 hit, top-5 hit, NLL)
+    and the video scores ``[K, b, C]`` (``probabilities``: what ensembles
+    average); outcomes, labels and video positions are gathered over replicas
+    and workers. Traced
     once: the strategies live in variables and the batch dimension is open.
     """
 
@@ -133,47 +148,72 @@ class TiledEvaluator:
                 # [K*b, V, ...]: the views of a video stay together (the pipeline puts them next to each other).
                 videos = tf.reshape(tiled, tf.concat([[-1, views], tf.shape(clips)[1:]], 0))
                 probs = tf.reshape(video_scores(model, videos), [tiles, -1, classes])
-                return tf.stack([video_outcomes(probs[k], labels) for k in range(tiles)])
-            return outcomes_or_none(outcomes, clips, [tiles, 0, 3]), position
+                # [K, b, 3 + C]: the outcomes, then the scores themselves (the ensembles average them).
+                return tf.concat([tf.stack([video_outcomes(probs[k], labels) for k in range(tiles)]), probs], -1)
+            return outcomes_or_none(outcomes, clips, [tiles, 0, 3 + classes]), tf.cast(labels, tf.int64), position
 
         @tf.function(input_signature=[element_spec])
         def step(batch):
             self.traces += 1
-            outcomes, position = distribution.run(replica, batch)
-            return distribution.gather(outcomes, axis=1), distribution.gather(position, axis=0)
+            outcomes, labels, position = distribution.run(replica, batch)
+            return (distribution.gather(outcomes, axis=1), distribution.gather(labels, axis=0),
+                    distribution.gather(position, axis=0))
 
         return step
 
-    def evaluate(self, strategies, dataset_fn, num_videos, bar=None):
-        """``VideoResults`` of every strategy in ``strategies`` over one pass of the
-        data that ``dataset_fn(input_context)`` yields (``num_videos`` videos);
-        ``bar``: a progress bar advanced by videos."""
+    def _scores(self, strategies, dataset_fn, num_videos, bar):
+        """``[len(strategies), m, 3 + C]`` outcomes and scores, labels ``[m]`` and
+        positions ``[m]`` (-1: fillers) of one pass over the data."""
         import numpy as np
 
-        from tf_stfusion.evaluation import VideoResults
         from tf_stfusion.strategy import apply_strategies
 
-        if not strategies:
-            return []
         groups = [list(strategies[i:i + self.tiles]) for i in range(0, len(strategies), self.tiles)]
         # Pad the last group with its last strategy: the tile count, hence the graph, never changes.
         groups[-1] += [groups[-1][-1]] * (self.tiles - len(groups[-1]))
         dist = self.distribution.distribute_datasets_from_function(dataset_fn)
         if self._step is None:
             self._step = self._make_step(dist.element_spec)
-        outcomes, positions = [[] for _ in groups], []
+        outcomes, labels, positions = [[] for _ in groups], [], []
         for batch in dist:
             for g, group in enumerate(groups):
                 if len(groups) > 1 or not positions:  # one group: its masks stay in place
                     apply_strategies(self.model, group)
-                out, pos = self._step(batch)
+                out, label, pos = self._step(batch)
                 outcomes[g].append(out.numpy())
+            labels.append(label.numpy())
             positions.append(pos.numpy())
             if bar:
                 bar.update(min(int(sum(np.sum(p >= 0) for p in positions)), num_videos))
-        positions = np.concatenate(positions)
-        scored = np.concatenate([np.concatenate(o, axis=1) for o in outcomes], axis=0)  # [groups*K, n, 3]
-        return [VideoResults.from_outcomes(scored[k], positions, num_videos) for k in range(len(strategies))]
+        scored = np.concatenate([np.concatenate(o, axis=1) for o in outcomes], axis=0)[:len(strategies)]
+        return scored, np.concatenate(labels), np.concatenate(positions)
+
+    def evaluate(self, strategies, dataset_fn, num_videos, bar=None):
+        """``VideoResults`` of every strategy in ``strategies`` over one pass of the
+        data that ``dataset_fn(input_context)`` yields (``num_videos`` videos);
+        ``bar``: a progress bar advanced by videos."""
+        from tf_stfusion.evaluation import VideoResults
+
+        if not strategies:
+            return []
+        scored, _, positions = self._scores(strategies, dataset_fn, num_videos, bar)
+        return [VideoResults.from_outcomes(s[:, :3], positions, num_videos) for s in scored]
+
+    def probabilities(self, strategies, dataset_fn, num_videos, bar=None):
+        """The video scores (mean softmax over views) of every strategy, ``[S, n, C]``,
+        and the labels ``[n]``, in the order of the videos ``dataset_fn`` was given."""
+        import numpy as np
+
+        from tf_stfusion.evaluation import VideoResults
+
+        scored, labels, positions = self._scores(strategies, dataset_fn, num_videos, bar)
+        VideoResults.from_outcomes(scored[0, :, :3], positions, num_videos)  # every video seen exactly once
+        keep = positions >= 0
+        probs = np.zeros((len(strategies), num_videos, scored.shape[-1] - 3))
+        probs[:, positions[keep]] = scored[:, keep, 3:]
+        ordered = np.zeros(num_videos, np.int64)
+        ordered[positions[keep]] = labels[keep]
+        return probs, ordered
 
 
 # -- the plan and its results --------------------------------------------------------
@@ -380,6 +420,148 @@ def chance_warning(comparison, best, num_classes, prior):
             "and see the README's 'Choosing k'.")
 
 
+# -- the posterior predictive: ensembles of sampled strategies -------------------------
+FIXED_UNITS = ("S", "ST", "S+ST")
+
+
+ENSEMBLE_FROM = ("samples", "survivors")
+
+
+def ensemble_members(planned, size, keep=None):
+    """The first ``size`` sampled strategies of the plan, ``[(id, Strategy)]``: i.i.d.
+    draws from the learned gates, so their mean prediction is a Monte Carlo estimate
+    of the posterior predictive (repeated draws count as often as they were drawn);
+    with ``keep`` (a set of ids), only those (racing's survivors)."""
+    return [(sid, s) for sid, kind, s in planned if kind == "sampled" and (keep is None or sid in keep)][:size]
+
+
+def split_probabilities(room, evaluator, split, videos, strategies):
+    """Video scores ``[len(strategies), n, C]`` and labels ``[n]`` of ``strategies`` on
+    ``videos`` of ``split``, each distinct strategy evaluated once, in one pass."""
+    unique = {}
+    for strategy in strategies:
+        unique.setdefault(unit_key(strategy), strategy)
+    keys = list(unique)
+    with room.reading(split):
+        probs, labels = evaluator.probabilities([unique[k] for k in keys], room.eval_dataset_fn(split, videos=videos),
+                                                len(videos))
+    return probs[[keys.index(unit_key(s)) for s in strategies]], labels
+
+
+def posterior_scores(room, evaluator, planned, best, select_split, select_videos, sizes, keep=None):
+    """Scores of Opt, the ensembles of ``sizes`` members and S / ST / S+ST on val
+    (``{name: [n, C]}``, labels), of Opt and the ensembles on the split that fits the
+    temperature and threshold (the hold-out; val when the run selected on val), and
+    the largest ensemble's members on val ``[M, n, C]``."""
+    from tf_stfusion.strategy import Strategy
+
+    members = [s for _, s in ensemble_members(planned, max(sizes), keep)]
+    opt = Strategy.from_units(room.model.stf_spec.backbone, best["units"])
+    fixed = {sid.split("-", 1)[1]: s for sid, kind, s in planned if kind == "fixed"}
+    probs, labels = split_probabilities(room, evaluator, "val", room.split_videos("val"),
+                                        [opt] + [fixed[u] for u in FIXED_UNITS] + members)
+
+    def named(opt_probs, member_probs):
+        return {"Opt": opt_probs, **{f"ensemble-{m}": member_probs[:m].mean(axis=0) for m in sizes}}
+
+    val = {**named(probs[0], probs[4:]), **dict(zip(FIXED_UNITS, probs[1:4]))}
+    if select_split == "holdout":
+        fit_probs, fit_labels = split_probabilities(room, evaluator, "holdout", select_videos, [opt] + members)
+        fit = named(fit_probs[0], fit_probs[1:])
+    else:
+        fit, fit_labels = named(probs[0], probs[4:]), labels
+    return val, labels, fit, fit_labels, probs[4:]
+
+
+def selective_summary(val_probs, val_labels, fit_probs, fit_labels, target, member_probs=None):
+    """Temperature scaling (fitted on the fit split) and selective prediction of one
+    model's scores: ECE / NLL after scaling on val, AURC on val per ranking, the
+    abstention threshold on the scaled maximum probability chosen on the fit split
+    for ``target`` accuracy, and its coverage and accuracy on val."""
+    from tf_stfusion import calibration as cal
+
+    temperature = cal.fit_temperature(fit_probs, fit_labels)
+    scaled, fit_scaled = cal.apply_temperature(val_probs, temperature), cal.apply_temperature(fit_probs, temperature)
+    confidence, correct = cal.confidence_and_correct(scaled, val_labels)
+    rankings = {"max_probability": confidence, "entropy": -cal.entropy(scaled)}
+    if member_probs is not None:
+        rankings["mutual_information"] = -cal.mutual_information(member_probs)
+    fit_confidence, fit_correct = cal.confidence_and_correct(fit_scaled, fit_labels)
+    threshold, reachable = cal.choose_threshold(fit_confidence, fit_correct, target)
+    return {"temperature": temperature, "scaled": cal.calibration_metrics(scaled, val_labels),
+            "aurc": {name: cal.risk_coverage_area(score, correct) for name, score in rankings.items()},
+            "curves": {name: cal.risk_coverage(score, correct) for name, score in rankings.items()},
+            "threshold": {"on": "max_probability", "target_accuracy": target, "reachable": reachable,
+                          "fit": cal.selective_result(fit_confidence, fit_correct, threshold),
+                          "val": cal.selective_result(confidence, correct, threshold)}}
+
+
+def posterior_evaluation(room, evaluator, planned, rows, best, select_split, select_videos, cost_of, config):
+    """The posterior-averaged evaluation (``calibration.json``): per model on val
+    top-1, NLL and ECE with intervals, its paired top-1 difference to Opt, cost,
+    reliability data; temperature scaling and selective prediction of Opt and the
+    ensembles. Members: the first sampled strategies, or with
+    ``config.ensemble_from == "survivors"`` those scored on the whole selection
+    split (``rows``). ``None`` when ``config.ensemble_sizes`` is empty."""
+    import numpy as np
+
+    from tf_stfusion import calibration as cal
+    from tf_stfusion.selection import CI_METHOD, PAIRED_METHOD, SAME_SPLIT_NOTE, paired_difference
+
+    if config.ensemble_from not in ENSEMBLE_FROM:
+        raise ValueError(f"--ensemble_from must be one of {ENSEMBLE_FROM}, got {config.ensemble_from!r}")
+    keep = ({r["id"] for r in fully_scored(rows) if r["kind"] == "sampled"} if config.ensemble_from == "survivors"
+            else None)
+    available = len(ensemble_members(planned, len(planned), keep))
+    sizes = sorted({m for m in config.ensemble_sizes if 1 <= m <= available})
+    if not sizes:
+        return None
+    val, labels, fit, fit_labels, members = posterior_scores(room, evaluator, planned, best, select_split,
+                                                             select_videos, sizes, keep)
+    chosen = ensemble_members(planned, max(sizes), keep)
+    fixed = {sid.split("-", 1)[1]: s for sid, kind, s in planned if kind == "fixed"}
+    member_costs = np.array([cost_of(s) for _, s in chosen], np.float64)  # [M, (params, GFLOPs)]: M networks run
+    opt_correct = cal.confidence_and_correct(val["Opt"], labels)[1]
+    rows = {}
+    for name, probs in val.items():
+        m = int(name.split("-")[1]) if name.startswith("ensemble-") else 0
+        params, gflops = (member_costs[:m].sum(axis=0) if m else cost_of(fixed[name]) if name in fixed
+                          else (best["params"], best["gflops"]))
+        correct = cal.confidence_and_correct(probs, labels)[1]
+        rows[name] = {**cal.calibration_metrics(probs, labels), "members": m or 1, "params": int(params),
+                      "gflops": round(float(gflops), 4), "reliability": cal.reliability(probs, labels),
+                      "vs_opt": None if name == "Opt" else paired_difference(correct, opt_correct).to_dict()}
+        if name in fit:
+            rows[name]["selective"] = selective_summary(probs, labels, fit[name], fit_labels, config.target_accuracy,
+                                                        members[:m] if m > 1 else None)
+    return {"report_split": room.split_name("val"), "fit_split": room.split_name(select_split),
+            "note": SAME_SPLIT_NOTE if select_split == "val" else None, "sizes": sizes,
+            "members_from": config.ensemble_from,
+            "members": [sid for sid, _ in chosen], "member_units": [s.units for _, s in chosen],
+            "target_accuracy": config.target_accuracy, "ece_method": cal.ECE_METHOD,
+            "interval_methods": {"top1": CI_METHOD, "nll_ece": cal.BOOTSTRAP_METHOD, "vs_opt": PAIRED_METHOD},
+            "models": rows}
+
+
+def write_posterior(out_dir, posterior, log=print):
+    """``calibration.json``, ``calibration.png`` and ``risk_coverage.png`` of the
+    posterior-averaged evaluation; returns the report's lines about it."""
+    from tf_stfusion import report
+    from tf_stfusion.fileio import atomic_write_json
+
+    if posterior is None:
+        return []
+    atomic_write_json(os.path.join(out_dir, CALIBRATION), posterior)
+    report.calibration_plot(posterior, os.path.join(out_dir, "calibration.png"))
+    report.risk_coverage_plot(posterior, os.path.join(out_dir, "risk_coverage.png"))
+    lines = report.posterior_lines(posterior)
+    for name, row in posterior["models"].items():
+        if name == "Opt" or name.startswith("ensemble-"):
+            log(f"search: {name} on {posterior['report_split']}: top-1 {100 * row['top1']:.2f}%, NLL {row['nll']:.3f}, "
+                f"ECE {100 * row['ece']:.1f}% ({row['gflops']:.3f} GFLOPs)")
+    return lines
+
+
 # -- the search ------------------------------------------------------------------------
 def use_racing(config, num_candidates):
     if config.racing not in RACING:
@@ -503,9 +685,11 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
     comparison["chance_warning"] = chance_warning(comparison, best, spec.num_classes, comparison["prior"])
     comparison["search"] = {"racing": racing, "strategy_videos": strategy_videos, "exhaustive_videos": exhaustive,
                             "clip_evaluations": strategy_videos * data.eval_clips}
+    posterior = posterior_evaluation(room, evaluator, planned, rows, best, select_split, select_videos, cost_of,
+                                     config)
     seconds = time.time() - t0
     result = SearchResult(rows, best, counts["evaluated"], evaluator.traces, seconds, out_dir, comparison,
-                          strategy_videos, exhaustive)
+                          strategy_videos, exhaustive, posterior)
     if not chief:
         return result
     atomic_write_text(os.path.join(out_dir, RESULTS), "".join(json.dumps(row) + "\n" for row in rows))
@@ -531,7 +715,8 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
 
     report.fusion_plot(probs, best["units"], os.path.join(out_dir, "fusion.png"))
     report.pareto_plot(rows, pareto_front(rows), best, os.path.join(out_dir, "pareto.png"))
-    report.write_report(os.path.join(out_dir, "report.md"), rows, best, probs, plan, comparison, config.max_gflops)
+    report.write_report(os.path.join(out_dir, "report.md"), rows, best, probs, plan, comparison, config.max_gflops,
+                        sections=write_posterior(out_dir, posterior, log))
     log(f"search: {counts['evaluated']} strategy-rounds scored in {seconds:.1f}s ({evaluator.traces} trace(s)); "
         f"{strategy_videos:,} strategy-video evaluations, {100 * strategy_videos / exhaustive:.0f}% of scoring every "
         f"strategy on every video")
@@ -570,6 +755,13 @@ def define_flags():
     flags.DEFINE_bool("verify_data", False, "Check every shard's CRC32C before reading (its size is always checked).")
     flags.DEFINE_bool("skip_corrupt_records", False, "Go on without videos whose records cannot be read.")
     flags.DEFINE_bool("progress", True, "Progress bar.")
+    flags.DEFINE_list("ensemble_sizes", ["1", "2", "4", "8", "16"], "Posterior-averaged ensembles reported: the "
+                      "mean scores of the first M sampled strategies, for each M (empty: none).")
+    flags.DEFINE_enum("ensemble_from", "samples", list(ENSEMBLE_FROM), "Ensemble members: samples (draws from the "
+                      "learned gates: the posterior predictive) or survivors (the sampled strategies racing scored "
+                      "on the whole selection split).")
+    flags.DEFINE_float("target_accuracy", 0.9, "Abstention: the threshold on the (temperature-scaled) maximum "
+                       "probability is the lowest at which the hold-out's kept videos reach this top-1.")
 
 
 def main(argv):
@@ -582,9 +774,17 @@ def main(argv):
     from tf_stfusion.layers.drop_path import MAX_TILES
 
     if (FLAGS.num_samples < 1 or not 1 <= FLAGS.tiles <= MAX_TILES or FLAGS.max_gflops < 0 or FLAGS.racing_eta < 2
-            or FLAGS.racing_min_videos < 1):
+            or FLAGS.racing_min_videos < 1 or not 0 < FLAGS.target_accuracy <= 1):
         print(f"error: need --num_samples >= 1, 1 <= --tiles <= {MAX_TILES}, --max_gflops >= 0, --racing_eta >= 2, "
-              "--racing_min_videos >= 1", file=sys.stderr)
+              "--racing_min_videos >= 1, 0 < --target_accuracy <= 1", file=sys.stderr)
+        return 2
+    try:
+        sizes = tuple(int(m) for m in FLAGS.ensemble_sizes)
+    except ValueError:
+        sizes = (0,)
+    if any(m < 1 for m in sizes):
+        print(f"error: --ensemble_sizes takes whole numbers >= 1, got {','.join(FLAGS.ensemble_sizes)}",
+              file=sys.stderr)
         return 2
     config = SearchConfig(
         model_dir=FLAGS.model_dir, num_samples=FLAGS.num_samples, seed=FLAGS.seed, clips=FLAGS.clips,
@@ -592,6 +792,7 @@ def main(argv):
         checkpoint=FLAGS.checkpoint or "", select_split=FLAGS.select_split or "", racing=FLAGS.racing,
         racing_eta=FLAGS.racing_eta, racing_min_videos=FLAGS.racing_min_videos, output_dir=FLAGS.output_dir or "",
         progress=FLAGS.progress, verify_data=FLAGS.verify_data, skip_corrupt_records=FLAGS.skip_corrupt_records,
+        ensemble_sizes=sizes, target_accuracy=FLAGS.target_accuracy, ensemble_from=FLAGS.ensemble_from,
     )
     try:
         from tf_stfusion import distribute

@@ -22,6 +22,13 @@ Everything is written into a temporary folder next to ``OUT`` and moved into
 place only when every parity check passed (max abs difference of the logits
 <= 1e-4 times their scale, the largest |logit| of the reference but at least 1;
 the served-vs-evaluation check compares view-averaged probabilities); otherwise nothing is left behind and the exit code is 1.
+``--ensemble=M`` writes instead one SavedModel of the search's ``ensemble-M`` (its
+members, temperature and threshold from ``calibration.json`` beside ``--strategy``):
+the M pruned networks on one input, returning temperature-scaled averaged
+probabilities, their predictive ``entropy`` and an ``abstain`` flag, checked
+against the template in fixed mode member by member (``export_ensemble``), with
+its batch-1 latency against Opt's network in ``export_report.json``.
+
 A bad strategy file, a strategy for another backbone, a checkpoint that does
 not match, or an existing version folder (without ``--overwrite``) stop the
 export before anything is built.
@@ -66,6 +73,7 @@ class ExportConfig:
     quantize: tuple = ()  # with tflite: some of litert.QUANTIZATIONS (float16, int8)
     calibration_clips: int = 100  # int8: representative clips from the run's hold-out (else training) videos
     latency_repeats: int = 10  # with tflite: batch-1 latency, median of this many runs of every file
+    ensemble: int = 0  # M > 0: the posterior-averaged ensemble of the search's first M sampled strategies
 
 
 def _logit_parity(logits, reference):
@@ -98,6 +106,10 @@ def export(config: ExportConfig, log=print):
         raise ExportError(f"--quantize: unknown {bad}; expected some of {QUANTIZATIONS}")
     if config.quantize and "tflite" not in config.formats:
         raise ExportError("--quantize makes LiteRT files: add tflite to --formats")
+    if config.ensemble and (set(config.formats) != {"saved_model"} or config.quantize):
+        raise ExportError("--ensemble writes a SavedModel only (an ONNX or LiteRT file holds one network); pass "
+                          "--formats=saved_model and no --quantize")
+    ensemble = read_ensemble(config) if config.ensemble else None
     if config.calibration_clips < 1 or config.latency_repeats < 1:
         raise ExportError("--calibration_clips and the latency repeats must be >= 1")
     if not config.model_name or "/" in config.model_name or config.version < 1:
@@ -143,6 +155,8 @@ def export(config: ExportConfig, log=print):
                           f"{len(class_names)} classes: {str(e)[:300]}") from None
     log(f"export: {config.strategy_file} ({strategy.counts()}) from {checkpoint}")
 
+    if ensemble is not None:
+        return export_ensemble(config, run, template, strategy, ensemble, contract, checkpoint, log)
     stf.apply_strategy(template, strategy)
     pruned = prune(template, strategy)
     shape = (frames, size, size, 3)
@@ -239,6 +253,154 @@ def export(config: ExportConfig, log=print):
     return report
 
 
+def read_ensemble(config):
+    """The first ``config.ensemble`` members, temperature and threshold of the search
+    whose ``calibration.json`` lies beside ``--strategy`` (the search's best.json)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(config.strategy_file)), "calibration.json")
+    if not os.path.isfile(path):
+        raise ExportError(f"--ensemble needs the search's calibration.json beside {config.strategy_file}; run "
+                          f"python -m tf_stfusion.search --model_dir={config.model_dir} (with --ensemble_sizes)")
+    try:
+        with open(path) as f:
+            posterior = json.load(f)
+        name = f"ensemble-{config.ensemble}"
+        if name not in posterior["models"]:
+            raise ExportError(f"{path}: no ensemble of {config.ensemble} members; the search measured M = "
+                              f"{', '.join(map(str, posterior['sizes']))} (search with --ensemble_sizes to add one)")
+        selective = posterior["models"][name]["selective"]
+        threshold = selective["threshold"]
+        units = posterior["member_units"][:config.ensemble]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ExportError(f"{path} is not a complete calibration.json ({type(e).__name__}: {e}); rerun "
+                          f"python -m tf_stfusion.search --model_dir={config.model_dir}") from None
+    return {"members": posterior["members"][:config.ensemble],
+            "units": units, "temperature": selective["temperature"],
+            "threshold": threshold["val"]["threshold"], "abstain_on": threshold["on"],
+            "target_accuracy": threshold["target_accuracy"], "target_reached_on_fit_split": threshold["reachable"],
+            "fitted_on": posterior["fit_split"], "source": path}
+
+
+def export_ensemble(config, run, template, opt, ensemble, contract, checkpoint, log):
+    """``--ensemble=M``: one SavedModel of the M pruned member networks on one input
+    (``serving.Ensemble``), with the search's temperature and threshold; parity of its
+    logits and scores against the template in fixed mode, member by member, and
+    batch-1 latency against Opt's pruned network. Returns the report."""
+    import numpy as np
+    import tensorflow as tf
+
+    import tf_stfusion as stf
+    from tf_stfusion.calibration import apply_temperature
+    from tf_stfusion.data.pipeline import normalize
+    from tf_stfusion.export import writers
+    from tf_stfusion.export.serving import Ensemble, EnsembleHead
+    from tf_stfusion.models.prune import prune
+
+    shape = (contract.num_frames, contract.eval_size, contract.eval_size, 3)
+    video = np.random.default_rng(config.seed).integers(0, 256, (config.parity_clips, *shape), dtype=np.uint8)
+    x = normalize(tf.constant(video))
+    members, reference = pruned_members(template, ensemble["units"], x)
+    model = Ensemble(members)
+    head = EnsembleHead(ensemble["temperature"], ensemble["threshold"],
+                        {k: v for k, v in ensemble.items() if k != "source"})
+    logits = model(x).numpy()
+    expected = apply_temperature(np.mean(tf.nn.softmax(reference).numpy(), axis=1), head.temperature)
+    parity = {"keras_ensemble_vs_template_fixed": _logit_parity(logits, reference)}
+    stf.apply_strategy(template, opt)
+    opt_pruned = prune(template, opt)
+    parent = os.path.abspath(config.export_dir)
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=parent)
+    try:
+        relative = writers.WRITERS["saved_model"].relative_path(config.model_name, config.version)
+        path = writers.write_saved_model(model, contract, os.path.join(work, relative), model_name=config.model_name,
+                                         head=head)
+        served = writers.load_saved_model(path)(video)
+        parity["saved_model_vs_keras_ensemble"] = _logit_parity(served["logits"], logits)
+        parity["saved_model_vs_evaluation"] = {
+            "max_abs_diff": float(np.max(np.abs(served["probabilities"] - expected))), "output": "probabilities",
+            "scale": 1.0}
+        served_check = None
+        if config.check_serving:
+            log(f"export: serving check: every {run.data.val_split} video through serving_video")
+            served_check = serving_check(template, run, contract, path, verify=config.verify_data,
+                                         members=ensemble["units"], temperature=head.temperature)
+            parity["served_vs_evaluation"] = {"max_abs_diff": served_check["max_abs_diff_probabilities"],
+                                              "output": "probabilities", "scale": 1.0}
+        for check in parity.values():
+            check["passed"] = check["max_abs_diff"] <= TOLERANCE * check["scale"]
+        wrong = int(np.sum(served["abstain"] != (served["probabilities"].max(axis=1) < head.threshold)))
+        report = ensemble_report(config, ensemble, contract, checkpoint, parity, wrong, relative,
+                                 ensemble_latency(model, opt_pruned, shape, config.latency_repeats))
+        if served_check is not None:
+            report["serving_check"] = served_check
+        failed = [n for n, c in parity.items() if not c["passed"]] + (["abstain"] if wrong else [])
+        if failed:
+            raise ExportError(f"ensemble check(s) failed: {', '.join(failed)}; nothing was written")
+        from tf_stfusion.fileio import atomic_write_json
+
+        final = os.path.join(parent, relative)
+        if os.path.isdir(final):
+            shutil.rmtree(final)  # --overwrite was given
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        atomic_write_json(os.path.join(parent, "export_report.json"), report)
+        os.replace(path, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for name, check in parity.items():
+        log(f"  parity {name}: max abs diff {check['max_abs_diff']:.2e} (scale {check['scale']:.3g})")
+    lat = report["ensemble"]["latency"]
+    log(f"  ensemble of {config.ensemble}: temperature {head.temperature:.3f}, abstains below {head.threshold:.3f}; "
+        f"batch-1 latency {lat['ensemble_ms']:.1f} ms vs Opt {lat['opt_ms']:.1f} ms; written to {parent}")
+    return report
+
+
+def pruned_members(template, member_units, x):
+    """The members' pruned networks, and the template's logits ``[clips, M, C]`` on
+    normalised clips ``x`` in fixed mode with each member's masks (the evaluation's
+    networks, one by one)."""
+    import numpy as np
+
+    import tf_stfusion as stf
+    from tf_stfusion.models.prune import prune
+
+    members, reference = [], []
+    for units in member_units:
+        strategy = stf.Strategy.from_units(template.stf_spec.backbone, units)
+        stf.apply_strategy(template, strategy)
+        reference.append(template(x, training=False).numpy())
+        members.append(prune(template, strategy))
+    return members, np.stack(reference, axis=1)
+
+
+def ensemble_latency(model, opt_pruned, shape, repeats):
+    """Batch-1 latency (ms, median) of the ensemble's and Opt's scores, as graphs."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tf_stfusion.export import litert
+    from tf_stfusion.export.serving import clip_probabilities
+
+    clip = tf.constant(np.zeros((1, *shape), np.uint8))
+    out = {}
+    for name, net in (("ensemble_ms", model), ("opt_ms", opt_pruned)):
+        fn = tf.function(lambda v, net=net: clip_probabilities(net, v))
+        out[name] = 1000 * litert.median_latency(lambda: fn(clip), repeats=repeats)
+    out["ratio"] = out["ensemble_ms"] / out["opt_ms"]
+    out["method"] = f"batch 1, median of {repeats} runs after 2 warm-up runs, Keras graph, {os.cpu_count()} CPU threads"
+    return out
+
+
+def ensemble_report(config, ensemble, contract, checkpoint, parity, wrong, relative, latency):
+    shape = (contract.num_frames, contract.eval_size, contract.eval_size, 3)
+    return {"ensemble": {**ensemble, "size": config.ensemble, "latency": latency, "abstain_mismatches": wrong},
+            "strategy_file": os.path.abspath(config.strategy_file), "checkpoint": checkpoint,
+            "input": {"name": "video", "dtype": "uint8", "shape": [None, *shape]},
+            "outputs": ["probabilities", "top_k", "labels", "entropy", "abstain", "logits"],
+            "parity": parity, "tolerance": f"{TOLERANCE} x output scale", "files": {"saved_model": relative},
+            "input_contract": contract.to_dict(),
+            "signatures": ["serving_default", "serving_video", "serving_clips", "input_contract"]}
+
+
 def remove_interrupted_exports(parent):
     """Work folders of exports whose process is gone (killed before it could clean up):
     never a version folder (those are moved into place complete), removed here."""
@@ -284,15 +446,19 @@ def run_contract(record, run, config):
                                eval_size=config.size or contract.eval_size)
 
 
-def serving_check(template, run, contract, saved_model_dir, batch_size=8, verify=False):
+def serving_check(template, run, contract, saved_model_dir, batch_size=8, verify=False, members=None,
+                  temperature=1.0):
     """Every validation video through the SavedModel's ``serving_video`` signature,
     as a REST request would arrive (its stored JPEG frames as b64 strings), against
     the run's evaluation of the same strategy (``template`` in fixed mode, the
-    evaluation pipeline under ``contract``). Returns the report's numbers."""
+    evaluation pipeline under ``contract``) -- of an ensemble's ``members`` (unit
+    lists): the mean of each one's evaluation, scaled by ``temperature``. Returns
+    the report's numbers."""
     import numpy as np
     import tensorflow as tf
 
     from tf_stfusion import selection
+    from tf_stfusion.calibration import apply_temperature
     from tf_stfusion.data import pipeline
     from tf_stfusion.evaluation import video_outcomes, video_probabilities
     from tf_stfusion.export.client import VIDEO_SIGNATURE, rest_body
@@ -306,7 +472,11 @@ def serving_check(template, run, contract, saved_model_dir, batch_size=8, verify
         source.val_files, training=False, num_frames=contract.num_frames, input_size=contract.eval_size,
         batch_size=batch_size, sampler=contract.sampler, frame_stride=contract.frame_stride,
         num_clips=contract.eval_clips, deterministic=True, video_index=ids)
-    evaluated = video_probabilities(template, dataset, contract.eval_clips, len(ids))
+    if members is None:
+        evaluated = video_probabilities(template, dataset, contract.eval_clips, len(ids))
+    else:
+        evaluated = apply_temperature(np.mean([evaluate_member(template, units, dataset, contract, len(ids))
+                                               for units in members], axis=0), temperature)
     server = LocalServing(saved_model_dir)
     served = np.zeros_like(evaluated)
     labels = np.zeros(len(ids), np.int32)
@@ -324,6 +494,15 @@ def serving_check(template, run, contract, saved_model_dir, batch_size=8, verify
             "evaluation_top1": eval_top1["value"], "evaluation_top1_ci": eval_top1["ci"],
             "same_answer": float(np.mean(np.argmax(served, 1) == np.argmax(evaluated, 1))),
             "max_abs_diff_probabilities": float(np.max(np.abs(served - evaluated)))}
+
+
+def evaluate_member(template, units, dataset, contract, num_videos):
+    """One ensemble member's video scores ``[n, C]``: ``template`` in fixed mode."""
+    import tf_stfusion as stf
+    from tf_stfusion.evaluation import video_probabilities
+
+    stf.apply_strategy(template, stf.Strategy.from_units(template.stf_spec.backbone, units))
+    return video_probabilities(template, dataset, contract.eval_clips, num_videos)
 
 
 def run_source(run, verify=False):
@@ -467,6 +646,9 @@ def define_flags():
     flags.DEFINE_integer("size", 0, "Input height and width (0: the run's evaluation size).")
     flags.DEFINE_bool("overwrite", False, "Replace an existing version folder.")
     flags.DEFINE_bool("verify_data", False, "With --check_serving: check the shards' CRC32C before reading them.")
+    flags.DEFINE_integer("ensemble", 0, "Export the posterior-averaged ensemble of the search's first M sampled "
+                         "strategies (RUN/strategies/calibration.json, beside --strategy) as one SavedModel: "
+                         "averaged, temperature-scaled probabilities, predictive entropy and an abstain flag.")
     flags.DEFINE_bool("check_serving", False, "Feed every validation video (its stored JPEG frames) through the "
                       "SavedModel's serving_video signature as a REST request would arrive, and compare with the "
                       "run's evaluation of the strategy; a difference beyond 1e-4 fails the export.")
@@ -485,8 +667,13 @@ def main(argv):
         checkpoint=FLAGS.checkpoint or "", formats=tuple(FLAGS.formats), model_name=FLAGS.model_name,
         version=FLAGS.version, num_frames=FLAGS.num_frames, size=FLAGS.size, overwrite=FLAGS.overwrite,
         check_serving=FLAGS.check_serving, verify_data=FLAGS.verify_data, quantize=tuple(FLAGS.quantize),
-        calibration_clips=FLAGS.calibration_clips,
+        calibration_clips=FLAGS.calibration_clips, ensemble=FLAGS.ensemble,
     )
+    if FLAGS.ensemble and not FLAGS["formats"].present:
+        config = dataclasses.replace(config, formats=("saved_model",))
+    if FLAGS.ensemble < 0:
+        print("error: --ensemble takes a member count M >= 1 (0: one network)", file=sys.stderr)
+        return 2
     from tf_stfusion.data.integrity import DataError
 
     try:

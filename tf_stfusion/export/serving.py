@@ -17,14 +17,26 @@ over the video's views) and starts from what a client can send:
 * ``input_contract`` -- no input; ``contract``: the JSON of the
   ``InputContract``, so that a client needs no hand-passed sizes.
 
+An ensemble export (``stfusion-export --ensemble=M``; ``Ensemble``: the ``M``
+pruned networks on one input, returning ``[batch, M, C]`` logits) has the same
+signatures with an ``EnsembleHead``: the scores are the mean softmax over views
+and members, temperature-scaled (``softmax(log p / T)``, as
+``calibration.apply_temperature``); ``entropy`` is their predictive entropy
+(nats) and ``abstain`` is true where their maximum is below the threshold chosen
+by the search for its target accuracy; ``logits`` are the members'
+``[batch, M, C]``; ``input_contract`` also returns ``ensemble`` (JSON: members,
+temperature, threshold, where they were fitted).
+
 Bad ``frames`` stop with an ``InvalidArgument`` error that names the problem:
 empty, not a JPEG/PNG string (its index), frames of different sizes, or the
 wrong count for ``serving_clips``. Sizes are read from the frames' headers
 (JPEG SOF, PNG IHDR), so the check decodes nothing.
 """
 
+import dataclasses
 import json
 
+import keras
 import tensorflow as tf
 
 from tf_stfusion.data import pipeline
@@ -86,40 +98,86 @@ def clip_probabilities(model, video):
     return tf.nn.softmax(clip_logits(model, video))
 
 
-def make_signatures(model, contract: pipeline.InputContract, lookup, top_k=5):
+class Ensemble(keras.Model):
+    """``M`` networks on one input: normalised clips ``[batch, T, S, S, 3]`` ->
+    logits ``[batch, M, C]`` (float32)."""
+
+    def __init__(self, members, **kwargs):
+        super().__init__(**kwargs)
+        self.members = list(members)
+
+    def call(self, clips, training=False):
+        return tf.stack([tf.cast(m(clips, training=training), tf.float32) for m in self.members], axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleHead:
+    """What turns an ``Ensemble``'s member scores into served scores."""
+
+    temperature: float  # fitted by NLL on the run's hold-out (search: calibration.json)
+    threshold: float  # abstain below this maximum (scaled) probability
+    info: dict  # members, target accuracy, where fitted: returned by input_contract as JSON
+
+    def apply(self, probs):
+        """Mean member scores ``[batch, C]`` -> ``(scaled scores, entropy, abstain)``."""
+        scaled = tf.nn.softmax(tf.math.log(tf.maximum(probs, 1e-12)) / self.temperature)
+        entropy = -tf.reduce_sum(scaled * tf.math.log(tf.maximum(scaled, 1e-12)), axis=-1)
+        return scaled, entropy, tf.reduce_max(scaled, axis=-1) < self.threshold
+
+
+def ensemble_video_scores(model, clips):
+    """Mean softmax over views and members: ``[B, V, T, H, W, 3]`` -> ``[B, C]``."""
+    shape = tf.shape(clips)
+    logits = tf.cast(model(tf.reshape(clips, tf.concat([[-1], shape[2:]], 0)), training=False), tf.float32)
+    probs = tf.nn.softmax(logits)  # [B*V, M, C]
+    return tf.reduce_mean(tf.reshape(probs, [shape[0], -1, probs.shape[-1]]), axis=1)
+
+
+def make_signatures(model, contract: pipeline.InputContract, lookup, top_k=5, head=None):
     """The serving functions ``{name: (fn, input_signature)}`` of ``model`` (a
     network taking normalised clips) under ``contract``. ``lookup(ids)`` turns
-    top-k class ids into names (a table in the SavedModel)."""
+    top-k class ids into names (a table in the SavedModel). With ``head`` (an
+    ``EnsembleHead``), ``model`` is an ``Ensemble``."""
     top_k = min(top_k, len(contract.class_names))
     sampler = contract.clip_sampler()
     views, frames_per_view, size = contract.eval_clips, contract.num_frames, contract.eval_size
+    scores = video_scores if head is None else ensemble_video_scores
 
     def outputs(probs):
+        extra = {}
+        if head is not None:
+            probs, entropy, abstain = head.apply(probs)
+            extra = {"entropy": entropy, "abstain": abstain}
         ids = tf.math.top_k(probs, top_k).indices
-        return {"probabilities": probs, "top_k": ids, "labels": lookup(ids)}
+        return {"probabilities": probs, "top_k": ids, "labels": lookup(ids), **extra}
 
     def serving_default(video):
         # Per clip, so the logits are returned too: the export's parity checks compare
         # them (probabilities of a saturated network are all 0 or 1 and hide errors).
         logits = clip_logits(model, video)
-        return {**outputs(tf.nn.softmax(logits)), "logits": logits}
+        probs = tf.nn.softmax(logits) if head is None else tf.reduce_mean(tf.nn.softmax(logits), axis=1)
+        return {**outputs(probs), "logits": logits}
 
     def serving_video(frames):
         with tf.control_dependencies(check_frames(frames)):
             clips = pipeline.eval_clips(frames, sampler, views, size)
-        return outputs(video_scores(model, clips[None]))
+        return outputs(scores(model, clips[None]))
 
     def serving_clips(frames):
         with tf.control_dependencies(check_frames(frames, views * frames_per_view)):
             decoded = tf.map_fn(pipeline.decode_frame, frames,
                                 fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
         clips = pipeline.views_to_clips(decoded, views, frames_per_view, size)
-        return outputs(video_scores(model, clips[None]))
+        return outputs(scores(model, clips[None]))
 
     contract_json = json.dumps(contract.to_dict())
+    ensemble_json = None if head is None else json.dumps(head.info)
 
     def input_contract():
-        return {"contract": tf.constant(contract_json)}
+        out = {"contract": tf.constant(contract_json)}
+        if ensemble_json is not None:
+            out["ensemble"] = tf.constant(ensemble_json)
+        return out
 
     video = tf.TensorSpec([None, frames_per_view, size, size, 3], tf.uint8, name="video")
     return {

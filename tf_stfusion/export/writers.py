@@ -8,7 +8,8 @@ class names in a ``labels.txt`` asset (a lookup table turns top-k ids into
 names), the contract also as ``assets.extra/input_contract.json``, and TF
 Serving warm-up requests (``assets.extra/tf_serving_warmup_requests``: one
 ``PredictionLog`` per signature) so that the first real request does not pay
-for graph warm-up.
+for graph warm-up. An ensemble (``serving.Ensemble`` with an ``EnsembleHead``)
+also gets ``assets.extra/ensemble.json``: its members, temperature and threshold.
 
 ONNX has no portable JPEG decoding: its file keeps the uint8 clip input of
 ``serving_default`` (``video`` -> ``probabilities``, ``top_k``) and carries the
@@ -33,10 +34,12 @@ from tf_stfusion.export.serving import clip_logits, make_signatures
 ONNX_OPSET = 17
 WARMUP_FILE = "tf_serving_warmup_requests"
 CONTRACT_FILE = "input_contract.json"
+ENSEMBLE_FILE = "ensemble.json"  # an ensemble's members, temperature and threshold
 
 
-def write_saved_model(model, contract, path, top_k=5, model_name="stfusion"):
-    """A SavedModel with every serving signature, laid out for TF Serving."""
+def write_saved_model(model, contract, path, top_k=5, model_name="stfusion", head=None):
+    """A SavedModel with every serving signature, laid out for TF Serving; with
+    ``head`` (``serving.EnsembleHead``), of the ``serving.Ensemble`` ``model``."""
     tmp = tempfile.mkdtemp(prefix="stfusion-labels-")
     labels_file = os.path.join(tmp, "labels.txt")  # the asset keeps this name
     with open(labels_file, "w") as f:
@@ -53,7 +56,7 @@ def write_saved_model(model, contract, path, top_k=5, model_name="stfusion"):
         archive.track(model)
         archive.track(table)
         archive.track(asset)  # saved with the archive: copied into <version>/assets/
-        signatures = make_signatures(model, contract, lambda ids: table.lookup(tf.cast(ids, tf.int64)), top_k)
+        signatures = make_signatures(model, contract, lambda ids: table.lookup(tf.cast(ids, tf.int64)), top_k, head)
         for name, (fn, input_signature) in signatures.items():
             archive.add_endpoint(name, fn, input_signature=input_signature)
         archive.write_out(path, verbose=False)
@@ -63,6 +66,9 @@ def write_saved_model(model, contract, path, top_k=5, model_name="stfusion"):
     os.makedirs(extra, exist_ok=True)
     with open(os.path.join(extra, CONTRACT_FILE), "w") as f:
         json.dump(contract.to_dict(), f, indent=2)
+    if head is not None:
+        with open(os.path.join(extra, ENSEMBLE_FILE), "w") as f:
+            json.dump(head.info, f, indent=2)
     write_warmup_requests(os.path.join(extra, WARMUP_FILE), contract, model_name)
     return path
 
