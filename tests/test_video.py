@@ -266,10 +266,20 @@ def test_a_truncated_file_counts_its_undelivered_frames_as_dropped(tmp_path, cod
     assert len(frames) == stats.frames_decoded == 60 - stats.packets_dropped
 
 
+def test_a_truncated_webm_shows_as_a_shorter_duration_than_announced(tmp_path):
+    # Matroska states no frame count; its duration (in the header) survives the cut.
+    path = truncate(write_noise_video(str(tmp_path / "cut.webm"), "libvpx"), 0.5)
+    stats = DecodeStats()
+    frames = decode(path, stats=stats)
+    assert stats.frames_announced == 0 and abs(stats.duration_announced - 2.4) < 0.01
+    assert stats.duration < 1.8 and abs(stats.duration - len(frames) / 25) < 0.01
+
+
 def test_max_frames_stops_early_without_counting_the_rest_as_dropped(tmp_path):
     stats = DecodeStats()
     assert len(decode(write_noise_video(str(tmp_path / "v.mp4"), "libx264"), max_frames=5, stats=stats)) == 5
     assert stats.frames_announced == 60 and stats.packets_dropped == 0 and stats.dropped_fraction == 0
+    assert abs(stats.duration - 0.2) < 0.01 and abs(stats.duration_announced - 2.4) < 0.01
 
 
 def test_concealed_frames_count_as_damage(tmp_path):

@@ -61,7 +61,11 @@ class DecodeStats:
     more than two timestamp ticks. ``frames`` counts the frames yielded (after
     ``fps`` resampling and ``max_frames``). With ``max_frames``, decoding stops
     early: ``frames_decoded``, ``packets``, ``fps`` and ``duration`` describe the
-    decoded part only (``frames_announced`` is still the whole video's).
+    decoded part only (``frames_announced`` and ``duration_announced`` are still the
+    whole video's). ``duration_announced``: the video stream's duration the
+    container states, else the container's (s; 0: none), which shows a truncated
+    file whose container announces no frame count (Matroska/WebM) as
+    ``duration < duration_announced``.
     """
 
     frames: int = 0
@@ -72,6 +76,7 @@ class DecodeStats:
     frames_concealed: int = 0
     fps: float = 0.0
     duration: float = 0.0
+    duration_announced: float = 0.0
     variable_frame_rate: bool = False
 
     @property
@@ -92,7 +97,8 @@ class DecodeStats:
 
     def to_dict(self):
         out = dataclasses.asdict(self)
-        out.update(fps=round(self.fps, 3), duration=round(self.duration, 3))
+        out.update(fps=round(self.fps, 3), duration=round(self.duration, 3),
+                   duration_announced=round(self.duration_announced, 3))
         return out
 
 
@@ -240,6 +246,13 @@ class _Timing:
         stats.fps = len(pts) / stats.duration if stats.duration else 0.0
 
 
+def _announced_duration(container, stream):
+    """Seconds: the video stream's stated duration, else the container's (µs), else 0."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return container.duration / 1e6 if container.duration and container.duration > 0 else 0.0
+
+
 def _iter_file(path, short_side, fps, stats):
     import av
 
@@ -255,6 +268,7 @@ def _iter_file(path, short_side, fps, stats):
         stream = container.streams.video[0]
         stream.thread_type = THREAD_TYPE
         stats.frames_announced = int(stream.frames or 0)
+        stats.duration_announced = _announced_duration(container, stream)
         time_base = stream.time_base or stream.codec_context.time_base
         timing = _Timing()
         try:
