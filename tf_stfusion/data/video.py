@@ -376,6 +376,8 @@ def _iter_frames_dir(path, short_side, stats):
     from PIL import Image
 
     names = ordered_frame_names(path)
+    if not names:
+        raise VideoError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the frame folder")
     stats.frames_announced = stats.packets = len(names)
     size, first_error = None, None
     for name in names:
