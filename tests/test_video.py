@@ -248,12 +248,20 @@ def test_damage_in_matroska_keeps_the_rest(tmp_path, codec, ext, k):
     assert stats.frames_announced == 0 and abs(stats.duration - 2.4) < 0.01
 
 
-@pytest.mark.parametrize("codec,ext,options,fraction", [
-    ("libx264", "mp4", {"movflags": "+faststart"}, 0.6),  # the index first: 60 frames announced, 36 in the file
-    ("mpeg4", "avi", None, 0.5),
+def damage_sample_sizes(path):
+    """32 bytes of the MP4 sample size table (``stsz``) overwritten: the demuxer stops early."""
+    overwrite(path, open(path, "rb").read().index(b"stsz") + 40, 32)
+    return path
+
+
+@pytest.mark.parametrize("codec,ext,options,damage", [
+    # the index first: 60 frames announced, 36 in the file
+    ("libx264", "mp4", {"movflags": "+faststart"}, lambda path: truncate(path, 0.6)),
+    ("mpeg4", "avi", None, lambda path: truncate(path, 0.5)),
+    ("libx264", "mp4", None, damage_sample_sizes),
 ])
-def test_a_truncated_file_counts_its_undelivered_frames_as_dropped(tmp_path, codec, ext, options, fraction):
-    path = truncate(write_noise_video(str(tmp_path / f"cut.{ext}"), codec, options=options), fraction)
+def test_a_truncated_file_counts_its_undelivered_frames_as_dropped(tmp_path, codec, ext, options, damage):
+    path = damage(write_noise_video(str(tmp_path / f"cut.{ext}"), codec, options=options))
     with av.open(path) as container:  # what the cut file still holds, packet by packet
         delivered = sum(1 for p in container.demux(container.streams.video[0]) if p.size)
     assert delivered < 45
@@ -348,14 +356,20 @@ def test_frames_of_other_sizes_are_scaled_to_the_first(tmp_path):
     assert frames.shape == (6, 16, 16, 3) and frame_numbers(frames) == list(range(6))
 
 
-def test_exif_orientation_is_applied(tmp_path):
+@pytest.mark.parametrize("orientation,shown", [  # EXIF 2.3, tag 0x0112
+    (6, lambda im: np.rot90(im, -1)),  # the reviewer's: turned 90 degrees clockwise
+    (8, lambda im: np.rot90(im, 1)),
+    (3, lambda im: np.rot90(im, 2)),
+    (2, np.fliplr),
+])
+def test_exif_orientation_is_applied(tmp_path, orientation, shown):
     os.makedirs(tmp_path / "v")
     image = Image.fromarray(marker_image())  # 64 wide x 48 high, marker top-left
     exif = image.getexif()
-    exif[0x0112] = 6  # Orientation 6: shown turned 90 degrees clockwise
+    exif[0x0112] = orientation
     image.save(str(tmp_path / "v" / "1.jpg"), exif=exif, quality=95)
-    frame = decode(str(tmp_path / "v"))[0]
-    assert frame.shape[:2] == (W, H) and (red_mask(frame) != red_mask(np.rot90(marker_image(), -1))).mean() < 0.02
+    frame, want = decode(str(tmp_path / "v"))[0], red_mask(shown(marker_image()))
+    assert frame.shape[:2] == want.shape and (red_mask(frame) != want).mean() < 0.02
 
 
 def _grey16(path):
