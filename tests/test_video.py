@@ -62,9 +62,9 @@ def frame_numbers(frames):
     return np.round((frames[:, :, :, 0].reshape(len(frames), -1).mean(1) - 5) / 6).astype(int).tolist()
 
 
-def write_noise_video(path, codec, n=60, gop=10):
+def write_noise_video(path, codec, n=60, gop=10, options=None):
     rng = np.random.default_rng(0)
-    with av.open(path, "w") as container:
+    with av.open(path, "w", options=options or {}) as container:
         stream = container.add_stream(codec, rate=25)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
         stream.codec_context.gop_size = gop
@@ -74,6 +74,13 @@ def write_noise_video(path, codec, n=60, gop=10):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return path
+
+
+def truncate(path, fraction):
+    """Keeps the first ``fraction`` of the file's bytes (an interrupted download)."""
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:int(len(data) * fraction)])
     return path
 
 
@@ -225,7 +232,9 @@ def test_a_damaged_avi_index_read_as_junk_packets_costs_no_frame(tmp_path):
     overwrite(path, open(path, "rb").read().index(b"idx1") - 128, 256)
     stats = DecodeStats()
     assert len(decode(path, stats=stats)) == 60
-    assert stats.packets_dropped > 6 and stats.dropped_fraction == 0  # junk after the stream: kept
+    # Junk after the stream costs no frame; the overwrite also reaches the last frame's tail,
+    # which the decoder conceals: that frame alone counts.
+    assert stats.packets_dropped > 6 and stats.dropped_fraction == stats.frames_concealed / 60 <= 1 / 60
 
 
 @pytest.mark.parametrize("codec,ext,k", [("libvpx", "webm", 43), ("libx264", "mkv", 31)])
@@ -239,6 +248,61 @@ def test_damage_in_matroska_keeps_the_rest(tmp_path, codec, ext, k):
     assert stats.frames_announced == 0 and abs(stats.duration - 2.4) < 0.01
 
 
+def damage_sample_sizes(path):
+    """32 bytes of the MP4 sample size table (``stsz``) overwritten: the demuxer stops early."""
+    overwrite(path, open(path, "rb").read().index(b"stsz") + 40, 32)
+    return path
+
+
+@pytest.mark.parametrize("codec,ext,options,damage", [
+    # the index first: 60 frames announced, 36 in the file
+    ("libx264", "mp4", {"movflags": "+faststart"}, lambda path: truncate(path, 0.6)),
+    ("mpeg4", "avi", None, lambda path: truncate(path, 0.5)),
+    ("libx264", "mp4", None, damage_sample_sizes),
+])
+def test_a_truncated_file_counts_its_undelivered_frames_as_dropped(tmp_path, codec, ext, options, damage):
+    path = damage(write_noise_video(str(tmp_path / f"cut.{ext}"), codec, options=options))
+    with av.open(path) as container:  # what the cut file still holds, packet by packet
+        delivered = sum(1 for p in container.demux(container.streams.video[0]) if p.size)
+    assert delivered < 45
+    stats = DecodeStats()
+    frames = decode(path, stats=stats)
+    assert stats.frames_announced == stats.packets == 60
+    assert stats.packets_dropped >= 60 - delivered and stats.dropped_fraction > 0.25
+    # Every delivered packet that decodes is a frame: none is lost silently (frame
+    # threads lost the two in flight at the cut and reported no error).
+    assert len(frames) == stats.frames_decoded == 60 - stats.packets_dropped
+
+
+def test_a_truncated_webm_shows_as_a_shorter_duration_than_announced(tmp_path):
+    # Matroska states no frame count; its duration (in the header) survives the cut.
+    path = truncate(write_noise_video(str(tmp_path / "cut.webm"), "libvpx"), 0.5)
+    stats = DecodeStats()
+    frames = decode(path, stats=stats)
+    assert stats.frames_announced == 0 and abs(stats.duration_announced - 2.4) < 0.01
+    assert stats.duration < 1.8 and abs(stats.duration - len(frames) / 25) < 0.01
+
+
+def test_max_frames_stops_early_without_counting_the_rest_as_dropped(tmp_path):
+    stats = DecodeStats()
+    assert len(decode(write_noise_video(str(tmp_path / "v.mp4"), "libx264"), max_frames=5, stats=stats)) == 5
+    assert stats.frames_announced == 60 and stats.packets_dropped == 0 and stats.dropped_fraction == 0
+    assert abs(stats.duration - 0.2) < 0.01 and abs(stats.duration_announced - 2.4) < 0.01
+
+
+def test_concealed_frames_count_as_damage(tmp_path):
+    # The reviewer's heavy damage: 64 bytes overwritten at 15 places of mdat. FFmpeg
+    # conceals some of the damaged packets from other frames instead of rejecting them.
+    path = write_noise_video(str(tmp_path / "heavy.mp4"), "libx264")
+    for k in range(1, 16):
+        overwrite(path, mdat_offset(path, k / 16))
+    stats = DecodeStats()
+    decode(path, stats=stats)
+    assert stats.frames_concealed >= 1  # 5 of 60 here, and no packet rejected
+    assert stats.dropped_fraction == (stats.packets_dropped + stats.frames_concealed) / 60
+    assert stats.damage().endswith(f"and {stats.frames_concealed} frames are concealed")
+
+
 # -- 4. a frame-size change is scaled to the first frame's size ---------------------------------
 @pytest.mark.parametrize("codec,second", [("libvpx", (64, 96)), ("libvpx-vp9", (64, 48))])
 def test_a_size_change_is_scaled_to_the_first_size(tmp_path, codec, second):
@@ -250,7 +314,8 @@ def test_a_size_change_is_scaled_to_the_first_size(tmp_path, codec, second):
 
 
 # -- 5. frame folders in natural order ------------------------------------------------------------
-@pytest.mark.parametrize("pattern", ["{}.jpg", "img_{:05d}.jpg", "frame_{}.png", "{}_rgb.jpeg"])
+@pytest.mark.parametrize("pattern", ["{}.jpg", "img_{:05d}.jpg", "frame_{}.png", "{}_rgb.jpeg",
+                                     "frame_{:03d}_v2.jpg", "cam1_{}.jpg"])  # a constant number does not order
 def test_frame_folders_are_read_in_the_order_of_their_numbers(tmp_path, pattern):
     numbers = [1, 2, 3, 5, 7, 8, 9, 10, 11, 12, 30, 100]  # gaps, and more digits later on
     write_frame_folder(str(tmp_path / "v"), [pattern.format(n) for n in numbers])
@@ -261,11 +326,89 @@ def test_frame_folders_are_read_in_the_order_of_their_numbers(tmp_path, pattern)
     (["a.jpg", "b.jpg"], "'a.jpg' has none"),
     (["1.jpg", "01.jpg"], "both are frame 1"),
     (["img_1.jpg", "flow_2.jpg"], "more than one naming pattern"),
+    (["a1_b2.jpg", "a2_b1.jpg"], "more than one number varies and they disagree"),
 ])
 def test_a_folder_whose_names_have_no_order_is_refused(tmp_path, names, why):
     write_frame_folder(str(tmp_path / "v"), names)
     with pytest.raises(VideoError, match=f"cannot be ordered by a number: .*{why}"):
         ordered_frame_names(str(tmp_path / "v"))
+
+
+def test_hidden_files_are_not_frames_or_videos(tmp_path):
+    folder = write_frame_folder(str(tmp_path / "train" / "a" / "frames"), [f"{n:05d}.jpg" for n in range(1, 4)])
+    for name in ("._00001.jpg", ".DS_Store"):  # macOS: AppleDouble resource forks, Finder state
+        (tmp_path / "train" / "a" / "frames" / name).write_bytes(b"\0\x05\x16\x07" + b"\0" * 80)
+    assert frame_numbers(decode(folder)) == [0, 1, 2]
+    write_video(str(tmp_path / "train" / "a" / "good.mp4"), numbered_frames(2))
+    (tmp_path / "train" / "a" / "._good.mp4").write_bytes(b"\0\x05\x16\x07" + b"\0" * 80)
+    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()
+    index = readers.read_index("folder", str(tmp_path), "train")
+    assert index.class_names == ["a"] and index.problems == []
+    assert sorted(e.video_id for e in index.entries) == ["a/frames", "a/good"]
+
+
+def test_frames_of_other_sizes_are_scaled_to_the_first(tmp_path):
+    folder = str(tmp_path / "v")
+    write_frame_folder(folder, ["1.jpg", "2.jpg", "3.jpg"])  # 32x32
+    for i, name in enumerate(["4.jpg", "5.jpg", "6.jpg"], start=3):
+        Image.fromarray(numbered_frames(6, 48, 64)[i]).save(os.path.join(folder, name))
+    frames = decode(folder, short_side=16)
+    assert frames.shape == (6, 16, 16, 3) and frame_numbers(frames) == list(range(6))
+
+
+@pytest.mark.parametrize("orientation,shown", [  # EXIF 2.3, tag 0x0112
+    (6, lambda im: np.rot90(im, -1)),  # the reviewer's: turned 90 degrees clockwise
+    (8, lambda im: np.rot90(im, 1)),
+    (3, lambda im: np.rot90(im, 2)),
+    (2, np.fliplr),
+])
+def test_exif_orientation_is_applied(tmp_path, orientation, shown):
+    os.makedirs(tmp_path / "v")
+    image = Image.fromarray(marker_image())  # 64 wide x 48 high, marker top-left
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(str(tmp_path / "v" / "1.jpg"), exif=exif, quality=95)
+    frame, want = decode(str(tmp_path / "v"))[0], red_mask(shown(marker_image()))
+    assert frame.shape[:2] == want.shape and (red_mask(frame) != want).mean() < 0.02
+
+
+def _grey16(path):
+    Image.fromarray(np.full((8, 8), 30000, np.uint16)).save(path)
+
+
+def _grey_alpha(path):
+    Image.fromarray(np.dstack([np.full((8, 8), 100, np.uint8), np.zeros((8, 8), np.uint8)]), "LA").save(path)
+
+
+def _palette_transparent(path):
+    image = Image.new("P", (8, 8), 1)
+    image.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    image.save(path, transparency=1)
+
+
+def _one_bit(path):
+    Image.new("1", (8, 8), 1).save(path)
+
+
+@pytest.mark.parametrize("make,rgb", [
+    (_grey16, (117, 117, 117)),  # 30000 / 257: FFmpeg's gray16 -> rgb24 (PIL's convert clips to 255)
+    (_grey_alpha, (100, 100, 100)),  # alpha dropped, as FFmpeg's rgb24 drops it
+    (_palette_transparent, (10, 200, 30)),
+    (_one_bit, (255, 255, 255)),
+])
+def test_image_modes_are_stored_as_shown(tmp_path, make, rgb):
+    os.makedirs(tmp_path / "v")
+    make(str(tmp_path / "v" / "1.png"))
+    assert (np.abs(decode(str(tmp_path / "v"))[0].astype(int) - rgb) <= 1).all()
+
+
+def test_an_unreadable_image_is_a_dropped_frame(tmp_path):
+    folder = write_frame_folder(str(tmp_path / "v"), [f"{n}.jpg" for n in range(1, 13)])
+    truncate(os.path.join(folder, "5.jpg"), 0.3)
+    open(os.path.join(folder, "9.jpg"), "wb").close()  # 0 bytes
+    stats = DecodeStats()
+    assert frame_numbers(decode(folder, stats=stats)) == [0, 1, 2, 3, 5, 6, 7, 9, 10, 11]
+    assert (stats.packets, stats.packets_dropped, stats.dropped_fraction) == (12, 2, 2 / 12)
 
 
 # -- 2. time ------------------------------------------------------------------------------------
@@ -438,3 +581,41 @@ def test_a_split_with_no_readable_video_fails_with_the_reasons(tmp_path):
     assert "error: no video of the train split was written (6 missing (e.g. yt0_000000_000010: missing:" \
         in result.stderr
     assert json.loads((tmp_path / "out" / "train-manifest.json").read_text())["num_skipped"] == 6
+
+
+def test_duplicate_video_ids_keep_the_first_and_name_both(tmp_path):
+    os.makedirs(tmp_path / "train" / "a")
+    write_video(str(tmp_path / "train" / "a" / "clip.mp4"), numbered_frames(2))
+    write_video(str(tmp_path / "train" / "a" / "clip.MOV"), numbered_frames(3))
+    write_frame_folder(str(tmp_path / "train" / "a" / "clip"), ["1.jpg"])
+    index = readers.read_index("folder", str(tmp_path), "train")
+    assert [e.source for e in index.entries] == [str(tmp_path / "train" / "a" / "clip")]
+    assert [(v, r.split(":")[0]) for v, r in index.problems] == [("a/clip", "duplicate video id")] * 2
+    assert "clip.MOV has the id of " in index.problems[0][1] and "rename one" in index.problems[0][1]
+    # Every layout: a Kinetics row listed twice.
+    (tmp_path / "train.csv").write_text("label,youtube_id,time_start,time_end,split\n"
+                                        + "abseiling,yt0,0,10,train\n" * 2)
+    os.makedirs(tmp_path / "k" / "train" / "abseiling")
+    write_video(str(tmp_path / "k" / "train" / "abseiling" / "yt0.mp4"), numbered_frames(2))
+    index = readers.read_index("kinetics400", str(tmp_path), "train", video_dir=str(tmp_path / "k"))
+    assert len(index.entries) == 1 and index.problems[0][1].startswith("duplicate video id")
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_an_output_dir_that_cannot_be_made_is_one_line(tmp_path, where):
+    (tmp_path / "taken").write_text("")
+    output_dir = tmp_path / "taken" if where == "a file" else tmp_path / "taken" / "out"
+    index = readers.DatasetIndex("folder", "train", ["a"], [])
+    with pytest.raises(prepare.PrepareError, match=f"--output_dir {output_dir} .*; give a folder you can write to"):
+        prepare.prepare(index, str(output_dir), progress=False)
+
+
+def test_a_folder_losing_too_many_images_is_skipped(tmp_path):
+    folder = write_frame_folder(str(tmp_path / "train" / "a" / "frames"), [f"{n}.jpg" for n in range(1, 13)])
+    open(os.path.join(folder, "3.jpg"), "wb").close()
+    write_video(str(tmp_path / "train" / "a" / "good.mp4"), numbered_frames(2))
+    index = readers.read_index("folder", str(tmp_path), "train")
+    manifest = prepare.prepare(index, str(tmp_path / "out"), num_workers=1, short_side=0, progress=False,
+                               max_dropped_fraction=0.05)
+    assert manifest["skipped"] == [["a/frames", "damaged: 1 of 12 frame images do not decode "
+                                    "(> --max_dropped_fraction=0.05)"]]

@@ -46,7 +46,7 @@ LAYOUTS = sorted(readers.READERS) + ["synthetic"]  # what prepare reads: a datas
 FLAGS = flags.FLAGS
 
 SYNTHETIC_PREFIX = "synthetic:"
-# Up to a tenth of a video's packets may fail to decode: FFmpeg conceals a lost packet
+# Up to a tenth of a video's packets may fail to decode or decode concealed: FFmpeg conceals a lost packet
 # from its reference frames, so a video missing a few still shows every scene (one
 # damaged packet header: 1 of 60 dropped in tests/test_video.py; the issue reports 3 of
 # 60 frames lost to 64 damaged bytes). Beyond one packet in ten, a recipe's 32-frame
@@ -76,7 +76,8 @@ def define_flags():
                        "(FFmpeg's fps filter), so --frame_stride is the same time step in every video; 0: keep "
                        "every decoded frame. Recorded in the manifest and the input contract.")
     flags.DEFINE_float("max_dropped_fraction", MAX_DROPPED_FRACTION, "Skip (and report) a video when more than "
-                       "this fraction of its packets does not decode.")
+                       "this fraction of its packets does not decode or decodes concealed (a frame folder: of its "
+                       "images cannot be read).")
     flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of the stored frames.")
     synthetic.define_flags(flags)
     flags.DEFINE_integer("seed", 0, "Synthetic: generator seed.")
@@ -141,8 +142,9 @@ def record_video(writer, video_id, source, label, opts):
             spool.add(encode_jpeg(frame, opts["jpeg_quality"]))
             shape = frame.shape[:2]
         if stats.dropped_fraction > opts["max_dropped_fraction"]:
-            raise VideoError(f"damaged: {stats.packets_dropped} of {stats.packets} packets do not decode "
-                             f"(> --max_dropped_fraction={opts['max_dropped_fraction']})")
+            unit = "frame images" if os.path.isdir(source) else "packets"
+            raise VideoError(f"damaged: {stats.damage(unit)} (> --max_dropped_fraction="
+                             f"{opts['max_dropped_fraction']})")
         if spool.num_frames < opts["min_frames"]:
             raise VideoError(f"too short: {spool.num_frames} frames < --min_frames={opts['min_frames']}")
         writer.example(context_features(video_id, label, spool.num_frames, *shape), spool)
@@ -258,7 +260,7 @@ def prepare(index, output_dir, examples_per_shard=32, num_workers=None, short_si
     ``command``: how to rerun this (kept in the manifest for error messages).
     """
     _check_options(examples_per_shard, fps, max_dropped_fraction, synthetic_config)
-    os.makedirs(output_dir, exist_ok=True)
+    _make_output_dir(output_dir)
     split = index.split
     entries = sorted(index.entries, key=lambda e: e.video_id)
     n = max(1, -(-len(entries) // examples_per_shard))
@@ -329,6 +331,14 @@ def _clear_leftovers(output_dir, split, n):
     for name in os.listdir(output_dir):
         if name.startswith(f"{split}-") and ".tmp-" in name:
             os.remove(os.path.join(output_dir, name))
+
+
+def _make_output_dir(output_dir):
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        what = "is a file, not a folder" if os.path.isfile(output_dir) else f"cannot be created ({e.strerror or e})"
+        raise PrepareError(f"--output_dir {output_dir} {what}; give a folder you can write to") from None
 
 
 def _check_options(examples_per_shard, fps, max_dropped_fraction, synthetic_config):

@@ -244,6 +244,12 @@ def read_sthv2(data_dir, split, video_dir=None):
 
 
 # -- Generic folder layout -----------------------------------------------------
+def _listed(folder):
+    """A folder's entries but hidden ones (``.DS_Store``, macOS's ``._*`` AppleDouble
+    files, ``.ipynb_checkpoints``): never videos or classes."""
+    return [name for name in os.listdir(folder) if not name.startswith(".")]
+
+
 def read_folder(data_dir, split, video_dir=None):
     """``<data_dir>/<split>/<class>/<video>``; class names are the sorted folder names.
 
@@ -255,7 +261,7 @@ def read_folder(data_dir, split, video_dir=None):
         raise AnnotationError(f"{root}: expected a folder <class>/<video> per split")
     train_root = os.path.join(video_dir or data_dir, "train")
     class_root = train_root if os.path.isdir(train_root) else root
-    class_names = sorted(d for d in os.listdir(class_root) if os.path.isdir(os.path.join(class_root, d)))
+    class_names = sorted(d for d in _listed(class_root) if os.path.isdir(os.path.join(class_root, d)))
     if not class_names:
         raise AnnotationError(f"{class_root}: no class folders found")
     index = DatasetIndex("folder", split, class_names, [])
@@ -263,7 +269,7 @@ def read_folder(data_dir, split, video_dir=None):
         folder = os.path.join(root, klass)
         if not os.path.isdir(folder):
             continue
-        for name in sorted(os.listdir(folder)):
+        for name in sorted(_listed(folder)):
             path = os.path.join(folder, name)
             video_id = f"{klass}/{os.path.splitext(name)[0]}"
             if os.path.isdir(path) or name.lower().endswith(VIDEO_EXTENSIONS):
@@ -294,4 +300,20 @@ def read_index(dataset, data_dir, split, **kwargs):
     if unused:
         raise ValueError(f"--dataset={dataset} takes no {', '.join('--' + k for k in unused)}; its options are "
                          f"{', '.join('--' + k for k in accepted if k not in ('data_dir', 'split')) or 'none'}")
-    return reader(data_dir, split, **kwargs)
+    return _without_duplicate_ids(reader(data_dir, split, **kwargs))
+
+
+def _without_duplicate_ids(index):
+    """Keeps the first entry of each video id; a later one (``a/clip.mp4`` next to
+    ``a/clip.MOV``, a row listed twice) is a problem naming both sources: one id
+    must name one video in the records and the manifest."""
+    first, kept = {}, []
+    for entry in index.entries:
+        if entry.video_id in first:
+            index.problems.append((entry.video_id, f"duplicate video id: {entry.source} has the id of "
+                                   f"{first[entry.video_id]}, which is kept; rename one to keep both"))
+        else:
+            first[entry.video_id] = entry.source
+            kept.append(entry)
+    index.entries[:] = kept
+    return index

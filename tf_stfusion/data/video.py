@@ -16,9 +16,16 @@ player applies:
   filter: each output tick takes the frame shown at that time);
 * the short side resized (``scale``, bilinear).
 
-A packet that does not decode is skipped and counted; decoding goes on. What
-was seen is recorded in a ``DecodeStats`` (frames decoded and announced,
-packets dropped, average frame rate, duration, variable frame rate).
+A packet that does not decode is skipped and counted; decoding goes on; a file
+that ends before the frames its container announced (a truncated download)
+counts the undelivered ones as dropped. What was seen is recorded in a
+``DecodeStats`` (frames decoded and announced, packets dropped, frames
+concealed, average frame rate, duration, variable frame rate).
+
+A frame folder is read image by image with PIL as a player shows an image: EXIF
+orientation applied, 16-bit greys scaled (not clipped) to 8 bits, every frame
+scaled to the first frame's size; an image that cannot be read is a dropped
+frame, like a packet that does not decode.
 """
 
 import dataclasses
@@ -29,6 +36,10 @@ import re
 import numpy as np
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+# Slice threads (or none) only: FFmpeg's frame threads hide a damaged packet's error
+# and lose the frames in flight at a truncation (2 of 35 in tests/test_video.py);
+# what this costs in speed: README, Data (benchmarks/decode_speed.py).
+THREAD_TYPE = "SLICE"
 
 
 class VideoError(Exception):
@@ -41,12 +52,20 @@ class DecodeStats:
 
     ``frames_announced``: the frame count the container states (0: none; for a
     frame folder, its image files). ``packets_dropped``: packets the decoder
-    rejected, plus those the container announced but could not deliver (a
-    damaged tail). ``fps``: decoded frames / duration (0 for a frame folder);
+    rejected, plus those the container announced but did not deliver (a
+    truncated or damaged tail); for a frame folder, images that cannot be read.
+    ``frames_concealed``: frames the decoder output with errors concealed from
+    other frames (FFmpeg's corrupt-frame flags). ``fps``: decoded frames / duration (0 for a frame folder);
     ``duration`` in seconds from the first frame's timestamp to the end of the
     last; ``variable_frame_rate``: the frame intervals differ by more than 10% and
     more than two timestamp ticks. ``frames`` counts the frames yielded (after
-    ``fps`` resampling and ``max_frames``).
+    ``fps`` resampling and ``max_frames``). With ``max_frames``, decoding stops
+    early: ``frames_decoded``, ``packets``, ``fps`` and ``duration`` describe the
+    decoded part only (``frames_announced`` and ``duration_announced`` are still the
+    whole video's). ``duration_announced``: the video stream's duration the
+    container states, else the container's (s; 0: none), which shows a truncated
+    file whose container announces no frame count (Matroska/WebM) as
+    ``duration < duration_announced``.
     """
 
     frames: int = 0
@@ -54,22 +73,32 @@ class DecodeStats:
     frames_announced: int = 0
     packets: int = 0
     packets_dropped: int = 0
+    frames_concealed: int = 0
     fps: float = 0.0
     duration: float = 0.0
+    duration_announced: float = 0.0
     variable_frame_rate: bool = False
 
     @property
     def dropped_fraction(self):
-        """Packets lost / packets read. When the container announced a frame count and
-        every announced frame decoded, what did not decode was junk read past the
-        stream (a damaged AVI index read as data chunks) and cost no frame: 0."""
+        """(Packets lost + frames concealed) / packets. When the container announced a
+        frame count and every announced frame decoded, what did not decode was junk
+        read past the stream (a damaged AVI index read as data chunks) and cost no
+        frame: only concealed frames count then."""
         if self.frames_announced and self.frames_decoded >= self.frames_announced:
-            return 0.0
-        return self.packets_dropped / self.packets if self.packets else 0.0
+            return self.frames_concealed / self.frames_decoded
+        return min(1.0, (self.packets_dropped + self.frames_concealed) / self.packets) if self.packets else 0.0
+
+    def damage(self, unit="packets"):
+        """``"3 of 60 packets do not decode[ and 2 frames are concealed]"``."""
+        text = f"{self.packets_dropped} of {self.packets} {unit} do not decode"
+        n = self.frames_concealed
+        return text + (f" and {n} frame{'s are' if n > 1 else ' is'} concealed" if n else "")
 
     def to_dict(self):
         out = dataclasses.asdict(self)
-        out.update(fps=round(self.fps, 3), duration=round(self.duration, 3))
+        out.update(fps=round(self.fps, 3), duration=round(self.duration, 3),
+                   duration_announced=round(self.duration_announced, 3))
         return out
 
 
@@ -177,13 +206,12 @@ def _packets(container, stream, stats):
     while True:
         try:
             packet = next(demuxed)
-        except StopIteration:
-            return
-        except av.FFmpegError:
-            # The container itself is damaged from here: what it announced and did
-            # not deliver is lost.
-            stats.packets_dropped += max(0, stats.frames_announced - stats.packets)
-            stats.packets = max(stats.packets, stats.frames_announced)
+        except (StopIteration, av.FFmpegError):
+            # The end of the file, early or not, or a container damaged from here on:
+            # what it announced and did not deliver is lost.
+            lost = max(0, stats.frames_announced - stats.packets)
+            stats.packets_dropped += lost
+            stats.packets += lost
             return
         if packet.size:
             stats.packets += 1
@@ -192,6 +220,7 @@ def _packets(container, stream, stats):
         except av.FFmpegError:
             stats.packets_dropped += 1
             continue
+        stats.frames_concealed += sum(frame.is_corrupt for frame in frames)
         yield from frames
 
 
@@ -217,6 +246,13 @@ class _Timing:
         stats.fps = len(pts) / stats.duration if stats.duration else 0.0
 
 
+def _announced_duration(container, stream):
+    """Seconds: the video stream's stated duration, else the container's (µs), else 0."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return container.duration / 1e6 if container.duration and container.duration > 0 else 0.0
+
+
 def _iter_file(path, short_side, fps, stats):
     import av
 
@@ -230,8 +266,9 @@ def _iter_file(path, short_side, fps, stats):
         if not container.streams.video:
             raise VideoError("no video stream")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.thread_type = THREAD_TYPE
         stats.frames_announced = int(stream.frames or 0)
+        stats.duration_announced = _announced_duration(container, stream)
         time_base = stream.time_base or stream.codec_context.time_base
         timing = _Timing()
         try:
@@ -268,45 +305,95 @@ def _displayed(container, stream, time_base, stats, timing, short_side, fps):
 
 
 # -- frame folders -----------------------------------------------------------------
-_NUMBERED = re.compile(r"^(.*?)(\d+)(\D*)$")
+_DIGITS = re.compile(r"(\d+)")
+_WIDE_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # 16-bit PNG greys (PIL opens them so)
+
+
+def _frame_files(path):
+    """The image files of a frame folder; hidden files (``.DS_Store``, macOS's
+    ``._*`` AppleDouble files) are not frames."""
+    return sorted(n for n in os.listdir(path) if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def _extension(name):
+    """``.jpg`` for ``x.JPG``, ``x.jpeg``: one format, one pattern."""
+    ext = os.path.splitext(name)[1].lower()
+    return ".jpg" if ext == ".jpeg" else ext
 
 
 def ordered_frame_names(path):
     """The image files of a frame folder in the order of the number in their names
-    (``1.jpg, 2.jpg, ..., 10.jpg``; ``img_00001.jpg``; ``frame_7.png``), as the
-    tools that write such folders number them. Raises VideoError when the names
-    are not one pattern around one number (then there is no order to trust)."""
-    names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS))
-    keyed, patterns = {}, set()
-    for name in names:
-        match = _NUMBERED.match(os.path.splitext(name)[0])
-        if not match:
+    (``1.jpg, 2.jpg, ..., 10.jpg``; ``img_00001.jpg``; ``frame_001_v2.jpg``), as the
+    tools that write such folders number them. The names must be one pattern of
+    text and numbers; the numbers that vary across the folder give the order (a
+    constant one, like ``v2``, does not). Raises VideoError when there is no order
+    to trust: a name without a number, two patterns, two names of one frame, or
+    two varying numbers that disagree."""
+    names = _frame_files(path)
+    parts = {name: _DIGITS.split(os.path.splitext(name)[0]) for name in names}
+    for name, split in parts.items():
+        if len(split) == 1:
             raise VideoError(f"frame names cannot be ordered by a number: {name!r} has none")
-        patterns.add((match.group(1), match.group(3), os.path.splitext(name)[1].lower()))
-        number = int(match.group(2))
-        if number in keyed:
-            raise VideoError(f"frame names cannot be ordered by a number: {keyed[number]!r} and {name!r} "
-                             f"both are frame {number}")
-        keyed[number] = name
+    patterns = {"<n>".join(split[0::2]) + _extension(name) for name, split in parts.items()}
     if len(patterns) > 1:
-        shown = ", ".join(sorted(f"{p}<n>{s}{e}" for p, s, e in patterns)[:3])
-        raise VideoError(f"frame names cannot be ordered by a number: more than one naming pattern ({shown})")
-    return [keyed[n] for n in sorted(keyed)]
+        raise VideoError(f"frame names cannot be ordered by a number: more than one naming pattern "
+                         f"({', '.join(sorted(patterns)[:3])})")
+    numbers = {name: [int(n) for n in split[1::2]] for name, split in parts.items()}
+    width = len(next(iter(numbers.values()), []))
+    varying = [i for i in range(width) if len({n[i] for n in numbers.values()}) > 1] or [width - 1]
+    ordered = sorted(names, key=lambda name: [numbers[name][i] for i in varying])
+    for i in varying:
+        column = [numbers[name][i] for name in ordered]
+        if column != sorted(column):
+            raise VideoError("frame names cannot be ordered by a number: more than one number varies "
+                             f"and they disagree ({ordered[0]!r} ... {ordered[-1]!r})")
+    for before, name in zip(ordered, ordered[1:]):
+        if [numbers[before][i] for i in varying] == [numbers[name][i] for i in varying]:
+            raise VideoError(f"frame names cannot be ordered by a number: {before!r} and {name!r} both are "
+                             f"frame {numbers[name][varying[-1]]}")
+    return ordered
+
+
+def read_image(path):
+    """An image file as a uint8 RGB PIL image, as a player shows it: EXIF orientation
+    applied (``ImageOps.exif_transpose``), 16-bit greys scaled to 8 bits (v / 257,
+    rounded: FFmpeg's gray16 -> rgb24, where PIL's ``convert`` clips them to 255);
+    alpha dropped, as FFmpeg's rgb24 output drops it. Raises OSError when the file
+    cannot be read (truncated, empty, not an image)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)  # loads the pixels: a truncated file fails here
+    if img.mode in _WIDE_GREY_MODES:
+        grey = np.clip(np.rint(np.asarray(img, np.float64) / 257), 0, 255).astype(np.uint8)
+        img = Image.fromarray(grey)
+    return img.convert("RGB")
 
 
 def _iter_frames_dir(path, short_side, stats):
+    """Frames of a folder, each scaled to the first readable frame's size (then its
+    short side resized); an image that cannot be read is a dropped frame."""
     from PIL import Image
 
     names = ordered_frame_names(path)
-    stats.frames_announced = len(names)
+    if not names:
+        raise VideoError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the frame folder")
+    stats.frames_announced = stats.packets = len(names)
+    size, first_error = None, None
     for name in names:
         try:
-            with Image.open(os.path.join(path, name)) as img:
-                frame = resize_image(img.convert("RGB"), short_side)
-        except OSError as e:
-            raise VideoError(f"cannot read frame {name}: {e}") from None
+            img = read_image(os.path.join(path, name))
+        except (OSError, SyntaxError, ValueError) as e:  # PIL's decoders raise all three
+            stats.packets_dropped += 1
+            first_error = first_error or f"{name}: {e}"
+            continue
+        size = size or resized_shape(img.height, img.width, short_side)
+        if (img.height, img.width) != size:
+            img = img.resize(size[::-1], Image.BILINEAR)
         stats.frames_decoded += 1
-        yield frame
+        yield np.asarray(img)
+    if not stats.frames_decoded:
+        raise VideoError(f"cannot read any frame ({stats.packets_dropped} of {len(names)}; e.g. {first_error})")
 
 
 # -- the one entry point -------------------------------------------------------------
