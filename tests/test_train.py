@@ -103,7 +103,8 @@ def test_regularizer_is_in_the_search_loss(tmp_path, synth_dir):
     Trainer(small_config(tmp_path, synth_dir, phases=("warmup",))).run()
     gated_norms = {}
     for k in (0.01, 20.0):
-        trainer = Trainer(small_config(tmp_path, synth_dir, phases=("search",), length_scale=k, weight_decay=0.0))
+        trainer = Trainer(small_config(tmp_path, synth_dir, phases=("search",), length_scale=k, weight_decay=0.0,
+                                       prior_form="paper"))
         trainer.setup_phase("search")
         model = trainer.model
         kernels = [model.get_layer(g.feeds).kernel for g in gate_layers(model)]
