@@ -32,17 +32,6 @@ DATASETS = {"sthv1": (174, 86017), "ucf101": (101, 9537), "sthv2": (174, 168913)
 HOLDOUT_FRACTION = 0.1
 
 
-def recipe_settings(name):
-    from tf_stfusion import configs
-
-    settings = {}
-    for line in open(configs.path(name)):
-        if line.startswith("--") and "=" in line:
-            key, value = line[2:].strip().split("=", 1)
-            settings[key] = value
-    return settings
-
-
 def measure(num_classes, clips, size):
     """``(data loss, weights, entropy term / N * N)`` of a fresh densenet121 template."""
     import numpy as np
@@ -65,7 +54,7 @@ def measure(num_classes, clips, size):
 
 
 def main(argv):
-    from tf_stfusion import prior
+    from tf_stfusion import configs, prior
 
     print(machine_line(TensorFlow=__import__("tensorflow").__version__))
     measured = {}
@@ -74,7 +63,7 @@ def main(argv):
     print("|---|---|---|---|---|---|---|---|---|")
     t0 = time.time()
     for name, (classes, split) in DATASETS.items():
-        settings = recipe_settings(name)
+        settings = configs.settings(name)
         k, form = float(settings["length_scale"]), settings["prior_form"]
         n = split - round(HOLDOUT_FRACTION * split)
         if classes not in measured:

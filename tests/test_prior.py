@@ -40,24 +40,15 @@ def test_each_form_s_coefficient_against_a_hand_computation(tiny):
         prior.weight_coefficient(1.0, 10, "eq5")
 
 
-def _recipe(name):
-    settings = {}
-    for line in open(configs.path(name)):
-        if line.startswith("--") and "=" in line:
-            key, value = line[2:].strip().split("=", 1)
-            settings[key] = value
-    return settings
-
-
 @pytest.mark.parametrize("name", ["k400", "sthv1", "sthv2", "ucf101"])
 def test_paper_recipes_use_the_form_their_k_was_tuned_under(name):
     text = open(configs.path(name)).read()
-    assert _recipe(name)["prior_form"] == "authors_code"
+    assert configs.settings(name)["prior_form"] == "authors_code"
     assert "NAS_utils/ops.py" in text  # the provenance, in the file
 
 
 def test_the_demo_keeps_its_effective_coefficient():
-    demo = _recipe("demo")
+    demo = configs.settings("demo")
     k, n = float(demo["length_scale"]), 920  # the demo trains on 920 clips (README)
     assert prior.weight_coefficient(k, n, demo["prior_form"]) == pytest.approx(4.0**2 / (2 * 920))
 

@@ -606,10 +606,9 @@ def main(argv):
 
 def run():
     """Console-script entry point (``stfusion-search``)."""
-    define_flags()
-    from tf_stfusion.configs import resolve_flagfiles
+    from tf_stfusion.configs import run_app
 
-    app.run(main, argv=resolve_flagfiles(sys.argv))
+    run_app(main, define_flags)
 
 
 if __name__ == "__main__":

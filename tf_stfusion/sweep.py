@@ -209,6 +209,13 @@ def run_sweep(config: SweepConfig, log=print):
     return result
 
 
+def run():
+    """Console-script entry point (``stfusion-sweep``): the flags below, then ``main``."""
+    from tf_stfusion.configs import run_app
+
+    run_app(main, define_flags)
+
+
 def define_flags():
     flags.DEFINE_string("model_dir", None, "A template run with a finished warm-up and a hold-out.")
     flags.DEFINE_list("length_scales", ["1", "4", "16", "64"], "The k to try (in the run's --prior_form).")
@@ -241,19 +248,11 @@ def main(argv):
         run_sweep(SweepConfig(model_dir=FLAGS.model_dir, length_scales=scales, num_samples=FLAGS.num_strategy_samples,
                               epochs=FLAGS.epochs, only=_floats("only"), report_only=FLAGS.report_only,
                               progress=FLAGS.progress))
-    except (ValueError, FileNotFoundError, TrainError) as e:
-        said = e.render(lambda field: f"--{field}") if isinstance(e, TrainError) else str(e)
-        print(f"error: {said}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as e:  # TrainError included: settings named as flags
+        print("error: " + (e.render(lambda field: f"--{field}") if isinstance(e, TrainError) else str(e)),
+              file=sys.stderr)
         return 2
     return 0
-
-
-def run():
-    """Console-script entry point (``stfusion-sweep``)."""
-    define_flags()
-    from tf_stfusion.configs import resolve_flagfiles
-
-    app.run(main, argv=resolve_flagfiles(sys.argv))
 
 
 if __name__ == "__main__":
