@@ -98,8 +98,8 @@ def preflight(data_loss, weights, entropy_term, length_scale, num_train, prior_f
     forms = {}
     for form in PRIOR_FORMS:
         term = weight_coefficient(length_scale, num_train, form) * weights + entropy_term
-        forms[form] = {"formula": PRIOR_FORMULAS[form], "coefficient": weight_coefficient(length_scale, num_train, form),
-                       "eq5_term": term, "ratio": term / data_loss}
+        forms[form] = {"formula": PRIOR_FORMULAS[form], "eq5_term": term, "ratio": term / data_loss,
+                       "coefficient": weight_coefficient(length_scale, num_train, form)}
     ratio = forms[prior_form]["ratio"]
     # c * weights + entropy_term = data_loss  ->  c, then k of the form in use.
     suggested = length_scale_for((data_loss - entropy_term) / weights, num_train, prior_form) if weights > 0 else None

@@ -232,6 +232,13 @@ class Run:
 
 
 
+    def _holdout_method(self):
+        if self.holdout_grouping in (None, selection.NO_GROUPS):
+            return (f"class-stratified, the first round(fraction * n) of each class by sha256({selection.SALT!r} + "
+                    "video id)")
+        return (f"class-stratified, whole groups of each class in the order of sha256({selection.SALT!r} + group), "
+                "as many as come closest to round(fraction * n)")
+
     def write_record(self):
         if not self.chief:
             return
@@ -249,11 +256,7 @@ class Run:
                           "num_holdout": len(self.holdout),
                           "holdout_file": HOLDOUT_RECORD if self.holdout else None,
                           "grouping": self.holdout_grouping,
-                          "method": "class-stratified, the first round(fraction * n) of each class by "
-                                    f"sha256({selection.SALT!r} + video id)" if self.holdout_grouping in (None, selection.NO_GROUPS)
-                                    else "class-stratified, whole groups of each class in the order of "
-                                    f"sha256({selection.SALT!r} + group), as many as come closest to "
-                                    "round(fraction * n)"},
+                          "method": self._holdout_method()},
             "prior": self.prior_record(),
             "distribution": dist_lib.describe(self.distribution),
             "contract": self.contract().to_dict(),

@@ -156,7 +156,8 @@ def render(result, seconds=None):
              f"Pre-flight: Eq. 5 term at the warm-up weights over the data loss, as each k measured it and "
              f"over the mean data loss of all k ({result['pooled_data_loss']:.3g}; the same weights, so one "
              "quantity measured on a few random batches each time).", "",
-             "| k | Eq. 5 term | data loss | pre-flight ratio | ratio at the mean data loss | verdict | gates p > 0.9 | "
+             "| k | Eq. 5 term | data loss | pre-flight ratio | ratio at the mean data loss | verdict | "
+             "gates p > 0.9 | "
              "Opt top-1 on hold-out (%) [95% CI] | Opt top-1 on val (%) [95% CI] | search phase (s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
