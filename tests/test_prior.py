@@ -175,3 +175,29 @@ def test_a_two_k_sweep_writes_the_comparison_and_resumes_after_a_kill(trained_ru
     assert result["chosen_k"] == best["k"] and result["paired_val"]["n"] == best["val"]["num_videos"]
     text = open(os.path.join(base, "sweep", "sweep.md")).read()
     assert "| k | Eq. 5 term | data loss | pre-flight ratio |" in text and f"Chosen k = {best['k']:g}" in text
+
+
+def test_a_run_holds_out_the_groups_of_its_holdout_group_and_records_the_grouping(trained_run, tmp_path):
+    from tf_stfusion.runs import Run, load_run_config
+
+    run = load_run_config(trained_run)
+    pattern = r"^train_\d{4}(\d)\d$"  # synthetic ids train_000123: groups by the tens digit, across classes
+    data = dataclasses.replace(run.data, holdout_group=pattern, holdout_fraction=0.3)
+    room = Run(dataclasses.replace(run, model_dir=str(tmp_path / "grouped"), phases=("warmup",), data=data))
+    examples = room.source.train_examples
+    assert room.holdout and _whole_groups_only(set(room.holdout), examples, lambda v: v[-2])
+    os.makedirs(tmp_path / "grouped")
+    room.write_record()
+    record = json.load(open(tmp_path / "grouped" / "run.json"))
+    assert pattern in record["selection"]["grouping"] and "whole groups" in record["selection"]["method"]
+    assert record["prior"]["form"] == run.prior_form and record["prior"]["weight_coefficient"] == pytest.approx(
+        prior.weight_coefficient(run.length_scale, room.num_train, run.prior_form))
+
+
+def test_the_leakage_warning_fires_only_when_the_intervals_do_not_overlap():
+    # The UCF101 measurement: 68.9% [54.3, 80.5] on a 45-clip hold-out, 39.9% [33.2, 46.9] on val.
+    held = {"top1": 0.689, "top1_ci": [0.543, 0.805], "split": "holdout"}
+    val = {"top1": 0.399, "top1_ci": [0.332, 0.469], "split": "val"}
+    said = selection.leakage_warning(held, val, selection.NO_GROUPS)
+    assert "--holdout_group" in said and "68.9%" in said and "39.9%" in said
+    assert selection.leakage_warning(held, {**val, "top1_ci": [0.40, 0.55]}, selection.NO_GROUPS) is None
