@@ -151,7 +151,11 @@ def test_prior_diagnostics_numbers_and_warning_threshold():
 
     quiet = prior_diagnostics([0.2, 0.5, 0.95, 0.3, 0.1], length_scale=4, num_train=920, loss=0.5, regularizer=0.05)
     assert quiet["fraction_gates_above_0.9"] == pytest.approx(0.2) and quiet["warning"] is None
-    assert quiet["k2_over_2n"] == pytest.approx(16 / 1840) and quiet["regularizer_to_loss"] == pytest.approx(0.1)
+    assert quiet["weight_coefficient"] == pytest.approx(16 / 1840) and quiet["prior_form"] == "paper"
+    assert "k^2/(2N) = 0.0087" in quiet["summary"]
+    code = prior_diagnostics([0.2], length_scale=4, num_train=920, prior_form="authors_code")
+    assert code["weight_coefficient"] == pytest.approx(4 / 920) and "k/N = 0.00435" in code["summary"]
+    assert quiet["regularizer_to_loss"] == pytest.approx(0.1)
     loud = prior_diagnostics([0.99] * 9 + [0.5], length_scale=1000, num_train=24, loss=1.0, regularizer=30.0)
     assert loud["fraction_gates_above_0.9"] == pytest.approx(0.9)
     assert "--length_scale=1000" in loud["warning"] and "k^2/(2N) = 2.08e+04" in loud["warning"]

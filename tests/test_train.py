@@ -1,8 +1,10 @@
 """Training: phases, regulariser, fixed strategies, resume after kill -9,
 MirroredStrategy vs one device, a two-process MultiWorkerMirroredStrategy run."""
 
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,7 +40,10 @@ def synth_dir(tmp_path_factory):
 def small_config(model_dir, synth_dir, **overrides):
     data = DataConfig(data_dir=synth_dir, num_frames=8, input_size=32, synthetic_config=SMALL)
     settings = dict(model_dir=str(model_dir), data=data, backbone="tiny", batch_size=8, warmup_epochs=1,
-                    epochs=1, steps_per_epoch=2, learning_rate=0.05, progress=False, checkpoint_every=1)
+                    epochs=1, steps_per_epoch=2, learning_rate=0.05, progress=False, checkpoint_every=1,
+                    # N is tiny here, so any k's prior is far above the pre-flight's stop; these tests are
+                    # about other things (the pre-flight's own tests set it back).
+                    override_preflight=True)
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -47,7 +52,7 @@ def cli(model_dir, synth_dir, *extra):
     return [sys.executable, "-m", "tf_stfusion.train", f"--model_dir={model_dir}", "--dataset=synthetic",
             f"--data_dir={synth_dir}", *SMALL_FLAGS, "--backbone=tiny", "--num_frames=8",
             "--input_size=32", "--batch_size=8", "--steps_per_epoch=2", "--learning_rate=0.05",
-            "--progress=false", *extra]
+            "--progress=false", "--override_preflight", *extra]
 
 
 def fixed_batch(seed=0, batch=8):
@@ -98,7 +103,8 @@ def test_regularizer_is_in_the_search_loss(tmp_path, synth_dir):
     Trainer(small_config(tmp_path, synth_dir, phases=("warmup",))).run()
     gated_norms = {}
     for k in (0.01, 20.0):
-        trainer = Trainer(small_config(tmp_path, synth_dir, phases=("search",), length_scale=k, weight_decay=0.0))
+        trainer = Trainer(small_config(tmp_path, synth_dir, phases=("search",), length_scale=k, weight_decay=0.0,
+                                       prior_form="paper"))
         trainer.setup_phase("search")
         model = trainer.model
         kernels = [model.get_layer(g.feeds).kernel for g in gate_layers(model)]
@@ -418,3 +424,38 @@ def test_no_frame_is_mirrored_without_flip(synth_dir, tmp_path):
     assert mirrored[False] == 0 and 10 < mirrored[True] < 54
     # The motion set forbids flips (left/right motions swap under a mirror): the trainer turns them off.
     assert not Trainer(small_config(tmp_path / "run", synth_dir)).flip
+
+
+# -- the pre-flight before the search phase ----------------------------------------------------
+def test_preflight_stops_an_absurd_prior_before_any_search_step_passes_a_sane_one_and_can_be_overridden(
+        tmp_path, synth_dir):
+    Trainer(small_config(tmp_path, synth_dir, phases=("warmup",))).run()
+    search_dir = tmp_path / "search"
+    absurd = small_config(tmp_path, synth_dir, phases=("search",), length_scale=1e4, override_preflight=False)
+    with pytest.raises(TrainError) as stopped:
+        Trainer(absurd).run()
+    said = str(stopped.value)
+    record = json.loads((search_dir / "preflight.json").read_text())
+    assert record["verdict"] == "stop" and record["ratio"] > record["stop_ratio"]
+    assert "\n" not in said and f"Eq. 5 term / data loss = {record['ratio']:.3g}" in said
+    assert "k = 10000" in said and f"N = {record['num_train']}" in said and "form authors_code" in said
+    assert f"k = {record['suggested_length_scale']:.3g} would make it 1" in said
+    assert tf.train.latest_checkpoint(str(search_dir)) is None  # no search step was taken
+    # The CLI says it in one line and exits 2.
+    proc = subprocess.run(cli(tmp_path, synth_dir, "--phase=search", "--length_scale=10000", "--nooverride_preflight"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: pre-flight: ")
+    assert tf.train.latest_checkpoint(str(search_dir)) is None
+    # A sane k passes (the suggested one makes the ratio about 1 -- the data loss is measured on other
+    # random crops -- far below the stop), and the search runs.
+    sane = small_config(tmp_path, synth_dir, phases=("search",), length_scale=record["suggested_length_scale"],
+                        override_preflight=False)
+    Trainer(sane).run_phase("search")
+    passed = json.loads((search_dir / "preflight.json").read_text())
+    assert 0.5 < passed["ratio"] < 2.0 and passed["verdict"] != "stop" and not passed["overridden"]
+    assert (search_dir / "done.json").is_file()
+    # The override starts an absurd prior anyway (a fresh search folder).
+    shutil.rmtree(search_dir)
+    Trainer(dataclasses.replace(absurd, override_preflight=True)).run_phase("search")
+    forced = json.loads((search_dir / "preflight.json").read_text())
+    assert forced["verdict"] == "stop" and forced["overridden"] and (search_dir / "done.json").is_file()

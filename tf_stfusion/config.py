@@ -13,6 +13,7 @@ import string
 from typing import TYPE_CHECKING, Optional, Tuple
 
 from tf_stfusion.data import synthetic
+from tf_stfusion.prior import PRIOR_FORMS
 
 if TYPE_CHECKING:  # strategy.py loads TensorFlow
     from tf_stfusion.strategy import Strategy
@@ -69,6 +70,11 @@ class DataConfig:
     # paper's protocol: selected and reported on the same split, optimistic).
     select_split: str = "holdout"
     holdout_fraction: float = 0.1
+    # Which training videos share a source and are held out together: "auto" (the
+    # dataset's own grouping: UCF101's v_<Class>_g<NN>_c<MM>, Kinetics' YouTube id;
+    # else none), "none" (video by video) or a regular expression over the video id
+    # (its first group, or the whole match, names the group).
+    holdout_group: str = "auto"
 
     @property
     def eval_input_size(self):
@@ -96,6 +102,11 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     length_scale: float = 50.0
+    # The Eq. 5 weight-term coefficient: "authors_code" k/N (the form the paper's k
+    # were tuned under, NAS_utils/ops.py of the authors' code) or "paper" k^2/(2N).
+    prior_form: str = "authors_code"
+    override_preflight: bool = False  # start the search even when the pre-flight would stop it
+    preflight_batches: int = 8  # training batches the pre-flight measures the data loss on
     temperature: float = 0.2
     init_drop_prob: float = 0.1
     entropy: str = "binary"
@@ -155,6 +166,10 @@ class TrainConfig:
                 raise TrainError("$init=imagenet and $init_from both set the starting weights; give one")
         if not 0.0 < self.init_drop_prob < 1.0:
             raise TrainError(f"$init_drop_prob must lie in (0, 1), got {self.init_drop_prob}")
+        if self.prior_form not in PRIOR_FORMS:
+            raise TrainError(f"$prior_form must be one of {PRIOR_FORMS}, got {self.prior_form!r}")
+        if self.preflight_batches < 1:
+            raise TrainError(f"$preflight_batches must be >= 1, got {self.preflight_batches}")
         if self.temperature <= 0 or self.length_scale <= 0:
             raise TrainError("$temperature and $length_scale must be > 0")
         if self.weight_decay < 0 or self.momentum < 0 or not 0 < self.lr_decay <= 1:
@@ -168,6 +183,13 @@ class TrainConfig:
         if self.data.select_split == "holdout" and not 0.0 < self.data.holdout_fraction < 1.0:
             raise TrainError(f"$holdout_fraction must lie in (0, 1), got {self.data.holdout_fraction} "
                              "(or $select_split=val to train on every training video)")
+        if self.data.select_split == "holdout":
+            from tf_stfusion.selection import group_function
+
+            try:
+                group_function(self.data.holdout_group, "")  # a bad pattern: refused before any work
+            except ValueError as e:
+                raise TrainError(f"$holdout_group: {e}") from None
         return self
 
     def phase_schedule(self, phase):

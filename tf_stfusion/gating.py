@@ -4,7 +4,8 @@ import dataclasses
 
 import tensorflow as tf
 
-from tf_stfusion.layers.drop_path import GATE_MODES, VariationalDropPath
+from tf_stfusion.layers.drop_path import GATE_MODES, VariationalDropPath, binary_entropy_term
+from tf_stfusion.prior import PRIOR_FORMULAS, describe_coefficient, weight_coefficient
 
 GATE_PATHS = ("S", "ST", "D1")
 
@@ -82,20 +83,39 @@ def drop_probabilities(model):
     return tf.stack([g.drop_prob for g in gate_layers(model)])
 
 
-def fusion_regularizer(model, length_scale, num_train, entropy="binary"):
+def fusion_regularizer(model, length_scale, num_train, entropy="binary", prior_form="paper"):
     """Eq. 5 summed over all gates: the KL term added to the search-phase loss.
 
     ``length_scale`` is the prior ``k`` (paper: 250 Sth-V1, 10 Kinetics-400,
-    50 Sth-V2/UCF101) and ``num_train`` the number of training clips ``N``.
+    50 Sth-V2/UCF101), ``num_train`` the number of training clips ``N`` and
+    ``prior_form`` the weight-term coefficient: ``"paper"`` ``k^2/(2N)`` (Eq. 5,
+    this function's default) or ``"authors_code"`` ``k/N`` (the authors'
+    NAS_utils/ops.py; the recipes' form). Returns a float32 scalar tensor.
     """
     if num_train <= 0:
         raise ValueError(f"num_train must be > 0, got {num_train!r}")
     terms = []
     for gate in gate_layers(model):
-        kernel = model.get_layer(gate.feeds).kernel
-        weight_sq_sum = tf.reduce_sum(tf.square(tf.cast(kernel, tf.float32)))
-        terms.append(gate.kl_divergence(weight_sq_sum, length_scale, num_train, entropy))
+        terms.append(gate.kl_divergence(_weight_sq_sum(model, gate), length_scale, num_train, entropy, prior_form))
     return tf.add_n(terms)
+
+
+def _weight_sq_sum(model, gate):
+    kernel = model.get_layer(gate.feeds).kernel
+    return tf.reduce_sum(tf.square(tf.cast(kernel, tf.float32)))
+
+
+def regularizer_parts(model, num_train, entropy="binary"):
+    """Eq. 5 split as ``coefficient * weights + entropy_term``: returns the floats
+    ``weights = sum over gates of (1 - p) sum(w^2)`` (unscaled) and
+    ``entropy_term = sum over gates of H(p) / N`` (<= 0), so that the term of any
+    ``k`` and form is ``weight_coefficient(k, N, form) * weights + entropy_term``."""
+    weights, entropy_sum = 0.0, 0.0
+    for gate in gate_layers(model):
+        theta = tf.convert_to_tensor(gate.drop_logit)
+        weights += float((1.0 - tf.sigmoid(theta)) * _weight_sq_sum(model, gate))
+        entropy_sum += float(binary_entropy_term(theta, entropy))
+    return weights, entropy_sum / num_train
 
 
 # A gate this likely to drop its path is, in practice, switched off.
@@ -104,29 +124,32 @@ PRIOR_HIGH_P = 0.9
 PRIOR_WARN_FRACTION = 0.8
 
 
-def prior_diagnostics(drop_probs, length_scale, num_train, loss=None, regularizer=None):
+def prior_diagnostics(drop_probs, length_scale, num_train, loss=None, regularizer=None, prior_form="paper"):
     """How strongly Eq. 5's length-scale prior pulled the gates after a search phase.
 
     ``drop_probs``: every gate's ``p``; ``loss`` / ``regularizer``: the mean data
-    loss and Eq. 5 term over the last epoch (None if unknown). Returns a dict with
-    the fraction of gates with ``p > 0.9``, the ratio of the two terms, the
-    weight-term coefficient ``k^2 / (2N)``, a summary line and a warning (or None)
-    when more than 80% of the gates are above 0.9.
+    loss and Eq. 5 term over the last epoch (None if unknown); ``prior_form``:
+    the weight-term coefficient's form (``PRIOR_FORMS``). Returns a dict with the
+    fraction of gates with ``p > 0.9``, the ratio of the two terms, the form and
+    its coefficient (``weight_coefficient``), a summary line and a warning (or
+    None) when more than 80% of the gates are above 0.9.
     """
     import numpy as np
 
     p = np.asarray(drop_probs, np.float64).ravel()
     high = float(np.mean(p > PRIOR_HIGH_P)) if p.size else 0.0
-    coefficient = length_scale**2 / (2.0 * num_train)
+    coefficient = weight_coefficient(length_scale, num_train, prior_form)
+    said = describe_coefficient(length_scale, num_train, prior_form)
     ratio = regularizer / loss if loss and regularizer is not None and loss > 0 else None
     summary = (f"{100 * high:.0f}% of {p.size} gates have p > {PRIOR_HIGH_P}; Eq. 5 term / data loss over the last "
                f"epoch = {'unknown' if ratio is None else f'{ratio:.3g}'}; k = {length_scale:g}, "
-               f"k^2/(2N) = {coefficient:.3g} (N = {num_train})")
+               f"{said} (N = {num_train}, form {prior_form})")
     warning = None
     if high > PRIOR_WARN_FRACTION:
         warning = (f"the length-scale prior dominates the search: {100 * high:.0f}% of the gates have p > "
-                   f"{PRIOR_HIGH_P}, so most paths are dropped whatever the data says (k^2/(2N) = {coefficient:.3g} "
-                   f"with --length_scale={length_scale:g}, N = {num_train}). Lower --length_scale; the README's "
-                   "'Choosing k' shows how to sweep it from one warm-up.")
+                   f"{PRIOR_HIGH_P}, so most paths are dropped whatever the data says ({said} "
+                   f"with --length_scale={length_scale:g}, N = {num_train}, --prior_form={prior_form}). Lower "
+                   "--length_scale; the README's 'Choosing k' shows how to sweep it from one warm-up.")
     return {"fraction_gates_above_0.9": high, "regularizer_to_loss": ratio, "length_scale": length_scale,
-            "num_train": num_train, "k2_over_2n": coefficient, "summary": summary, "warning": warning}
+            "num_train": num_train, "prior_form": prior_form, "formula": PRIOR_FORMULAS[prior_form],
+            "weight_coefficient": coefficient, "summary": summary, "warning": warning}

@@ -200,9 +200,12 @@ def write_report(path, rows, best, probs, plan, comparison, max_gflops=0.0, sect
     else:
         lines += [f"**Selection protocol.** Opt is the best of {plan['num_samples']} sampled strategies on the "
                   f"selection split `{comparison['selected_on']}` ({best['num_videos']} held-out training videos "
-                  f"that the template was not trained on; there Opt scored {_pct(best['top1'], best['top1_ci'])}). "
+                  f"that the template was not trained on, grouped: {comparison.get('holdout_grouping') or 'none'}; "
+                  f"there Opt scored {_pct(best['top1'], best['top1_ci'])}). "
                   f"Every number below is measured on `{comparison['report_split']}` ({report['num_videos']} "
                   "videos), which played no part in the choice.", ""]
+    if comparison.get("leakage_warning"):
+        lines += [f"**Warning:** {comparison['leakage_warning']}.", ""]
     if max_gflops:
         lines += [f"Opt is the best sampled strategy within {max_gflops} GFLOPs.", ""]
     lines += comparison_table(comparison)
@@ -215,6 +218,8 @@ def write_report(path, rows, best, probs, plan, comparison, max_gflops=0.0, sect
     prior = comparison.get("prior")
     if prior:
         lines += ["## Prior diagnostics", "", f"- {prior['summary']}."]
+        if comparison.get("preflight"):
+            lines.append(f"- Before the search phase: {comparison['preflight']['message']}.")
         for warning in (prior["warning"], comparison.get("chance_warning")):
             if warning:
                 lines.append(f"- **Warning:** {warning}")

@@ -35,6 +35,7 @@ from tf_stfusion.evaluation import MultiClipEvaluator
 from tf_stfusion.fileio import atomic_write_json
 from tf_stfusion.gating import drop_probabilities
 from tf_stfusion.models import build_template
+from tf_stfusion.prior import PRIOR_FORMULAS, weight_coefficient
 from tf_stfusion.strategy import Strategy
 
 RUN_RECORD = "run.json"
@@ -42,6 +43,7 @@ RUN_RECORD = "run.json"
 RENAMED_DATA_KEYS = {"eval_views": "eval_clips", "stride": "frame_stride"}
 HOLDOUT_RECORD = "holdout.json"
 DONE_RECORD = "done.json"
+PREFLIGHT_RECORD = "preflight.json"  # in the search phase's folder (trainer.Trainer.preflight)
 
 
 class RunFolder:
@@ -95,6 +97,8 @@ def load_run_config(model_dir):
         data.setdefault("select_split", "val")  # recorded before hold-outs existed: trained on every video
         data["synthetic_config"] = synthetic.SyntheticConfig(**data["synthetic_config"])
         data["scale_range"] = tuple(data["scale_range"])
+        settings.setdefault("prior_form", "paper")  # recorded before the form was a setting: k^2/(2N)
+        data.setdefault("holdout_group", "none")  # recorded before grouped hold-outs: video by video
         strategy = settings.pop("strategy")
         for key in ("phases", "lr_steps", "warmup_lr_steps"):
             settings[key] = tuple(settings[key])
@@ -169,12 +173,15 @@ class Run:
         """Video ids of the selection hold-out: none for a fixed-strategy run (it
         selects nothing) or with ``select_split=val``."""
         data = self.config.data
+        self.holdout_grouping = None
         if self.config.strategy is not None or data.select_split != "holdout":
             return frozenset()
-        held = selection.holdout_ids(self.source.train_examples, data.holdout_fraction)
+        group_of, self.holdout_grouping = selection.group_function(data.holdout_group, self.source.name)
+        held = selection.holdout_ids(self.source.train_examples, data.holdout_fraction, group_of)
         if not held:
             raise TrainError(f"--holdout_fraction={data.holdout_fraction} holds out no training video (every "
-                             "class has fewer than 2); use --select_split=val")
+                             f"class has fewer than 2 {'videos' if group_of is None else 'groups'}); use "
+                             "--select_split=val" + ("" if group_of is None else " or another $holdout_group"))
         return frozenset(held)
 
     def _identity(self):
@@ -225,6 +232,13 @@ class Run:
 
 
 
+    def _holdout_method(self):
+        if self.holdout_grouping in (None, selection.NO_GROUPS):
+            return (f"class-stratified, the first round(fraction * n) of each class by sha256({selection.SALT!r} + "
+                    "video id)")
+        return (f"class-stratified, whole groups of each class in the order of sha256({selection.SALT!r} + group), "
+                "as many as come closest to round(fraction * n)")
+
     def write_record(self):
         if not self.chief:
             return
@@ -241,15 +255,16 @@ class Run:
                           "holdout_fraction": cfg.data.holdout_fraction if self.holdout else 0.0,
                           "num_holdout": len(self.holdout),
                           "holdout_file": HOLDOUT_RECORD if self.holdout else None,
-                          "method": "class-stratified, the first round(fraction * n) of each class by "
-                                    f"sha256({selection.SALT!r} + video id)"},
+                          "grouping": self.holdout_grouping,
+                          "method": self._holdout_method()},
+            "prior": self.prior_record(),
             "distribution": dist_lib.describe(self.distribution),
             "contract": self.contract().to_dict(),
         })
         if self.holdout:
             labels = dict(self.source.train_examples)
             atomic_write_json(os.path.join(cfg.model_dir, HOLDOUT_RECORD), {
-                "split": cfg.data.train_split, "fraction": cfg.data.holdout_fraction,
+                "split": cfg.data.train_split, "fraction": cfg.data.holdout_fraction, "grouping": self.holdout_grouping,
                 "videos": [[v, labels[v]] for v in sorted(self.holdout)],
             })
 
@@ -380,5 +395,22 @@ class Run:
         last = done.get("last_epoch", {})
         return gating.prior_diagnostics(
             drop_probabilities(self.model).numpy(), self.config.length_scale, self.num_train,
-            loss=last.get("loss"), regularizer=last.get("regularizer"),
+            loss=last.get("loss"), regularizer=last.get("regularizer"), prior_form=self.config.prior_form,
         )
+
+    def preflight_record(self):
+        """The search phase's pre-flight (``search/preflight.json``), or None (a run
+        whose search started before pre-flights existed)."""
+        path = os.path.join(self.folder.phase_dir("search"), PREFLIGHT_RECORD)
+        if not os.path.isfile(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def prior_record(self):
+        """The Eq. 5 prior as this run applies it (run.json ``prior``)."""
+        cfg = self.config
+        return {"length_scale": cfg.length_scale, "num_train": self.num_train, "form": cfg.prior_form,
+                "formula": PRIOR_FORMULAS[cfg.prior_form],
+                "weight_coefficient": weight_coefficient(cfg.length_scale, self.num_train, cfg.prior_form),
+                "entropy": cfg.entropy}

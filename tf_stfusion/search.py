@@ -416,7 +416,8 @@ def chance_warning(comparison, best, num_classes, prior):
     return (f"the fixed strategies S / ST / S+ST score near chance ({100 * chance:.1f}% for {num_classes} classes) on "
             f"{comparison['report_split']} while the best sampled strategy is clearly above it: the search phase "
             f"trained the template with most paths dropped ({prior['summary']}). The length-scale prior is probably "
-            f"too strong: lower --length_scale (k = {prior['length_scale']:g}, k^2/(2N) = {prior['k2_over_2n']:.3g}) "
+            f"too strong: lower --length_scale (k = {prior['length_scale']:g}, {prior['formula']} = "
+            f"{prior['weight_coefficient']:.3g}) "
             "and see the README's 'Choosing k'.")
 
 
@@ -578,7 +579,7 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
     from tf_stfusion import distribute as dist_lib
     from tf_stfusion.accounting import cost
     from tf_stfusion.fileio import atomic_write_json, atomic_write_text, claim_settings
-    from tf_stfusion.selection import SAME_SPLIT_NOTE, racing_slices, selection_order
+    from tf_stfusion.selection import SAME_SPLIT_NOTE, leakage_warning, racing_slices, selection_order
     from tf_stfusion.strategy import Strategy, marginals
     from tf_stfusion.checkpoints import find_checkpoint
     from tf_stfusion.runs import Run, RunFolder, load_run_config
@@ -682,6 +683,10 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
     best = pick_best(rows, config.max_gflops)
     comparison = compare_on_report_split(room, evaluator, best, rows, select_split, cost_of)
     comparison["prior"] = room.prior_diagnostics()
+    comparison["preflight"] = room.preflight_record()
+    comparison["holdout_grouping"] = room.holdout_grouping
+    comparison["leakage_warning"] = None if select_split == "val" else leakage_warning(
+        best, comparison["strategies"]["Opt"], room.holdout_grouping)
     comparison["chance_warning"] = chance_warning(comparison, best, spec.num_classes, comparison["prior"])
     comparison["search"] = {"racing": racing, "strategy_videos": strategy_videos, "exhaustive_videos": exhaustive,
                             "clip_evaluations": strategy_videos * data.eval_clips}
@@ -723,8 +728,9 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
     log(f"search: best {best['id']} chosen on {select_name} (top-1 {100 * best['top1']:.2f}%), "
         f"on {reported['split']}: {100 * reported['top1']:.2f}% [{100 * reported['top1_ci'][0]:.1f}, "
         f"{100 * reported['top1_ci'][1]:.1f}], {best['gflops']:.3f} GFLOPs -> {out_dir}/best.json")
-    if comparison["prior"]["warning"] or comparison["chance_warning"]:
-        log(f"search: warning: {comparison['chance_warning'] or comparison['prior']['warning']}")
+    for warning in (comparison["chance_warning"] or comparison["prior"]["warning"], comparison["leakage_warning"]):
+        if warning:
+            log(f"search: warning: {warning}")
     return result
 
 
@@ -807,10 +813,9 @@ def main(argv):
 
 def run():
     """Console-script entry point (``stfusion-search``)."""
-    define_flags()
-    from tf_stfusion.configs import resolve_flagfiles
+    from tf_stfusion.configs import run_app
 
-    app.run(main, argv=resolve_flagfiles(sys.argv))
+    run_app(main, define_flags)
 
 
 if __name__ == "__main__":

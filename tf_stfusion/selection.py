@@ -10,6 +10,12 @@ best. The maximum of many noisy estimates is biased upwards, so the strategy is
   ordered by ``sha256(SALT + video_id)`` and the first
   ``round(fraction * n_class)`` are held out, so every machine and every rerun
   holds out the same videos, and the training phases never see them.
+  With a grouping (``group_function``: UCF101's ``v_<Class>_g<NN>_c<MM>``
+  clips cut from one source video, Kinetics' YouTube id, or a regular
+  expression over the video id) whole groups are held out: per class the
+  groups are ordered by ``sha256(SALT + group)`` and taken while that brings
+  the count closer to the class's ``round(fraction * n)`` (at least one group,
+  never the last), so no held-out clip has a sibling in training.
 * ``wilson_interval``: the 95% Wilson score interval of a proportion (top-1 of
   ``n`` videos). With ``z`` the normal quantile and ``p = k / n``::
 
@@ -33,6 +39,7 @@ import base64
 import dataclasses
 import hashlib
 import math
+import re
 from statistics import NormalDist
 
 import numpy as np
@@ -51,12 +58,51 @@ def _order_key(video_id):
     return hashlib.sha256((SALT + str(video_id)).encode()).hexdigest()
 
 
-def holdout_ids(examples, fraction):
+# Groups of clips cut from one source video, by dataset (the manifest's name): UCF101's
+# v_<Class>_g<NN>_c<MM> (its official splits keep a group on one side), Kinetics' clip id
+# <youtube id>_<start:06d>_<end:06d> (readers.read_kinetics400).
+GROUP_PATTERNS = {"ucf101": r"^v_(.+_g\d+)_c\d+$", "kinetics400": r"^(.{11})_\d{6}_\d{6}$"}
+
+
+NO_GROUPS = "none (video by video)"
+
+
+def group_function(spec, dataset):
+    """``(group_of, description)`` of a ``--holdout_group`` setting.
+
+    ``spec``: ``"auto"`` (``GROUP_PATTERNS[dataset]``, else none), ``"none"``
+    (every video its own group) or a regular expression searched in the video
+    id; the group is its first capturing group, or the whole match. A video the
+    pattern does not match is its own group. ``group_of`` is None for no
+    grouping. Raises ValueError for a pattern that does not compile.
+    """
+    if spec == "none" or (spec == "auto" and dataset not in GROUP_PATTERNS):
+        return None, NO_GROUPS
+    pattern = GROUP_PATTERNS[dataset] if spec == "auto" else spec
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"{pattern!r} is not a regular expression ({e})") from None
+
+    def group_of(video_id):
+        found = regex.search(str(video_id))
+        if not found:
+            return str(video_id)
+        return found.group(1) if regex.groups else found.group(0)
+
+    source = f"{dataset}'s clip groups" if spec == "auto" else "--holdout_group"
+    return group_of, f"{pattern} over the video id ({source})"
+
+
+def holdout_ids(examples, fraction, group_of=None):
     """The held-out video ids of ``examples`` (``(video_id, label)`` pairs).
 
     Class-stratified and deterministic (see the module docstring). A class with
-    at least two videos keeps at least one for training and, when ``fraction``
-    is > 0, gives at least one to the hold-out.
+    at least two videos (two groups, with ``group_of``) keeps at least one for
+    training and, when ``fraction`` is > 0, gives at least one to the hold-out.
+    With ``group_of`` (video id -> group id) whole groups are held out: per class
+    the groups in hash order while that brings the count closer to
+    ``round(fraction * n_class)`` (at least one group).
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"the hold-out fraction must lie in [0, 1), got {fraction!r}")
@@ -65,10 +111,32 @@ def holdout_ids(examples, fraction):
         by_class.setdefault(int(label), []).append(str(video_id))
     held = set()
     for ids in by_class.values():
-        if fraction == 0.0 or len(ids) < 2:
+        if fraction == 0.0:
             continue
-        count = min(max(1, round(fraction * len(ids))), len(ids) - 1)
-        held.update(sorted(ids, key=_order_key)[:count])
+        if group_of is not None:
+            held.update(_held_groups(ids, fraction, group_of))
+        elif len(ids) >= 2:
+            count = min(max(1, round(fraction * len(ids))), len(ids) - 1)
+            held.update(sorted(ids, key=_order_key)[:count])
+    if group_of is not None:  # a group that spans classes goes to one side only
+        groups = {group_of(v) for v in held}
+        held = {str(v) for v, _ in examples if group_of(str(v)) in groups}
+    return held
+
+
+def _held_groups(ids, fraction, group_of):
+    """One class's held-out videos: whole groups in hash order, leaving one group."""
+    members = {}
+    for video_id in ids:
+        members.setdefault(group_of(video_id), []).append(video_id)
+    if len(members) < 2:
+        return []
+    target, held = max(1, round(fraction * len(ids))), []
+    for group in sorted(members, key=_order_key)[:len(members) - 1]:
+        # Take the next group while that brings the count closer to the target (always one).
+        if held and abs(len(held) + len(members[group]) - target) >= abs(len(held) - target):
+            break
+        held += members[group]
     return held
 
 
@@ -167,6 +235,22 @@ def fingerprint(video_ids):
     """A short digest of a split's canonical video order (to check that two
     results being paired were measured on the same videos)."""
     return hashlib.sha256("\n".join(video_ids).encode()).hexdigest()[:16]
+
+
+def leakage_warning(selected, reported, grouping):
+    """A warning (or None) when Opt's top-1 on the selection split lies above its
+    top-1 on the report split by more than their 95% intervals allow (the lower
+    bound of one above the upper bound of the other): a selection split that
+    shares source videos with training rewards memorisation. ``selected`` /
+    ``reported``: rows with ``top1``, ``top1_ci``, ``split``; ``grouping``: how
+    the hold-out was grouped (``group_function``'s description)."""
+    if selected["top1_ci"][0] <= reported["top1_ci"][1]:
+        return None
+    return (f"Opt's top-1 on {selected['split']} ({100 * selected['top1']:.1f}% [{100 * selected['top1_ci'][0]:.1f}, "
+            f"{100 * selected['top1_ci'][1]:.1f}]) is above its top-1 on {reported['split']} "
+            f"({100 * reported['top1']:.1f}% [{100 * reported['top1_ci'][0]:.1f}, {100 * reported['top1_ci'][1]:.1f}]) "
+            f"by more than their intervals allow: the hold-out probably shares source videos with training "
+            f"(grouping: {grouping}); hold out whole groups with --holdout_group=REGEX over the video id")
 
 
 def describe(metrics):

@@ -27,6 +27,7 @@ from tf_stfusion.data import synthetic
 from tf_stfusion.data.sources import SOURCE_KINDS
 from tf_stfusion.distribute import DISTRIBUTIONS
 from tf_stfusion.models import BACKBONES
+from tf_stfusion.prior import PRIOR_FORMS
 
 FLAGS = flags.FLAGS
 # One source of defaults: the flags take the dataclasses' (the paper's recipe).
@@ -59,6 +60,10 @@ flags.DEFINE_enum("select_split", D["select_split"], ["holdout", "val"],
                   "--val_split) or val (the paper's protocol: selected and reported on the same split, optimistic).")
 flags.DEFINE_float("holdout_fraction", D["holdout_fraction"], "With --select_split=holdout: the fraction of each class's training "
                    "videos held out.")
+flags.DEFINE_string("holdout_group", D["holdout_group"], "Hold out whole groups of clips cut from one source video: "
+                    "auto (UCF101's v_<Class>_g<NN>_c<MM>, Kinetics' YouTube id; other datasets video by video), none "
+                    "(video by video) or a regular expression over the video id (its first group, or the whole "
+                    "match, names the group), e.g. '^(.+)_clip\\d+$'.")
 # -- model --------------------------------------------------------------------
 flags.DEFINE_enum("backbone", T["backbone"], sorted(BACKBONES), "Template backbone.")
 flags.DEFINE_string("strategy", None, "Train this fixed strategy network from scratch: a strategy file, "
@@ -85,7 +90,14 @@ flags.DEFINE_float("weight_decay", T["weight_decay"], "L2 weight decay of conv/d
                    "gated convolutions, whose prior is the Eq. 5 term).")
 flags.DEFINE_float("length_scale", T["length_scale"], "Length-scale prior k of Eq. 5 (paper: 250 Sth-V1, 10 K400, "
                    "50 Sth-V2 / UCF101).")
+flags.DEFINE_enum("prior_form", T["prior_form"], list(PRIOR_FORMS), "Weight-term coefficient of Eq. 5: "
+                  "authors_code k/N (the authors' NAS_utils/ops.py, the form the paper's k were tuned under) or "
+                  "paper k^2/(2N) (Eq. 5 as printed; k/2 times stronger for the same k).")
 flags.DEFINE_enum("entropy", T["entropy"], ["binary", "paper"], "Entropy term of Eq. 5.")
+flags.DEFINE_bool("override_preflight", T["override_preflight"], "Start the search phase even when the pre-flight "
+                  "finds the Eq. 5 term above the stopping ratio of the data loss.")
+flags.DEFINE_integer("preflight_batches", T["preflight_batches"], "Training batches the pre-flight measures the data "
+                     "loss on (at the warm-up weights, before the search phase's first step).")
 flags.DEFINE_enum("mixed_precision", T["mixed_precision"], ["auto", "off", "float16", "bfloat16"],
                   "Mixed precision (auto: float16 on a GPU, off on a CPU).")
 # -- run --------------------------------------------------------------------------
@@ -145,7 +157,7 @@ def config_from_flags():
         sampler=FLAGS.sampler, input_size=FLAGS.input_size, eval_size=FLAGS.eval_size or None,
         eval_clips=FLAGS.eval_clips, flip={"auto": None, "on": True, "off": False}[FLAGS.flip],
         scale_range=scale, shuffle_buffer=FLAGS.shuffle_buffer, select_split=FLAGS.select_split,
-        holdout_fraction=FLAGS.holdout_fraction,
+        holdout_fraction=FLAGS.holdout_fraction, holdout_group=FLAGS.holdout_group,
         synthetic_config=synthetic.config_from_flags(FLAGS, seed=FLAGS.seed),
     )
     if FLAGS.num_strategy_samples and "search" not in phases:
@@ -162,7 +174,9 @@ def config_from_flags():
         epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch, learning_rate=FLAGS.learning_rate,
         warmup_learning_rate=FLAGS.warmup_learning_rate, lr_steps=_ints("lr_steps"),
         warmup_lr_steps=_ints("warmup_lr_steps"), lr_decay=FLAGS.lr_decay, momentum=FLAGS.momentum,
-        weight_decay=FLAGS.weight_decay, length_scale=FLAGS.length_scale, temperature=FLAGS.temperature,
+        weight_decay=FLAGS.weight_decay, length_scale=FLAGS.length_scale, prior_form=FLAGS.prior_form,
+        override_preflight=FLAGS.override_preflight, preflight_batches=FLAGS.preflight_batches,
+        temperature=FLAGS.temperature,
         init_drop_prob=FLAGS.init_drop_prob, entropy=FLAGS.entropy, checkpoint_every=FLAGS.checkpoint_every,
         keep_checkpoints=FLAGS.keep_checkpoints, log_every=FLAGS.log_every, eval_every=FLAGS.eval_every,
         eval_batch_size=FLAGS.eval_batch_size, mixed_precision=FLAGS.mixed_precision, seed=FLAGS.seed,

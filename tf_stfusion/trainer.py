@@ -40,9 +40,10 @@ from tf_stfusion.checkpoints import Saver, find_checkpoint
 from tf_stfusion.config import GATE_MODE_OF_PHASE, PHASES, DataConfig, TrainConfig, TrainError  # noqa: F401 (re-exported)
 from tf_stfusion.data.sources import DataSource
 from tf_stfusion.fileio import atomic_write_json
-from tf_stfusion.gating import drop_probabilities, fusion_regularizer, gate_layers, set_gate_mode
+from tf_stfusion import prior
+from tf_stfusion.gating import drop_probabilities, fusion_regularizer, gate_layers, regularizer_parts, set_gate_mode
 from tf_stfusion.models import build_template
-from tf_stfusion.runs import Run, load_run_config  # noqa: F401 (re-exported)
+from tf_stfusion.runs import PREFLIGHT_RECORD, Run, load_run_config  # noqa: F401 (re-exported)
 from tf_stfusion.strategy import marginals
 from tf_stfusion.summaries import Summaries
 
@@ -61,7 +62,7 @@ def make_train_step(model, strategy, optimizer, variables, step_var, *, global_b
     """One SGD step under ``strategy``: ``train_step(clips, labels) -> [loss, reg, accuracy]``.
 
     Each replica divides its summed cross-entropy by the *global* batch and adds
-    its share ``1/replicas`` of the Eq. 5 term (``regularizer = (k, N, entropy)``,
+    its share ``1/replicas`` of the Eq. 5 term (``regularizer = (k, N, entropy, prior form)``,
     search phase only); the optimizer sums gradients over replicas. Weight decay
     is coupled L2 (``g += wd * w``, as ``torch.optim.SGD``) on conv/dense kernels,
     not on gated kernels when the regulariser is on.
@@ -141,7 +142,7 @@ class Trainer(Run):
         return make_train_step(
             self.model, self.distribution, state.optimizer, state.variables, state.step,
             global_batch=cfg.batch_size, weight_decay=cfg.weight_decay,
-            regularizer=(cfg.length_scale, self.num_train, cfg.entropy) if state.phase == "search" else None,
+            regularizer=(cfg.length_scale, self.num_train, cfg.entropy, cfg.prior_form) if state.phase == "search" else None,
         )
 
     def _restore_start(self, phase, checkpoint, saver):
@@ -220,6 +221,8 @@ class Trainer(Run):
         state = self.setup_phase(phase)
         epochs, spe = state.epochs, state.steps_per_epoch
         start = int(state.step.numpy())
+        if phase == "search" and start == 0:
+            self.preflight()
         self.log(f"[{phase}] {epochs} epochs x {spe} steps, global batch {cfg.batch_size}, "
                  f"{dist_lib.describe(self.distribution)}; {state.how} (step {start}/{epochs * spe})")
         train_step = self.make_step(state)
@@ -281,6 +284,38 @@ class Trainer(Run):
             state.saver.save((epoch + 1) * spe)
         return {"loss": sums[0] / n, "accuracy": sums[1] / n, "regularizer": sums[2] / n}
 
+    def preflight(self):
+        """Before the search phase's first step: the data loss on ``preflight_batches``
+        training batches at the warm-up weights (gates in search mode, inference:
+        keep ``1 - p``) against the Eq. 5 term in both forms (``prior.preflight``),
+        and how wide a top-1 interval the selection split gives
+        (``prior.holdout_check``). Writes ``search/preflight.json``; raises a
+        one-line ``TrainError`` when the ratio is above the stopping threshold,
+        unless ``override_preflight``."""
+        cfg = self.config
+        batches = iter(self.train_dataset_fn(cfg.seed * 1_000_003 + 7)(None).take(cfg.preflight_batches))
+        losses = []
+        for clips, labels in batches:
+            logits = tf.cast(self.model(clips, training=False), tf.float32)
+            losses.append(tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32), logits))
+        data_loss = float(tf.reduce_mean(tf.concat(losses, 0)))
+        weights, entropy_term = regularizer_parts(self.model, self.num_train, cfg.entropy)
+        result = prior.preflight(data_loss, weights, entropy_term, cfg.length_scale, self.num_train, cfg.prior_form)
+        result["batches"] = cfg.preflight_batches
+        if self.holdout:
+            result["selection_split"] = prior.holdout_check(len(self.holdout - self.lost), self.source.num_train)
+            self.log(result["selection_split"]["warning"] or f"pre-flight: {result['selection_split']['summary']}")
+        self.log(result["message"])
+        result["overridden"] = result["verdict"] == "stop" and cfg.override_preflight
+        if self.chief:
+            os.makedirs(self.folder.phase_dir("search"), exist_ok=True)
+            atomic_write_json(os.path.join(self.folder.phase_dir("search"), PREFLIGHT_RECORD), result)
+        if result["verdict"] == "stop" and not cfg.override_preflight:
+            raise TrainError(result["message"])
+        if result["overridden"]:
+            self.log("pre-flight: --override_preflight given; starting the search anyway")
+        return result
+
     def write_probabilities(self):
         diagnostics = self.prior_diagnostics()
         self.log(f"[search] prior: {diagnostics['summary']}")
@@ -291,8 +326,8 @@ class Trainer(Run):
             atomic_write_json(path, {**marginals(self.model), "diagnostics": diagnostics})
             self.log(f"wrote {path}")
 
-    def run(self):
-        """Runs (or resumes) every phase, then the final evaluation; returns its metrics."""
+    def train(self):
+        """Runs (or resumes) every phase; after a search phase writes probabilities.json."""
         cfg = self.config
         if self.chief:
             os.makedirs(cfg.model_dir, exist_ok=True)
@@ -302,6 +337,11 @@ class Trainer(Run):
             if phase == "search":
                 self._load_weights()
                 self.write_probabilities()
+
+    def run(self):
+        """Runs (or resumes) every phase, then the final evaluation; returns its metrics."""
+        cfg = self.config
+        self.train()
         last = cfg.phases[-1]
         metrics_path = os.path.join(cfg.model_dir, "metrics.json")
         done = self.folder.phase_done(last) or {}

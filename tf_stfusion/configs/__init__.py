@@ -24,6 +24,27 @@ def path(name):
     return candidate if os.path.isfile(candidate) else None
 
 
+def settings(name):
+    """``{flag: value}`` of a packaged flag file's ``--flag=value`` lines (as text)."""
+    found = {}
+    with open(path(name)) as f:
+        for line in f:
+            if line.startswith("--") and "=" in line:
+                key, value = line[2:].strip().split("=", 1)
+                found[key] = value
+    return found
+
+
+def run_app(main, define_flags):
+    """A console script: defines its flags, resolves packaged ``--flagfile`` names, runs ``main``."""
+    import sys
+
+    from absl import app
+
+    define_flags()
+    app.run(main, argv=resolve_flagfiles(sys.argv))
+
+
 def resolve_flagfiles(argv):
     """``argv`` with every ``--flagfile=NAME`` that is not an existing file but names
     a packaged config replaced by that config's path."""

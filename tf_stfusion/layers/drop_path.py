@@ -29,9 +29,24 @@ A gate holds one trainable logit ``theta``; its drop probability is
 The Eq. 5 regulariser of one gate, for the convolution of weights ``w`` that the
 gate feeds, a length-scale prior ``k`` and ``N`` training clips, is
 
-    KL = k^2 / (2N) * (1 - p) * sum(w^2) + H(p) / N,
+    KL = c(k, N) * (1 - p) * sum(w^2) + H(p) / N,
     H(p) = p log p + (1 - p) log(1 - p)   ("binary", the authors' code, default)
     H(p) = p log p                          ("paper", Eq. 5 as printed)
+
+with the weight-term coefficient ``c`` in one of two forms (``PRIOR_FORMS``):
+
+    "paper":        c = k^2 / (2N)   (the paper's Eq. 5)
+    "authors_code": c = k / N        (the authors' PyTorch code,
+                    github.com/scenarios/Probabilistic3DCNN, NAS_utils/ops.py,
+                    Conv3d_with_CD: ``self._weight_reg = weight_reg / training_size``,
+                    ``KLreg = _weight_reg * sum(weight**2) * (1 - p) + drop_reg /
+                    training_size * [p log p + (1-p) log(1-p)]`` with drop_reg = 1;
+                    args.py defaults --weight_reg to 10.0, main.py names runs
+                    ``ls{weight_reg}``)
+
+The paper's k (250 Sth-V1, 10 Kinetics-400, 50 the others) came out of a grid
+search over the code's ``weight_reg``, so the recipes use ``authors_code``; for
+the same k, ``paper`` is ``k / 2`` times stronger.
 """
 
 import math
@@ -40,6 +55,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
+
+from tf_stfusion.prior import weight_coefficient
 
 GATE_MODES = ("off", "search", "fixed")
 ENTROPY_FORMS = ("binary", "paper")
@@ -228,11 +245,12 @@ class VariationalDropPath(keras.layers.Layer):
         self.fixed_mask.assign(padded)
         self.num_tiles.assign(len(masks))
 
-    def kl_divergence(self, weight_sq_sum, length_scale, num_train, entropy="binary"):
-        """Eq. 5 for this gate, given ``sum(w^2)`` of the convolution it feeds."""
+    def kl_divergence(self, weight_sq_sum, length_scale, num_train, entropy="binary", prior_form="paper"):
+        """Eq. 5 for this gate, given ``sum(w^2)`` of the convolution it feeds
+        (coefficient ``weight_coefficient(length_scale, num_train, prior_form)``)."""
         theta = tf.convert_to_tensor(self.drop_logit)
         p = tf.sigmoid(theta)
-        weight_term = (length_scale**2 / (2.0 * num_train)) * (1.0 - p) * weight_sq_sum
+        weight_term = weight_coefficient(length_scale, num_train, prior_form) * (1.0 - p) * weight_sq_sum
         return weight_term + binary_entropy_term(theta, entropy) / num_train
 
     def compute_output_shape(self, input_shape):
