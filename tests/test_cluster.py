@@ -193,9 +193,13 @@ def test_three_tasks_one_killed_and_rerun_equal_one_machine(env, tmp_path):
                                                    r"finished.*rerun the task of each"):
         prepare.merge(str(split), "train")  # task 2 has not run yet, task 1 is unfinished
     _prepare(split, num_tasks=3, task_index=2)
+    finished = {p.name: p.stat().st_mtime_ns for p in split.glob("*.tfrecord")}
     rerun = subprocess.run(cmd, env=task_env, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "task 1 of 3: 8 videos written" in rerun.stdout
+    # Every finished shard (task 1's before the kill, and the other tasks') is kept as it was.
+    assert {name: (split / name).stat().st_mtime_ns for name in finished} == finished
+    assert not [p for p in os.listdir(split) if ".tmp-" in p]
     merged = prepare.merge(str(split), "train")
     one, three = _files(tmp_path / "one"), _files(split)
     assert sorted(three) == sorted([*one, "train-index.json"])

@@ -429,7 +429,7 @@ def _clear_leftovers(output_dir, split, n, mine):
             f"(e.g. {stale[0]}); use a new --output_dir or the same --examples_per_shard"
         )
     for name in os.listdir(output_dir):
-        if name.split(".tmp-")[0] in mine:
+        if ".tmp-" in name and name.split(".tmp-")[0] in mine:
             os.remove(os.path.join(output_dir, name))
 
 
