@@ -57,6 +57,17 @@ def test_two_slurm_tasks_on_one_node_take_consecutive_ports(env):
     assert found.is_chief
 
 
+@pytest.mark.parametrize("per_node, visible, rank, expected", [
+    ("1(x2)", "4,5,6,7", 1, "4,5,6,7"),  # one task per node keeps every GPU Slurm gave it
+    ("2", "0,1,2,3", 1, "2,3"),           # two tasks on a node split its four GPUs
+])
+def test_a_node_splits_its_gpus_only_between_its_own_tasks(env, per_node, visible, rank, expected):
+    env(**slurm(rank, nodes="node1" if per_node == "2" else "node[1-2]", per_node=per_node),
+        CUDA_VISIBLE_DEVICES=visible)
+    cluster.resolve("slurm")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == expected
+
+
 def test_auto_finds_an_indexed_job(env):
     env(JOB_COMPLETION_INDEX=2, HOSTNAME="k400-2", STFUSION_NUM_WORKERS=4, STFUSION_SERVICE="k400")
     found = cluster.resolve("auto", port=2222)

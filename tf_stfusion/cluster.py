@@ -27,7 +27,6 @@ worker 0 (TensorFlow's convention).
 import dataclasses
 import json
 import os
-import re
 from typing import Any, Optional, Tuple
 
 CLUSTERS = ("auto", "tf_config", "slurm", "kubernetes", "none")
@@ -135,14 +134,16 @@ def _from_tf_config(port):
 
 def _from_slurm(port):
     import tensorflow as tf
+    from tensorflow.python.distribute.cluster_resolver.slurm_cluster_resolver import expand_tasks_per_node
 
     env = os.environ
     ntasks, rank = int(env["SLURM_STEP_NUM_TASKS"]), int(env["SLURM_PROCID"])
     if not 0 <= rank < ntasks:
         raise ClusterError(f"SLURM_PROCID={rank} is beyond the step's SLURM_STEP_NUM_TASKS={ntasks}")
     gpus = _gpus_on_node()
-    per_node = max(int(n) for n in re.findall(r"\d+", env.get("SLURM_STEP_TASKS_PER_NODE", "1")))
     try:
+        per_node = max(expand_tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE", "1")))
+        # A node's GPUs are split between its tasks (CUDA_VISIBLE_DEVICES) only when it runs several.
         # Without GPUs each task takes a "slot" of its node only to get its own port.
         resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
             port_base=port, gpus_per_node=gpus or per_node, gpus_per_task=None if gpus else 1,
