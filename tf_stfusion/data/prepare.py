@@ -23,6 +23,11 @@ a shard is written under a temporary name and renamed when complete, then its
 final name, and a rerun of the same command skips finished shards and
 completes the rest. A video that cannot be used, for whatever reason, is
 skipped and reported; a split that writes no video is an error.
+
+Over several machines: ``--num_tasks=M --task_index=i`` (or a Slurm job array's /
+an Indexed Job's index, ``cluster.task_share``) writes shards ``i, i+M, ...`` of
+the index frozen in ``<split>-index.json``; ``--merge`` then checks every shard
+(size and CRC32C) and writes the manifest, equal to one machine's.
 """
 
 import dataclasses
