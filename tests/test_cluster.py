@@ -203,7 +203,10 @@ def test_three_tasks_one_killed_and_rerun_equal_one_machine(env, tmp_path):
     with pytest.raises(prepare.PrepareError, match=r"shards are not ready \(train-00002-of-00012.tfrecord: not "
                                                    r"finished.*rerun the task of each"):
         prepare.merge(str(split), "train")  # task 2 has not run yet, task 1 is unfinished
+    writing = split / "train-00001-of-00012.tfrecord.tmp-99999"  # as if task 1 were writing it now
+    writing.write_bytes(b"task 1 at work")
     _prepare(split, num_tasks=3, task_index=2)
+    assert writing.exists()  # task 2 leaves another task's temporary shard alone
     finished = {p.name: p.stat().st_mtime_ns for p in split.glob("*.tfrecord")}
     rerun = subprocess.run(cmd, env=task_env, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr[-2000:]

@@ -285,7 +285,8 @@ def prepare(index, output_dir, examples_per_shard=32, num_workers=None, short_si
     entries = sorted(index.entries, key=lambda e: e.video_id)
     n = max(1, -(-len(entries) // examples_per_shard))
     mine = [i for i in range(n) if i % num_tasks == task_index]
-    _clear_leftovers(output_dir, index.split, n, [shard_name(index.split, i, n) for i in mine])
+    _clear_leftovers(output_dir, index.split, n, {shard_name(index.split, i, n) for i in range(n)
+                                                  if i % num_tasks != task_index})
     tasks, records = [], {}
     for i in mine:
         path = os.path.join(output_dir, shard_name(index.split, i, n))
@@ -422,10 +423,10 @@ def skip_summary(skipped, examples=1):
                      for kind, items in sorted(kinds.items(), key=lambda kv: -len(kv[1])))
 
 
-def _clear_leftovers(output_dir, split, n, mine):
+def _clear_leftovers(output_dir, split, n, others=()):
     """Refuses shards of another shard count; removes a killed or failed run's
-    temporary shards (never under a final name) of the shards ``mine`` (another
-    task may be writing the others)."""
+    temporary shards (never under a final name), but for those of the shards
+    ``others``: other tasks' shares, which they may be writing now."""
     stale = [f for f in os.listdir(output_dir)
              if f.startswith(f"{split}-") and f.endswith(".tfrecord") and not f.endswith(f"-of-{n:05d}.tfrecord")]
     if stale:
@@ -434,7 +435,7 @@ def _clear_leftovers(output_dir, split, n, mine):
             f"(e.g. {stale[0]}); use a new --output_dir or the same --examples_per_shard"
         )
     for name in os.listdir(output_dir):
-        if ".tmp-" in name and name.split(".tmp-")[0] in mine:
+        if name.startswith(f"{split}-") and ".tmp-" in name and name.split(".tmp-")[0] not in others:
             os.remove(os.path.join(output_dir, name))
 
 
