@@ -88,6 +88,14 @@ def test_auto_finds_tf_config_with_a_chief(env):
     assert found.describe().endswith("chief chief 0 (a:1)")
 
 
+def test_an_explicit_tf_config_inside_a_slurm_step_is_taken_as_given(env):
+    env(**slurm(0), TF_CONFIG=json.dumps({"cluster": {"worker": ["10.0.0.5:6000", "10.0.0.6:6000"]},
+                                          "task": {"type": "worker", "index": 1}}))
+    found = cluster.resolve("tf_config")
+    assert (found.source, found.task_index, dict(found.spec)) == \
+        ("tf_config", 1, {"worker": ("10.0.0.5:6000", "10.0.0.6:6000")})
+
+
 def test_nothing_or_none_is_this_machine_alone(env):
     assert cluster.resolve("auto").num_workers == 0
     env(**slurm(1))
@@ -125,7 +133,8 @@ def test_the_cli_says_a_contradiction_in_one_line(env, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: a Slurm step on 127.0.0.1 has a TF_CONFIG naming other hosts (10.0.0.9:2222): unset TF_CONFIG "
-        "(--cluster=slurm resolves the step)")
+        "(--cluster=slurm resolves the step), or pass --cluster=tf_config if it is right (Ray inside a Slurm "
+        "allocation)")
 
 
 def test_task_share_from_flags_a_job_array_or_an_indexed_job(env):

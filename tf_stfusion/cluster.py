@@ -78,7 +78,7 @@ def resolve(kind="auto", port=DEFAULT_PORT):
     Raises ClusterError on a missing variable or a contradiction."""
     if kind not in CLUSTERS:
         raise ClusterError(f"--cluster must be one of {', '.join(CLUSTERS)}, got {kind!r}")
-    found = detect()
+    found, asked = detect(), kind
     if kind == "auto":
         if "slurm" in found and "kubernetes" in found:
             raise ClusterError("both a Slurm step (SLURM_PROCID) and a Kubernetes Indexed Job "
@@ -89,7 +89,7 @@ def resolve(kind="auto", port=DEFAULT_PORT):
                            f"{_HOW[kind]}, or use --cluster=auto")
     if kind == "none":
         return Cluster("none")
-    if "slurm" in found and "tf_config" in found:
+    if asked != "tf_config" and "slurm" in found and "tf_config" in found:
         _check_tf_config_inside_slurm()
     return {"tf_config": _from_tf_config, "slurm": _from_slurm, "kubernetes": _from_kubernetes}[kind](port)
 
@@ -98,7 +98,7 @@ _MARKERS = {"tf_config": "TF_CONFIG", "slurm": "SLURM_PROCID/SLURM_STEP_NUM_TASK
             "kubernetes": "JOB_COMPLETION_INDEX"}
 _HOW = {"tf_config": "set it on every machine (README, Distribution)",
         "slurm": "start one task per node with srun (launch/slurm/k400.sbatch)",
-        "kubernetes": "run as an Indexed Job or JobSet (launch/k8s/k400-jobset.yaml)"}
+        "kubernetes": "run as an Indexed Job or JobSet (launch/k8s/k400-train.yaml)"}
 
 
 def detect():
@@ -203,7 +203,8 @@ def _check_tf_config_inside_slurm():
     others = sorted({h for hosts in cluster.values() for h in hosts if h.rsplit(":", 1)[0] not in nodes})
     if others:
         raise ClusterError(f"a Slurm step on {', '.join(sorted(nodes))} has a TF_CONFIG naming other hosts "
-                           f"({', '.join(others)}): unset TF_CONFIG (--cluster=slurm resolves the step)")
+                           f"({', '.join(others)}): unset TF_CONFIG (--cluster=slurm resolves the step), or "
+                          "pass --cluster=tf_config if it is right (Ray inside a Slurm allocation)")
 
 
 # -- one share of a job split over tasks (prepare) --------------------------------
