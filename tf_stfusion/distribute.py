@@ -1,44 +1,26 @@
 """The ``tf.distribute`` strategy of a run: one device, all local GPUs, or many
-machines (``TF_CONFIG``), and which process is the chief.
+machines (the cluster from ``TF_CONFIG``, a Slurm step or a Kubernetes Indexed
+Job: ``tf_stfusion.cluster``), and which process is the chief.
 
-``auto`` picks ``multi_worker`` when ``TF_CONFIG`` lists more than one worker,
+``auto`` picks ``multi_worker`` when the cluster has more than one worker,
 ``mirrored`` when the machine has more than one GPU (or several devices are
 named), else ``one_device`` (the GPU, or the CPU on a CPU-only machine).
 """
 
-import json
-import os
+import sys
 
 import tensorflow as tf
+
+from tf_stfusion import cluster as cluster_lib
 
 DISTRIBUTIONS = ("auto", "one_device", "mirrored", "multi_worker")
 
 
-def tf_config():
-    """The parsed ``TF_CONFIG`` environment variable (``{}`` if unset)."""
-    raw = os.environ.get("TF_CONFIG", "").strip()
-    if not raw:
-        return {}
-    try:
-        config = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise ValueError("TF_CONFIG must be a JSON object with 'cluster' and 'task'")
-    return config
-
-
-def cluster_size(config=None):
-    """Number of worker processes (chief included) that ``TF_CONFIG`` lists."""
-    cluster = (tf_config() if config is None else config).get("cluster", {})
-    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
-
-
-def resolve_kind(kind, devices=None):
-    """The concrete kind for ``auto``; refuses contradictions with ``TF_CONFIG``."""
+def resolve_kind(kind, devices=None, workers=0):
+    """The concrete kind for ``auto``; refuses contradictions with the cluster
+    (``workers``: its size, ``Cluster.num_workers``)."""
     if kind not in DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {kind!r}")
-    workers = cluster_size()
     if kind == "auto":
         if workers > 1:
             return "multi_worker"
@@ -46,21 +28,29 @@ def resolve_kind(kind, devices=None):
             return "mirrored"
         return "one_device"
     if kind == "multi_worker" and workers < 1:
-        raise ValueError("--distribution=multi_worker needs TF_CONFIG with a 'cluster' of workers and this 'task'")
+        raise ValueError("--distribution=multi_worker needs a cluster: TF_CONFIG, a Slurm step or a Kubernetes "
+                         "Indexed Job (--cluster)")
     if kind != "multi_worker" and workers > 1:
-        raise ValueError(f"TF_CONFIG lists {workers} workers but --distribution={kind}; "
-                         "use --distribution=multi_worker (or auto), or unset TF_CONFIG")
+        raise ValueError(f"the cluster lists {workers} workers but --distribution={kind}; "
+                         "use --distribution=multi_worker (or auto), or --cluster=none")
     if kind == "one_device" and devices and len(devices) > 1:
         raise ValueError(f"--distribution=one_device takes one device, got {devices}")
     return kind
 
 
-def make_distribution(kind="auto", devices=None):
+def make_distribution(kind="auto", devices=None, cluster="auto", port=cluster_lib.DEFAULT_PORT):
     """A ``tf.distribute.Strategy``. ``devices`` (e.g. ``["/gpu:0", "/gpu:1"]``)
-    restricts ``mirrored``/``one_device``; by default they use every GPU."""
-    kind = resolve_kind(kind, devices)
+    restricts ``mirrored``/``one_device``; by default they use every GPU.
+    ``cluster``: one of ``cluster.CLUSTERS`` (``--cluster``; its line goes to
+    stderr) or a resolved ``cluster.Cluster``. Raises ValueError (ClusterError)
+    on a contradiction."""
+    if isinstance(cluster, str):
+        cluster = cluster_lib.resolve(cluster, port)
+        if cluster.source != "none":
+            print(cluster.describe(), file=sys.stderr)
+    kind = resolve_kind(kind, devices, cluster.num_workers)
     if kind == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=cluster.resolver)
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy(devices or None)
     if devices:

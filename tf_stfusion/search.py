@@ -736,6 +736,7 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
 
 # -- CLI ---------------------------------------------------------------------------
 def define_flags():
+    from tf_stfusion import cluster as cluster_lib
     from tf_stfusion.distribute import DISTRIBUTIONS
     from tf_stfusion.layers.drop_path import MAX_TILES
 
@@ -758,6 +759,7 @@ def define_flags():
     flags.DEFINE_enum("distribution", "auto", list(DISTRIBUTIONS),
                       "As for training: auto, one_device, mirrored or multi_worker (TF_CONFIG).")
     flags.DEFINE_list("devices", [], "Devices for mirrored / one_device.")
+    cluster_lib.define_flags(flags)
     flags.DEFINE_bool("verify_data", False, "Check every shard's CRC32C before reading (its size is always checked).")
     flags.DEFINE_bool("skip_corrupt_records", False, "Go on without videos whose records cannot be read.")
     flags.DEFINE_bool("progress", True, "Progress bar.")
@@ -803,7 +805,8 @@ def main(argv):
     try:
         from tf_stfusion import distribute
 
-        strategy = distribute.make_distribution(FLAGS.distribution, FLAGS.devices or None)
+        strategy = distribute.make_distribution(FLAGS.distribution, FLAGS.devices or None, FLAGS.cluster,
+                                                FLAGS.cluster_port)
         run_search(config, tf_strategy=strategy)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -22,6 +22,7 @@ import sys
 
 from absl import app, flags, logging
 
+from tf_stfusion import cluster as cluster_lib
 from tf_stfusion.config import DataConfig, TrainConfig
 from tf_stfusion.data import synthetic
 from tf_stfusion.data.sources import SOURCE_KINDS
@@ -110,6 +111,7 @@ flags.DEFINE_enum("distribution", "auto", list(DISTRIBUTIONS),
                   "auto: multi_worker if TF_CONFIG lists several workers, mirrored on several GPUs, else "
                   "one_device (GPU or CPU).")
 flags.DEFINE_list("devices", [], "Devices for mirrored / one_device (default: all GPUs, or the CPU).")
+cluster_lib.define_flags(flags)
 flags.DEFINE_integer("seed", T["seed"], "Random seed (weights, gate noise, data order).")
 flags.DEFINE_bool("progress", T["progress"], "Progress bars on the terminal.")
 flags.DEFINE_bool("verify_data", T["verify_data"], "Check every shard's CRC32C against its record before the first step "
@@ -209,7 +211,8 @@ def main(argv):
         from tf_stfusion.trainer import Trainer
 
         keras.utils.set_random_seed(FLAGS.seed)
-        strategy = distribute.make_distribution(FLAGS.distribution, FLAGS.devices or None)
+        strategy = distribute.make_distribution(FLAGS.distribution, FLAGS.devices or None, FLAGS.cluster,
+                                                FLAGS.cluster_port)
         trainer = Trainer(config, strategy)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {message(e)}", file=sys.stderr)

@@ -23,8 +23,14 @@ a shard is written under a temporary name and renamed when complete, then its
 final name, and a rerun of the same command skips finished shards and
 completes the rest. A video that cannot be used, for whatever reason, is
 skipped and reported; a split that writes no video is an error.
+
+Over several machines: ``--num_tasks=M --task_index=i`` (or a Slurm job array's /
+an Indexed Job's index, ``cluster.task_share``) writes shards ``i, i+M, ...`` of
+the index frozen in ``<split>-index.json``; ``--merge`` then checks every shard
+(size and CRC32C) and writes the manifest, equal to one machine's.
 """
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -79,6 +85,12 @@ def define_flags():
                        "this fraction of its packets does not decode or decodes concealed (a frame folder: of its "
                        "images cannot be read).")
     flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of the stored frames.")
+    flags.DEFINE_integer("num_tasks", None, "Split the work over this many machines (default: a Slurm job array's "
+                         "SLURM_ARRAY_TASK_COUNT, STFUSION_NUM_WORKERS in an Indexed Job, else 1); then --merge.")
+    flags.DEFINE_integer("task_index", None, "This machine's share, in [0, num_tasks) (default: SLURM_ARRAY_TASK_ID "
+                         "- SLURM_ARRAY_TASK_MIN, or JOB_COMPLETION_INDEX).")
+    flags.DEFINE_bool("merge", False, "After every task is done: check all shards (size, CRC32C) and write the "
+                      "split's manifest.")
     synthetic.define_flags(flags)
     flags.DEFINE_integer("seed", 0, "Synthetic: generator seed.")
 
@@ -247,7 +259,7 @@ def build_index(dataset, data_dir, split, synthetic_config=None, **kwargs):
 
 def prepare(index, output_dir, examples_per_shard=32, num_workers=None, short_side=256,
             min_frames=1, max_frames=0, jpeg_quality=90, synthetic_config=None, progress=True, command=None,
-            fps=0.0, max_dropped_fraction=MAX_DROPPED_FRACTION):
+            fps=0.0, max_dropped_fraction=MAX_DROPPED_FRACTION, num_tasks=1, task_index=0):
     """Writes the shards and manifest of one split; returns the manifest dict.
 
     ``fps``: resample every video to this constant rate (frames/s; 0: keep every
@@ -258,29 +270,47 @@ def prepare(index, output_dir, examples_per_shard=32, num_workers=None, short_si
     A shard already finished (its ``.done.json`` exists) is kept only if its size
     and CRC32C still match that record; a damaged or missing one is written again.
     ``command``: how to rerun this (kept in the manifest for error messages).
+
+    ``num_tasks`` > 1 splits the work over machines: this task writes shards
+    ``task_index``, ``task_index + num_tasks``, ... of the index frozen in
+    ``<split>-index.json`` (written by the first task, read by the others) and
+    returns the summary of its shares without writing the manifest; ``merge``
+    writes it once every task is done.
     """
     _check_options(examples_per_shard, fps, max_dropped_fraction, synthetic_config)
     _make_output_dir(output_dir)
-    split = index.split
-    entries = sorted(index.entries, key=lambda e: e.video_id)
-    n = max(1, -(-len(entries) // examples_per_shard))
-    _clear_leftovers(output_dir, split, n)
     opts = {"short_side": short_side, "min_frames": min_frames, "max_frames": max_frames,
             "jpeg_quality": jpeg_quality, "synthetic": synthetic_config, "fps": float(fps or 0),
-            "max_dropped_fraction": max_dropped_fraction}
+            "max_dropped_fraction": max_dropped_fraction, "examples_per_shard": examples_per_shard}
+    if num_tasks > 1:
+        index = freeze_index(index, output_dir, opts)
+    entries = sorted(index.entries, key=lambda e: e.video_id)
+    n = max(1, -(-len(entries) // examples_per_shard))
+    mine = [i for i in range(n) if i % num_tasks == task_index]
+    _clear_leftovers(output_dir, index.split, n, {shard_name(index.split, i, n) for i in range(n)
+                                                  if i % num_tasks != task_index})
     tasks, records = [], {}
-    for i in range(n):
-        path = os.path.join(output_dir, shard_name(split, i, n))
-        chunk = [(e.video_id, e.source, e.label) for e in entries[i * examples_per_shard:(i + 1) * examples_per_shard]]
-        done = f"{path}.done.json"
-        record = _finished_record(path, done)
+    for i in mine:
+        path = os.path.join(output_dir, shard_name(index.split, i, n))
+        record = _finished_record(path, f"{path}.done.json")
         if record is not None:
             records[i] = record
         else:
-            tasks.append((path, chunk, opts))
-    bar = Progress(n, f"prepare {index.name}/{split}") if progress else None
+            chunk = entries[i * examples_per_shard:(i + 1) * examples_per_shard]
+            tasks.append((path, [(e.video_id, e.source, e.label) for e in chunk], opts))
+    label = f"prepare {index.name}/{index.split}" + (f" task {task_index}/{num_tasks}" if num_tasks > 1 else "")
+    bar = Progress(len(mine), label) if progress else None
     if bar:
         bar.update(len(records), f"(resumed {len(records)})" if records else "")
+    _write_shards(tasks, records, num_workers, bar)
+    if num_tasks > 1:
+        return dict(summarize(index, [records[i] for i in mine], opts), task_index=task_index, num_tasks=num_tasks)
+    return _write_manifest(index, [records[i] for i in range(n)], opts, output_dir, command)
+
+
+def _write_shards(tasks, records, num_workers, bar):
+    """Runs ``write_shard`` on each task, in a process pool when it pays; each
+    record goes into ``records`` under its shard's number."""
     workers = min(num_workers or os.cpu_count() or 1, max(len(tasks), 1))
     if workers > 1:
         # fork is fast, but unsafe once the parent has started TensorFlow's threads
@@ -297,14 +327,91 @@ def prepare(index, output_dir, examples_per_shard=32, num_workers=None, short_si
             records[_shard_index(record["shard"])] = record
             if bar:
                 bar.update(len(records))
-    manifest = summarize(index, [records[i] for i in range(n)], opts)
+
+
+def _write_manifest(index, records, opts, output_dir, command):
+    manifest = summarize(index, records, opts)
     manifest["command"] = command
-    path = os.path.join(output_dir, f"{split}-manifest.json")
+    path = os.path.join(output_dir, f"{index.split}-manifest.json")
     atomic_write_json(path, manifest)
     if not manifest["num_examples"]:
-        raise PrepareError(f"no video of the {split} split was written ({skip_summary(manifest['skipped'])}); "
-                           f"every reason is in {path}. Check --data_dir/--video_dir and the layout (README, Data)")
+        raise PrepareError(f"no video of the {index.split} split was written "
+                           f"({skip_summary(manifest['skipped'])}); every reason is in {path}. "
+                           "Check --data_dir/--video_dir and the layout (README, Data)")
     return manifest
+
+
+# -- a split prepared by several machines --------------------------------------
+def index_path(output_dir, split):
+    return os.path.join(output_dir, f"{split}-index.json")
+
+
+def _options_json(opts):
+    """The options as JSON reads them back (tuples become lists)."""
+    synth = opts["synthetic"]
+    return json.loads(json.dumps(dict(opts, synthetic=dataclasses.asdict(synth) if synth is not None else None)))
+
+
+def freeze_index(index, output_dir, opts):
+    """The index every task of a split works from: ``<split>-index.json``, written
+    by the first task to get here (atomically) and read by the others, so that a
+    video added or removed while the tasks run cannot shift a shard's contents.
+    Raises PrepareError when this task's options differ from the frozen ones."""
+    path = index_path(output_dir, index.split)
+    if not os.path.isfile(path):
+        atomic_write_json(path, {
+            "dataset": index.name, "split": index.split, "class_names": index.class_names,
+            "flip_ok": index.flip_ok, "problems": [list(p) for p in index.problems],
+            "entries": [[e.video_id, e.source, e.label] for e in index.entries], "options": _options_json(opts)})
+    frozen, frozen_opts = read_frozen_index(path)
+    if frozen_opts != _options_json(opts):
+        diff = sorted(k for k in frozen_opts if frozen_opts[k] != _options_json(opts).get(k))
+        raise PrepareError(f"{path}: this task's options differ from those the split was started with "
+                           f"({', '.join(diff)}); run every task with the same command")
+    return frozen
+
+
+def read_frozen_index(path):
+    """``(DatasetIndex, options)`` of a ``<split>-index.json``."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        entries = [readers.VideoEntry(*e) for e in data["entries"]]
+        index = readers.DatasetIndex(data["dataset"], data["split"], data["class_names"], entries,
+                                     [tuple(p) for p in data["problems"]], data["flip_ok"])
+        return index, data["options"]
+    except FileNotFoundError:
+        raise PrepareError(f"{path} is missing: run the tasks (prepare --num_tasks=M --task_index=i) "
+                           "before --merge") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PrepareError(f"{path}: unreadable ({type(e).__name__}: {e}); delete it and rerun every task") \
+            from None
+
+
+def merge(output_dir, split):
+    """Checks every shard of a split written by several tasks (its ``.done.json``,
+    size and CRC32C, as ``data.integrity``) and writes the split's manifest: the
+    same as one machine's run, but for its ``command`` (None: no one command
+    rewrites a shard; its task does). Raises PrepareError naming the shards to
+    rewrite."""
+    index, options = read_frozen_index(index_path(output_dir, split))
+    opts = dict(options, synthetic=None)
+    n = max(1, -(-len(index.entries) // options["examples_per_shard"]))
+    records, problems = [], []
+    for i in range(n):
+        path = os.path.join(output_dir, shard_name(split, i, n))
+        try:
+            with open(f"{path}.done.json") as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            problems.append(f"{os.path.basename(path)}: not finished")
+            continue
+        problems += [p.describe() for p in check_shards([path], {os.path.basename(path): record}, verify=True)]
+        records.append(record)
+    if problems:
+        raise PrepareError(f"{len(problems)} of {n} shards are not ready ({'; '.join(problems[:3])}): rerun the "
+                           "task of each (shard k is task k mod --num_tasks), then --merge again")
+    return _write_manifest(index, records, opts, output_dir, None)
 
 
 def skip_summary(skipped, examples=1):
@@ -318,9 +425,10 @@ def skip_summary(skipped, examples=1):
                      for kind, items in sorted(kinds.items(), key=lambda kv: -len(kv[1])))
 
 
-def _clear_leftovers(output_dir, split, n):
+def _clear_leftovers(output_dir, split, n, others=()):
     """Refuses shards of another shard count; removes a killed or failed run's
-    temporary shards (never under a final name)."""
+    temporary shards (never under a final name), but for those of the shards
+    ``others``: other tasks' shares, which they may be writing now."""
     stale = [f for f in os.listdir(output_dir)
              if f.startswith(f"{split}-") and f.endswith(".tfrecord") and not f.endswith(f"-of-{n:05d}.tfrecord")]
     if stale:
@@ -329,7 +437,7 @@ def _clear_leftovers(output_dir, split, n):
             f"(e.g. {stale[0]}); use a new --output_dir or the same --examples_per_shard"
         )
     for name in os.listdir(output_dir):
-        if name.startswith(f"{split}-") and ".tmp-" in name:
+        if name.startswith(f"{split}-") and ".tmp-" in name and name.split(".tmp-")[0] not in others:
             os.remove(os.path.join(output_dir, name))
 
 
@@ -411,36 +519,51 @@ def summarize(index, records, opts):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.dataset or not FLAGS.output_dir:
-        raise app.UsageError("--dataset and --output_dir are required")
+    if not FLAGS.output_dir or not (FLAGS.dataset or FLAGS.merge):
+        raise app.UsageError("--dataset and --output_dir are required (--merge: only --output_dir and --split)")
+    command = " ".join(shlex.quote(a) for a in ["python", "-m", "tf_stfusion.data.prepare", *sys.argv[1:]])
+    try:
+        if FLAGS.merge:
+            manifest = merge(FLAGS.output_dir, FLAGS.split)
+        else:
+            manifest = _prepare_from_flags(command)
+    except (readers.AnnotationError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    share = f"task {manifest['task_index']} of {manifest['num_tasks']}: " if "num_tasks" in manifest else ""
+    print(f"{share}{manifest['num_examples']} videos written to {FLAGS.output_dir} "
+          f"({len(manifest['shards'])} shards), {manifest['num_skipped']} skipped")
+    for video_id, reason in manifest["skipped"][:20]:
+        print(f"  skipped {video_id}: {reason}")
+    if manifest["num_skipped"] > 20:
+        print(f"  ... {manifest['num_skipped'] - 20} more in {FLAGS.split}-manifest.json")
+    if share:
+        print(f"when every task is done: python -m tf_stfusion.data.prepare --merge --output_dir={FLAGS.output_dir} "
+              f"--split={FLAGS.split}")
+    return 0
+
+
+def _prepare_from_flags(command):
+    """``prepare`` (or this task's share of it) as the flags say."""
+    from tf_stfusion.cluster import task_share
+
+    num_tasks, task_index = task_share(FLAGS.num_tasks, FLAGS.task_index)
     config = None
     short_side = FLAGS.short_side
     if FLAGS.dataset == "synthetic":
         config = synthetic.config_from_flags(FLAGS, seed=FLAGS.seed)
         if not FLAGS["short_side"].present:
             short_side = 0
-    try:
-        index = build_index(
-            FLAGS.dataset, FLAGS.data_dir, FLAGS.split, synthetic_config=config,
-            video_dir=FLAGS.video_dir, annotation_file=FLAGS.annotation_file,
-            fold=FLAGS.fold if FLAGS.dataset == "ucf101" else None,
-        )
-        manifest = prepare(
-            index, FLAGS.output_dir, FLAGS.examples_per_shard, FLAGS.num_workers, short_side,
-            FLAGS.min_frames, FLAGS.max_frames, FLAGS.jpeg_quality, config,
-            command=" ".join(shlex.quote(a) for a in ["python", "-m", "tf_stfusion.data.prepare", *sys.argv[1:]]),
-            fps=FLAGS.fps, max_dropped_fraction=FLAGS.max_dropped_fraction,
-        )
-    except (readers.AnnotationError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{manifest['num_examples']} videos written to {FLAGS.output_dir} "
-          f"({len(manifest['shards'])} shards), {manifest['num_skipped']} skipped")
-    for video_id, reason in manifest["skipped"][:20]:
-        print(f"  skipped {video_id}: {reason}")
-    if manifest["num_skipped"] > 20:
-        print(f"  ... {manifest['num_skipped'] - 20} more in {FLAGS.split}-manifest.json")
-    return 0
+    index = build_index(
+        FLAGS.dataset, FLAGS.data_dir, FLAGS.split, synthetic_config=config,
+        video_dir=FLAGS.video_dir, annotation_file=FLAGS.annotation_file,
+        fold=FLAGS.fold if FLAGS.dataset == "ucf101" else None,
+    )
+    return prepare(
+        index, FLAGS.output_dir, FLAGS.examples_per_shard, FLAGS.num_workers, short_side,
+        FLAGS.min_frames, FLAGS.max_frames, FLAGS.jpeg_quality, config, command=command,
+        fps=FLAGS.fps, max_dropped_fraction=FLAGS.max_dropped_fraction, num_tasks=num_tasks, task_index=task_index,
+    )
 
 
 if __name__ == "__main__":

@@ -67,7 +67,9 @@ def _masked_crc(data_or_checksum):
 
 
 def context_features(video_id, label, num_frames, height, width):
-    """The serialized ``tf.train.Features`` of a video's context (prepare's layout)."""
+    """The serialized ``tf.train.Features`` of a video's context (prepare's layout),
+    its map entries in key order, so that the same video gives the same bytes in
+    every process (a split prepared on several machines equals one machine's)."""
     import tensorflow as tf
 
     def int64(v):
@@ -79,7 +81,7 @@ def context_features(video_id, label, num_frames, height, width):
         "clip/num_frames": int64(num_frames),
         "image/height": int64(height),
         "image/width": int64(width),
-    }).SerializeToString()
+    }).SerializeToString(deterministic=True)
 
 
 class FrameSpool:

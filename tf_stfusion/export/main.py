@@ -43,6 +43,8 @@ import tempfile
 
 from absl import app, flags, logging
 
+from tf_stfusion import cluster as cluster_lib
+
 FLAGS = flags.FLAGS
 FORMATS = ("saved_model", "onnx", "tflite")  # the keys of writers.WRITERS, in writing order
 DEFAULT_FORMATS = ("saved_model", "onnx")
@@ -652,6 +654,7 @@ def define_flags():
     flags.DEFINE_bool("check_serving", False, "Feed every validation video (its stored JPEG frames) through the "
                       "SavedModel's serving_video signature as a REST request would arrive, and compare with the "
                       "run's evaluation of the strategy; a difference beyond 1e-4 fails the export.")
+    cluster_lib.define_flags(flags)
 
 
 def main(argv):
@@ -662,6 +665,14 @@ def main(argv):
     if missing:
         print(f"error: --{', --'.join(missing)} required", file=sys.stderr)
         return 2
+    try:  # in a multi-machine job, one export: the chief's
+        job = cluster_lib.resolve(FLAGS.cluster, FLAGS.cluster_port)
+    except cluster_lib.ClusterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not job.is_chief:
+        print(f"{job.describe()}; the export and its checks run on the chief only")
+        return 0
     config = ExportConfig(
         strategy_file=FLAGS.strategy, model_dir=FLAGS.model_dir, export_dir=FLAGS.export_dir,
         checkpoint=FLAGS.checkpoint or "", formats=tuple(FLAGS.formats), model_name=FLAGS.model_name,
