@@ -598,7 +598,62 @@ def test_duplicate_video_ids_keep_the_first_and_name_both(tmp_path):
     os.makedirs(tmp_path / "k" / "train" / "abseiling")
     write_video(str(tmp_path / "k" / "train" / "abseiling" / "yt0.mp4"), numbered_frames(2))
     index = readers.read_index("kinetics400", str(tmp_path), "train", video_dir=str(tmp_path / "k"))
-    assert len(index.entries) == 1 and index.problems[0][1].startswith("duplicate video id")
+    assert len(index.entries) == 1 and index.problems[0][1].startswith("listed twice: ")
+
+
+def test_the_stream_a_player_picks_not_a_thumbnail_stored_first(tmp_path):
+    """A one-frame 32x24 picture stream written before the 64x48 video, which is
+    the default stream (as some phones and editors store a thumbnail): the video
+    is decoded, as FFmpeg's av_find_best_stream (players) and the ffmpeg CLI pick it."""
+    path = str(tmp_path / "thumb_first.mp4")
+    with av.open(path, "w") as container:
+        thumb = container.add_stream("mjpeg", rate=25)
+        thumb.width, thumb.height, thumb.pix_fmt = 32, 24, "yuvj420p"
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = W, H, "yuv420p"
+        thumb.disposition, video.disposition = av.stream.Disposition(0), av.stream.Disposition.default
+        frames = numbered_frames(10)
+        for packet in thumb.encode(av.VideoFrame.from_ndarray(np.full((24, 32, 3), 250, np.uint8), format="rgb24")):
+            container.mux(packet)
+        for packet in thumb.encode():
+            container.mux(packet)
+        for image in frames:
+            for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+    decoded = decode(path)
+    assert decoded.shape == (10, H, W, 3)
+    np.testing.assert_allclose(decoded.reshape(10, -1).mean(axis=1), frames.reshape(10, -1).mean(axis=1), atol=3)
+
+
+def test_other_containers_are_videos_and_a_wrong_file_names_what_is_accepted(tmp_path):
+    os.makedirs(tmp_path / "train" / "a")
+    frames = numbered_frames(6)
+    write_video(str(tmp_path / "train" / "a" / "tv.ts"), frames)
+    write_video(str(tmp_path / "train" / "a" / "anim.gif"), frames, codec="gif", pix_fmt="rgb8")
+    (tmp_path / "train" / "a" / "notes.txt").write_text("not a video")
+    index = readers.read_index("folder", str(tmp_path), "train")
+    assert sorted(e.video_id for e in index.entries) == ["a/anim", "a/tv"]
+    assert [len(decode(e.source)) for e in sorted(index.entries, key=lambda e: e.video_id)] == [6, 6]
+    (video_id, reason), = index.problems
+    assert video_id == "a/notes" and "not a video file" in reason and ".ts" in reason and "-c copy" in reason
+
+
+def test_fps_above_a_videos_length_names_fps_and_the_length(tmp_path):
+    path = write_video(str(tmp_path / "one.mp4"), numbered_frames(1), fps=25)
+    with pytest.raises(VideoError, match=r"no frames at --fps=0.5: the video lasts 0.04 s \(1 frames decoded\)"):
+        decode(path, fps=0.5)
+
+
+def test_prepare_warns_of_classes_without_videos_and_folders_fps_cannot_resample():
+    manifest = {"split": "train", "counts_per_class": {"a": 3, "hid": 0}, "fps": 10.0,
+                "videos": {"a/v": {"fps": 25.0}, "a/frames": {"fps": 0.0}}}
+    lines = prepare._warnings(manifest)
+    assert lines == ["1 class(es) with no train video: hid; remove the folder(s) or add videos",
+                     "--fps=10 does not resample frame folders (no timestamps): 1 video(s) kept every frame, "
+                     "e.g. a/frames"]
+    assert prepare._warnings({**manifest, "num_tasks": 2}) == []
 
 
 @pytest.mark.parametrize("where", ["a file", "under a file"])

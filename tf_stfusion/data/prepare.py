@@ -452,9 +452,10 @@ def _make_output_dir(output_dir):
 def _check_options(examples_per_shard, fps, max_dropped_fraction, synthetic_config):
     if examples_per_shard < 1:
         raise ValueError("examples_per_shard must be >= 1")
-    if fps < 0 or not 0 <= max_dropped_fraction <= 1:
-        raise ValueError(f"--fps must be >= 0 (got {fps}) and --max_dropped_fraction in [0, 1] "
-                         f"(got {max_dropped_fraction})")
+    if fps < 0:
+        raise ValueError(f"--fps must be >= 0 (0: keep every decoded frame), got {fps}")
+    if not 0 <= max_dropped_fraction <= 1:
+        raise ValueError(f"--max_dropped_fraction must lie in [0, 1], got {max_dropped_fraction}")
     if fps and synthetic_config is not None:
         raise ValueError("--fps resamples decoded videos by their timestamps; synthetic clips have none")
 
@@ -537,10 +538,30 @@ def main(argv):
         print(f"  skipped {video_id}: {reason}")
     if manifest["num_skipped"] > 20:
         print(f"  ... {manifest['num_skipped'] - 20} more in {FLAGS.split}-manifest.json")
+    for line in _warnings(manifest):
+        print(f"warning: {line}", file=sys.stderr)
     if share:
         print(f"when every task is done: python -m tf_stfusion.data.prepare --merge --output_dir={FLAGS.output_dir} "
               f"--split={FLAGS.split}")
     return 0
+
+
+def _warnings(manifest):
+    """What a written split holds that a user should know: classes without a video
+    (their label can never be learnt or scored), frame folders that ``--fps`` could
+    not resample (no timestamps)."""
+    if "num_tasks" in manifest:
+        return []  # a task's share: --merge sees the split
+    empty = [name for name, count in manifest["counts_per_class"].items() if not count]
+    unresampled = [v for v, stats in manifest.get("videos", {}).items() if manifest.get("fps") and not stats.get("fps")]
+    lines = []
+    if empty:
+        lines.append(f"{len(empty)} class(es) with no {manifest['split']} video: {', '.join(empty[:10])}; "
+                     f"remove the folder(s) or add videos")
+    if unresampled:
+        lines.append(f"--fps={manifest['fps']:g} does not resample frame folders (no timestamps): "
+                     f"{len(unresampled)} video(s) kept every frame, e.g. {unresampled[0]}")
+    return lines
 
 
 def _prepare_from_flags(command):

@@ -26,7 +26,10 @@ import json
 import os
 from typing import List, Tuple
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v")
+# Containers FFmpeg reads that users' tools write (cameras, browsers, screen and TV
+# recorders, GIF makers); the decoder takes anything FFmpeg can open.
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".3gp", ".ts", ".mts", ".m2ts", ".mpg",
+                    ".mpeg", ".vob", ".flv", ".wmv", ".asf", ".ogv", ".gif", ".apng")
 SPLITS = ("train", "val")
 
 
@@ -275,7 +278,9 @@ def read_folder(data_dir, split, video_dir=None):
             if os.path.isdir(path) or name.lower().endswith(VIDEO_EXTENSIONS):
                 index.entries.append(VideoEntry(video_id, path, label))
             else:
-                index.problems.append((video_id, f"not a video file: {path}"))
+                index.problems.append((video_id, f"not a video file: {path} (accepted: frame folders and "
+                                               f"{' '.join(VIDEO_EXTENSIONS)}; remux another container with "
+                                               f"ffmpeg -i IN -c copy OUT.mkv)"))
     return index
 
 
@@ -309,7 +314,9 @@ def _without_duplicate_ids(index):
     must name one video in the records and the manifest."""
     first, kept = {}, []
     for entry in index.entries:
-        if entry.video_id in first:
+        if entry.video_id in first and entry.source == first[entry.video_id]:
+            index.problems.append((entry.video_id, f"listed twice: {entry.source} (kept once)"))
+        elif entry.video_id in first:
             index.problems.append((entry.video_id, f"duplicate video id: {entry.source} has the id of "
                                    f"{first[entry.video_id]}, which is kept; rename one to keep both"))
         else:

@@ -263,9 +263,11 @@ def _iter_file(path, short_side, fps, stats):
     except av.FFmpegError as e:
         raise VideoError(f"cannot decode: {type(e).__name__}: {e}") from None
     with container:
-        if not container.streams.video:
+        # The stream a player picks (FFmpeg's av_find_best_stream): not a thumbnail or
+        # cover picture that a phone or an editor stored first.
+        stream = container.streams.best("video")
+        if stream is None:
             raise VideoError("no video stream")
-        stream = container.streams.video[0]
         stream.thread_type = THREAD_TYPE
         stats.frames_announced = int(stream.frames or 0)
         stats.duration_announced = _announced_duration(container, stream)
@@ -423,6 +425,9 @@ def iter_frames(source, short_side=None, max_frames=None, fps=None, stats=None):
                 return
     finally:
         frames.close()
+    if not stats.frames and fps and stats.frames_decoded:
+        raise VideoError(f"no frames at --fps={fps:g}: the video lasts {stats.duration:.3g} s "
+                         f"({stats.frames_decoded} frames decoded), shorter than one output frame")
     if not stats.frames:
         raise VideoError("no frames")
 
