@@ -135,6 +135,7 @@ def test_a_round_keeps_the_best_ceil_m_over_eta(m, eta, kept):
     (160, 64, 2, 8, 10, [(0, 20), (20, 40), (40, 80), (80, 160)]),  # 64 -> 32 -> 16 -> 8: 4 rounds
     (90, 9, 3, 8, 10, [(0, 30), (30, 90)]),  # 9 > 8 tiles: one halving
     (90, 8, 3, 8, 10, [(0, 90)]),  # fits one tile: one round
+    (6250, 1000, 5, 8, 10, [(0, 50), (50, 250), (250, 1250), (1250, 6250)]),  # 1000 = 8 * 5^3: 3 halvings
     (1000, 200, 4, 4, 50, [(0, 63), (63, 250), (250, 1000)]),  # 1 + ceil(log4 50) = 4 rounds; ceil(1000/64) = 16 < 50: 3
 ])
 def test_racing_slices_follow_the_documented_rule(videos, candidates, eta, tiles, min_videos, slices):
