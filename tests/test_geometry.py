@@ -71,12 +71,18 @@ def png(frame):
 
 def write_shard(path, frames, video_id="v"):
     """One video in a shard, its frames stored as PNG (lossless) in ``image/encoded``."""
-    example = make_sequence_example(video_id, 0, frames, 95)
-    encoded = example.feature_lists.feature_list["image/encoded"].feature
-    for feature, frame in zip(encoded, frames):
-        feature.bytes_list.value[0] = png(frame)
+    return write_videos(path, {video_id: frames})
+
+
+def write_videos(path, videos):
+    """A shard of ``{video id: frames}``, frames stored as PNG (lossless)."""
     with tf.io.TFRecordWriter(str(path)) as writer:
-        writer.write(example.SerializeToString())
+        for video_id, frames in videos.items():
+            example = make_sequence_example(video_id, 0, frames, 95)
+            encoded = example.feature_lists.feature_list["image/encoded"].feature
+            for feature, frame in zip(encoded, frames):
+                feature.bytes_list.value[0] = png(frame)
+            writer.write(example.SerializeToString())
     return str(path)
 
 
@@ -174,6 +180,38 @@ def test_train_crop_is_one_window_per_clip_mirrored_only_with_flip(flip, tmp_pat
         assert 10 <= mirrored <= 30  # a fair coin over 40 clips (outside: p = 0.002)
     else:
         assert mirrored == 0
+
+
+# -- which videos reach the network --------------------------------------------------------
+def test_training_never_reads_an_excluded_video_and_evaluation_only_the_listed(tmp_path):
+    """Three videos whose frames are one grey each (a 40, b 120, c 200). Training (the run
+    passes only ``exclude_ids``, the hold-out) reads a and c once each; evaluation (only
+    ``video_index``) reads c and a at positions 0 and 1, never b."""
+    grey = {"a": 40, "b": 120, "c": 200}
+    path = write_videos(tmp_path / "v.tfrecord", {v: np.full((4, S, S, 3), g, np.uint8) for v, g in grey.items()})
+    train = pipeline.make_dataset([path], training=True, num_frames=4, input_size=S, batch_size=1, repeat=False,
+                                  scale_range=(1.0, 1.0), exclude_ids={"b"}, seed=0)
+    assert sorted(int(round(pixels(clips).mean())) for clips, _ in train) == [40, 200]
+    evaluation = pipeline.make_dataset([path], training=False, num_frames=4, input_size=S, batch_size=3,
+                                       video_index=["c", "a"], deterministic=True)
+    (clips, _, position), = list(evaluation)
+    read = dict(zip(position.numpy().tolist(), np.round(pixels(clips).reshape(2, -1).mean(axis=1)).tolist()))
+    assert read == {0: 200, 1: 40}
+
+
+def test_filler_batches_and_padding_hold_no_video():
+    """Batches of 2 videos (1 view): fillers and padding are zero clips at position -1."""
+    clips = tf.ones([2, 4, S, S, 3])
+    ds = tf.data.Dataset.from_tensors((clips, tf.constant([3, 4]), tf.constant([0, 1], tf.int64)))
+    assert pipeline.filler_batches(ds, 0, 2, 1) is ds
+    batches = list(pipeline.filler_batches(ds, 2, 2, 1))
+    assert len(batches) == 3 and batches[0][2].numpy().tolist() == [0, 1]
+    for filler_clips, labels, position in batches[1:]:
+        assert filler_clips.shape == (2, 4, S, S, 3) and not np.any(filler_clips.numpy())
+        assert labels.numpy().tolist() == [0, 0] and position.numpy().tolist() == [-1, -1]
+    padded, labels, position = pipeline.fill_batch(clips[:1], tf.constant([3]), tf.constant([5], tf.int64), 2)
+    assert padded.shape == (2, 4, S, S, 3) and not np.any(padded.numpy()[1]) and np.all(padded.numpy()[0] == 1)
+    assert labels.numpy().tolist() == [3, 0] and position.numpy().tolist() == [5, -1]
 
 
 # -- serving: what each signature hands the network --------------------------------------
