@@ -57,6 +57,16 @@ def test_wilson_interval_at_other_levels_is_the_score_tests_roots(k, n, confiden
     assert selection.proportion(np.arange(n) < k, confidence)["ci"] == pytest.approx(list(got), abs=1e-12)
 
 
+@pytest.mark.parametrize("n", [1, 2, 40])
+@pytest.mark.parametrize("confidence", [0.90, 0.95, 0.99])
+def test_wilson_interval_of_none_or_all_right_in_closed_form(n, confidence):
+    """k = 0: [0, z^2 / (n + z^2)]; k = n: [n / (n + z^2), 1] (the score equation with
+    p_hat = 0 or 1); a split of one video included."""
+    z2 = Z[confidence] ** 2
+    assert selection.wilson_interval(0, n, confidence) == pytest.approx((0.0, z2 / (n + z2)), abs=1e-6)
+    assert selection.wilson_interval(n, n, confidence) == pytest.approx((n / (n + z2), 1.0), abs=1e-6)
+
+
 # -- the paired difference --------------------------------------------------------------------
 def _pair(n, only_a, only_b, both=None):
     """Correctness of two strategies on ``n`` videos with the given discordant counts."""
