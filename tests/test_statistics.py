@@ -67,6 +67,38 @@ def test_wilson_interval_of_none_or_all_right_in_closed_form(n, confidence):
     assert selection.wilson_interval(n, n, confidence) == pytest.approx((n / (n + z2), 1.0), abs=1e-6)
 
 
+def test_the_evaluator_reports_the_95_percent_interval_of_its_hits():
+    """20 videos of 2 views in batches of 4 (one compiled step); a stand-in network scores
+    class 0 for a clip of positive mean. Videos 0..14 are labelled as their clips say,
+    15..19 not: top-1 15/20 with the score equation's 95% roots; top-5 (top-2 here) 20/20."""
+    import tensorflow as tf
+
+    from tf_stfusion.evaluation import MultiClipEvaluator
+
+    sign = np.where(np.arange(20) % 3 == 0, 1.0, -1.0)  # the class each video's clips show: 0 if +1
+    labels = np.where(sign > 0, 0, 1)
+    labels[15:] = 1 - labels[15:]
+    clips = np.repeat(sign, 2)[:, None, None, None, None] * np.ones((40, 2, 4, 4, 3), np.float32)
+
+    def network(x, training=False):
+        mean = tf.reduce_mean(x, axis=[1, 2, 3, 4])
+        return tf.stack([mean, -mean], axis=1)
+
+    ds = tf.data.Dataset.from_tensor_slices((clips.reshape(20, 2, 2, 4, 4, 3), labels, np.arange(20)))
+    ds = ds.batch(4).map(lambda c, l, p: (tf.reshape(c, [-1, 2, 4, 4, 3]), l, p))
+    evaluator = MultiClipEvaluator(network, num_clips=2)
+    metrics = evaluator(lambda ctx: ds, 20, progress=False, split="val")
+    assert (metrics["top1"], metrics["top5"], metrics["num_videos"], evaluator.traces) == (0.75, 1.0, 20, 1)
+    assert metrics["top1_ci"] == pytest.approx(list(_score_roots(15, 20, Z[0.95])), abs=1e-6)
+    assert metrics["top5_ci"] == pytest.approx([20 / (20 + Z[0.95] ** 2), 1.0], abs=1e-6)
+
+
+def test_evaluation_names_the_videos_it_missed_or_saw_twice():
+    # video 0 once, 1 twice, 2 three times, 3 and 4 never
+    with pytest.raises(ValueError, match="saw 6 clips' videos for a split of 5: 2 never, 2 more than once"):
+        VideoResults.from_outcomes(np.zeros((6, 3)), [0, 1, 1, 2, 2, 2], 5)
+
+
 # -- the paired difference --------------------------------------------------------------------
 def _pair(n, only_a, only_b, both=None):
     """Correctness of two strategies on ``n`` videos with the given discordant counts."""
