@@ -256,6 +256,32 @@ def test_serving_signatures_hand_the_network_the_contract_frames_and_centre(kind
     np.testing.assert_allclose(pixels(model.seen[-1]), video, atol=0.05)
 
 
+@pytest.mark.parametrize("height,width", [(300, 260), (260, 300), (17, 1000)])
+def test_serving_reads_png_and_jpeg_sizes_alike(height, width):
+    """The size check reads PNG sizes from the IHDR bytes and JPEG sizes from the SOF: a
+    PNG and a JPEG of one size (sides of 256 or more, so every byte of a PNG side counts)
+    pass together, and a refused video names frame 0's true size."""
+    signatures, model = _signatures(_contract())
+    frame = np.zeros((height, width, 3), np.uint8)
+    jpeg = tf.io.encode_jpeg(frame).numpy()
+    signatures["serving_video"][0](tf.constant([png(frame), jpeg, png(frame)]))
+    assert model.seen[-1].shape == (2, 4, S, S, 3)
+    other = png(np.zeros((height + 1, width, 3), np.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"frame 0 is\W+{height},? {width}\b"):
+        signatures["serving_video"][0](tf.constant([png(frame), jpeg, other]))
+
+
+def test_serving_reads_every_byte_of_a_png_header_size():
+    """A PNG whose IHDR says width 0x05060708 and height 0x01020304 (big-endian, bytes 16..23;
+    the size check decodes nothing, so the header need not be a real image's) beside a real
+    1 x 1 frame: refused, naming frame 0's size 16909060 x 84281096."""
+    signatures, _ = _signatures(_contract())
+    header = bytearray(png(np.zeros((1, 1, 3), np.uint8)))
+    header[16:24] = bytes([5, 6, 7, 8, 1, 2, 3, 4])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"frame 0 is\W+16909060,? 84281096\b"):
+        signatures["serving_video"][0](tf.constant([bytes(header), png(np.zeros((1, 1, 3), np.uint8))]))
+
+
 # -- clients: what they send ---------------------------------------------------------------
 def _jpeg_folder(folder, frames):
     """A frame folder as ``prepare`` reads one (``00001.jpg`` ...), near-lossless JPEG."""
