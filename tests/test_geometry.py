@@ -352,3 +352,25 @@ def test_request_frames_and_contract_clips_are_the_contract_frames_and_centre(tm
     spatial = _jpeg_folder(tmp_path / "spatial", np.stack([columns] * 6))
     clips = client.contract_clips(spatial, contract).astype(float)
     np.testing.assert_allclose(clips, np.broadcast_to(CENTRE_LONG[None, :, None], clips.shape), atol=3)
+
+
+def test_clip_runtime_command_line_prints_the_top_classes_or_one_error_line(capsys):
+    """``classify_main`` as the ONNX client calls it (no ``--num_threads``) and as the LiteRT
+    client does (``threads=True``); a bad video is one ``error:`` line and exit code 2."""
+    from tf_stfusion.data.video import VideoError
+
+    def onnx_like(model, video):
+        if video == "bad.mp4":
+            raise VideoError("bad.mp4: no frames")
+        return client.top_classes([0.1, 0.7, 0.2], ["a", "b", "c"], k=2)
+
+    assert client.classify_main("onnx", onnx_like, ["--model=m", "--video=v.mp4"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["0.7000  b", "0.2000  c"]
+    assert client.classify_main("onnx", onnx_like, ["--model=m", "--video=bad.mp4"]) == 2
+    assert capsys.readouterr().err.strip() == "error: bad.mp4: no frames"
+    with pytest.raises(SystemExit):
+        client.classify_main("onnx", onnx_like, ["--model=m", "--video=v.mp4", "--num_threads=2"])
+    threads = []
+    client.classify_main("litert", lambda m, v, num_threads: threads.append(num_threads) or [],
+                         ["--model=m", "--video=v.mp4", "--num_threads=3"], threads=True)
+    assert threads == [3]
