@@ -19,6 +19,7 @@ contract (SPEC §5, ``pipeline``'s docstrings), never by calling the code under 
 """
 
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -352,6 +353,10 @@ def test_request_frames_and_contract_clips_are_the_contract_frames_and_centre(tm
     spatial = _jpeg_folder(tmp_path / "spatial", np.stack([columns] * 6))
     clips = client.contract_clips(spatial, contract).astype(float)
     np.testing.assert_allclose(clips, np.broadcast_to(CENTRE_LONG[None, :, None], clips.shape), atol=3)
+    # frames stored at short side 8 by prepare: the client sends them at that size too
+    halved = dataclasses.replace(contract, frame_short_side=S)
+    sent, _ = client.request_frames(timed, halved)
+    assert {Image.open(io.BytesIO(j)).size for j in sent} == {(14, S)}  # PIL: (width, height)
 
 
 def test_clip_runtime_command_line_prints_the_top_classes_or_one_error_line(capsys):
