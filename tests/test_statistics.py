@@ -93,6 +93,27 @@ def test_the_evaluator_reports_the_95_percent_interval_of_its_hits():
     assert metrics["top5_ci"] == pytest.approx([20 / (20 + Z[0.95] ** 2), 1.0], abs=1e-6)
 
 
+def test_an_empty_share_of_a_batch_adds_no_outcome_through_conv3d_and_batchnorm():
+    """A replica's empty share of the last batch: oneDNN's Conv3D keeps its input's shape for a
+    batch of 0 and the BatchNorm after it fails, so the outcomes of an empty batch are [0, 3]
+    zeros without running the network (test_numbers' two-replica case uses a Reshape only)."""
+    import keras
+    import tensorflow as tf
+
+    from tf_stfusion.evaluation import outcomes_or_none, video_outcomes, video_scores
+
+    network = keras.Sequential([keras.Input((2, 8, 8, 3)), keras.layers.Conv3D(4, 3, padding="same"),
+                                keras.layers.BatchNormalization(), keras.layers.GlobalAveragePooling3D(),
+                                keras.layers.Dense(3)])
+
+    @tf.function
+    def outcomes(clips, labels):
+        return outcomes_or_none(lambda: video_outcomes(video_scores(network, clips), labels), clips, [0, 3])
+
+    assert outcomes(tf.zeros([0, 2, 2, 8, 8, 3]), tf.zeros([0], tf.int32)).shape == (0, 3)
+    assert outcomes(tf.zeros([1, 2, 2, 8, 8, 3]), tf.zeros([1], tf.int32)).shape == (1, 3)
+
+
 def test_evaluation_names_the_videos_it_missed_or_saw_twice():
     # video 0 once, 1 twice, 2 three times, 3 and 4 never
     with pytest.raises(ValueError, match="saw 6 clips' videos for a split of 5: 2 never, 2 more than once"):
