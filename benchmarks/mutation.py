@@ -1,10 +1,13 @@
-"""Mutation score of the numeric core: how many small deliberate bugs the fast tests catch.
+"""Mutation score of the numeric core and the data and statistics modules: how many small
+deliberate bugs the fast tests catch.
 
     python benchmarks/mutation.py                       # every module, a sample of mutants each
     python benchmarks/mutation.py --modules=accounting --max_per_module=0   # all mutants of one
+    python benchmarks/mutation.py --modules=data/pipeline,selection,evaluation,export/serving,export/client \
+        --max_per_module=5 --seed=29 --jobs=1                  # the data / statistics sample of issue 29
 
 Each mutant changes one operator or constant in one function body of a module of
-the numeric core (``+``/``-``, ``*``/``/``, ``<``/``<=``, ``>``/``>=``, ``==``/``!=``,
+``TARGETS`` (``+``/``-``, ``*``/``/``, ``<``/``<=``, ``>``/``>=``, ``==``/``!=``,
 ``and``/``or``, a dropped unary minus, an integer ``n`` -> ``n + 1``, a float ``x`` ->
 ``2x``, ``True``/``False``); strings, docstrings and error messages are left alone.
 The module's fast tests (``TARGETS``) then run against it in a copy of the
@@ -37,7 +40,8 @@ TARGETS = {
     "layers/drop_path": ["tests/test_drop_path.py", "tests/test_numbers.py"],
     "gating": ["tests/test_numbers.py", "tests/test_drop_path.py", "tests/test_selection.py"],
     "strategy": ["tests/test_strategy.py", "tests/test_numbers.py"],
-    "evaluation": ["tests/test_numbers.py", "tests/test_search.py::test_search_results_equal_a_fresh_model_in_fixed_mode"],
+    "evaluation": ["tests/test_statistics.py", "tests/test_numbers.py",
+                   "tests/test_search.py::test_search_results_equal_a_fresh_model_in_fixed_mode"],
     "accounting": ["tests/test_numbers.py", "tests/test_model.py"],
     # pruning and inflation: models/prune.py and models/inflate.py dispatch to the backbones' hooks
     "models/densenet3d": ["tests/test_numbers.py", "tests/test_backbones.py", "tests/test_inflate.py",
@@ -49,6 +53,19 @@ TARGETS = {
                 "tests/test_train.py::test_regularizer_is_in_the_search_loss",
                 "tests/test_train.py::test_search_step_on_two_replicas_equals_one_device",
                 "tests/test_train.py::test_mirrored_two_devices_matches_one_device"],
+    # the data and statistics modules (issue 29): the fast geometry / statistics tests first (-x stops at
+    # the first failure), then the module's own tests
+    "data/pipeline": ["tests/test_geometry.py",
+                      "tests/test_data.py::test_samplers_loop_short_videos_and_spread_views",
+                      "tests/test_data.py::test_pipeline_is_deterministic_and_eval_views_fold_into_batch",
+                      "tests/test_data.py::test_file_level_sharding_for_multiple_workers",
+                      "tests/test_selection.py::test_holdout_is_never_read_by_the_training_pipeline",
+                      "tests/test_serving.py::test_client_indices_are_the_pipelines_frames"],
+    "data/video": ["tests/test_geometry.py", "tests/test_data.py",
+                   "tests/test_serving.py::test_client_indices_are_the_pipelines_frames"],
+    "selection": ["tests/test_statistics.py", "tests/test_selection.py"],
+    "export/serving": ["tests/test_geometry.py", "tests/test_serving.py"],
+    "export/client": ["tests/test_geometry.py", "tests/test_serving.py"],
 }
 # only these functions of a module are mutated (None: every function)
 FUNCTIONS = {

@@ -285,7 +285,10 @@ def racing_slices(num_videos, num_candidates, eta=3, tiles=8, min_videos=10):
     """
     if eta < 2:
         raise ValueError(f"racing needs eta >= 2, got {eta}")
-    rounds = 1 + max(0, math.ceil(math.log(max(num_candidates / tiles, 1.0), eta)))
+    # Counted in integers: math.log(125, 5) is 3.0000000000000004, one round too many.
+    rounds = 1
+    while tiles * eta ** (rounds - 1) < num_candidates:
+        rounds += 1
     while rounds > 1 and math.ceil(num_videos / eta ** (rounds - 1)) < min_videos:
         rounds -= 1
     ends = sorted({math.ceil(num_videos / eta**k) for k in range(rounds)})

@@ -1,0 +1,381 @@
+"""Clip geometry by construction: which region, which orientation and which frames reach
+the network, through the real pipeline, the serving signatures and the clients.
+
+Every frame's pixels say where and when they are: in ``position_frames`` red is
+``8 * column``, green ``8 * row`` and blue ``10 * frame index`` (PNG: lossless); the
+clients' JPEG frames carry one grey level (``10 * frame index``, or ``8 * column``),
+which JPEG keeps within a few levels. Expected values are worked out by hand from the
+contract (SPEC §5, ``pipeline``'s docstrings), never by calling the code under test:
+
+* dense sampler, ``T`` frames every ``s``: span ``(T - 1) s + 1``, room
+  ``max(L - span, 0)``; eval view ``v`` of ``V`` starts at ``floor(room (v + 0.5) / V)``,
+  train starts uniformly in ``[0, room]``; indices wrap modulo ``L`` (a short video loops);
+* uniform sampler: segment ``L / T``; eval view ``v`` takes ``floor((k + (v + 0.5) / V) L / T)``
+  of segment ``k``, train one frame anywhere in each segment;
+* eval crop: short side to ``S`` (bilinear, half-pixel centres: halving averages pixels
+  ``2j`` and ``2j + 1``, so ``8 * column`` becomes ``16 j + 4``), then the centre
+  ``S x S`` (offset ``(long - S) // 2``); train: short side to ``S`` at scale 1, one
+  random ``S x S`` window for the whole clip, mirrored only when flips are on.
+"""
+
+import base64
+import dataclasses
+import io
+import json
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tf_stfusion.data import pipeline
+from tf_stfusion.data.pipeline import InputContract
+from tf_stfusion.data.prepare import make_sequence_example
+from tf_stfusion.export import client, serving
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "export"))
+
+import grpc_client  # noqa: E402
+import rest_client  # noqa: E402
+
+S = 8  # eval / train crop
+LANDSCAPE, PORTRAIT = (16, 28), (28, 16)  # (height, width): the short side halves to S
+# the network's columns x = 0..7 (rows y) of a halved 16 x 28 frame: resized column j = x + 3
+# (centre offset (14 - 8) // 2) holds 8 * (2j + 0.5) = 16 x + 52; rows: 16 y + 4 (no offset)
+CENTRE_LONG = 16 * np.arange(S) + 52
+CENTRE_SHORT = 16 * np.arange(S) + 4
+# eval indices for T = 4, V = 2: dense stride 2 (span 7) and uniform, worked out in the docstring
+DENSE_EVAL = {20: [[3, 5, 7, 9], [9, 11, 13, 15]],  # room 13: starts floor(3.25), floor(9.75)
+              5: [[0, 2, 4, 1], [0, 2, 4, 1]]}  # room 0: 6 wraps to 1
+UNIFORM_EVAL = {20: [[1, 6, 11, 16], [3, 8, 13, 18]],  # segment 5: 1.25 and 3.75 into each
+                6: [[0, 1, 3, 4], [1, 2, 4, 5]],  # segment 1.5: 0.375 and 1.125 into each
+                3: [[0, 0, 1, 2], [0, 1, 2, 2]]}  # segment 0.75: 0.1875 and 0.5625 into each
+
+
+def position_frames(length, size=LANDSCAPE):
+    """uint8 ``[L, H, W, 3]``: red 8 * column, green 8 * row, blue 10 * frame index."""
+    h, w = size
+    frames = np.zeros((length, h, w, 3), np.uint8)
+    frames[..., 0] = 8 * np.arange(w)[None, None, :]
+    frames[..., 1] = 8 * np.arange(h)[None, :, None]
+    frames[..., 2] = 10 * np.arange(length)[:, None, None]
+    return frames
+
+
+def png(frame):
+    return tf.io.encode_png(frame).numpy()
+
+
+def write_shard(path, frames, video_id="v"):
+    """One video in a shard, its frames stored as PNG (lossless) in ``image/encoded``."""
+    return write_videos(path, {video_id: frames})
+
+
+def write_videos(path, videos):
+    """A shard of ``{video id: frames}``, frames stored as PNG (lossless)."""
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for video_id, frames in videos.items():
+            example = make_sequence_example(video_id, 0, frames, 95)
+            encoded = example.feature_lists.feature_list["image/encoded"].feature
+            for feature, frame in zip(encoded, frames):
+                feature.bytes_list.value[0] = png(frame)
+            writer.write(example.SerializeToString())
+    return str(path)
+
+
+def pixels(clips):
+    """Normalised clips -> grey levels 0..255 (ImageNet mean/std undone)."""
+    return (np.asarray(clips) * np.array(pipeline.IMAGENET_STD) + np.array(pipeline.IMAGENET_MEAN)) * 255.0
+
+
+def frame_index(clip_pixels):
+    """``[..., H, W, 3]`` pixels of position frames -> the frame index each frame shows."""
+    return np.round(clip_pixels[..., 2].mean(axis=(-1, -2)) / 10).astype(int)
+
+
+# -- evaluation: crop and frames ---------------------------------------------------
+@pytest.mark.parametrize("kind,length", [("dense", 20), ("dense", 5), ("uniform", 20), ("uniform", 6),
+                                         ("uniform", 3)])
+def test_eval_reads_the_contract_frames_and_the_centre(kind, length, tmp_path):
+    path = write_shard(tmp_path / "v.tfrecord", position_frames(length))
+    ds = pipeline.make_dataset([path], training=False, num_frames=4, input_size=S, batch_size=1, sampler=kind,
+                               frame_stride=2, num_clips=2, deterministic=True)
+    clips, _ = next(iter(ds))
+    p = pixels(clips).reshape(2, 4, S, S, 3)
+    expected = (DENSE_EVAL if kind == "dense" else UNIFORM_EVAL)[length]
+    np.testing.assert_array_equal(frame_index(p), expected)
+    np.testing.assert_allclose(p[..., 0], np.broadcast_to(CENTRE_LONG[None, :], p.shape[:-1]), atol=0.05)
+    np.testing.assert_allclose(p[..., 1], np.broadcast_to(CENTRE_SHORT[:, None], p.shape[:-1]), atol=0.05)
+
+
+def test_eval_crop_of_a_portrait_frame_is_centred_vertically(tmp_path):
+    path = write_shard(tmp_path / "v.tfrecord", position_frames(8, PORTRAIT))
+    ds = pipeline.make_dataset([path], training=False, num_frames=4, input_size=S, batch_size=1,
+                               num_clips=1, deterministic=True)
+    p = pixels(next(iter(ds))[0])[0]
+    np.testing.assert_allclose(p[..., 0], np.broadcast_to(CENTRE_SHORT[None, :], p.shape[:-1]), atol=0.05)
+    np.testing.assert_allclose(p[..., 1], np.broadcast_to(CENTRE_LONG[:, None], p.shape[:-1]), atol=0.05)
+    np.testing.assert_array_equal(frame_index(p), [2, 3, 4, 5])  # dense stride 1: room 4, start floor(2.0)
+
+
+def test_eval_clip_of_a_frame_already_at_size_is_its_centre_unresized(tmp_path):
+    # 8 x 14: no resize, centre offset (14 - 8) // 2 = 3, so red is 8 * (x + 3) exactly
+    path = write_shard(tmp_path / "v.tfrecord", position_frames(4, (S, 14)))
+    ds = pipeline.make_dataset([path], training=False, num_frames=4, input_size=S, batch_size=1,
+                               num_clips=1, deterministic=True)
+    p = pixels(next(iter(ds))[0])[0]
+    np.testing.assert_allclose(p[0, ..., 0], np.broadcast_to(8 * (np.arange(S) + 3), (S, S)), atol=0.05)
+    np.testing.assert_allclose(p[0, ..., 1], np.broadcast_to(8 * np.arange(S)[:, None], (S, S)), atol=0.05)
+
+
+# -- training: samplers, crop window, mirror ---------------------------------------------
+def _train_indices(sampler, length, draws=300):
+    return np.stack([sampler.indices(tf.constant(length), 1, True, tf.constant([seed, 7]))[0].numpy()
+                     for seed in range(draws)])
+
+
+def test_dense_train_sampler_starts_anywhere_in_the_room_and_steps_by_the_stride():
+    sampler = pipeline.make_sampler("dense", 4, 2)
+    got = _train_indices(sampler, 20)
+    assert set(got[:, 0].tolist()) == set(range(14))  # room 20 - 7 = 13: starts 0..13, each seen
+    np.testing.assert_array_equal(got - got[:, :1], np.broadcast_to([0, 2, 4, 6], got.shape))
+    short = _train_indices(sampler, 5, draws=20)  # room 0: always from 0, looping
+    np.testing.assert_array_equal(short, np.broadcast_to([0, 2, 4, 1], short.shape))
+
+
+def test_uniform_train_sampler_takes_one_frame_anywhere_in_each_segment():
+    got = _train_indices(pipeline.make_sampler("uniform", 4), 20)
+    offsets = got - 5 * np.arange(4)  # segments of 5 frames
+    for k in range(4):
+        assert set(offsets[:, k].tolist()) == set(range(5)), k
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_train_crop_is_one_window_per_clip_mirrored_only_with_flip(flip, tmp_path):
+    """40 training clips of a 16 x 28 video at scale 1: short side halved to 8 x 14, one
+    8 x 8 window (left offset 0..6) for every frame of a clip, frames in sampler order."""
+    path = write_shard(tmp_path / "v.tfrecord", position_frames(20))
+    ds = pipeline.make_dataset([path], training=True, num_frames=4, input_size=S, batch_size=1, frame_stride=2,
+                               flip=flip, scale_range=(1.0, 1.0), seed=3, deterministic=True)
+    lefts, mirrored = set(), 0
+    for clips, _ in ds.take(40):
+        p = pixels(clips)[0]
+        t = frame_index(p)
+        np.testing.assert_array_equal(t - t[0], [0, 2, 4, 6])
+        assert 0 <= t[0] <= 13
+        np.testing.assert_allclose(p[..., 1], np.broadcast_to(CENTRE_SHORT[:, None], p.shape[:-1]), atol=0.05)
+        red = p[0, 0, :, 0]
+        is_mirrored = red[0] > red[-1]
+        left = int(round((red.min() - 4) / 16))
+        columns = left + (np.arange(S)[::-1] if is_mirrored else np.arange(S))
+        np.testing.assert_allclose(p[..., 0], np.broadcast_to(16 * columns + 4, p.shape[:-1]), atol=0.05)
+        assert 0 <= left <= 6
+        lefts.add(left)
+        mirrored += int(is_mirrored)
+    assert len(lefts) >= 3  # the window moves
+    if flip:
+        assert 10 <= mirrored <= 30  # a fair coin over 40 clips (outside: p = 0.002)
+    else:
+        assert mirrored == 0
+
+
+# -- which videos reach the network --------------------------------------------------------
+def test_training_never_reads_an_excluded_video_and_evaluation_only_the_listed(tmp_path):
+    """Three videos whose frames are one grey each (a 40, b 120, c 200). Training (the run
+    passes only ``exclude_ids``, the hold-out) reads a and c once each; evaluation (only
+    ``video_index``) reads c and a at positions 0 and 1, never b."""
+    grey = {"a": 40, "b": 120, "c": 200}
+    path = write_videos(tmp_path / "v.tfrecord", {v: np.full((4, S, S, 3), g, np.uint8) for v, g in grey.items()})
+    train = pipeline.make_dataset([path], training=True, num_frames=4, input_size=S, batch_size=1, repeat=False,
+                                  scale_range=(1.0, 1.0), exclude_ids={"b"}, seed=0)
+    assert sorted(int(round(pixels(clips).mean())) for clips, _ in train) == [40, 200]
+    evaluation = pipeline.make_dataset([path], training=False, num_frames=4, input_size=S, batch_size=3,
+                                       video_index=["c", "a"], deterministic=True)
+    (clips, _, position), = list(evaluation)
+    read = dict(zip(position.numpy().tolist(), np.round(pixels(clips).reshape(2, -1).mean(axis=1)).tolist()))
+    assert read == {0: 200, 1: 40}
+
+
+def test_filler_batches_and_padding_hold_no_video():
+    """Batches of 2 videos (1 view): fillers and padding are zero clips at position -1."""
+    clips = tf.ones([2, 4, S, S, 3])
+    ds = tf.data.Dataset.from_tensors((clips, tf.constant([3, 4]), tf.constant([0, 1], tf.int64)))
+    assert pipeline.filler_batches(ds, 0, 2, 1) is ds
+    batches = list(pipeline.filler_batches(ds, 2, 2, 1))
+    assert len(batches) == 3 and batches[0][2].numpy().tolist() == [0, 1]
+    for filler_clips, labels, position in batches[1:]:
+        assert filler_clips.shape == (2, 4, S, S, 3) and not np.any(filler_clips.numpy())
+        assert labels.numpy().tolist() == [0, 0] and position.numpy().tolist() == [-1, -1]
+    padded, labels, position = pipeline.fill_batch(clips[:1], tf.constant([3]), tf.constant([5], tf.int64), 2)
+    assert padded.shape == (2, 4, S, S, 3) and not np.any(padded.numpy()[1]) and np.all(padded.numpy()[0] == 1)
+    assert labels.numpy().tolist() == [3, 0] and position.numpy().tolist() == [5, -1]
+
+
+# -- serving: what each signature hands the network --------------------------------------
+class Recorder:
+    """A stand-in network: keeps the clips it is given, answers uniform scores."""
+
+    def __init__(self, num_classes=2):
+        self.num_classes, self.seen = num_classes, []
+
+    def __call__(self, clips, training=False):
+        self.seen.append(clips.numpy())
+        return tf.zeros([tf.shape(clips)[0], self.num_classes])
+
+
+def _contract(kind="dense"):
+    return InputContract(num_frames=4, frame_stride=2, sampler=kind, eval_clips=2, eval_size=S,
+                         class_names=("a", "b"), jpeg_quality=95)
+
+
+def _signatures(contract):
+    model = Recorder()
+    names = tf.constant(list(contract.class_names))
+    return serving.make_signatures(model, contract, lambda ids: tf.gather(names, ids)), model
+
+
+@pytest.mark.parametrize("kind,length", [("dense", 20), ("dense", 5), ("uniform", 6)])
+def test_serving_signatures_hand_the_network_the_contract_frames_and_centre(kind, length):
+    contract = _contract(kind)
+    signatures, model = _signatures(contract)
+    frames = position_frames(length)
+    encoded = [png(f) for f in frames]
+    expected = np.array((DENSE_EVAL if kind == "dense" else UNIFORM_EVAL)[length])
+    signatures["serving_video"][0](tf.constant(encoded))
+    signatures["serving_clips"][0](tf.constant([encoded[i] for i in expected.ravel()]))
+    for seen in model.seen:
+        p = pixels(seen).reshape(2, 4, S, S, 3)
+        np.testing.assert_array_equal(frame_index(p), expected)
+        np.testing.assert_allclose(p[..., 0], np.broadcast_to(CENTRE_LONG[None, :], p.shape[:-1]), atol=0.05)
+        np.testing.assert_allclose(p[..., 1], np.broadcast_to(CENTRE_SHORT[:, None], p.shape[:-1]), atol=0.05)
+    video = position_frames(4, (S, S))[None]  # serving_default: clips already cut; only normalised
+    signatures["serving_default"][0](tf.constant(video))
+    np.testing.assert_allclose(pixels(model.seen[-1]), video, atol=0.05)
+
+
+@pytest.mark.parametrize("height,width", [(300, 260), (260, 300), (17, 1000)])
+def test_serving_reads_png_and_jpeg_sizes_alike(height, width):
+    """The size check reads PNG sizes from the IHDR bytes and JPEG sizes from the SOF: a
+    PNG and a JPEG of one size (sides of 256 or more, so every byte of a PNG side counts)
+    pass together, and a refused video names frame 0's true size."""
+    signatures, model = _signatures(_contract())
+    frame = np.zeros((height, width, 3), np.uint8)
+    jpeg = tf.io.encode_jpeg(frame).numpy()
+    signatures["serving_video"][0](tf.constant([png(frame), jpeg, png(frame)]))
+    assert model.seen[-1].shape == (2, 4, S, S, 3)
+    other = png(np.zeros((height + 1, width, 3), np.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"frame 0 is\W+{height},? {width}\b"):
+        signatures["serving_video"][0](tf.constant([png(frame), jpeg, other]))
+
+
+def test_serving_reads_every_byte_of_a_png_header_size():
+    """A PNG whose IHDR says width 0x05060708 and height 0x01020304 (big-endian, bytes 16..23;
+    the size check decodes nothing, so the header need not be a real image's) beside a real
+    1 x 1 frame: refused, naming frame 0's size 16909060 x 84281096."""
+    signatures, _ = _signatures(_contract())
+    header = bytearray(png(np.zeros((1, 1, 3), np.uint8)))
+    header[16:24] = bytes([5, 6, 7, 8, 1, 2, 3, 4])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"frame 0 is\W+16909060,? 84281096\b"):
+        signatures["serving_video"][0](tf.constant([bytes(header), png(np.zeros((1, 1, 3), np.uint8))]))
+
+
+# -- clients: what they send ---------------------------------------------------------------
+def _jpeg_folder(folder, frames):
+    """A frame folder as ``prepare`` reads one (``00001.jpg`` ...), near-lossless JPEG."""
+    folder.mkdir()
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{i + 1:05d}.jpg", quality=100, subsampling=0)
+    return str(folder)
+
+
+def _grey(values, size=LANDSCAPE):
+    """Grey frames, one level per frame (``values`` ``[L]``)."""
+    values = np.asarray(values, np.uint8)
+    return np.broadcast_to(values[:, None, None, None], (len(values), *size, 3)).copy()
+
+
+def _decoded_greys(jpegs):
+    return np.array([np.asarray(Image.open(io.BytesIO(j)).convert("L"), float).mean() for j in jpegs])
+
+
+def _fake_rest(signatures, contract):
+    """TF Serving's REST ``:predict`` answered by the signature functions themselves."""
+    def send(url, body):
+        request = json.loads(body)
+        if request["signature_name"] == client.CONTRACT_SIGNATURE:
+            return {"outputs": json.dumps(contract.to_dict())}
+        frames = [base64.b64decode(f["b64"]) for f in request["inputs"]["frames"]]
+        out = signatures[request["signature_name"]][0](tf.constant(frames))
+        return {"outputs": {"probabilities": out["probabilities"].numpy().tolist()}}
+    return send
+
+
+def _fake_grpc(signatures, contract):
+    def predict(request):
+        outputs = {}
+        if request.model_spec.signature_name == client.CONTRACT_SIGNATURE:
+            outputs["contract"] = tf.make_tensor_proto(json.dumps(contract.to_dict()))
+        else:
+            frames = list(tf.make_ndarray(request.inputs["frames"]).ravel())
+            out = signatures[request.model_spec.signature_name][0](tf.constant(frames))
+            outputs["probabilities"] = tf.make_tensor_proto(out["probabilities"].numpy())
+        return types.SimpleNamespace(outputs=outputs)
+    return predict
+
+
+@pytest.mark.parametrize("whole_video", [False, True])
+def test_rest_and_grpc_clients_get_the_contract_frames_to_the_network(whole_video, tmp_path):
+    contract = _contract("dense")
+    video = _jpeg_folder(tmp_path / "frames", _grey(10 * np.arange(20)))
+    signatures, model = _signatures(contract)
+    rest_client.classify("http://model", video, whole_video, send=_fake_rest(signatures, contract))
+    grpc_client.classify(_fake_grpc(signatures, contract), "stfusion", video, whole_video)
+    assert len(model.seen) == 2
+    for seen in model.seen:
+        greys = pixels(seen).reshape(2, 4, -1).mean(axis=-1)
+        np.testing.assert_array_equal(np.round(greys / 10).astype(int), DENSE_EVAL[20])
+
+
+def test_request_frames_and_contract_clips_are_the_contract_frames_and_centre(tmp_path):
+    contract = _contract("uniform")
+    timed = _jpeg_folder(tmp_path / "timed", _grey(10 * np.arange(20)))
+    sent, indices = client.request_frames(timed, contract)
+    np.testing.assert_array_equal(indices, np.ravel(UNIFORM_EVAL[20]))
+    np.testing.assert_array_equal(np.round(_decoded_greys(sent) / 10).astype(int), np.ravel(UNIFORM_EVAL[20]))
+    clips = client.contract_clips(timed, contract)  # ONNX Runtime and LiteRT clients send these
+    assert clips.shape == (2, 4, S, S, 3) and clips.dtype == np.uint8
+    np.testing.assert_array_equal(np.round(clips.reshape(2, 4, -1).mean(axis=-1) / 10), UNIFORM_EVAL[20])
+    columns = np.broadcast_to((8 * np.arange(28, dtype=np.uint8))[None, :, None], (*LANDSCAPE, 3))
+    spatial = _jpeg_folder(tmp_path / "spatial", np.stack([columns] * 6))
+    clips = client.contract_clips(spatial, contract).astype(float)
+    np.testing.assert_allclose(clips, np.broadcast_to(CENTRE_LONG[None, :, None], clips.shape), atol=3)
+    # frames stored at short side 8 by prepare: the client sends them at that size too
+    halved = dataclasses.replace(contract, frame_short_side=S)
+    sent, _ = client.request_frames(timed, halved)
+    assert {Image.open(io.BytesIO(j)).size for j in sent} == {(14, S)}  # PIL: (width, height)
+
+
+def test_clip_runtime_command_line_prints_the_top_classes_or_one_error_line(capsys):
+    """``classify_main`` as the ONNX client calls it (no ``--num_threads``) and as the LiteRT
+    client does (``threads=True``); a bad video is one ``error:`` line and exit code 2."""
+    from tf_stfusion.data.video import VideoError
+
+    def onnx_like(model, video):
+        if video == "bad.mp4":
+            raise VideoError("bad.mp4: no frames")
+        return client.top_classes([0.1, 0.7, 0.2], ["a", "b", "c"], k=2)
+
+    assert client.classify_main("onnx", onnx_like, ["--model=m", "--video=v.mp4"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["0.7000  b", "0.2000  c"]
+    assert client.classify_main("onnx", onnx_like, ["--model=m", "--video=bad.mp4"]) == 2
+    assert capsys.readouterr().err.strip() == "error: bad.mp4: no frames"
+    with pytest.raises(SystemExit):
+        client.classify_main("onnx", onnx_like, ["--model=m", "--video=v.mp4", "--num_threads=2"])
+    threads = []
+    client.classify_main("litert", lambda m, v, num_threads: threads.append(num_threads) or [],
+                         ["--model=m", "--video=v.mp4", "--num_threads=3"], threads=True)
+    assert threads == [3]

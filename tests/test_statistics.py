@@ -1,0 +1,225 @@
+"""Statistics by independent computation: the level of every interval the reports print,
+racing's survivor counts and the hold-out's size per class.
+
+Expected values come from published tables or closed forms, never from the function
+under test:
+
+* Wilson intervals: Newcombe (1998), "Two-sided confidence intervals for the single
+  proportion", Statistics in Medicine 17, Table I (method 3, 95%), and at other levels
+  the two roots of ``(k/n - p)^2 = z^2 p (1 - p) / n`` (the score test the interval
+  inverts), with ``z`` from a normal table;
+* the paired top-1 difference: with ``b`` and ``c`` the discordant counts of ``n`` videos,
+  the normal approximation ``d +- z sqrt(((b + c)/n - d^2) / n)``, ``d = (b - c)/n``
+  (Agresti, Categorical Data Analysis, 3rd ed., §11.1.1), which the bootstrap must match
+  at large ``n``; and its coverage, simulated, at the stated level;
+* racing: round ``r`` keeps ``ceil(m / eta)`` of ``m`` candidates (``eliminate``'s
+  docstring); slices ``ceil(n / eta^k)`` (``racing_slices``' docstring);
+* hold-out: ``min(max(1, round(f n)), n - 1)`` videos of a class of ``n >= 2`` (Python's
+  ``round``: halves to even), none of a class of one.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from tf_stfusion import selection
+from tf_stfusion.evaluation import VideoResults
+
+Z = {0.90: 1.644854, 0.95: 1.959964, 0.99: 2.575829}  # normal quantiles, from a table
+
+
+def _score_roots(k, n, z):
+    """The Wilson interval as the roots of the score equation (a quadratic in p)."""
+    p_hat = k / n
+    roots = np.roots([1 + z * z / n, -(2 * p_hat + z * z / n), p_hat * p_hat]).real
+    return max(0.0, roots.min()), min(1.0, roots.max())
+
+
+# -- Wilson ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("k,n,low,high", [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605),
+                                          (0, 20, 0.0, 0.1611), (1, 29, 0.0061, 0.1718)])
+def test_wilson_interval_is_newcombes_published_95_percent_interval(k, n, low, high):
+    got = selection.wilson_interval(k, n)
+    assert got == pytest.approx((low, high), abs=6e-5)
+    # what a report prints beside "95% Wilson": evaluation's metrics of k hits in n videos
+    hits = np.arange(n) < k
+    metrics = VideoResults(hits, hits, np.zeros(n)).metrics("val")
+    assert metrics["top1_ci"] == pytest.approx([low, high], abs=6e-5)
+    assert "95%" in metrics["ci_method"] and "95% Wilson" in selection.describe(metrics)
+
+
+@pytest.mark.parametrize("confidence", [0.90, 0.99])
+@pytest.mark.parametrize("k,n", [(81, 263), (0, 20), (1, 29), (8, 10), (50, 50)])
+def test_wilson_interval_at_other_levels_is_the_score_tests_roots(k, n, confidence):
+    got = selection.wilson_interval(k, n, confidence)
+    assert got == pytest.approx(_score_roots(k, n, Z[confidence]), abs=1e-6)
+    assert selection.proportion(np.arange(n) < k, confidence)["ci"] == pytest.approx(list(got), abs=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 2, 40])
+@pytest.mark.parametrize("confidence", [0.90, 0.95, 0.99])
+def test_wilson_interval_of_none_or_all_right_in_closed_form(n, confidence):
+    """k = 0: [0, z^2 / (n + z^2)]; k = n: [n / (n + z^2), 1] (the score equation with
+    p_hat = 0 or 1); a split of one video included."""
+    z2 = Z[confidence] ** 2
+    assert selection.wilson_interval(0, n, confidence) == pytest.approx((0.0, z2 / (n + z2)), abs=1e-6)
+    assert selection.wilson_interval(n, n, confidence) == pytest.approx((n / (n + z2), 1.0), abs=1e-6)
+
+
+def test_the_evaluator_reports_the_95_percent_interval_of_its_hits():
+    """20 videos of 2 views in batches of 4 (one compiled step); a stand-in network scores
+    class 0 for a clip of positive mean. Videos 0..14 are labelled as their clips say,
+    15..19 not: top-1 15/20 with the score equation's 95% roots; top-5 (top-2 here) 20/20."""
+    import tensorflow as tf
+
+    from tf_stfusion.evaluation import MultiClipEvaluator
+
+    sign = np.where(np.arange(20) % 3 == 0, 1.0, -1.0)  # the class each video's clips show: 0 if +1
+    labels = np.where(sign > 0, 0, 1)
+    labels[15:] = 1 - labels[15:]
+    clips = np.repeat(sign, 2)[:, None, None, None, None] * np.ones((40, 2, 4, 4, 3), np.float32)
+
+    def network(x, training=False):
+        mean = tf.reduce_mean(x, axis=[1, 2, 3, 4])
+        return tf.stack([mean, -mean], axis=1)
+
+    ds = tf.data.Dataset.from_tensor_slices((clips.reshape(20, 2, 2, 4, 4, 3), labels, np.arange(20)))
+    ds = ds.batch(4).map(lambda c, l, p: (tf.reshape(c, [-1, 2, 4, 4, 3]), l, p))
+    evaluator = MultiClipEvaluator(network, num_clips=2)
+    metrics = evaluator(lambda ctx: ds, 20, progress=False, split="val")
+    assert (metrics["top1"], metrics["top5"], metrics["num_videos"], evaluator.traces) == (0.75, 1.0, 20, 1)
+    assert metrics["top1_ci"] == pytest.approx(list(_score_roots(15, 20, Z[0.95])), abs=1e-6)
+    assert metrics["top5_ci"] == pytest.approx([20 / (20 + Z[0.95] ** 2), 1.0], abs=1e-6)
+
+
+def test_an_empty_share_of_a_batch_adds_no_outcome_through_conv3d_and_batchnorm():
+    """A replica's empty share of the last batch: oneDNN's Conv3D keeps its input's shape for a
+    batch of 0 and the BatchNorm after it fails, so the outcomes of an empty batch are [0, 3]
+    zeros without running the network (test_numbers' two-replica case uses a Reshape only)."""
+    import keras
+    import tensorflow as tf
+
+    from tf_stfusion.evaluation import outcomes_or_none, video_outcomes, video_scores
+
+    network = keras.Sequential([keras.Input((2, 8, 8, 3)), keras.layers.Conv3D(4, 3, padding="same"),
+                                keras.layers.BatchNormalization(), keras.layers.GlobalAveragePooling3D(),
+                                keras.layers.Dense(3)])
+
+    @tf.function
+    def outcomes(clips, labels):
+        return outcomes_or_none(lambda: video_outcomes(video_scores(network, clips), labels), clips, [0, 3])
+
+    assert outcomes(tf.zeros([0, 2, 2, 8, 8, 3]), tf.zeros([0], tf.int32)).shape == (0, 3)
+    assert outcomes(tf.zeros([1, 2, 2, 8, 8, 3]), tf.zeros([1], tf.int32)).shape == (1, 3)
+
+
+def test_evaluation_names_the_videos_it_missed_or_saw_twice():
+    # video 0 once, 1 twice, 2 three times, 3 and 4 never
+    with pytest.raises(ValueError, match="saw 6 clips' videos for a split of 5: 2 never, 2 more than once"):
+        VideoResults.from_outcomes(np.zeros((6, 3)), [0, 1, 1, 2, 2, 2], 5)
+
+
+# -- the paired difference --------------------------------------------------------------------
+def _pair(n, only_a, only_b, both=None):
+    """Correctness of two strategies on ``n`` videos with the given discordant counts."""
+    both = n // 2 if both is None else both
+    a, b = np.zeros(n, bool), np.zeros(n, bool)
+    a[:only_a] = True
+    b[only_a:only_a + only_b] = True
+    a[n - both:] = b[n - both:] = True
+    return a, b
+
+
+@pytest.mark.parametrize("n,only_a,only_b", [(4000, 300, 260), (2000, 100, 100), (1000, 120, 80)])
+@pytest.mark.parametrize("confidence", [0.90, 0.95, 0.99])
+def test_paired_interval_matches_the_normal_approximation_at_large_n(n, only_a, only_b, confidence):
+    d = (only_a - only_b) / n
+    se = math.sqrt(((only_a + only_b) / n - d * d) / n)
+    z = Z[confidence]
+    got = selection.paired_difference(*_pair(n, only_a, only_b), confidence=confidence)
+    assert (got.diff, got.only_a, got.only_b, got.n) == (pytest.approx(d), only_a, only_b, n)
+    # bootstrap noise and the 1/n grid are well under the 0.3 se between the 90% and 95% bounds
+    tol = 0.12 * se + 1.0 / n
+    assert got.low == pytest.approx(d - z * se, abs=tol) and got.high == pytest.approx(d + z * se, abs=tol)
+
+
+@pytest.mark.parametrize("confidence", [0.95, 0.90])
+def test_paired_interval_covers_the_true_difference_at_its_stated_level(confidence):
+    """1000 simulated pairs of 400 videos (only a right 10%, only b right 7%): the share
+    of intervals holding the true 3 points is the level (binomial s.d. <= 0.0095)."""
+    rng = np.random.default_rng(29)
+    true = 0.10 - 0.07
+    covered = 0
+    for _ in range(1000):
+        kind = rng.choice(3, size=400, p=[0.10, 0.07, 0.83])  # only a, only b, concordant
+        d = selection.paired_difference(kind == 0, kind == 1, confidence=confidence, resamples=2000,
+                                        seed=int(rng.integers(1 << 30)))
+        covered += d.low <= true <= d.high
+    assert abs(covered / 1000 - confidence) <= 0.03
+
+
+@pytest.mark.parametrize("missed,dropped", [(3, False), (5, True)])
+def test_racing_drops_on_the_95_percent_upper_bound(missed, dropped):
+    """A candidate right on 400 - ``missed`` of the leader's 400 videos and nowhere else:
+    a bootstrap draw counts X ~ Binomial(400, missed / 400) of those videos, so its upper
+    bound is below 0 unless P(X = 0) > 2.5%: (397/400)^400 = 4.9% (3 missed: the bound is
+    exactly 0, kept), (395/400)^400 = 0.66% (5 missed: dropped)."""
+    leader = np.ones(400, bool)
+    other = leader.copy()
+    other[:missed] = False
+    scores = {"leader": selection.Score(leader, leader, 0.0, 1.0), "other": selection.Score(other, other, 0.0, 1.0)}
+    _, out = selection.eliminate(scores, eta=1)
+    assert ("other" in out) == dropped
+    if dropped:
+        assert "paired 95% upper bound" in out["other"]
+
+
+# -- racing ----------------------------------------------------------------------------------
+def _tied(m, n=30):
+    """``m`` candidates right on the same videos, told apart only by their loss (c0 best)."""
+    hits = np.arange(n) < n // 2
+    return {f"c{i}": selection.Score(hits, hits, float(i), 1.0) for i in range(m)}
+
+
+@pytest.mark.parametrize("m,eta,kept", [(72, 3, 24), (24, 3, 8), (8, 3, 3), (3, 3, 1), (10, 3, 4), (9, 3, 3),
+                                        (7, 2, 4), (64, 2, 32), (5, 4, 2), (1, 3, 1), (2, 3, 1)])
+def test_a_round_keeps_the_best_ceil_m_over_eta(m, eta, kept):
+    ids, out = selection.eliminate(_tied(m), eta)
+    assert ids == [f"c{i}" for i in range(kept)]  # by loss: the lowest first
+    assert sorted(out) == sorted(f"c{i}" for i in range(kept, m))
+    assert all(reason == f"not in the best 1/{eta}" for reason in out.values())
+
+
+@pytest.mark.parametrize("videos,candidates,eta,tiles,min_videos,slices", [
+    (270, 72, 3, 8, 10, [(0, 30), (30, 90), (90, 270)]),  # 72 -> 24 -> 8: 3 rounds
+    (100, 72, 3, 8, 10, [(0, 12), (12, 34), (34, 100)]),  # ceil(100/9), ceil(100/3)
+    (50, 72, 3, 8, 10, [(0, 17), (17, 50)]),  # ceil(50/9) = 6 < 10: one round fewer
+    (90, 72, 3, 8, 10, [(0, 10), (10, 30), (30, 90)]),  # a first slice of exactly min_videos is kept
+    (160, 64, 2, 8, 10, [(0, 20), (20, 40), (40, 80), (80, 160)]),  # 64 -> 32 -> 16 -> 8: 4 rounds
+    (90, 9, 3, 8, 10, [(0, 30), (30, 90)]),  # 9 > 8 tiles: one halving
+    (90, 8, 3, 8, 10, [(0, 90)]),  # fits one tile: one round
+    (6250, 1000, 5, 8, 10, [(0, 50), (50, 250), (250, 1250), (1250, 6250)]),  # 1000 = 8 * 5^3: 3 halvings
+    (1000, 200, 4, 4, 50, [(0, 63), (63, 250), (250, 1000)]),  # 1 + ceil(log4 50) = 4 rounds; ceil(1000/64) = 16 < 50: 3
+])
+def test_racing_slices_follow_the_documented_rule(videos, candidates, eta, tiles, min_videos, slices):
+    assert selection.racing_slices(videos, candidates, eta, tiles, min_videos) == slices
+
+
+# -- the hold-out ----------------------------------------------------------------------------
+SIZES = (1, 2, 3, 4, 5, 10, 11, 40)
+HELD = {  # per class size, worked out by hand: min(max(1, round(f n)), n - 1)
+    0.0: (0, 0, 0, 0, 0, 0, 0, 0),
+    0.1: (0, 1, 1, 1, 1, 1, 1, 4),  # 0.5 rounds to 0, then the floor of 1
+    0.25: (0, 1, 1, 1, 1, 2, 3, 10),  # 2.5 rounds to 2 (half to even)
+    0.5: (0, 1, 2, 2, 2, 5, 6, 20),  # 1.5 -> 2, 2.5 -> 2, 5.5 -> 6
+    0.9: (0, 1, 2, 3, 4, 9, 10, 36),  # capped at n - 1
+}
+
+
+@pytest.mark.parametrize("fraction", sorted(HELD))
+def test_holdout_size_per_class(fraction):
+    examples = [(f"class{label}_video{i}", label) for label, n in enumerate(SIZES) for i in range(n)]
+    held = selection.holdout_ids(examples, fraction)
+    per_class = [sum(f"class{label}_video{i}" in held for i in range(n)) for label, n in enumerate(SIZES)]
+    assert tuple(per_class) == HELD[fraction]
