@@ -61,11 +61,11 @@ TARGETS = {
                       "tests/test_data.py::test_file_level_sharding_for_multiple_workers",
                       "tests/test_selection.py::test_holdout_is_never_read_by_the_training_pipeline",
                       "tests/test_serving.py::test_client_indices_are_the_pipelines_frames"],
-    "data/video": ["tests/test_geometry.py", "tests/test_data.py",
+    "data/video": ["tests/test_video.py", "tests/test_geometry.py", "tests/test_data.py",
                    "tests/test_serving.py::test_client_indices_are_the_pipelines_frames"],
-    "selection": ["tests/test_statistics.py", "tests/test_selection.py"],
+    "selection": ["tests/test_statistics.py", "tests/test_selection.py", "tests/test_prior.py"],
     "export/serving": ["tests/test_geometry.py", "tests/test_serving.py"],
-    "export/client": ["tests/test_geometry.py", "tests/test_serving.py"],
+    "export/client": ["tests/test_geometry.py", "tests/test_video.py", "tests/test_serving.py"],
 }
 # only these functions of a module are mutated (None: every function)
 FUNCTIONS = {

@@ -135,6 +135,8 @@ def test_a_folder_layout_with_a_holdout_group_pattern(tmp_path):
     held = selection.holdout_ids(examples, 0.25, group_of)
     assert len(held) == 2 * 4 and _whole_groups_only(held, examples, lambda v: v.rsplit("_take", 1)[0])
     assert selection.group_function("auto", "folder")[0] is None  # no grouping known: video by video
+    whole_match, _ = selection.group_function(r"person\d+", "folder")  # no capturing group: the whole match
+    assert [whole_match(v) for v in ("jump/person3_take1", "odd_one")] == ["person3", "odd_one"]  # unmatched: itself
     with pytest.raises(ValueError, match="regular expression"):
         selection.group_function("(unclosed", "folder")
 
@@ -199,5 +201,19 @@ def test_the_leakage_warning_fires_only_when_the_intervals_do_not_overlap():
     held = {"top1": 0.689, "top1_ci": [0.543, 0.805], "split": "holdout"}
     val = {"top1": 0.399, "top1_ci": [0.332, 0.469], "split": "val"}
     said = selection.leakage_warning(held, val, selection.NO_GROUPS)
-    assert "--holdout_group" in said and "68.9%" in said and "39.9%" in said
+    assert "--holdout_group" in said
+    assert "(68.9% [54.3, 80.5]) is above its top-1 on val (39.9% [33.2, 46.9])" in said
     assert selection.leakage_warning(held, {**val, "top1_ci": [0.40, 0.55]}, selection.NO_GROUPS) is None
+
+
+def test_a_class_of_two_groups_gives_one_to_the_holdout_and_keeps_one():
+    """The smallest class that can be split by groups: two groups of three clips.
+    Worked out by hand: the target is round(0.5 * 6) = 3, one whole group."""
+    examples = [(f"{klass}_g{g}_c{c}", label) for label, klass in enumerate("ab") for g in (1, 2) for c in (1, 2, 3)]
+    group_of = lambda v: v.rsplit("_c", 1)[0]  # noqa: E731
+    held = selection.holdout_ids(examples, 0.5, group_of)
+    for klass in "ab":
+        groups = {group_of(v) for v in held if v.startswith(klass)}
+        assert len(groups) == 1 and sum(v.startswith(klass) for v in held) == 3
+    # One group only: nothing can be held out without emptying the class.
+    assert selection.holdout_ids([(f"a_g1_c{c}", 0) for c in (1, 2, 3)], 0.5, group_of) == set()
