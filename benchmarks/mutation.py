@@ -64,7 +64,9 @@ TARGETS = {
     "data/video": ["tests/test_video.py", "tests/test_geometry.py", "tests/test_data.py",
                    "tests/test_serving.py::test_client_indices_are_the_pipelines_frames"],
     "selection": ["tests/test_statistics.py", "tests/test_selection.py", "tests/test_prior.py"],
-    "export/serving": ["tests/test_geometry.py", "tests/test_serving.py"],
+    "export/serving": ["tests/test_geometry.py", "tests/test_serving.py",
+                       "tests/test_export.py::test_ensemble_head_scales_and_abstains_by_hand",
+                       "tests/test_export.py::test_ensemble_export_equals_the_evaluated_ensemble"],
     "export/client": ["tests/test_geometry.py", "tests/test_video.py", "tests/test_serving.py"],
 }
 # only these functions of a module are mutated (None: every function)

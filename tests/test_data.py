@@ -211,3 +211,20 @@ def test_progress_eta_ignores_shards_done_before_a_resume():
     bar.start -= 10.0             # then one shard took 10 s
     bar.update(9)
     assert stream.getvalue().splitlines()[-1].endswith("ETA 00:00:10")
+
+
+def test_pipeline_batches_are_the_exact_steps_rounded_to_the_replicas_only():
+    """5 wanted videos in two files, batch 2: ceil(5 / 2) = 3 batches on one replica,
+    not rounded further; on two replicas of one pipeline (1 video per replica batch)
+    5 batches, rounded up to a multiple of the 2 replicas: 6 (worked out by hand)."""
+    shard_videos = {"a": ["v1", "v2", "v3"], "b": ["v4", "v5", "v6"]}
+    wanted = ["v1", "v2", "v3", "v4", "v5"]
+    one = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=1)
+    assert pipeline.pipeline_batches(["a", "b"], shard_videos, wanted, 2, one) == (3, 3)
+    two = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=2)
+    assert pipeline.pipeline_batches(["a", "b"], shard_videos, wanted, 2, two) == (5, 6)
+    # Two pipelines (workers), one replica each: 3 and 2 wanted videos -> 2 and 1 batches, both take 2.
+    first = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=0, num_replicas_in_sync=2)
+    second = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=2)
+    assert pipeline.pipeline_batches(["a", "b"], shard_videos, wanted, 4, first) == (2, 2)
+    assert pipeline.pipeline_batches(["a", "b"], shard_videos, wanted, 4, second) == (1, 2)

@@ -375,6 +375,10 @@ def test_clip_runtime_command_line_prints_the_top_classes_or_one_error_line(caps
     assert capsys.readouterr().err.strip() == "error: bad.mp4: no frames"
     with pytest.raises(SystemExit):
         client.classify_main("onnx", onnx_like, ["--model=m", "--video=v.mp4", "--num_threads=2"])
+    for missing in (["--video=v.mp4"], ["--model=m"]):  # both are required: a usage error (exit 2), no call
+        with pytest.raises(SystemExit) as stopped:
+            client.classify_main("onnx", onnx_like, missing)
+        assert stopped.value.code == 2
     threads = []
     client.classify_main("litert", lambda m, v, num_threads: threads.append(num_threads) or [],
                          ["--model=m", "--video=v.mp4", "--num_threads=3"], threads=True)

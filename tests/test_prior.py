@@ -215,5 +215,8 @@ def test_a_class_of_two_groups_gives_one_to_the_holdout_and_keeps_one():
     for klass in "ab":
         groups = {group_of(v) for v in held if v.startswith(klass)}
         assert len(groups) == 1 and sum(v.startswith(klass) for v in held) == 3
+    # Even a fraction that asks for more (round(0.9 * 6) = 5) never takes the class's last group.
+    held = selection.holdout_ids(examples, 0.9, group_of)
+    assert all(sum(v.startswith(klass) for v in held) == 3 for klass in "ab")
     # One group only: nothing can be held out without emptying the class.
     assert selection.holdout_ids([(f"a_g1_c{c}", 0) for c in (1, 2, 3)], 0.5, group_of) == set()

@@ -674,3 +674,13 @@ def test_a_folder_losing_too_many_images_is_skipped(tmp_path):
                                max_dropped_fraction=0.05)
     assert manifest["skipped"] == [["a/frames", "damaged: 1 of 12 frame images do not decode "
                                     "(> --max_dropped_fraction=0.05)"]]
+
+
+def test_jpg_and_jpeg_are_one_pattern_png_and_jpg_two(tmp_path):
+    """``1.jpg, 2.jpeg, 3.JPG``: one format, so one naming pattern, in order; ``1.png,
+    2.jpg``: two formats, two patterns, skipped with the reason."""
+    folder = write_frame_folder(str(tmp_path / "mixed_case"), ["1.jpg", "2.jpeg", "3.JPG"])
+    assert ordered_frame_names(folder) == ["1.jpg", "2.jpeg", "3.JPG"]
+    folder = write_frame_folder(str(tmp_path / "two_formats"), ["1.png", "2.jpg"])
+    with pytest.raises(VideoError, match="more than one naming pattern"):
+        ordered_frame_names(folder)
