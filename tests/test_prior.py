@@ -215,6 +215,9 @@ def test_a_class_of_two_groups_gives_one_to_the_holdout_and_keeps_one():
     for klass in "ab":
         groups = {group_of(v) for v in held if v.startswith(klass)}
         assert len(groups) == 1 and sum(v.startswith(klass) for v in held) == 3
+    # A fraction too small for one clip still holds out one group, and only one (round(0.1 * 3) = 0 -> 1).
+    singles = [(f"a_g{g}_c1", 0) for g in (1, 2, 3)]
+    assert len(selection.holdout_ids(singles, 0.1, group_of)) == 1
     # Even a fraction that asks for more (round(0.9 * 6) = 5) never takes the class's last group.
     held = selection.holdout_ids(examples, 0.9, group_of)
     assert all(sum(v.startswith(klass) for v in held) == 3 for klass in "ab")

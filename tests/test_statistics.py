@@ -223,3 +223,19 @@ def test_holdout_size_per_class(fraction):
     held = selection.holdout_ids(examples, fraction)
     per_class = [sum(f"class{label}_video{i}" in held for i in range(n)) for label, n in enumerate(SIZES)]
     assert tuple(per_class) == HELD[fraction]
+
+
+def test_wilson_bounds_stay_in_0_1_where_floating_point_would_leave_them():
+    """All right in n videos: the upper bound is 1 up to rounding, never above (the
+    formula's centre + half-width is 1 + 2e-16 for n = 9, 26, 30, ... in floating
+    point); none right: the lower bound is 0 up to rounding, never below."""
+    for n in range(1, 60):
+        assert 1.0 - 1e-12 < selection.wilson_interval(n, n)[1] <= 1.0
+        assert 0.0 <= selection.wilson_interval(0, n)[0] < 1e-12
+
+
+def test_the_log_line_of_a_metrics_record():
+    metrics = {"top1": 0.5, "top1_ci": [0.4, 0.6], "top5": 0.9, "top5_ci": [0.8, 0.95], "split": "val",
+               "num_videos": 100}
+    assert selection.describe(metrics) == ("top-1 50.00% [40.0, 60.0]  top-5 90.00% [80.0, 95.0]  on val "
+                                           "(100 videos; 95% Wilson intervals)")

@@ -684,3 +684,34 @@ def test_jpg_and_jpeg_are_one_pattern_png_and_jpg_two(tmp_path):
     folder = write_frame_folder(str(tmp_path / "two_formats"), ["1.png", "2.jpg"])
     with pytest.raises(VideoError, match="more than one naming pattern"):
         ordered_frame_names(folder)
+
+
+def test_a_video_starting_at_5_s_lasts_its_own_length():
+    """Frames stamped 5.00 s ... 5.36 s (10 at 25 fps, as a cut from a longer
+    recording keeps its timestamps): 0.4 s at 25 fps, not 5.4 s."""
+    import fractions
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "late.mp4")
+        with av.open(path, "w") as container:
+            stream = container.add_stream("libx264", rate=25)
+            stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+            for i, image in enumerate(numbered_frames(10)):
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                frame.pts, frame.time_base = 125 + i, fractions.Fraction(1, 25)
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        stats = DecodeStats()
+        assert len(decode(path, stats=stats)) == 10
+    assert stats.duration == pytest.approx(0.4) and stats.fps == pytest.approx(25.0)
+
+
+def test_the_damage_sentence_counts_in_words():
+    assert DecodeStats(packets=60, packets_dropped=3).damage() == "3 of 60 packets do not decode"
+    assert DecodeStats(packets=60, packets_dropped=3, frames_concealed=1).damage() == \
+        "3 of 60 packets do not decode and 1 frame is concealed"
+    assert DecodeStats(packets=12, packets_dropped=0, frames_concealed=2).damage("frame images") == \
+        "0 of 12 frame images do not decode and 2 frames are concealed"
