@@ -239,3 +239,16 @@ def test_the_log_line_of_a_metrics_record():
                "num_videos": 100}
     assert selection.describe(metrics) == ("top-1 50.00% [40.0, 60.0]  top-5 90.00% [80.0, 95.0]  on val "
                                            "(100 videos; 95% Wilson intervals)")
+
+
+def test_a_label_given_probability_zero_costs_the_floored_nll():
+    """NLL = -log max(p_label, 1e-12): a saturated wrong answer costs -log(1e-12) =
+    27.631 nats, not infinity; a right one its own -log p (worked out by hand)."""
+    import tensorflow as tf
+
+    from tf_stfusion.evaluation import video_outcomes
+
+    probs = tf.constant([[1.0, 0.0, 0.0], [0.25, 0.75, 0.0]])
+    outcomes = video_outcomes(probs, tf.constant([2, 1])).numpy()
+    np.testing.assert_allclose(outcomes[:, 2], [27.631021115928547, 0.2876820724517809], rtol=1e-6)
+    np.testing.assert_array_equal(outcomes[:, 0], [0.0, 1.0])
