@@ -155,8 +155,9 @@ def observations(probs, rows):
     return lines
 
 
-def _pct(value, ci=None):
-    text = f"{100 * value:.2f}"
+def percent(value, ci=None, digits=2):
+    """``value`` (a fraction) in percent, with its interval's bounds to 0.1 if given."""
+    text = f"{100 * value:.{digits}f}"
     return text if ci is None else f"{text} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
@@ -178,7 +179,7 @@ def comparison_table(comparison):
             d = comparison["paired_vs_opt"][name]
             diff = _points(d["diff"], d["ci"])
             verdict = {"better": "Opt better", "worse": "Opt worse"}.get(d["verdict"], INDISTINGUISHABLE)
-        lines.append(f"| {name} | {_pct(r['top1'], r['top1_ci'])} | {_pct(r['top5'])} | {diff} | {verdict} | "
+        lines.append(f"| {name} | {percent(r['top1'], r['top1_ci'])} | {percent(r['top5'])} | {diff} | {verdict} | "
                      f"{r['params'] / 1e6:.3f} | {r['gflops']:.3f} |")
     return lines
 
@@ -201,7 +202,7 @@ def write_report(path, rows, best, probs, plan, comparison, max_gflops=0.0, sect
         lines += [f"**Selection protocol.** Opt is the best of {plan['num_samples']} sampled strategies on the "
                   f"selection split `{comparison['selected_on']}` ({best['num_videos']} held-out training videos "
                   f"that the template was not trained on, grouped: {comparison.get('holdout_grouping') or 'none'}; "
-                  f"there Opt scored {_pct(best['top1'], best['top1_ci'])}). "
+                  f"there Opt scored {percent(best['top1'], best['top1_ci'])}). "
                   f"Every number below is measured on `{comparison['report_split']}` ({report['num_videos']} "
                   "videos), which played no part in the choice.", ""]
     if comparison.get("leakage_warning"):
@@ -304,7 +305,7 @@ def posterior_table(posterior):
     for name, r in posterior["models"].items():
         d = r["vs_opt"]
         diff = "--" if d is None else f"{_points(d['diff'], d['ci'])} ({d['verdict']})"
-        lines.append(f"| {name} | {r['members']} | {_pct(r['top1'], r['top1_ci'])} | {diff} | "
+        lines.append(f"| {name} | {r['members']} | {percent(r['top1'], r['top1_ci'])} | {diff} | "
                      f"{_interval(r['nll'], r['nll_ci'])} | {_interval(r['ece'], r['ece_ci'], 100, 1)} | "
                      f"{r['gflops']:.3f} |")
     return lines
@@ -322,11 +323,11 @@ def selective_table(posterior):
         s = r["selective"]
         kept = s["threshold"]["val"]
         aurc = " / ".join(f"{s['aurc'][k]:.4f}" if k in s['aurc'] else "--" for k in RANKINGS)
-        accuracy = "--" if kept["accuracy"] is None else _pct(kept["accuracy"], kept["accuracy_ci"])
+        accuracy = "--" if kept["accuracy"] is None else percent(kept["accuracy"], kept["accuracy_ci"])
         threshold = f"{kept['threshold']:.3f}" + ("" if s["threshold"]["reachable"] else " (target not reached)")
         lines.append(f"| {name} | {s['temperature']:.3f} | {100 * r['ece']:.1f} -> "
                      f"{_interval(s['scaled']['ece'], s['scaled']['ece_ci'], 100, 1)} | {r['nll']:.3f} -> "
-                     f"{s['scaled']['nll']:.3f} | {aurc} | {threshold} | {_pct(kept['coverage'], kept['coverage_ci'])} "
+                     f"{s['scaled']['nll']:.3f} | {aurc} | {threshold} | {percent(kept['coverage'], kept['coverage_ci'])} "
                      f"| {accuracy} |")
     return lines
 

@@ -142,12 +142,10 @@ def compare(model_dir, length_scales):
     return result
 
 
-def _pct(value, ci):
-    return f"{100 * value:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
-
-
 def render(result, seconds=None):
     """``sweep.md``: one row per k, the chosen k, and its paired difference on val."""
+    from tf_stfusion.report import percent  # matplotlib loads only when a report is written
+
     rows = sorted(result["rows"], key=lambda r: r["k"])
     first = rows[0]
     lines = ["# k sweep", "",
@@ -164,8 +162,8 @@ def render(result, seconds=None):
         mark = " (chosen)" if r["k"] == result["chosen_k"] else ""
         lines.append(f"| {r['k']:g}{mark} | {r['eq5_term']:.4g} | {r['data_loss']:.3g} | {r['preflight_ratio']:.3g} | "
                      f"{r['pooled_ratio']:.3g} | {r['preflight_verdict']} | "
-                     f"{100 * r['gates_above_0.9']:.0f}% | {_pct(r['holdout']['top1'], r['holdout']['top1_ci'])} "
-                     f"(n = {r['holdout']['num_videos']}) | {_pct(r['val']['top1'], r['val']['top1_ci'])} | "
+                     f"{100 * r['gates_above_0.9']:.0f}% | {percent(r['holdout']['top1'], r['holdout']['top1_ci'], digits=1)} "
+                     f"(n = {r['holdout']['num_videos']}) | {percent(r['val']['top1'], r['val']['top1_ci'], digits=1)} | "
                      f"{r['search_phase_seconds']} |")
     lines += ["", f"Chosen k = {result['chosen_k']:g} (best Opt top-1 on {result['chosen_on']})."]
     paired = result["paired_val"]
