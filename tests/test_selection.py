@@ -79,6 +79,16 @@ def test_paired_difference_of_identical_strategies_contains_zero():
     assert d.diff == 0 and d.low <= 0 <= d.high and d.verdict == selection.INDISTINGUISHABLE
 
 
+@pytest.mark.parametrize("a,b", [
+    ([True, False, True], [True, False]),  # different videos: not a pair
+    ([[True, False]], [[True, False]]),  # 2-D: videos x something else
+    ([], []),  # nothing to compare
+])
+def test_paired_difference_refuses_what_is_not_one_pair_of_videos(a, b):
+    with pytest.raises(ValueError, match="equal, non-empty 1-D"):
+        selection.paired_difference(a, b)
+
+
 def test_strictly_more_correct_is_called_better_once_the_sample_is_large_enough():
     rng = np.random.default_rng(1)
 

@@ -10,6 +10,7 @@ from the decoder under test.
 import dataclasses
 import fractions
 import json
+import math
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tf_stfusion.data import pipeline, prepare, readers
-from tf_stfusion.data.video import DecodeStats, VideoError, decode, ordered_frame_names, write_video
+from tf_stfusion.data.video import DecodeStats, VideoError, decode, display_filters, ordered_frame_names, write_video
 from tf_stfusion.export import client
 
 H, W = 48, 64  # stored (coded) size of the marker videos
@@ -192,6 +193,35 @@ def test_frames_follow_the_display_matrix(tmp_path, display, expected):
     contract = pipeline.InputContract(4, 1, "dense", 1, 32, ("a",), frame_short_side=24)
     served = client.decode_video(path, contract)
     assert served.shape[1:3] == ((24, 32) if want.shape[0] < want.shape[1] else (32, 24))
+
+
+def rotation_matrix(degrees):
+    """``av_display_rotation_set(matrix, degrees)`` of libavutil/display.c, written out:
+    16.16 fixed point, the angle counter-clockwise."""
+    radians = -math.radians(degrees)
+    c, s = math.cos(radians), math.sin(radians)
+    return [int(c * 65536), int(-s * 65536), 0, int(s * 65536), int(c * 65536), 0, 0, 0, 1 << 30]
+
+
+@pytest.mark.parametrize("degrees,filters", [
+    # The ffmpeg CLI's autorotation (fftools/ffmpeg_filter.c, get_rotation of cmdutils.c):
+    # theta = -round(av_display_rotation_get), here = the angle set, wrapped into [0, 360);
+    # within 1 degree of 90 / 180 / 270 a transpose or flips; any other theta above 1 the
+    # rotate filter, so a matrix set to -1 degree is rotated by 359.
+    (0, []),
+    (1, []),  # theta 1 is not "> 1": shown as stored
+    (2, [("rotate", "2.0*PI/180")]),
+    (-1, [("rotate", "359.0*PI/180")]),
+    (-2, [("rotate", "358.0*PI/180")]),
+    (45, [("rotate", "45.0*PI/180")]),
+    (-45, [("rotate", "315.0*PI/180")]),
+    (90, [("transpose", "clock")]),  # matrix[3] = sin(-90 deg) < 0
+    (-90, [("transpose", "cclock")]),  # theta 270, matrix[3] > 0
+    (180, [("hflip", ""), ("vflip", "")]),
+    (179, [("rotate", "179.0*PI/180")]),  # |179 - 180| = 1 is not "< 1"
+])
+def test_display_filters_follow_the_cli_rule_at_every_angle(degrees, filters):
+    assert display_filters(rotation_matrix(degrees)) == filters
 
 
 def test_anamorphic_video_is_stretched_to_its_display_width(tmp_path):
