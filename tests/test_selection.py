@@ -4,6 +4,8 @@ simulation; the hold-out is followed through the pipeline and the trainer."""
 
 import dataclasses
 import json
+import math
+import re
 import shutil
 
 import numpy as np
@@ -224,6 +226,21 @@ def test_elimination_drops_the_clearly_worse_then_keeps_the_best_third():
     rest = [c for c in scores if not dropped.get(c, "").startswith("below")]
     assert len(kept) == -(-len(rest) // 3)
     assert all(scores[k].key() >= scores[d].key() for k in kept for d in dropped)
+
+
+def test_a_dropped_candidate_is_told_its_upper_bound_in_points():
+    # The leader is right on all 100 videos, "bad" on the first 40 only: the 60 discordant
+    # videos all favour the leader, so bad - leader = -c/100 with c ~ Binomial(100, 0.6)
+    # under the paired bootstrap; its 97.5th percentile is -(2.5th percentile of c)/100.
+    n, p = 100, 0.6
+    cdf, q = 0.0, 0
+    while cdf + math.comb(n, q) * p ** q * (1 - p) ** (n - q) < 0.025:
+        cdf += math.comb(n, q) * p ** q * (1 - p) ** (n - q)
+        q += 1
+    scores = {"leader": _score([True] * n), "bad": _score([True] * 40 + [False] * 60)}
+    _, dropped = selection.eliminate(scores, eta=3)
+    points = float(re.search(r"upper bound ([-+][0-9.]+) points", dropped["bad"]).group(1))
+    assert points == pytest.approx(-q, abs=1.5)  # in points (percent), not a fraction
 
 
 def test_a_strict_superset_of_the_leader_is_never_dropped():
