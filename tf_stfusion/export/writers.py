@@ -156,14 +156,13 @@ class Writer:
     write: Callable  # (model, contract, path, model_name) -> None
     load: Callable  # path -> (video uint8 -> {"probabilities", "top_k", "logits"}), for parity and latency
     parity: str  # the export report's name for its parity check
-    folder: bool = False  # moved into place last (TF Serving watches folders)
 
 
 WRITERS = {
     "saved_model": Writer(
         relative_path=lambda name, version: os.path.join(name, str(version)),
         write=lambda model, contract, path, name: write_saved_model(model, contract, path, model_name=name),
-        load=load_saved_model, parity="saved_model_vs_keras_pruned", folder=True),
+        load=load_saved_model, parity="saved_model_vs_keras_pruned"),
     "onnx": Writer(
         relative_path=lambda name, version: f"{name}.onnx",
         write=lambda model, contract, path, name: write_onnx(model, contract, path),
