@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 import tf_stfusion as stf
-from tf_stfusion.export import main as export_main
+from tf_stfusion.export import checks, staging
+from tf_stfusion.export import config as export_config
 from tf_stfusion.export.main import ExportConfig, ExportError, export
 from tf_stfusion.models.prune import prune
 
@@ -96,7 +97,7 @@ def test_refusals_leave_nothing_behind(trained_run, tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="does not match"):
         export(ExportConfig(strategy_file=good, model_dir=trained_run, export_dir=str(out), checkpoint=prefix))
     # A failed parity check removes everything it wrote.
-    monkeypatch.setattr(export_main, "TOLERANCE", -1.0)
+    monkeypatch.setattr(checks, "TOLERANCE", -1.0)
     with pytest.raises(ExportError, match="parity check"):
         export(ExportConfig(strategy_file=good, model_dir=trained_run, export_dir=str(out)), log=lambda *a: None)
     assert os.listdir(out) == []
@@ -153,8 +154,23 @@ def test_formats_are_the_writer_table():
     # The CLI's --formats (checked before TensorFlow loads) and the table of writers name the same formats.
     from tf_stfusion.export import writers
 
-    assert tuple(writers.WRITERS) == export_main.FORMATS
-    assert [name for name, w in writers.WRITERS.items() if w.folder] == ["saved_model"]  # moved into place last
+    assert tuple(writers.WRITERS) == export_config.FORMATS
+
+
+def test_folders_are_moved_into_place_last(tmp_path, monkeypatch):
+    # TF Serving watches the model folder: a version folder appears only when every file is in place.
+    work, parent = tmp_path / "work", tmp_path / "out"
+    (work / "m" / "1").mkdir(parents=True)
+    (work / "m" / "1" / "saved_model.pb").write_text("pb")
+    (work / "m.onnx").write_text("onnx")
+    (parent / "m" / "1").mkdir(parents=True)
+    (parent / "m" / "1" / "stale.pb").write_text("old")  # --overwrite: the old version goes
+    moved, replace = [], os.replace
+    monkeypatch.setattr(staging.os, "replace", lambda a, b: (moved.append(os.path.basename(b)), replace(a, b)))
+    staging.move_into_place(str(work), str(parent), {"saved_model": "m/1", "onnx": "m.onnx"}, {"ok": 1})
+    assert moved[:2] == ["m.onnx", "1"]
+    assert sorted(os.listdir(parent / "m" / "1")) == ["saved_model.pb"]
+    assert json.loads((parent / "export_report.json").read_text()) == {"ok": 1}
 
 
 def test_parity_on_logits_catches_a_broken_conversion_of_a_saturated_model(trained_run, tmp_path, monkeypatch):

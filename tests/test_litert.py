@@ -119,7 +119,7 @@ def test_tflite_files_are_builtin_and_match_keras(lite_export):
 
 
 def test_quantized_top1_is_reported_paired_with_the_float_model(lite_export, trained_run):
-    from tf_stfusion.export.main import run_source
+    from tf_stfusion.export.checks import run_source
     from tf_stfusion.runs import load_run_config
 
     out, report, lines = lite_export
@@ -147,7 +147,8 @@ def test_quantized_top1_is_reported_paired_with_the_float_model(lite_export, tra
 
 def test_calibration_reads_the_holdout_not_the_report_split(trained_run):
     from tf_stfusion import selection
-    from tf_stfusion.export.main import calibration_clips, run_contract, run_source
+    from tf_stfusion.export.checks import calibration_clips, run_source
+    from tf_stfusion.export.exporter import run_contract
     from tf_stfusion.runs import RunFolder, load_run_config
 
     run = load_run_config(trained_run)

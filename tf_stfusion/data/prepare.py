@@ -44,7 +44,7 @@ from absl import app, flags
 from tf_stfusion.data import readers, synthetic
 from tf_stfusion.data.integrity import check_shards, shard_record
 from tf_stfusion.data.records import FrameSpool, RecordWriteError, ShardWriter, context_features
-from tf_stfusion.data.video import DecodeStats, VideoError, iter_frames, resize_image
+from tf_stfusion.data.video import DecodeStats, VideoError, encode_jpeg, iter_frames, resize_image
 from tf_stfusion.fileio import atomic_write_json
 
 LAYOUTS = sorted(readers.READERS) + ["synthetic"]  # what prepare reads: a dataset's folder layout
@@ -113,16 +113,6 @@ def iter_source_frames(source, opts, stats):
     stats.frames_announced = stats.frames_decoded = stats.frames = len(frames)
     for frame in frames:
         yield resize_image(frame, short_side) if short_side else frame
-
-
-def encode_jpeg(frame, quality):
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
 
 
 def sequence_example(video_id, label, encoded, height, width):

@@ -121,6 +121,19 @@ def resize_image(image, short_side):
     return np.asarray(img)
 
 
+def encode_jpeg(frame, quality=75):
+    """A uint8 ``[H, W, 3]`` frame as JPEG bytes (PIL; ``quality`` 1-95, PIL's default
+    75). The one JPEG encoder of the package: ``prepare`` stores the shards' frames
+    with it and the serving clients send theirs with it."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
 # -- display geometry -------------------------------------------------------------
 def display_rotation(matrix):
     """The clockwise display angle in degrees, [0, 360), of an FFmpeg display matrix

@@ -22,8 +22,10 @@ import base64
 import json
 
 import numpy as np
+import tensorflow as tf
 
-from tf_stfusion.data.pipeline import InputContract
+from tf_stfusion.data.pipeline import InputContract, uint8_clips
+from tf_stfusion.data.video import decode, encode_jpeg
 
 CONTRACT_SIGNATURE = "input_contract"
 CLIPS_SIGNATURE = "serving_clips"
@@ -46,16 +48,12 @@ def decode_video(path, contract):
     package's one decoder (``data.video.iter_frames``: display matrix, frame-size
     changes, damaged packets), resampled to the contract's ``fps`` and resized to
     its ``frame_short_side``."""
-    from tf_stfusion.data.video import decode
-
     return decode(path, short_side=contract.frame_short_side or None, fps=contract.fps or None)
 
 
 def request_frames(path, contract, whole_video=False):
     """``(JPEG bytes per frame, frame indices)`` to send for the video at ``path``:
     the contract's frames in view order, or every frame (``whole_video``)."""
-    from tf_stfusion.data.prepare import encode_jpeg
-
     frames = decode_video(path, contract)
     indices = np.arange(len(frames)) if whole_video else contract.frame_indices(len(frames)).ravel()
     return [encode_jpeg(frames[i], contract.jpeg_quality) for i in indices], indices
@@ -73,7 +71,6 @@ def rest_contract_body():
 
 def grpc_request(frames, model_name, signature):
     """A ``PredictRequest`` with ``frames`` as a ``DT_STRING`` tensor (or none, for the contract)."""
-    import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
     request = predict_pb2.PredictRequest()
@@ -87,10 +84,6 @@ def grpc_request(frames, model_name, signature):
 def contract_clips(path, contract):
     """uint8 clips ``[eval_clips, T, S, S, 3]`` of a video: the contract's frames,
     resized and centre-cropped by the pipeline's evaluation functions (rounded)."""
-    import tensorflow as tf
-
-    from tf_stfusion.data.pipeline import uint8_clips
-
     frames = decode_video(path, contract)
     chosen = frames[contract.frame_indices(len(frames)).ravel()]
     return uint8_clips(tf.constant(chosen), contract.eval_clips, contract.num_frames, contract.eval_size).numpy()

@@ -25,8 +25,12 @@ import tempfile
 import time
 import warnings
 
+import keras
 import numpy as np
 import tensorflow as tf
+
+from tf_stfusion.export.deploy import deploy_model
+from tf_stfusion.export.serving import clip_function
 
 PRECISIONS = ("float32", "float16", "int8")
 QUANTIZATIONS = PRECISIONS[1:]  # --quantize
@@ -45,11 +49,6 @@ def file_name(model_name, precision="float32"):
 def convert(model, contract, precision="float32", calibration=None, top_k=5):
     """The ``.tflite`` bytes of ``model`` (a pruned Keras network) at ``precision``.
     ``calibration``: an iterable of uint8 clips ``[T, S, S, 3]`` (int8 only)."""
-    import keras
-
-    from tf_stfusion.export.deploy import deploy_model
-    from tf_stfusion.export.writers import clip_function
-
     if precision not in PRECISIONS:
         raise LiteRTError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
     if precision == "int8" and calibration is None:

@@ -133,6 +133,28 @@ def ensemble_video_scores(model, clips):
     return tf.reduce_mean(tf.reshape(probs, [shape[0], -1, probs.shape[-1]]), axis=1)
 
 
+def clip_shape(contract):
+    """``(T, S, S, 3)``: one uint8 clip as the clip signatures take it (the
+    contract's ``num_frames`` and ``eval_size``)."""
+    return (contract.num_frames, contract.eval_size, contract.eval_size, 3)
+
+
+def clip_function(model, contract, top_k=5, batch=None):
+    """``(fn, input_signature)``: ``serving_default`` without the labels table --
+    uint8 clips ``video`` -> ``probabilities``, ``top_k``, ``logits`` -- for the
+    runtimes that take clips (ONNX; LiteRT with ``batch=1``)."""
+    top_k = min(top_k, len(contract.class_names))
+
+    def serve(video):
+        logits = clip_logits(model, video)
+        probs = tf.nn.softmax(logits)
+        ids = tf.math.top_k(probs, top_k).indices
+        return {"probabilities": tf.identity(probs, name="probabilities"), "top_k": tf.identity(ids, name="top_k"),
+                "logits": tf.identity(logits, name="logits")}
+
+    return serve, tf.TensorSpec([batch, *clip_shape(contract)], tf.uint8, name="video")
+
+
 def make_signatures(model, contract: pipeline.InputContract, lookup, top_k=5, head=None):
     """The serving functions ``{name: (fn, input_signature)}`` of ``model`` (a
     network taking normalised clips) under ``contract``. ``lookup(ids)`` turns
@@ -140,7 +162,7 @@ def make_signatures(model, contract: pipeline.InputContract, lookup, top_k=5, he
     ``EnsembleHead``), ``model`` is an ``Ensemble``."""
     top_k = min(top_k, len(contract.class_names))
     sampler = contract.clip_sampler()
-    views, frames_per_view, size = contract.eval_clips, contract.num_frames, contract.eval_size
+    eval_clips, num_frames, eval_size = contract.eval_clips, contract.num_frames, contract.eval_size
     scores = video_scores if head is None else ensemble_video_scores
 
     def outputs(probs):
@@ -160,14 +182,14 @@ def make_signatures(model, contract: pipeline.InputContract, lookup, top_k=5, he
 
     def serving_video(frames):
         with tf.control_dependencies(check_frames(frames)):
-            clips = pipeline.eval_clips(frames, sampler, views, size)
+            clips = pipeline.eval_clips(frames, sampler, eval_clips, eval_size)
         return outputs(scores(model, clips[None]))
 
     def serving_clips(frames):
-        with tf.control_dependencies(check_frames(frames, views * frames_per_view)):
+        with tf.control_dependencies(check_frames(frames, eval_clips * num_frames)):
             decoded = tf.map_fn(pipeline.decode_frame, frames,
                                 fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-        clips = pipeline.views_to_clips(decoded, views, frames_per_view, size)
+        clips = pipeline.views_to_clips(decoded, eval_clips, num_frames, eval_size)
         return outputs(scores(model, clips[None]))
 
     contract_json = json.dumps(contract.to_dict())
@@ -179,7 +201,7 @@ def make_signatures(model, contract: pipeline.InputContract, lookup, top_k=5, he
             out["ensemble"] = tf.constant(ensemble_json)
         return out
 
-    video = tf.TensorSpec([None, frames_per_view, size, size, 3], tf.uint8, name="video")
+    video = tf.TensorSpec([None, num_frames, eval_size, eval_size, 3], tf.uint8, name="video")
     return {
         "serving_default": (serving_default, [video]),
         "serving_video": (serving_video, [frames_spec()]),

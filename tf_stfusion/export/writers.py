@@ -18,7 +18,6 @@ metadata.
 """
 
 import dataclasses
-import io
 import json
 import os
 import shutil
@@ -29,7 +28,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_stfusion.export.serving import clip_logits, make_signatures
+from tf_stfusion.data.video import encode_jpeg
+from tf_stfusion.layers.group_conv import grouped_convs_split
+from tf_stfusion.export import litert
+from tf_stfusion.export.serving import clip_function, clip_shape, make_signatures
 
 ONNX_OPSET = 17
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -75,11 +77,7 @@ def write_saved_model(model, contract, path, top_k=5, model_name="stfusion", hea
 
 def blank_jpeg(size):
     """A black ``size`` x ``size`` JPEG frame (warm-up requests)."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (size, size)).save(buf, format="JPEG")
-    return buf.getvalue()
+    return encode_jpeg(np.zeros((size, size, 3), np.uint8))
 
 
 def warmup_requests(contract, model_name):
@@ -88,7 +86,7 @@ def warmup_requests(contract, model_name):
 
     frame = blank_jpeg(contract.eval_size)
     count = contract.eval_clips * contract.num_frames
-    clip = np.zeros((1, contract.num_frames, contract.eval_size, contract.eval_size, 3), np.uint8)
+    clip = np.zeros((1, *clip_shape(contract)), np.uint8)
     inputs = {"serving_default": {"video": tf.make_tensor_proto(clip)},
               "serving_video": {"frames": tf.make_tensor_proto([frame] * count, dtype=tf.string)},
               "serving_clips": {"frames": tf.make_tensor_proto([frame] * count, dtype=tf.string)},
@@ -115,29 +113,10 @@ def write_warmup_requests(path, contract, model_name):
     return path
 
 
-def clip_function(model, contract, top_k=5, batch=None):
-    """``(fn, input_signature)``: ``serving_default`` without the labels table --
-    uint8 clips ``video`` -> ``probabilities``, ``top_k``, ``logits`` -- for the
-    runtimes that take clips (ONNX; LiteRT with ``batch=1``)."""
-    top_k = min(top_k, len(contract.class_names))
-
-    def serve(video):
-        logits = clip_logits(model, video)
-        probs = tf.nn.softmax(logits)
-        ids = tf.math.top_k(probs, top_k).indices
-        return {"probabilities": tf.identity(probs, name="probabilities"), "top_k": tf.identity(ids, name="top_k"),
-                "logits": tf.identity(logits, name="logits")}
-
-    return serve, tf.TensorSpec([batch, contract.num_frames, contract.eval_size, contract.eval_size, 3], tf.uint8,
-                                name="video")
-
-
 def write_onnx(model, contract, path, top_k=5):
     """ONNX (opset 17) of ``serving_default``, via tf2onnx; contract in the metadata."""
     import onnx
     import tf2onnx
-
-    from tf_stfusion.layers.group_conv import grouped_convs_split
 
     fn, signature = clip_function(model, contract, top_k)
     serve = tf.function(fn, input_signature=[signature])
@@ -177,33 +156,26 @@ class Writer:
     write: Callable  # (model, contract, path, model_name) -> None
     load: Callable  # path -> (video uint8 -> {"probabilities", "top_k", "logits"}), for parity and latency
     parity: str  # the export report's name for its parity check
-    folder: bool = False  # moved into place last (TF Serving watches folders)
 
 
 WRITERS = {
     "saved_model": Writer(
         relative_path=lambda name, version: os.path.join(name, str(version)),
         write=lambda model, contract, path, name: write_saved_model(model, contract, path, model_name=name),
-        load=load_saved_model, parity="saved_model_vs_keras_pruned", folder=True),
+        load=load_saved_model, parity="saved_model_vs_keras_pruned"),
     "onnx": Writer(
         relative_path=lambda name, version: f"{name}.onnx",
         write=lambda model, contract, path, name: write_onnx(model, contract, path),
         load=load_onnx, parity="onnx_runtime_vs_keras_pruned"),
     "tflite": Writer(
-        relative_path=lambda name, version: _litert().file_name(name),
+        relative_path=lambda name, version: litert.file_name(name),
         write=lambda model, contract, path, name: write_tflite(model, contract, path),
-        load=lambda path: _litert().Runner(path), parity="litert_float32_vs_keras_pruned"),
+        load=litert.Runner, parity="litert_float32_vs_keras_pruned"),
 }
-
-
-def _litert():
-    from tf_stfusion.export import litert
-
-    return litert
 
 
 def write_tflite(model, contract, path, precision="float32", calibration=None):
     """A LiteRT file of the deploy graph (``litert.convert``), builtin ops only."""
     with open(path, "wb") as f:
-        f.write(_litert().convert(model, contract, precision, calibration))
+        f.write(litert.convert(model, contract, precision, calibration))
     return path

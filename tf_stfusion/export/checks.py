@@ -1,0 +1,217 @@
+"""What the export measures before it moves anything into place.
+
+* parity (``logit_parity``): max abs difference of the logits of a written or
+  pruned network against its reference, held to ``TOLERANCE`` times the output
+  scale (the reference's largest |logit|, at least 1): the probabilities of a
+  saturated network are 0 or 1 whatever a converted graph computes below them;
+* ``serving_check``: every validation video through the SavedModel's
+  ``serving_video`` signature as a REST request, against the run's evaluation;
+* ``latencies``: size on disk and batch-1 latency of every written file;
+* ``precision_accuracy``: top-1 of every precision on the validation split with
+  95% intervals, paired with the float reference.
+
+``run_source`` and ``calibration_clips`` read the run's own videos for them.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tf_stfusion import selection
+from tf_stfusion.calibration import apply_temperature
+from tf_stfusion.data import pipeline
+from tf_stfusion.data.sources import resolve_source
+from tf_stfusion.evaluation import video_outcomes, video_probabilities
+from tf_stfusion.export import litert
+from tf_stfusion.export.client import VIDEO_SIGNATURE, rest_body
+from tf_stfusion.export.local_server import LocalServing
+from tf_stfusion.export.serving import clip_shape
+from tf_stfusion.fileio import size_on_disk
+from tf_stfusion.strategy import Strategy, apply_strategy
+
+TOLERANCE = 1e-4  # relative to the output scale
+
+
+def parity_clips(contract, count, seed):
+    """``count`` random uint8 clips ``[count, T, S, S, 3]`` of the contract's shape."""
+    return np.random.default_rng(seed).integers(0, 256, (count, *clip_shape(contract)), dtype=np.uint8)
+
+
+def logit_parity(logits, reference):
+    """A parity check of ``logits`` against ``reference`` (both ``[clips, C]``): the
+    max abs difference and the scale it is held to (``TOLERANCE`` x scale), the
+    reference's largest |logit| but at least 1."""
+    logits, reference = np.asarray(logits, np.float64), np.asarray(reference, np.float64)
+    return {"max_abs_diff": float(np.max(np.abs(logits - reference))), "output": "logits",
+            "scale": max(1.0, float(np.max(np.abs(reference))))}
+
+
+def probability_parity(max_abs_diff):
+    """A parity check of probabilities (scale 1)."""
+    return {"max_abs_diff": float(max_abs_diff), "output": "probabilities", "scale": 1.0}
+
+
+def judge(parity):
+    """Marks every check of ``parity`` (name -> check) ``passed`` or not; returns
+    the names of the failed ones."""
+    for check in parity.values():
+        check["passed"] = check["max_abs_diff"] <= TOLERANCE * check["scale"]
+    return [name for name, check in parity.items() if not check["passed"]]
+
+
+def parity_lines(parity):
+    """The export log's parity lines."""
+    return [f"parity {name}: max abs diff {check['max_abs_diff']:.2e} (scale {check['scale']:.3g})"
+            for name, check in parity.items()]
+
+
+def run_source(run_config, verify=False):
+    """The run's data (its prepared shards or the synthetic set), read quietly."""
+    data = run_config.data
+    return resolve_source(data.dataset, data.data_dir, data.train_split, data.val_split,
+                          synthetic_config=data.synthetic_config, progress=False, verify=verify)
+
+
+def check_served(template, run_config, contract, saved_model_dir, parity, log, verify=False, members=None,
+                 temperature=1.0):
+    """``--check_serving``: ``serving_check`` logged, its difference added to
+    ``parity`` as ``served_vs_evaluation``; returns its numbers."""
+    log(f"export: serving check: every {run_config.data.val_split} video through serving_video")
+    served = serving_check(template, run_config, contract, saved_model_dir, verify=verify, members=members,
+                           temperature=temperature)
+    parity["served_vs_evaluation"] = probability_parity(served["max_abs_diff_probabilities"])
+    return served
+
+
+def serving_check(template, run_config, contract, saved_model_dir, batch_size=8, verify=False, members=None,
+                  temperature=1.0):
+    """Every validation video through the SavedModel's ``serving_video`` signature,
+    as a REST request would arrive (its stored JPEG frames as b64 strings), against
+    the run's evaluation of the same strategy (``template`` in fixed mode, the
+    evaluation pipeline under ``contract``) -- of an ensemble's ``members`` (unit
+    lists): the mean of each one's evaluation, scaled by ``temperature``. Returns
+    the report's numbers."""
+    source = run_source(run_config, verify)
+    ids = sorted(v for v, _ in source.val_examples)
+    position = {v: i for i, v in enumerate(ids)}
+    dataset = pipeline.make_dataset(
+        source.val_files, training=False, num_frames=contract.num_frames, input_size=contract.eval_size,
+        batch_size=batch_size, sampler=contract.sampler, frame_stride=contract.frame_stride,
+        num_clips=contract.eval_clips, deterministic=True, video_index=ids)
+    if members is None:
+        evaluated = video_probabilities(template, dataset, contract.eval_clips, len(ids))
+    else:
+        evaluated = apply_temperature(np.mean([evaluate_member(template, units, dataset, contract, len(ids))
+                                               for units in members], axis=0), temperature)
+    server = LocalServing(saved_model_dir)
+    served = np.zeros_like(evaluated)
+    labels = np.zeros(len(ids), np.int32)
+    for serialized in tf.data.TFRecordDataset(source.val_files):
+        encoded, label, media_id = pipeline.parse_example(serialized)
+        i = position[media_id.numpy().decode()]
+        served[i] = server.rest(rest_body(encoded.numpy().tolist(), VIDEO_SIGNATURE))["outputs"]["probabilities"][0]
+        labels[i] = int(label)
+    hits = {name: video_outcomes(tf.constant(p, tf.float32), labels).numpy()[:, 0] > 0.5
+            for name, p in (("served", served), ("evaluation", evaluated))}
+    served_top1, eval_top1 = selection.proportion(hits["served"]), selection.proportion(hits["evaluation"])
+    return {"split": run_config.data.val_split, "num_videos": len(ids), "signature": VIDEO_SIGNATURE,
+            "request": "each video's stored JPEG frames, as TF Serving REST b64 strings",
+            "served_top1": served_top1["value"], "served_top1_ci": served_top1["ci"],
+            "evaluation_top1": eval_top1["value"], "evaluation_top1_ci": eval_top1["ci"],
+            "same_answer": float(np.mean(np.argmax(served, 1) == np.argmax(evaluated, 1))),
+            "max_abs_diff_probabilities": float(np.max(np.abs(served - evaluated)))}
+
+
+def evaluate_member(template, units, dataset, contract, num_videos):
+    """One ensemble member's video scores ``[n, C]``: ``template`` in fixed mode."""
+    apply_strategy(template, Strategy.from_units(template.stf_spec.backbone, units))
+    return video_probabilities(template, dataset, contract.eval_clips, num_videos)
+
+
+def calibration_clips(run_config, contract, count):
+    """``count`` uint8 clips ``[T, S, S, 3]`` (one per video, the evaluation view)
+    of the run's hold-out videos -- trained on by no phase, not the report split --
+    or of its training videos when it selected on val; the videos are the first
+    ``count`` of the split in racing's pseudo-random order, so only they are read
+    and decoded. Returns ``(clips, where)``."""
+    data = run_config.data
+    source = run_source(run_config)
+    if data.select_split == "holdout":
+        candidates = selection.holdout_ids(source.train_examples, data.holdout_fraction)
+        where = f"hold-out of {data.train_split} ({len(candidates)} videos)"
+    else:
+        candidates = [video_id for video_id, _ in source.train_examples]
+        where = f"{data.train_split} ({len(candidates)} videos; the run selected on {data.val_split})"
+    chosen = selection.selection_order(candidates)[:count]
+    views = pipeline.uint8_views(source.train_files, contract, chosen, num_clips=1)
+    return [clips.numpy()[0] for clips, _, _ in views], where
+
+
+def latencies(runners, files, folder, contract, repeats):
+    """Size on disk and batch-1 latency (median of ``repeats`` runs on a zero clip,
+    ``litert.median_latency``) of every written file: ``runners`` (name -> uint8
+    clips -> probabilities) of ``files`` (name -> path relative to ``folder``).
+    Returns ``{name: {"file", "bytes", "latency_ms_batch1"}}``."""
+    clip = np.zeros((1, *clip_shape(contract)), np.uint8)
+    out = {}
+    for name, call in runners.items():
+        size = size_on_disk(os.path.join(folder, files[name]))
+        seconds = litert.median_latency(lambda: call(clip), repeats=repeats)
+        out[name] = {"file": files[name], "bytes": size, "latency_ms_batch1": 1000 * seconds}
+    return out
+
+
+def latency_method(repeats, runtime=""):
+    """How ``latencies`` (and the ensemble's latency) measured, for the report."""
+    return f"batch 1, median of {repeats} runs after 2 warm-up runs, {runtime}{os.cpu_count()} CPU threads"
+
+
+def precision_accuracy(run_config, contract, runners, log):
+    """Top-1 of every runner on the validation split: the same uint8 clips (each
+    video's evaluation views, scores averaged), with 95% intervals, and each one's
+    paired difference to the float reference (the SavedModel, else LiteRT float32)."""
+    data = run_config.data
+    source = run_source(run_config)
+    log(f"export: top-1 of every precision on {data.val_split} ({len(source.val_examples)} videos)")
+    hits = {name: [] for name in runners}
+    for clips, label, _ in pipeline.uint8_views(source.val_files, contract):
+        for name, call in runners.items():
+            hits[name].append(int(np.argmax(call(clips.numpy()).mean(axis=0))) == int(label))
+    reference = "saved_model" if "saved_model" in hits else "tflite"
+    result = {"split": data.val_split, "reference": reference, "interval": selection.CI_METHOD,
+              "clips": f"{contract.eval_clips} evaluation views per video, uint8 as a clip client sends them",
+              "top1": {}}
+    for name, correct in hits.items():
+        correct = np.asarray(correct, bool)
+        entry = selection.proportion(correct)
+        if name != reference:
+            entry["vs_reference"] = selection.paired_difference(correct, np.asarray(hits[reference], bool)).to_dict()
+        result["top1"][name] = entry
+    return result
+
+
+def litert_lines(lite):
+    """The export log's LiteRT lines: size, latency and top-1 of every file."""
+    accuracy = (lite.get("accuracy") or {}).get("top1", {})
+    lines = [_file_line(name, entry, accuracy.get(name), lite.get("accuracy", {}).get("reference"))
+             for name, entry in lite["files"].items()]
+    if "accuracy" in lite:
+        lines.append(f"top-1 on {lite['accuracy']['split']} ({lite['accuracy']['interval']})")
+    return lines
+
+
+def _file_line(name, entry, top, reference):
+    line = f"{name}: {entry['bytes'] / 1e6:.2f} MB, {entry['latency_ms_batch1']:.1f} ms (batch 1)"
+    if top is None:
+        return line
+    line += f", top-1 {100 * top['value']:.2f}% [{100 * top['ci'][0]:.1f}, {100 * top['ci'][1]:.1f}]"
+    if "vs_reference" in top:
+        d = top["vs_reference"]
+        if d["only_a"] == d["only_b"] == 0:
+            line += f", right on the same videos as {reference}"
+        else:
+            line += (f", {100 * d['diff']:+.2f} [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}] vs "
+                     f"{reference} ({d['verdict']}; right only here on {d['only_a']}, only there on "
+                     f"{d['only_b']} videos)")
+    return line
