@@ -133,7 +133,7 @@ class Evaluator:
     ``num_classes``: ``C`` when ``model`` is not a Keras model with ``outputs``.
     """
 
-    def __init__(self, model, eval_clips, tiles=1, distribution=None, num_classes=None):
+    def __init__(self, model, eval_clips, *, tiles=1, distribution=None, num_classes=None):
         self.model, self.eval_clips, self.tiles = model, eval_clips, tiles
         self.distribution = distribution or tf.distribute.get_strategy()
         # Static: a replica's empty share (batch 0) must have the other replicas' trailing shape.

@@ -344,7 +344,7 @@ class Run:
 
     def evaluate_videos(self, split="val", label="validation"):
         """Per-video outcomes (``VideoResults``) of the model on ``split``."""
-        evaluator = Evaluator(self.model, self.config.data.eval_clips, self.distribution)
+        evaluator = Evaluator(self.model, self.config.data.eval_clips, distribution=self.distribution)
         show = self.config.progress and self.chief
         videos = self.split_videos(split)
         with self.reading(split):
