@@ -26,10 +26,21 @@ def _fresh_copy(src, dst):
     return str(dst)
 
 
-def test_twenty_strategies_through_one_trace_and_outputs(trained_run, tmp_path):
+def test_twenty_strategies_through_one_trace_and_outputs(trained_run, tmp_path, monkeypatch):
     model_dir = _fresh_copy(trained_run, tmp_path / "run")
+    passes = []  # videos of each pass over the data
+    evaluate = Evaluator.evaluate
+
+    def counted(self, dataset_fn, num_videos, *args, **kwargs):
+        passes.append(num_videos)
+        return evaluate(self, dataset_fn, num_videos, *args, **kwargs)
+
+    monkeypatch.setattr(Evaluator, "evaluate", counted)
     result = run_search(SearchConfig(model_dir=model_dir, num_samples=17, tiles=8, racing="off", progress=False))
     assert len(result.rows) == 20 and result.traces == 1
+    # The 8 hold-out videos: the race, then the ensembles' temperature fit; the 16 val videos once for Opt,
+    # S / ST / S+ST and the ensembles together.
+    assert passes == [8, 16, 8]
     assert 1 <= result.evaluated <= 20
     out = tmp_path / "run" / "strategies"  # apart from the search phase's checkpoints in run/search/
     lines = read_results(out / "strategies.jsonl")

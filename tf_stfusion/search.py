@@ -7,7 +7,8 @@ From the search-phase checkpoint of RUN:
    (per gate ``drop ~ Bernoulli(p)``), plus the fixed strategies S, ST, S+ST;
 2. score them on the *selection* split (the run's hold-out of training videos,
    or ``val`` with ``--select_split=val``) with the template's weights in fixed
-   mode. One compiled function serves every strategy: a batch is tiled ``K``
+   mode. One compiled function serves every strategy (``evaluation.Evaluator``,
+   as in training's evaluation and the export's checks): a batch is tiled ``K``
    times and each tile carries its own gate masks (``apply_strategies``), so
    clips are decoded once per pass for ``K`` strategies;
 3. **racing** (``selection.eliminate``, successive halving with paired
@@ -25,8 +26,9 @@ From the search-phase checkpoint of RUN:
    (the paper's Fig. 4), ``pareto.png`` and ``report.md``;
 6. the posterior predictive (``--ensemble_sizes``): the mean scores of the first
    ``M`` sampled strategies (draws from the learned gates), for each ``M``,
-   scored on val beside Opt and S / ST / S+ST (top-1, NLL, ECE with intervals,
-   paired difference to Opt), one temperature per model fitted by NLL on the
+   scored on val beside Opt and S / ST / S+ST, in the same pass over val as
+   step 4 (top-1, NLL, ECE with intervals, paired difference to Opt), one
+   temperature per model fitted by NLL on the
    hold-out, risk-coverage curves and an abstention threshold for
    ``--target_accuracy`` chosen on the hold-out (``calibration.py``): written to
    ``calibration.json`` (with the members, which ``stfusion-export --ensemble=M``
@@ -618,11 +620,11 @@ def _plan(search):
         claim_settings(os.path.join(out_dir, PLAN), record,
                        f"{out_dir} holds a search with other settings ({{keys}} differ); remove that folder, use "
                        "another --output_dir, or use the same settings to resume it")
+    how = (f"racing (eta {config.racing_eta}) over slices ending at {[end for _, end in slices]}" if racing
+           else "every strategy on every video")
     log(f"search: {len(planned)} strategies ({len(planned) - 3} sampled, 3 fixed; {distinct} distinct), "
         f"{config.tiles} per pass, on the {num_videos} videos of the selection split ({search.select_name}) x "
-        f"{data.eval_clips} clip(s); " + (f"racing (eta {config.racing_eta}) over slices ending at "
-                                          f"{[end for _, end in slices]}" if racing else "every strategy on every video")
-        + f"; {dist_lib.describe(search.distribution)}")
+        f"{data.eval_clips} clip(s); {how}; {dist_lib.describe(search.distribution)}")
     if search.select_split == "val":
         log(f"search: {SAME_SPLIT_NOTE}: the best of {config.num_samples} is chosen on the split it is reported on")
     return SearchPlan(planned, slices, racing, record)
