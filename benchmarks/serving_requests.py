@@ -108,7 +108,8 @@ def served_agreement(export_dir, model_dir):
                                     input_size=contract.eval_size, batch_size=8, sampler=contract.sampler,
                                     frame_stride=contract.frame_stride, num_clips=contract.eval_clips,
                                     deterministic=True, video_index=ids)
-    evaluated = Evaluator(template, contract.eval_clips).evaluate(lambda _: dataset, len(ids)).probabilities[0].argmax(1)
+    evaluation = Evaluator(template, contract.eval_clips).evaluate(lambda _: dataset, len(ids))
+    evaluated = evaluation.probabilities[0].argmax(axis=1)
     server = LocalServing(os.path.join(export_dir, report["files"]["saved_model"]))
     agree, sizes = [], []
     with tempfile.TemporaryDirectory() as tmp:

@@ -129,7 +129,8 @@ class Evaluator:
     every process gets the whole split. Traced once per input signature: the
     strategies live in variables and the batch dimension is open.
 
-    ``distribution``: a ``tf.distribute`` strategy (default: the one in scope);
+    ``distribution``: the ``tf.distribute.Strategy`` object to run under (default:
+    the one in scope, ``tf.distribute.get_strategy()``);
     ``num_classes``: ``C`` when ``model`` is not a Keras model with ``outputs``.
     """
 
@@ -137,7 +138,10 @@ class Evaluator:
         self.model, self.eval_clips, self.tiles = model, eval_clips, tiles
         self.distribution = distribution or tf.distribute.get_strategy()
         # Static: a replica's empty share (batch 0) must have the other replicas' trailing shape.
-        self.num_classes = num_classes or model.outputs[0].shape[-1]
+        outputs = getattr(model, "outputs", None)
+        if not (num_classes or outputs):
+            raise ValueError("Evaluator: give num_classes for a model without Keras outputs")
+        self.num_classes = num_classes or outputs[0].shape[-1]
         self.traces = 0
         self._step, self._spec = None, None
 
@@ -169,6 +173,8 @@ class Evaluator:
         the tile count, hence the graph, never changes. ``[None]``: the plain model."""
         if strategies is None:
             return [None]
+        if not strategies:
+            raise ValueError("no strategy to evaluate (strategies=None: the model as it is)")
         groups = [list(strategies[i:i + self.tiles]) for i in range(0, len(strategies), self.tiles)]
         groups[-1] += [groups[-1][-1]] * (self.tiles - len(groups[-1]))
         return groups
