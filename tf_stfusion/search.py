@@ -544,6 +544,9 @@ class Search:
 
 @dataclasses.dataclass
 class SearchPlan:
+    """What a search scores (``_plan``): the strategies, the racing rounds, and
+    the ``plan.json`` record."""
+
     planned: list  # [(id, kind, Strategy)]: the fixed strategies, then the sampled ones
     slices: list  # each racing round's [start, end) of the selection videos
     racing: bool
@@ -635,16 +638,15 @@ def _score_round(search, journal, items, start, end, round_):
     journals them: one pass over the videos per ``PASS_GROUPS`` groups of ``K``
     strategies (the data is read once for all of them; the journal is written after
     each pass)."""
-    import keras
+    from tf_stfusion.evaluation import progress_bar
 
     config, split = search.config, search.select_split
     videos = search.select_videos[start:end]
     per_pass = PASS_GROUPS * config.tiles
     for first in range(0, len(items), per_pass):
         chunk = items[first:first + per_pass]
-        bar = keras.utils.Progbar(len(videos), unit_name="video") if config.progress and search.chief else None
-        if bar:
-            print(f"strategies {first + 1}-{first + len(chunk)} of {len(items)}")
+        bar = (progress_bar(len(videos), f"strategies {first + 1}-{first + len(chunk)} of {len(items)}")
+               if config.progress and search.chief else None)
         with search.context.reading(split):
             scored = search.evaluator.evaluate(search.context.eval_dataset_fn(split, videos=videos), len(videos),
                                                [s for _, s in chunk], bar)
@@ -680,7 +682,8 @@ def _race_selection(search, plan):
 def _report(search, plan, rows, best, scored_videos):
     """Opt and S / ST / S+ST on the report split with the search's diagnostics
     (``comparison.json``), and the posterior-averaged evaluation: both from one pass
-    over val. ``scored_videos``: ``comparison.json``'s ``search`` record."""
+    over val. ``scored_videos``: the (strategy, video) pairs the race scored and an
+    exhaustive search would have, for ``comparison.json``'s ``search`` record."""
     from tf_stfusion.selection import leakage_warning
 
     context, select_split = search.context, search.select_split
