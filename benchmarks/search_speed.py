@@ -46,7 +46,7 @@ def main(argv):
     print(machine_line(TensorFlow=tf.__version__))
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, racing, strategy in (
+        for name, racing, distribution in (
                 ("exhaustive", "off", None),
                 ("racing", "on", None),
                 ("racing, 2 replicas", "on", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
@@ -55,7 +55,7 @@ def main(argv):
                                   progress=False)
             start = time.perf_counter()
             try:
-                results[name] = run_search(config, log=lambda *a: None, tf_strategy=strategy)
+                results[name] = run_search(config, log=lambda *a: None, distribution=distribution)
             except (ValueError, FileNotFoundError) as e:  # what stfusion-search reports in one line, too
                 raise SystemExit(f"error: {e} (this benchmark needs a run with a finished search phase: "
                                  "the README's first command makes runs/demo)")

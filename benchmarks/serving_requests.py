@@ -88,7 +88,7 @@ def served_agreement(export_dir, model_dir):
     from tf_stfusion.data import pipeline
     from tf_stfusion.data.sources import resolve_source
     from tf_stfusion.data.video import write_video
-    from tf_stfusion.evaluation import video_probabilities
+    from tf_stfusion.evaluation import Evaluator
     from tf_stfusion.export.local_server import LocalServing
     from tf_stfusion.runs import load_run_config
 
@@ -108,7 +108,8 @@ def served_agreement(export_dir, model_dir):
                                     input_size=contract.eval_size, batch_size=8, sampler=contract.sampler,
                                     frame_stride=contract.frame_stride, num_clips=contract.eval_clips,
                                     deterministic=True, video_index=ids)
-    evaluated = video_probabilities(template, dataset, contract.eval_clips, len(ids)).argmax(axis=1)
+    evaluation = Evaluator(template, contract.eval_clips).evaluate(lambda _: dataset, len(ids))
+    evaluated = evaluation.probabilities[0].argmax(axis=1)
     server = LocalServing(os.path.join(export_dir, report["files"]["saved_model"]))
     agree, sizes = [], []
     with tempfile.TemporaryDirectory() as tmp:

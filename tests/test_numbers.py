@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import tf_stfusion as stf
 from tf_stfusion import gating
-from tf_stfusion.evaluation import MultiClipEvaluator
+from tf_stfusion.evaluation import Evaluator
 
 from conftest import gate_kernel
 
@@ -38,7 +38,7 @@ def test_multi_clip_top1_top5_and_nll_by_hand():
     labels = np.array([VIEWS[v][0] for v in order], np.int32)
     positions = np.array([sorted(VIEWS).index(v) for v in order], np.int64)
     model = keras.Sequential([keras.Input((1, 1, 2, 3)), keras.layers.Reshape((6,))])
-    evaluator = MultiClipEvaluator(model, num_clips=2)
+    evaluator = Evaluator(model, eval_clips=2)
     results = evaluator.videos(lambda ctx: tf.data.Dataset.from_tensors((clips, labels, positions)), 3,
                                progress=False)
     assert results.top1.tolist() == [False, False, True] and results.top5.tolist() == [True, False, True]
@@ -57,7 +57,7 @@ def test_multi_clip_evaluation_on_two_replicas_where_one_gets_nothing(mirrored_t
     positions = np.array([sorted(VIEWS).index(v) for v in order], np.int64)
     with mirrored_two_cpus.scope():
         model = keras.Sequential([keras.Input((1, 1, 2, 3)), keras.layers.Reshape((6,))])
-    evaluator = MultiClipEvaluator(model, num_clips=2, distribution=mirrored_two_cpus)
+    evaluator = Evaluator(model, eval_clips=2, distribution=mirrored_two_cpus)
     results = evaluator.videos(lambda ctx: tf.data.Dataset.from_tensor_slices((clips, labels, positions)).batch(1).map(
         lambda c, y, p: (tf.reshape(c, [-1, 1, 1, 2, 3]), y, p)), 3, progress=False)
     assert results.top1.tolist() == [False, False, True] and results.top5.tolist() == [True, False, True]
@@ -66,15 +66,13 @@ def test_multi_clip_evaluation_on_two_replicas_where_one_gets_nothing(mirrored_t
 
 def test_video_probabilities_average_the_views_by_hand():
     # The one-device path the export's serving check compares against: mean over each video's views.
-    from tf_stfusion.evaluation import video_probabilities
-
     order = ["C", "A", "B"]
     clips = np.log(np.array([VIEWS[v][k] for v in order for k in (1, 2)], np.float32)).reshape(6, 1, 1, 2, 3)
     positions = np.array([sorted(VIEWS).index(v) for v in order], np.int64)
     labels = np.zeros(3, np.int32)
     model = keras.Sequential([keras.Input((1, 1, 2, 3)), keras.layers.Reshape((6,))])
     dataset = tf.data.Dataset.from_tensors((clips, labels, positions))
-    got = video_probabilities(model, dataset, 2, 3)
+    got = Evaluator(model, eval_clips=2).evaluate(lambda ctx: dataset, 3).probabilities[0]
     want = [np.mean([VIEWS[v][1], VIEWS[v][2]], axis=0) for v in sorted(VIEWS)]  # A, B, C
     np.testing.assert_allclose(got, want, rtol=1e-5)
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 import tf_stfusion as stf
 from tf_stfusion import selection
-from tf_stfusion.evaluation import MultiClipEvaluator
+from tf_stfusion.evaluation import Evaluator
 from tf_stfusion.search import SearchConfig, pareto_front, pick_best, read_results, run_search
 from tf_stfusion.runs import Run, load_run_config
 
@@ -26,10 +26,21 @@ def _fresh_copy(src, dst):
     return str(dst)
 
 
-def test_twenty_strategies_through_one_trace_and_outputs(trained_run, tmp_path):
+def test_twenty_strategies_through_one_trace_and_outputs(trained_run, tmp_path, monkeypatch):
     model_dir = _fresh_copy(trained_run, tmp_path / "run")
+    passes = []  # videos of each pass over the data
+    evaluate = Evaluator.evaluate
+
+    def counted(self, dataset_fn, num_videos, *args, **kwargs):
+        passes.append(num_videos)
+        return evaluate(self, dataset_fn, num_videos, *args, **kwargs)
+
+    monkeypatch.setattr(Evaluator, "evaluate", counted)
     result = run_search(SearchConfig(model_dir=model_dir, num_samples=17, tiles=8, racing="off", progress=False))
     assert len(result.rows) == 20 and result.traces == 1
+    # The 8 hold-out videos: the race, then the ensembles' temperature fit; the 16 val videos once for Opt,
+    # S / ST / S+ST and the ensembles together.
+    assert passes == [8, 16, 8]
     assert 1 <= result.evaluated <= 20
     out = tmp_path / "run" / "strategies"  # apart from the search phase's checkpoints in run/search/
     lines = read_results(out / "strategies.jsonl")
@@ -77,7 +88,7 @@ def test_search_results_equal_a_fresh_model_in_fixed_mode(trained_run, tmp_path)
     trainer = Run(dataclasses.replace(load_run_config(model_dir), progress=False))
     done = json.loads(open(f"{model_dir}/search/done.json").read())
     tf.train.Checkpoint(model=trainer.model).restore(f"{model_dir}/search/{done['checkpoint']}").expect_partial()
-    evaluator = MultiClipEvaluator(trainer.model, 2)
+    evaluator = Evaluator(trainer.model, 2)
     videos = trainer.split_videos("holdout")
     for row in result.rows[:2] + result.rows[-2:]:  # two fixed, two sampled
         stf.apply_strategy(trainer.model, stf.Strategy.from_units("tiny", row["units"]))
@@ -147,7 +158,7 @@ def test_two_replicas_give_the_one_device_results(trained_run, tmp_path, mirrore
     model_dir = _fresh_copy(trained_run, tmp_path / "run")
     one = run_search(SearchConfig(model_dir=model_dir, output_dir=str(tmp_path / "one"), **RACE))
     two = run_search(SearchConfig(model_dir=model_dir, output_dir=str(tmp_path / "two"), **RACE),
-                     tf_strategy=mirrored_two_cpus)
+                     distribution=mirrored_two_cpus)
     assert [(r["id"], r["correct"], r["dropped_round"]) for r in two.rows] == \
         [(r["id"], r["correct"], r["dropped_round"]) for r in one.rows]
     for a, b in zip(one.rows, two.rows):
@@ -159,7 +170,6 @@ def test_ensembles_average_their_members_evaluated_one_by_one(trained_run, tmp_p
     """The posterior-averaged scores are the mean of the members' scores, each from a
     plain one-device evaluation of the template in fixed mode (no tiling)."""
     from tf_stfusion import calibration
-    from tf_stfusion.evaluation import video_probabilities
     from tf_stfusion.search import ensemble_members, plan_strategies
 
     model_dir = _fresh_copy(trained_run, tmp_path / "run")
@@ -178,7 +188,8 @@ def test_ensembles_average_their_members_evaluated_one_by_one(trained_run, tmp_p
     one_by_one = []
     for _, strategy in members:
         stf.apply_strategy(room.model, strategy)
-        one_by_one.append(video_probabilities(room.model, room.eval_dataset_fn("val")(None), 2, len(videos)))
+        dataset = room.eval_dataset_fn("val")(None)  # one device: no input context
+        one_by_one.append(Evaluator(room.model, 2).evaluate(lambda _, d=dataset: d, len(videos)).probabilities[0])
     labels = np.array([room.source.val_examples[[v for v, _ in room.source.val_examples].index(v)][1]
                        for v in videos])
     mean = np.mean(one_by_one, axis=0)

@@ -88,7 +88,7 @@ def test_whole_video_signature_runs_the_evaluation_pipeline(stride2_export, tmp_
     """Encoded frames of videos of several lengths: the whole-video signature's scores
     equal the run's evaluation of the strategy (the evaluation pipeline on the same
     frames in a shard, the template in fixed mode)."""
-    from tf_stfusion.evaluation import video_probabilities
+    from tf_stfusion.evaluation import Evaluator
 
     out, report = stride2_export
     template = stf.build_template("tiny", num_classes=8, num_frames=8, input_size=32)
@@ -108,7 +108,7 @@ def test_whole_video_signature_runs_the_evaluation_pipeline(stride2_export, tmp_
     ids = sorted(videos)
     ds = pipeline.make_dataset([path], training=False, num_frames=8, input_size=32, batch_size=2, frame_stride=2,
                                num_clips=2, deterministic=True, video_index=ids)
-    evaluated = video_probabilities(template, ds, 2, len(ids))
+    evaluated = Evaluator(template, 2).evaluate(lambda _: ds, len(ids)).probabilities[0]
     for i, video_id in enumerate(ids):
         served = model.signatures["serving_video"](frames=tf.constant(videos[video_id]))["probabilities"].numpy()
         np.testing.assert_allclose(served[0], evaluated[i], atol=1e-5)

@@ -73,7 +73,7 @@ def test_the_evaluator_reports_the_95_percent_interval_of_its_hits():
     15..19 not: top-1 15/20 with the score equation's 95% roots; top-5 (top-2 here) 20/20."""
     import tensorflow as tf
 
-    from tf_stfusion.evaluation import MultiClipEvaluator
+    from tf_stfusion.evaluation import Evaluator
 
     sign = np.where(np.arange(20) % 3 == 0, 1.0, -1.0)  # the class each video's clips show: 0 if +1
     labels = np.where(sign > 0, 0, 1)
@@ -86,8 +86,8 @@ def test_the_evaluator_reports_the_95_percent_interval_of_its_hits():
 
     ds = tf.data.Dataset.from_tensor_slices((clips.reshape(20, 2, 2, 4, 4, 3), labels, np.arange(20)))
     ds = ds.batch(4).map(lambda c, l, p: (tf.reshape(c, [-1, 2, 4, 4, 3]), l, p))
-    evaluator = MultiClipEvaluator(network, num_clips=2)
-    metrics = evaluator(lambda ctx: ds, 20, progress=False, split="val")
+    evaluator = Evaluator(network, eval_clips=2, num_classes=2)
+    metrics = evaluator.videos(lambda ctx: ds, 20, progress=False).metrics("val")
     assert (metrics["top1"], metrics["top5"], metrics["num_videos"], evaluator.traces) == (0.75, 1.0, 20, 1)
     assert metrics["top1_ci"] == pytest.approx(list(_score_roots(15, 20, Z[0.95])), abs=1e-6)
     assert metrics["top5_ci"] == pytest.approx([20 / (20 + Z[0.95] ** 2), 1.0], abs=1e-6)

@@ -1,10 +1,11 @@
 """Multi-clip evaluation: per-video outcomes, top-1 / top-5 with intervals.
 
-A video is scored by the mean of the softmax scores of its ``num_clips``
-clips (SPEC §5: several clips spread uniformly over the video). The eval
-pipeline yields clips ``[B * V, T, H, W, 3]`` with the views of a video
-consecutive; they are regrouped to ``[B, V, ...]`` *before* the batch is split
-over replicas, so that a video's views always stay on one replica.
+A video is scored by the mean of the softmax scores of its ``eval_clips``
+views (SPEC §5: several clips spread uniformly over the video). The eval
+pipeline yields clips ``[b * V, T, H, W, 3]`` with the views of a video
+consecutive, each replica its own batches (``distribute_datasets_from_function``),
+so a video's views always stay on one replica; ``Evaluator`` scores ``K``
+strategies at once on a batch tiled ``K`` times (``K = 1``: the plain model).
 
 Every video's outcome (top-1 hit, top-5 hit, ``-log p(label)``) is kept, in
 the split's canonical order (``pipeline.make_dataset(video_index=...)`` gives
@@ -20,16 +21,9 @@ import numpy as np
 import tensorflow as tf
 
 from tf_stfusion import selection
+from tf_stfusion import strategy as strategy_lib
 
 OUTCOMES = ("top1", "top5", "nll")
-
-
-def group_clips(dataset, num_clips):
-    """``(clips [B*V, ...], labels [B], ...)`` -> ``(clips [B, V, ...], labels [B], ...)``."""
-    def regroup(clips, *rest):
-        shape = tf.shape(clips)
-        return (tf.reshape(clips, tf.concat([[-1, num_clips], shape[1:]], 0)), *rest)
-    return dataset.map(regroup)
 
 
 def video_scores(model, clips, training=False):
@@ -103,76 +97,133 @@ class VideoResults:
         return out
 
 
-class MultiClipEvaluator:
-    """Evaluates a model on distributed multi-view batches; one compiled step.
+@dataclasses.dataclass
+class Evaluation:
+    """One pass of an ``Evaluator`` over a split, in the split's canonical order.
 
-    ``dataset_fn(input_context)`` returns the eval ``tf.data.Dataset`` of one
-    input pipeline (``pipeline.make_dataset(training=False, video_index=...)``,
-    which yields ``(clips, labels, position)``). Per-video outcomes of every
-    replica and worker are gathered, so every process gets the whole split.
+    ``results``: a ``VideoResults`` per scored strategy (one for the plain model);
+    ``probabilities``: the video scores (mean softmax over views) ``[S, n, C]``,
+    what ensembles average; ``labels``: ``[n]`` int64.
     """
 
-    def __init__(self, model, num_clips, distribution=None):
-        self.model = model
-        self.num_clips = num_clips
+    results: list
+    probabilities: np.ndarray
+    labels: np.ndarray
+
+
+class Evaluator:
+    """Per-video outcomes and scores of a model on multi-view batches: the one
+    evaluation loop of the package (training's final evaluation, the strategy
+    search, the export's checks, ``compare``).
+
+    ``dataset_fn(input_context)`` returns the eval ``tf.data.Dataset`` of one input
+    pipeline (``pipeline.make_dataset(training=False, video_index=...)``: clips
+    ``[b * V, T, H, W, 3]`` with a video's ``V = eval_clips`` views consecutive,
+    labels ``[b]``, positions ``[b]``, -1 for a padded batch's fillers). The data
+    is read once per call; each batch is scored by every group of ``tiles``
+    strategies in turn (``strategy.apply_strategies`` assigns the group's masks to
+    the gates' variables; without strategies the model runs as it is, ``K = 1``).
+    A replica's step tiles its clips ``K`` times, scores all tiles in one model call
+    and returns ``[K, b, 3 + C]``: ``video_outcomes`` then the video scores;
+    outcomes, labels and positions of every replica and worker are gathered, so
+    every process gets the whole split. Traced once per input signature: the
+    strategies live in variables and the batch dimension is open.
+
+    ``distribution``: the ``tf.distribute.Strategy`` object to run under (default:
+    the one in scope, ``tf.distribute.get_strategy()``);
+    ``num_classes``: ``C`` when ``model`` is not a Keras model with ``outputs``.
+    """
+
+    def __init__(self, model, eval_clips, *, tiles=1, distribution=None, num_classes=None):
+        self.model, self.eval_clips, self.tiles = model, eval_clips, tiles
         self.distribution = distribution or tf.distribute.get_strategy()
+        # Static: a replica's empty share (batch 0) must have the other replicas' trailing shape.
+        outputs = getattr(model, "outputs", None)
+        if not (num_classes or outputs):
+            raise ValueError("Evaluator: give num_classes for a model without Keras outputs")
+        self.num_classes = num_classes or outputs[0].shape[-1]
         self.traces = 0
+        self._step, self._spec = None, None
 
-        @tf.function
-        def step(clips, labels, position):
+    def _replica(self, clips, labels, position):
+        tiles, classes = self.tiles, self.num_classes
+
+        def scored():
+            tiled = clips if tiles == 1 else tf.tile(clips, tf.concat([[tiles], tf.ones([tf.rank(clips) - 1],
+                                                                                          tf.int32)], 0))
+            # [K*b, V, ...]: the views of a video stay together (the pipeline puts them next to each other).
+            videos = tf.reshape(tiled, tf.concat([[-1, self.eval_clips], tf.shape(clips)[1:]], 0))
+            probs = tf.reshape(video_scores(self.model, videos), [tiles, -1, classes])
+            return tf.concat([tf.stack([video_outcomes(probs[k], labels) for k in range(tiles)]), probs], -1)
+
+        return (outcomes_or_none(scored, clips, [tiles, 0, 3 + classes]), tf.cast(labels, tf.int64),
+                tf.cast(position, tf.int64))
+
+    def _make_step(self, element_spec):
+        @tf.function(input_signature=[element_spec])
+        def step(batch):
             self.traces += 1  # Python side effect: counts traces, not calls.
+            outcomes, labels, position = self.distribution.run(self._replica, batch)
+            return (self.distribution.gather(outcomes, axis=1), self.distribution.gather(labels, axis=0),
+                    self.distribution.gather(position, axis=0))
+        return step
 
-            def replica(clips, labels, position):
-                outcomes = outcomes_or_none(lambda: video_outcomes(video_scores(self.model, clips), labels),
-                                            clips, [0, 3])
-                return outcomes, tf.cast(position, tf.int64)
+    def _groups(self, strategies):
+        """``strategies`` in groups of ``tiles``, the last padded with its last strategy:
+        the tile count, hence the graph, never changes. ``[None]``: the plain model."""
+        if strategies is None:
+            return [None]
+        if not strategies:
+            raise ValueError("no strategy to evaluate (strategies=None: the model as it is)")
+        groups = [list(strategies[i:i + self.tiles]) for i in range(0, len(strategies), self.tiles)]
+        groups[-1] += [groups[-1][-1]] * (self.tiles - len(groups[-1]))
+        return groups
 
-            outcomes, position = self.distribution.run(replica, (clips, labels, position))
-            return self.distribution.gather(outcomes, axis=0), self.distribution.gather(position, axis=0)
-
-        self._step = step
-
-    def videos(self, dataset_fn, num_videos, progress=True, label="eval"):
-        """``VideoResults`` of the ``num_videos`` videos that ``dataset_fn`` yields."""
-        dist = self.distribution.distribute_datasets_from_function(
-            lambda ctx: group_clips(dataset_fn(ctx), self.num_clips)
-        )
-        bar = keras.utils.Progbar(num_videos, unit_name="video") if progress else None
-        if bar:
-            print(label)
-        outcomes, positions = [], []
-        for clips, labels, position in dist:
-            out, pos = self._step(clips, labels, position)
-            outcomes.append(out.numpy())
-            positions.append(pos.numpy())
+    def _pass(self, groups, dataset_fn, num_videos, bar):
+        """Outcomes and scores ``[len(groups) * K, m, 3 + C]``, labels ``[m]`` and
+        positions ``[m]`` (-1: fillers) of one pass over the data."""
+        dist = self.distribution.distribute_datasets_from_function(dataset_fn)
+        if self._step is None or dist.element_spec != self._spec:
+            self._step, self._spec = self._make_step(dist.element_spec), dist.element_spec
+        scored, labels, positions = [[] for _ in groups], [], []
+        for batch in dist:
+            for g, group in enumerate(groups):
+                if group is not None and (len(groups) > 1 or not positions):  # one group: its masks stay in place
+                    strategy_lib.apply_strategies(self.model, group)
+                out, label, position = self._step(batch)
+                scored[g].append(out.numpy())
+            labels.append(label.numpy())
+            positions.append(position.numpy())
             if bar:
-                bar.update(sum(len(p) for p in positions))
+                bar.update(min(int(sum(np.sum(p >= 0) for p in positions)), num_videos))
         if not positions:
             raise ValueError("the evaluation data yielded no videos")
-        return VideoResults.from_outcomes(np.concatenate(outcomes), np.concatenate(positions), num_videos)
+        return (np.concatenate([np.concatenate(s, axis=1) for s in scored], axis=0), np.concatenate(labels),
+                np.concatenate(positions))
 
-    def __call__(self, dataset_fn, num_videos, progress=True, label="eval", split=None):
-        """The metrics dict (``VideoResults.metrics``) of one pass."""
-        return self.videos(dataset_fn, num_videos, progress, label).metrics(split)
+    def evaluate(self, dataset_fn, num_videos, strategies=None, bar=None):
+        """An ``Evaluation`` of every strategy of ``strategies`` (``Strategy`` objects;
+        ``None``: the model as it is) on the ``num_videos`` videos ``dataset_fn``
+        yields; ``bar``: a ``keras.utils.Progbar`` advanced by videos. Raises
+        ``ValueError`` unless every video is seen exactly once."""
+        count = 1 if strategies is None else len(strategies)
+        scored, labels, positions = self._pass(self._groups(strategies), dataset_fn, num_videos, bar)
+        scored = scored[:count]
+        results = [VideoResults.from_outcomes(s[:, :3], positions, num_videos) for s in scored]
+        keep = positions >= 0
+        probabilities = np.zeros((count, num_videos, scored.shape[-1] - 3))
+        probabilities[:, positions[keep]] = scored[:, keep, 3:]
+        ordered = np.zeros(num_videos, np.int64)
+        ordered[positions[keep]] = labels[keep]
+        return Evaluation(results, probabilities, ordered)
+
+    def videos(self, dataset_fn, num_videos, progress=True, label="eval"):
+        """``VideoResults`` of the model as it is; ``progress``: a bar headed ``label``."""
+        return self.evaluate(dataset_fn, num_videos, bar=progress_bar(num_videos, label) if progress else None
+                             ).results[0]
 
 
-def video_probabilities(model, dataset, num_clips, num_videos):
-    """Mean-over-views scores ``[num_videos, C]`` in the split's canonical order,
-    on one device (``dataset``: ``make_dataset(training=False, video_index=...)``)."""
-    @tf.function
-    def step(clips, position):
-        shape = tf.shape(clips)
-        return video_scores(model, tf.reshape(clips, tf.concat([[-1, num_clips], shape[1:]], 0))), position
-
-    out = None
-    seen = np.zeros(num_videos, int)
-    for clips, _, position in dataset:
-        probs, position = (t.numpy() for t in step(clips, position))
-        probs, position = probs[position >= 0], position[position >= 0]  # -1: fillers
-        if out is None:
-            out = np.zeros((num_videos, probs.shape[-1]))
-        out[position] = probs
-        seen[position] += 1
-    if out is None or np.any(seen != 1):
-        raise ValueError(f"evaluation did not see each of the {num_videos} videos exactly once")
-    return out
+def progress_bar(num_videos, label):
+    """A ``keras.utils.Progbar`` counting videos, after a line naming the pass."""
+    print(label)
+    return keras.utils.Progbar(num_videos, unit_name="video")

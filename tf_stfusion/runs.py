@@ -31,7 +31,7 @@ from tf_stfusion.checkpoints import find_checkpoint
 from tf_stfusion.config import DataConfig, TrainConfig, TrainError
 from tf_stfusion.data import integrity, pipeline, synthetic
 from tf_stfusion.data.sources import DataSource, resolve_source
-from tf_stfusion.evaluation import MultiClipEvaluator
+from tf_stfusion.evaluation import Evaluator
 from tf_stfusion.fileio import atomic_write_json
 from tf_stfusion.gating import drop_probabilities
 from tf_stfusion.models import build_template
@@ -344,7 +344,7 @@ class Run:
 
     def evaluate_videos(self, split="val", label="validation"):
         """Per-video outcomes (``VideoResults``) of the model on ``split``."""
-        evaluator = MultiClipEvaluator(self.model, self.config.data.eval_clips, self.distribution)
+        evaluator = Evaluator(self.model, self.config.data.eval_clips, distribution=self.distribution)
         show = self.config.progress and self.chief
         videos = self.split_videos(split)
         with self.reading(split):

@@ -7,7 +7,8 @@ From the search-phase checkpoint of RUN:
    (per gate ``drop ~ Bernoulli(p)``), plus the fixed strategies S, ST, S+ST;
 2. score them on the *selection* split (the run's hold-out of training videos,
    or ``val`` with ``--select_split=val``) with the template's weights in fixed
-   mode. One compiled function serves every strategy: a batch is tiled ``K``
+   mode. One compiled function serves every strategy (``evaluation.Evaluator``,
+   as in training's evaluation and the export's checks): a batch is tiled ``K``
    times and each tile carries its own gate masks (``apply_strategies``), so
    clips are decoded once per pass for ``K`` strategies;
 3. **racing** (``selection.eliminate``, successive halving with paired
@@ -25,8 +26,9 @@ From the search-phase checkpoint of RUN:
    (the paper's Fig. 4), ``pareto.png`` and ``report.md``;
 6. the posterior predictive (``--ensemble_sizes``): the mean scores of the first
    ``M`` sampled strategies (draws from the learned gates), for each ``M``,
-   scored on val beside Opt and S / ST / S+ST (top-1, NLL, ECE with intervals,
-   paired difference to Opt), one temperature per model fitted by NLL on the
+   scored on val beside Opt and S / ST / S+ST, in the same pass over val as
+   step 4 (top-1, NLL, ECE with intervals, paired difference to Opt), one
+   temperature per model fitted by NLL on the
    hold-out, risk-coverage curves and an abstention threshold for
    ``--target_accuracy`` chosen on the hold-out (``calibration.py``): written to
    ``calibration.json`` (with the members, which ``stfusion-export --ensemble=M``
@@ -64,7 +66,7 @@ class SearchConfig:
     model_dir: str
     num_samples: int = 100
     seed: int = 0
-    clips: int = 0  # clips per video; 0: the run's --eval_clips
+    eval_clips: int = 0  # views (clips) per video; 0: the run's --eval_clips
     tiles: int = 8  # strategies evaluated together on one tiled batch
     batch_size: int = 0  # videos per batch; 0: the run's eval batch
     max_gflops: float = 0.0  # 0: no budget
@@ -108,112 +110,6 @@ def results_folder(model_dir):
             return path
     raise FileNotFoundError(f"{model_dir} holds no strategy search results ({FOLDER}/best.json); run "
                             f"python -m tf_stfusion.search --model_dir={model_dir}")
-
-
-# -- evaluation of many strategies with one compiled function -------------------
-class TiledEvaluator:
-    """Per-video outcomes of many strategies, ``K`` at a time on a tiled batch, on
-    every replica of ``strategy`` (a ``tf.distribute`` strategy; default: one device).
-
-    The data is read once per call: each batch of clips ``[b*V, ...]`` is decoded
-    once and scored by every group of ``K`` strategies in turn (the group's masks
-    are assigned to the gates' variables, then one step). A replica's step tiles
-    its clips ``K`` times, scores all tiles in one model call and returns
-    ``[K, b, 3 + C]``: outcomes (``video_outcomes``: top-1 hit, top-5 hit, NLL)
-    and the video scores ``[K, b, C]`` (``probabilities``: what ensembles
-    average); outcomes, labels and video positions are gathered over replicas
-    and workers. Traced
-    once: the strategies live in variables and the batch dimension is open.
-    """
-
-    def __init__(self, model, num_clips, tiles, distribution=None):
-        import tensorflow as tf
-
-        self.model, self.num_clips, self.tiles = model, num_clips, tiles
-        self.distribution = distribution or tf.distribute.OneDeviceStrategy("/cpu:0")
-        self.traces = 0
-        self._step = None
-
-    def _make_step(self, element_spec):
-        import tensorflow as tf
-
-        from tf_stfusion.evaluation import outcomes_or_none, video_outcomes, video_scores
-
-        model, views, tiles, distribution = self.model, self.num_clips, self.tiles, self.distribution
-        classes = model.outputs[0].shape[-1]
-
-        def replica(clips, labels, position):
-            def outcomes():
-                tiled = tf.tile(clips, tf.concat([[tiles], tf.ones([tf.rank(clips) - 1], tf.int32)], 0))
-                # [K*b, V, ...]: the views of a video stay together (the pipeline puts them next to each other).
-                videos = tf.reshape(tiled, tf.concat([[-1, views], tf.shape(clips)[1:]], 0))
-                probs = tf.reshape(video_scores(model, videos), [tiles, -1, classes])
-                # [K, b, 3 + C]: the outcomes, then the scores themselves (the ensembles average them).
-                return tf.concat([tf.stack([video_outcomes(probs[k], labels) for k in range(tiles)]), probs], -1)
-            return outcomes_or_none(outcomes, clips, [tiles, 0, 3 + classes]), tf.cast(labels, tf.int64), position
-
-        @tf.function(input_signature=[element_spec])
-        def step(batch):
-            self.traces += 1
-            outcomes, labels, position = distribution.run(replica, batch)
-            return (distribution.gather(outcomes, axis=1), distribution.gather(labels, axis=0),
-                    distribution.gather(position, axis=0))
-
-        return step
-
-    def _scores(self, strategies, dataset_fn, num_videos, bar):
-        """``[len(strategies), m, 3 + C]`` outcomes and scores, labels ``[m]`` and
-        positions ``[m]`` (-1: fillers) of one pass over the data."""
-        import numpy as np
-
-        from tf_stfusion.strategy import apply_strategies
-
-        groups = [list(strategies[i:i + self.tiles]) for i in range(0, len(strategies), self.tiles)]
-        # Pad the last group with its last strategy: the tile count, hence the graph, never changes.
-        groups[-1] += [groups[-1][-1]] * (self.tiles - len(groups[-1]))
-        dist = self.distribution.distribute_datasets_from_function(dataset_fn)
-        if self._step is None:
-            self._step = self._make_step(dist.element_spec)
-        outcomes, labels, positions = [[] for _ in groups], [], []
-        for batch in dist:
-            for g, group in enumerate(groups):
-                if len(groups) > 1 or not positions:  # one group: its masks stay in place
-                    apply_strategies(self.model, group)
-                out, label, pos = self._step(batch)
-                outcomes[g].append(out.numpy())
-            labels.append(label.numpy())
-            positions.append(pos.numpy())
-            if bar:
-                bar.update(min(int(sum(np.sum(p >= 0) for p in positions)), num_videos))
-        scored = np.concatenate([np.concatenate(o, axis=1) for o in outcomes], axis=0)[:len(strategies)]
-        return scored, np.concatenate(labels), np.concatenate(positions)
-
-    def evaluate(self, strategies, dataset_fn, num_videos, bar=None):
-        """``VideoResults`` of every strategy in ``strategies`` over one pass of the
-        data that ``dataset_fn(input_context)`` yields (``num_videos`` videos);
-        ``bar``: a progress bar advanced by videos."""
-        from tf_stfusion.evaluation import VideoResults
-
-        if not strategies:
-            return []
-        scored, _, positions = self._scores(strategies, dataset_fn, num_videos, bar)
-        return [VideoResults.from_outcomes(s[:, :3], positions, num_videos) for s in scored]
-
-    def probabilities(self, strategies, dataset_fn, num_videos, bar=None):
-        """The video scores (mean softmax over views) of every strategy, ``[S, n, C]``,
-        and the labels ``[n]``, in the order of the videos ``dataset_fn`` was given."""
-        import numpy as np
-
-        from tf_stfusion.evaluation import VideoResults
-
-        scored, labels, positions = self._scores(strategies, dataset_fn, num_videos, bar)
-        VideoResults.from_outcomes(scored[0, :, :3], positions, num_videos)  # every video seen exactly once
-        keep = positions >= 0
-        probs = np.zeros((len(strategies), num_videos, scored.shape[-1] - 3))
-        probs[:, positions[keep]] = scored[:, keep, 3:]
-        ordered = np.zeros(num_videos, np.int64)
-        ordered[positions[keep]] = labels[keep]
-        return probs, ordered
 
 
 # -- the plan and its results --------------------------------------------------------
@@ -375,8 +271,59 @@ def race(planned, slices, journal, evaluate, gflops_of, eta, max_gflops, log=pri
 
 
 # -- the report split --------------------------------------------------------------
-def compare_on_report_split(room, evaluator, best, rows, select_split, cost_of):
-    """Opt and the fixed S / ST / S+ST on the report split, with paired differences.
+FIXED_UNITS = ("S", "ST", "S+ST")
+REPORTED = ("Opt",) + FIXED_UNITS
+
+
+@dataclasses.dataclass
+class SplitScores:
+    """One ``Evaluator`` pass of some ``strategies`` over a split: per strategy its
+    ``VideoResults`` and video scores ``[S, n, C]``, and the labels ``[n]``."""
+
+    strategies: list
+    results: list  # [VideoResults], one per strategy
+    probabilities: object  # np.ndarray [S, n, C]
+    labels: object  # np.ndarray [n] int64
+
+
+def split_scores(context, evaluator, split, videos, strategies):
+    """``SplitScores`` of ``strategies`` on ``videos`` of ``split`` (in the order of
+    ``strategies``), each distinct strategy evaluated once, in one pass."""
+    unique = {}
+    for strategy in strategies:
+        unique.setdefault(unit_key(strategy), strategy)
+    keys = list(unique)
+    with context.reading(split):
+        scored = evaluator.evaluate(context.eval_dataset_fn(split, videos=videos), len(videos),
+                                    [unique[k] for k in keys])
+    index = [keys.index(unit_key(s)) for s in strategies]
+    return SplitScores(list(strategies), [scored.results[i] for i in index], scored.probabilities[index],
+                       scored.labels)
+
+
+def fixed_strategies_of(planned):
+    """``{unit: Strategy}`` of the plan's fixed strategies S / ST / S+ST."""
+    return {sid.split("-", 1)[1]: s for sid, kind, s in planned if kind == "fixed"}
+
+
+def report_split_scores(context, evaluator, planned, best, members, select_split):
+    """The one pass over the report split (val): Opt, S, ST, S+ST, then the largest
+    ensemble's ``members`` (``[(id, Strategy)]``). ``None`` when nothing needs it
+    (selected on val, where the search's own rows are Opt's and the fixed ones',
+    and no ensembles)."""
+    from tf_stfusion.strategy import Strategy
+
+    if select_split == "val" and not members:
+        return None
+    opt = Strategy.from_units(context.model.stf_spec.backbone, best["units"])
+    fixed = fixed_strategies_of(planned)
+    strategies = [opt] + [fixed[u] for u in FIXED_UNITS] + [s for _, s in members]
+    return split_scores(context, evaluator, "val", context.split_videos("val"), strategies)
+
+
+def compare_on_report_split(context, best, rows, select_split, cost_of, val_scores):
+    """Opt and the fixed S / ST / S+ST on the report split, with paired differences;
+    ``val_scores``: their ``SplitScores`` on val first (``report_split_scores``).
 
     When the selection split *is* the report split the search's own rows are
     used (and every output says that the numbers are optimistic).
@@ -384,24 +331,21 @@ def compare_on_report_split(room, evaluator, best, rows, select_split, cost_of):
     from tf_stfusion.selection import SAME_SPLIT_NOTE, fingerprint, paired_difference
     from tf_stfusion.strategy import Strategy
 
-    spec = room.model.stf_spec
-    report_split = room.split_name("val")
+    spec = context.model.stf_spec
+    report_split = context.split_name("val")
     fixed = {r["id"].split("-", 1)[1]: r for r in rows if r["kind"] == "fixed"}
-    named = [("Opt", best)] + [(u, fixed[u]) for u in ("S", "ST", "S+ST")]
+    named = [("Opt", best)] + [(u, fixed[u]) for u in FIXED_UNITS]
     if select_split == "val":
         table = dict(named)
     else:
         items = [(row["id"], row["kind"], Strategy.from_units(spec.backbone, row["units"])) for _, row in named]
-        videos = room.split_videos("val")
-        with room.reading("val"):
-            results = evaluator.evaluate([s for _, _, s in items], room.eval_dataset_fn("val"), len(videos))
         table = {name: result_row(*item, result, report_split, *cost_of(item[2]))
-                 for (name, _), item, result in zip(named, items, results)}
+                 for (name, _), item, result in zip(named, items, val_scores.results)}
     paired = {name: paired_difference(row_correct(table["Opt"]), row_correct(table[name])).to_dict()
-              for name in ("S", "ST", "S+ST")}
-    return {"report_split": report_split, "selected_on": room.split_name(select_split),
+              for name in FIXED_UNITS}
+    return {"report_split": report_split, "selected_on": context.split_name(select_split),
             "same_split": select_split == "val", "note": SAME_SPLIT_NOTE if select_split == "val" else None,
-            "videos": fingerprint(room.split_videos("val")), "strategies": table, "paired_vs_opt": paired}
+            "videos": fingerprint(context.split_videos("val")), "strategies": table, "paired_vs_opt": paired}
 
 
 def chance_warning(comparison, best, num_classes, prior):
@@ -410,7 +354,7 @@ def chance_warning(comparison, best, num_classes, prior):
     search phase trained the template with most paths dropped (usually the
     length-scale prior), so turning every path on breaks it."""
     chance = 1.0 / num_classes
-    fixed = [comparison["strategies"][u] for u in ("S", "ST", "S+ST")]
+    fixed = [comparison["strategies"][u] for u in FIXED_UNITS]
     if not all(r["top1_ci"][0] <= chance for r in fixed) or best["top1_ci"][0] <= chance:
         return None
     return (f"the fixed strategies S / ST / S+ST score near chance ({100 * chance:.1f}% for {num_classes} classes) on "
@@ -422,9 +366,6 @@ def chance_warning(comparison, best, num_classes, prior):
 
 
 # -- the posterior predictive: ensembles of sampled strategies -------------------------
-FIXED_UNITS = ("S", "ST", "S+ST")
-
-
 ENSEMBLE_FROM = ("samples", "survivors")
 
 
@@ -436,42 +377,36 @@ def ensemble_members(planned, size, keep=None):
     return [(sid, s) for sid, kind, s in planned if kind == "sampled" and (keep is None or sid in keep)][:size]
 
 
-def split_probabilities(room, evaluator, split, videos, strategies):
-    """Video scores ``[len(strategies), n, C]`` and labels ``[n]`` of ``strategies`` on
-    ``videos`` of ``split``, each distinct strategy evaluated once, in one pass."""
-    unique = {}
-    for strategy in strategies:
-        unique.setdefault(unit_key(strategy), strategy)
-    keys = list(unique)
-    with room.reading(split):
-        probs, labels = evaluator.probabilities([unique[k] for k in keys], room.eval_dataset_fn(split, videos=videos),
-                                                len(videos))
-    return probs[[keys.index(unit_key(s)) for s in strategies]], labels
+def ensemble_plan(planned, rows, config):
+    """The ensemble sizes reported (``config.ensemble_sizes`` that enough members
+    allow, sorted) and the largest one's members ``[(id, Strategy)]``: the first
+    sampled strategies, or with ``config.ensemble_from == "survivors"`` those scored
+    on the whole selection split (``rows``). ``([], [])``: no ensembles."""
+    if config.ensemble_from not in ENSEMBLE_FROM:
+        raise ValueError(f"--ensemble_from must be one of {ENSEMBLE_FROM}, got {config.ensemble_from!r}")
+    keep = ({r["id"] for r in fully_scored(rows) if r["kind"] == "sampled"} if config.ensemble_from == "survivors"
+            else None)
+    available = len(ensemble_members(planned, len(planned), keep))
+    sizes = sorted({m for m in config.ensemble_sizes if 1 <= m <= available})
+    return sizes, (ensemble_members(planned, max(sizes), keep) if sizes else [])
 
 
-def posterior_scores(room, evaluator, planned, best, select_split, select_videos, sizes, keep=None):
+def posterior_scores(context, evaluator, val_scores, sizes, select_split, select_videos):
     """Scores of Opt, the ensembles of ``sizes`` members and S / ST / S+ST on val
-    (``{name: [n, C]}``, labels), of Opt and the ensembles on the split that fits the
-    temperature and threshold (the hold-out; val when the run selected on val), and
-    the largest ensemble's members on val ``[M, n, C]``."""
-    from tf_stfusion.strategy import Strategy
-
-    members = [s for _, s in ensemble_members(planned, max(sizes), keep)]
-    opt = Strategy.from_units(room.model.stf_spec.backbone, best["units"])
-    fixed = {sid.split("-", 1)[1]: s for sid, kind, s in planned if kind == "fixed"}
-    probs, labels = split_probabilities(room, evaluator, "val", room.split_videos("val"),
-                                        [opt] + [fixed[u] for u in FIXED_UNITS] + members)
+    (``{name: [n, C]}``, from ``val_scores``: ``report_split_scores``), labels, of
+    Opt and the ensembles on the split that fits the temperature and threshold (the
+    hold-out; val when the run selected on val) and its labels."""
+    probs, labels = val_scores.probabilities, val_scores.labels
 
     def named(opt_probs, member_probs):
         return {"Opt": opt_probs, **{f"ensemble-{m}": member_probs[:m].mean(axis=0) for m in sizes}}
 
     val = {**named(probs[0], probs[4:]), **dict(zip(FIXED_UNITS, probs[1:4]))}
-    if select_split == "holdout":
-        fit_probs, fit_labels = split_probabilities(room, evaluator, "holdout", select_videos, [opt] + members)
-        fit = named(fit_probs[0], fit_probs[1:])
-    else:
-        fit, fit_labels = named(probs[0], probs[4:]), labels
-    return val, labels, fit, fit_labels, probs[4:]
+    if select_split != "holdout":
+        return val, labels, named(probs[0], probs[4:]), labels
+    opt_and_members = val_scores.strategies[:1] + val_scores.strategies[4:]
+    fit = split_scores(context, evaluator, "holdout", select_videos, opt_and_members)
+    return val, labels, named(fit.probabilities[0], fit.probabilities[1:]), fit.labels
 
 
 def selective_summary(val_probs, val_labels, fit_probs, fit_labels, target, member_probs=None):
@@ -497,30 +432,29 @@ def selective_summary(val_probs, val_labels, fit_probs, fit_labels, target, memb
                           "val": cal.selective_result(confidence, correct, threshold)}}
 
 
-def posterior_evaluation(room, evaluator, planned, rows, best, select_split, select_videos, cost_of, config):
+def posterior_evaluation(search, planned, best, ensembles, val_scores):
     """The posterior-averaged evaluation (``calibration.json``): per model on val
     top-1, NLL and ECE with intervals, its paired top-1 difference to Opt, cost,
     reliability data; temperature scaling and selective prediction of Opt and the
-    ensembles. Members: the first sampled strategies, or with
-    ``config.ensemble_from == "survivors"`` those scored on the whole selection
-    split (``rows``). ``None`` when ``config.ensemble_sizes`` is empty."""
+    ensembles. ``ensembles``: ``ensemble_plan``'s sizes and members; ``val_scores``:
+    ``report_split_scores``. ``None`` when there are no ensembles."""
     import numpy as np
 
     from tf_stfusion import calibration as cal
-    from tf_stfusion.selection import CI_METHOD, PAIRED_METHOD, SAME_SPLIT_NOTE, paired_difference
+    from tf_stfusion.selection import (
+        CI_METHOD,
+        PAIRED_METHOD,
+        SAME_SPLIT_NOTE,
+        paired_difference,
+    )
 
-    if config.ensemble_from not in ENSEMBLE_FROM:
-        raise ValueError(f"--ensemble_from must be one of {ENSEMBLE_FROM}, got {config.ensemble_from!r}")
-    keep = ({r["id"] for r in fully_scored(rows) if r["kind"] == "sampled"} if config.ensemble_from == "survivors"
-            else None)
-    available = len(ensemble_members(planned, len(planned), keep))
-    sizes = sorted({m for m in config.ensemble_sizes if 1 <= m <= available})
+    (sizes, chosen), config, cost_of = ensembles, search.config, search.cost_of
     if not sizes:
         return None
-    val, labels, fit, fit_labels, members = posterior_scores(room, evaluator, planned, best, select_split,
-                                                             select_videos, sizes, keep)
-    chosen = ensemble_members(planned, max(sizes), keep)
-    fixed = {sid.split("-", 1)[1]: s for sid, kind, s in planned if kind == "fixed"}
+    val, labels, fit, fit_labels = posterior_scores(search.context, search.evaluator, val_scores, sizes,
+                                                    search.select_split, search.select_videos)
+    members = val_scores.probabilities[4:]
+    fixed = fixed_strategies_of(planned)
     member_costs = np.array([cost_of(s) for _, s in chosen], np.float64)  # [M, (params, GFLOPs)]: M networks run
     opt_correct = cal.confidence_and_correct(val["Opt"], labels)[1]
     rows = {}
@@ -535,15 +469,13 @@ def posterior_evaluation(room, evaluator, planned, rows, best, select_split, sel
         if name in fit:
             rows[name]["selective"] = selective_summary(probs, labels, fit[name], fit_labels, config.target_accuracy,
                                                         members[:m] if m > 1 else None)
-    return {"report_split": room.split_name("val"), "fit_split": room.split_name(select_split),
-            "note": SAME_SPLIT_NOTE if select_split == "val" else None, "sizes": sizes,
+    return {"report_split": search.context.split_name("val"), "fit_split": search.select_name,
+            "note": SAME_SPLIT_NOTE if search.select_split == "val" else None, "sizes": sizes,
             "members_from": config.ensemble_from,
             "members": [sid for sid, _ in chosen], "member_units": [s.units for _, s in chosen],
             "target_accuracy": config.target_accuracy, "ece_method": cal.ECE_METHOD,
             "interval_methods": {"top1": CI_METHOD, "nll_ece": cal.BOOTSTRAP_METHOD, "vs_opt": PAIRED_METHOD},
             "models": rows}
-
-
 def write_posterior(out_dir, posterior, log=print):
     """``calibration.json``, ``calibration.png`` and ``risk_coverage.png`` of the
     posterior-averaged evaluation; returns the report's lines about it."""
@@ -564,23 +496,70 @@ def write_posterior(out_dir, posterior, log=print):
 
 
 # -- the search ------------------------------------------------------------------------
+# -- the search ------------------------------------------------------------------------
 def use_racing(config, num_candidates):
     if config.racing not in RACING:
         raise ValueError(f"--racing must be one of {RACING}, got {config.racing!r}")
     return config.racing == "on" or (config.racing == "auto" and num_candidates > config.tiles)
 
 
-def run_search(config: SearchConfig, log=print, tf_strategy=None):
-    """Runs (or resumes) the search of ``config`` under ``tf_strategy`` (default:
-    one device); returns a ``SearchResult``. Every worker calls it; the chief writes."""
-    import keras
+@dataclasses.dataclass
+class Search:
+    """What the steps of one search share: the opened run (``context``) and its
+    search checkpoint, the selection split and its videos (in selection order), the
+    evaluator, whether this worker writes, and the strategies' costs (computed once
+    per distinct strategy)."""
+
+    config: SearchConfig
+    context: object  # the opened run (runs.Run), its template restored
+    checkpoint: str
+    select_split: str  # "holdout" or "val"
+    select_videos: list
+    distribution: object  # the tf.distribute object every worker runs under
+    evaluator: object  # evaluation.Evaluator, config.tiles strategies per model call
+    chief: bool
+    log: object  # print-like; silent off the chief
+    costs: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def data(self):
+        return self.context.config.data
+
+    @property
+    def select_name(self):
+        return self.context.split_name(self.select_split)
+
+    def cost_of(self, strategy):
+        """``(params, GFLOPs)`` of ``strategy`` on one eval clip of the run."""
+        from tf_stfusion.accounting import cost
+
+        key = unit_key(strategy)
+        if key not in self.costs:
+            spec, data = self.context.model.stf_spec, self.data
+            shape = (data.num_frames, data.eval_input_size, data.eval_input_size, 3)
+            c = cost(spec.backbone, strategy, input_shape=shape, num_classes=spec.num_classes)
+            self.costs[key] = (c.params, c.gflops)
+        return self.costs[key]
+
+
+@dataclasses.dataclass
+class SearchPlan:
+    """What a search scores (``_plan``): the strategies, the racing rounds, and
+    the ``plan.json`` record."""
+
+    planned: list  # [(id, kind, Strategy)]: the fixed strategies, then the sampled ones
+    slices: list  # each racing round's [start, end) of the selection videos
+    racing: bool
+    record: dict  # plan.json: the settings a resumed search must share
+
+
+def _open_run(config, distribution):
+    """The run of ``config.model_dir`` as the search reads it (the search's clips,
+    batch and data checks), its template restored from the search checkpoint:
+    ``(context, checkpoint, select_split)``. Raises ``ValueError`` for a run without
+    a search phase or a selection split it lacks."""
     import tensorflow as tf
 
-    from tf_stfusion import distribute as dist_lib
-    from tf_stfusion.accounting import cost
-    from tf_stfusion.fileio import atomic_write_json, atomic_write_text, claim_settings
-    from tf_stfusion.selection import SAME_SPLIT_NOTE, leakage_warning, racing_slices, selection_order
-    from tf_stfusion.strategy import Strategy, marginals
     from tf_stfusion.checkpoints import find_checkpoint
     from tf_stfusion.runs import Run, RunFolder, load_run_config
 
@@ -594,143 +573,211 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
     if select_split == "holdout" and run.data.select_split != "holdout":
         raise ValueError(f"{config.model_dir} trained on every training video (--select_split=val): it has no "
                          "hold-out to select on; search with --select_split=val, or train a run with a hold-out")
-    data = dataclasses.replace(run.data, eval_clips=config.clips or run.data.eval_clips)
+    data = dataclasses.replace(run.data, eval_clips=config.eval_clips or run.data.eval_clips)
     run = dataclasses.replace(run, data=data, progress=False,
                               eval_batch_size=config.batch_size or run.eval_batch_size,
                               verify_data=config.verify_data, skip_corrupt_records=config.skip_corrupt_records)
     checkpoint = config.checkpoint or RunFolder(config.model_dir).finished_checkpoint("search")
-    tf_strategy = tf_strategy or dist_lib.make_distribution("one_device")
-    chief = dist_lib.is_chief(tf_strategy)
-    log = log if chief else (lambda *a, **k: None)
-    room = Run(run, tf_strategy)
-    model = room.model
+    context = Run(run, distribution)
+    model = context.model
     tf.train.Checkpoint(model=model).restore(find_checkpoint(checkpoint, "--checkpoint")).expect_partial() \
         .assert_existing_objects_matched()
+    return context, checkpoint, select_split
 
-    out_dir = config.folder()
-    select_videos = selection_order(room.split_videos(select_split))
-    select_name = room.split_name(select_split)
-    planned = plan_strategies(model, config)
+
+def _open_search(config, distribution, log):
+    """The ``Search`` of ``config``: the run opened, the selection videos ordered."""
+    from tf_stfusion import distribute as dist_lib
+    from tf_stfusion.evaluation import Evaluator
+    from tf_stfusion.selection import selection_order
+
+    chief = dist_lib.is_chief(distribution)
+    context, checkpoint, select_split = _open_run(config, distribution)
+    evaluator = Evaluator(context.model, context.config.data.eval_clips, tiles=config.tiles, distribution=distribution)
+    return Search(config, context, checkpoint, select_split, selection_order(context.split_videos(select_split)),
+                  distribution, evaluator, chief, log if chief else (lambda *a, **k: None))
+
+
+def _plan(search):
+    """The strategies and racing slices of the search; the chief claims its folder
+    with ``plan.json`` (a folder holding another plan is refused, not mixed in)."""
+    from tf_stfusion import distribute as dist_lib
+    from tf_stfusion.fileio import claim_settings
+    from tf_stfusion.selection import SAME_SPLIT_NOTE, racing_slices
+
+    config, data, log, out_dir = search.config, search.data, search.log, search.config.folder()
+    planned = plan_strategies(search.context.model, config)
     sampled = len({unit_key(s) for _, kind, s in planned if kind == "sampled"})
     distinct = len({unit_key(s) for _, _, s in planned})
     racing = use_racing(config, len(planned))
-    slices = (racing_slices(len(select_videos), sampled, config.racing_eta, config.tiles, config.racing_min_videos)
-              if racing else [(0, len(select_videos))])
-    plan = {"checkpoint": os.path.basename(checkpoint), "num_samples": config.num_samples, "seed": config.seed,
-            "clips_per_video": data.eval_clips, "select_split": select_name, "report_split": room.split_name("val"),
-            "racing": {"eta": config.racing_eta, "slices": [list(s) for s in slices]} if racing else None,
-            "max_gflops": config.max_gflops}
-    if chief:
+    num_videos = len(search.select_videos)
+    slices = (racing_slices(num_videos, sampled, config.racing_eta, config.tiles, config.racing_min_videos)
+              if racing else [(0, num_videos)])
+    record = {"checkpoint": os.path.basename(search.checkpoint), "num_samples": config.num_samples,
+              "seed": config.seed, "clips_per_video": data.eval_clips, "select_split": search.select_name,
+              "report_split": search.context.split_name("val"),
+              "racing": {"eta": config.racing_eta, "slices": [list(s) for s in slices]} if racing else None,
+              "max_gflops": config.max_gflops}
+    if search.chief:
         os.makedirs(out_dir, exist_ok=True)
-        claim_settings(os.path.join(out_dir, PLAN), plan,
+        claim_settings(os.path.join(out_dir, PLAN), record,
                        f"{out_dir} holds a search with other settings ({{keys}} differ); remove that folder, use "
                        "another --output_dir, or use the same settings to resume it")
-    journal = Journal(os.path.join(out_dir, ROUNDS), chief)
+    how = (f"racing (eta {config.racing_eta}) over slices ending at {[end for _, end in slices]}" if racing
+           else "every strategy on every video")
     log(f"search: {len(planned)} strategies ({len(planned) - 3} sampled, 3 fixed; {distinct} distinct), "
-        f"{config.tiles} per pass, on the {len(select_videos)} videos of the selection split ({select_name}) x "
-        f"{data.eval_clips} clip(s); " + (f"racing (eta {config.racing_eta}) over slices ending at "
-                                          f"{[end for _, end in slices]}" if racing else "every strategy on every video")
-        + f"; {dist_lib.describe(tf_strategy)}")
-    if select_split == "val":
+        f"{config.tiles} per pass, on the {num_videos} videos of the selection split ({search.select_name}) x "
+        f"{data.eval_clips} clip(s); {how}; {dist_lib.describe(search.distribution)}")
+    if search.select_split == "val":
         log(f"search: {SAME_SPLIT_NOTE}: the best of {config.num_samples} is chosen on the split it is reported on")
+    return SearchPlan(planned, slices, racing, record)
 
-    spec = model.stf_spec
-    shape = (data.num_frames, data.eval_input_size, data.eval_input_size, 3)
-    costs = {}
 
-    def cost_of(strategy):
-        key = unit_key(strategy)
-        if key not in costs:
-            c = cost(spec.backbone, strategy, input_shape=shape, num_classes=spec.num_classes)
-            costs[key] = (c.params, c.gflops)
-        return costs[key]
+def _score_round(search, journal, items, start, end, round_):
+    """Scores ``(key, Strategy)`` items on the selection videos ``start:end`` and
+    journals them: one pass over the videos per ``PASS_GROUPS`` groups of ``K``
+    strategies (the data is read once for all of them; the journal is written after
+    each pass)."""
+    from tf_stfusion.evaluation import progress_bar
 
-    evaluator = TiledEvaluator(model, data.eval_clips, config.tiles, tf_strategy)
-    counts = {"evaluated": 0, "strategy_videos": 0}
-    t0 = time.time()
+    config, split = search.config, search.select_split
+    videos = search.select_videos[start:end]
+    per_pass = PASS_GROUPS * config.tiles
+    for first in range(0, len(items), per_pass):
+        chunk = items[first:first + per_pass]
+        bar = (progress_bar(len(videos), f"strategies {first + 1}-{first + len(chunk)} of {len(items)}")
+               if config.progress and search.chief else None)
+        with search.context.reading(split):
+            scored = search.evaluator.evaluate(search.context.eval_dataset_fn(split, videos=videos), len(videos),
+                                               [s for _, s in chunk], bar)
+        for (key, _), result in zip(chunk, scored.results):
+            journal.add(key, round_, start, end, result)
+
+
+def _race_selection(search, plan):
+    """Races the plan on the selection split (resuming from ``rounds.jsonl``): every
+    planned strategy's row, in plan order, ``{key: rounds seen}`` and the number of
+    (strategy, round) evaluations this call ran."""
+    journal = Journal(os.path.join(search.config.folder(), ROUNDS), search.chief)
+    evaluated = []
 
     def evaluate(items, round_):
-        # One pass over the round's videos per PASS_GROUPS groups of K strategies: the
-        # data is read once for all of them, and the journal is written after each pass.
-        start, end = slices[round_]
-        videos = select_videos[start:end]
-        per_pass = PASS_GROUPS * config.tiles
-        for first in range(0, len(items), per_pass):
-            chunk = items[first:first + per_pass]
-            bar = keras.utils.Progbar(len(videos), unit_name="video") if config.progress and chief else None
-            if bar:
-                print(f"strategies {first + 1}-{first + len(chunk)} of {len(items)}")
-            with room.reading(select_split):
-                results = evaluator.evaluate([s for _, s in chunk],
-                                             room.eval_dataset_fn(select_split, videos=videos), len(videos), bar)
-            for (key, _), result in zip(chunk, results):
-                journal.add(key, round_, start, end, result)
-            counts["evaluated"] += len(chunk)
+        _score_round(search, journal, items, *plan.slices[round_], round_)
+        evaluated.append(len(items))
 
-    seen, dropped = race(planned, slices, journal, evaluate, lambda s: cost_of(s)[1], config.racing_eta,
-                         config.max_gflops, log)
+    config = search.config
+    seen, dropped = race(plan.planned, plan.slices, journal, evaluate, lambda s: search.cost_of(s)[1],
+                         config.racing_eta, config.max_gflops, search.log)
     rows = []
-    for sid, kind, strategy in planned:
+    for sid, kind, strategy in plan.planned:
         key = unit_key(strategy)
-        videos = journal.videos(key, seen[key])
-        row = result_row(sid, kind, strategy, videos, select_name, *cost_of(strategy))
+        row = result_row(sid, kind, strategy, journal.videos(key, seen[key]), search.select_name,
+                         *search.cost_of(strategy))
         row["dropped_round"], row["dropped_because"] = dropped.get(key, (None, None))
         row["rounds"] = seen[key]
         rows.append(row)
-    strategy_videos = sum(slices[seen[key] - 1][1] for key in seen)
-    exhaustive = len(seen) * len(select_videos)
+    return rows, seen, sum(evaluated)
 
-    best = pick_best(rows, config.max_gflops)
-    comparison = compare_on_report_split(room, evaluator, best, rows, select_split, cost_of)
-    comparison["prior"] = room.prior_diagnostics()
-    comparison["preflight"] = room.preflight_record()
-    comparison["holdout_grouping"] = room.holdout_grouping
+
+def _report(search, plan, rows, best, scored_videos):
+    """Opt and S / ST / S+ST on the report split with the search's diagnostics
+    (``comparison.json``), and the posterior-averaged evaluation: both from one pass
+    over val. ``scored_videos``: the (strategy, video) pairs the race scored and an
+    exhaustive search would have, for ``comparison.json``'s ``search`` record."""
+    from tf_stfusion.selection import leakage_warning
+
+    context, select_split = search.context, search.select_split
+    ensembles = ensemble_plan(plan.planned, rows, search.config)
+    val_scores = report_split_scores(context, search.evaluator, plan.planned, best, ensembles[1], select_split)
+    comparison = compare_on_report_split(context, best, rows, select_split, search.cost_of, val_scores)
+    comparison["prior"] = context.prior_diagnostics()
+    comparison["preflight"] = context.preflight_record()
+    comparison["holdout_grouping"] = context.holdout_grouping
     comparison["leakage_warning"] = None if select_split == "val" else leakage_warning(
-        best, comparison["strategies"]["Opt"], room.holdout_grouping)
-    comparison["chance_warning"] = chance_warning(comparison, best, spec.num_classes, comparison["prior"])
-    comparison["search"] = {"racing": racing, "strategy_videos": strategy_videos, "exhaustive_videos": exhaustive,
-                            "clip_evaluations": strategy_videos * data.eval_clips}
-    posterior = posterior_evaluation(room, evaluator, planned, rows, best, select_split, select_videos, cost_of,
-                                     config)
-    seconds = time.time() - t0
-    result = SearchResult(rows, best, counts["evaluated"], evaluator.traces, seconds, out_dir, comparison,
-                          strategy_videos, exhaustive, posterior)
-    if not chief:
-        return result
-    atomic_write_text(os.path.join(out_dir, RESULTS), "".join(json.dumps(row) + "\n" for row in rows))
-    atomic_write_json(os.path.join(out_dir, COMPARISON), comparison)
-    reported = comparison["strategies"]["Opt"]
+        best, comparison["strategies"]["Opt"], context.holdout_grouping)
+    comparison["chance_warning"] = chance_warning(comparison, best, context.model.stf_spec.num_classes,
+                                                  comparison["prior"])
+    comparison["search"] = {"racing": plan.racing, **scored_videos,
+                            "clip_evaluations": scored_videos["strategy_videos"] * search.data.eval_clips}
+    return comparison, posterior_evaluation(search, plan.planned, best, ensembles, val_scores)
+
+
+def _best_strategy(search, plan, best, reported):
+    """``best.json``: the chosen strategy, its numbers on the report split
+    (``reported``) and on the selection split, and where it came from."""
+    from tf_stfusion.selection import SAME_SPLIT_NOTE
+    from tf_stfusion.strategy import Strategy
+
+    config = search.config
     metric_keys = ("top1", "top1_ci", "top5", "top5_ci", "num_videos", "split")
-    best_strategy = Strategy.from_units(
-        spec.backbone, best["units"],
-        metrics={**{k: reported[k] for k in metric_keys}, "selected_on": select_name,
+    return Strategy.from_units(
+        search.context.model.stf_spec.backbone, best["units"],
+        metrics={**{k: reported[k] for k in metric_keys}, "selected_on": search.select_name,
                  "selection": {k: best[k] for k in metric_keys},
-                 **({"note": SAME_SPLIT_NOTE} if select_split == "val" else {}),
+                 **({"note": SAME_SPLIT_NOTE} if search.select_split == "val" else {}),
                  "ci_method": reported["ci_method"], "params": best["params"], "gflops": best["gflops"]},
         provenance={"kind": "search", "id": best["id"], "model_dir": os.path.abspath(config.model_dir),
-                    "checkpoint": os.path.basename(checkpoint), "seed": config.seed,
-                    "num_samples": config.num_samples, "clips_per_video": data.eval_clips,
-                    "racing": racing, **({"max_gflops": config.max_gflops} if config.max_gflops else {})},
+                    "checkpoint": os.path.basename(search.checkpoint), "seed": config.seed,
+                    "num_samples": config.num_samples, "clips_per_video": search.data.eval_clips,
+                    "racing": plan.racing, **({"max_gflops": config.max_gflops} if config.max_gflops else {})},
     )
-    best_strategy.save(os.path.join(out_dir, "best.json"))
-    probs = marginals(model)
-    atomic_write_json(os.path.join(out_dir, "marginals.json"), probs)
 
+
+def _write_outputs(search, plan, result):
+    """The chief's files: ``strategies.jsonl``, ``comparison.json``, ``best.json``,
+    ``marginals.json``, the plots, ``calibration.json`` and ``report.md``."""
     from tf_stfusion import report
+    from tf_stfusion.fileio import atomic_write_json, atomic_write_text
+    from tf_stfusion.strategy import marginals
 
+    out_dir, rows, best, comparison = result.out_dir, result.rows, result.best, result.comparison
+    atomic_write_text(os.path.join(out_dir, RESULTS), "".join(json.dumps(row) + "\n" for row in rows))
+    atomic_write_json(os.path.join(out_dir, COMPARISON), comparison)
+    _best_strategy(search, plan, best, comparison["strategies"]["Opt"]).save(os.path.join(out_dir, "best.json"))
+    probs = marginals(search.context.model)
+    atomic_write_json(os.path.join(out_dir, "marginals.json"), probs)
     report.fusion_plot(probs, best["units"], os.path.join(out_dir, "fusion.png"))
     report.pareto_plot(rows, pareto_front(rows), best, os.path.join(out_dir, "pareto.png"))
-    report.write_report(os.path.join(out_dir, "report.md"), rows, best, probs, plan, comparison, config.max_gflops,
-                        sections=write_posterior(out_dir, posterior, log))
-    log(f"search: {counts['evaluated']} strategy-rounds scored in {seconds:.1f}s ({evaluator.traces} trace(s)); "
-        f"{strategy_videos:,} strategy-video evaluations, {100 * strategy_videos / exhaustive:.0f}% of scoring every "
-        f"strategy on every video")
-    log(f"search: best {best['id']} chosen on {select_name} (top-1 {100 * best['top1']:.2f}%), "
+    report.write_report(os.path.join(out_dir, "report.md"), rows, best, probs, plan.record, comparison,
+                        search.config.max_gflops, sections=write_posterior(out_dir, result.posterior, search.log))
+
+
+def _log_summary(search, result):
+    """The search's last lines: its cost, its pick, and any warning."""
+    log, best, comparison = search.log, result.best, result.comparison
+    reported = comparison["strategies"]["Opt"]
+    log(f"search: {result.evaluated} strategy-rounds scored in {result.seconds:.1f}s ({result.traces} trace(s)); "
+        f"{result.strategy_videos:,} strategy-video evaluations, "
+        f"{100 * result.strategy_videos / result.exhaustive_videos:.0f}% of scoring every strategy on every video")
+    log(f"search: best {best['id']} chosen on {search.select_name} (top-1 {100 * best['top1']:.2f}%), "
         f"on {reported['split']}: {100 * reported['top1']:.2f}% [{100 * reported['top1_ci'][0]:.1f}, "
-        f"{100 * reported['top1_ci'][1]:.1f}], {best['gflops']:.3f} GFLOPs -> {out_dir}/best.json")
+        f"{100 * reported['top1_ci'][1]:.1f}], {best['gflops']:.3f} GFLOPs -> {result.out_dir}/best.json")
     for warning in (comparison["chance_warning"] or comparison["prior"]["warning"], comparison["leakage_warning"]):
         if warning:
             log(f"search: warning: {warning}")
+
+
+def run_search(config: SearchConfig, log=print, distribution=None):
+    """Runs (or resumes) the search of ``config`` under ``distribution`` (a
+    ``tf.distribute`` object; default: one device); returns a ``SearchResult``.
+    Every worker calls it; the chief writes. Raises ``ValueError`` /
+    ``FileNotFoundError`` with a one-line message for a run or settings it cannot
+    search."""
+    from tf_stfusion import distribute as dist_lib
+
+    search = _open_search(config, distribution or dist_lib.make_distribution("one_device"), log)
+    plan = _plan(search)
+    start = time.time()
+    rows, seen, evaluated = _race_selection(search, plan)
+    best = pick_best(rows, config.max_gflops)
+    scored_videos = {"strategy_videos": sum(plan.slices[seen[key] - 1][1] for key in seen),
+                     "exhaustive_videos": len(seen) * len(search.select_videos)}
+    comparison, posterior = _report(search, plan, rows, best, scored_videos)
+    result = SearchResult(rows, best, evaluated, search.evaluator.traces, time.time() - start, config.folder(),
+                          comparison, **scored_videos, posterior=posterior)
+    if search.chief:
+        _write_outputs(search, plan, result)
+        _log_summary(search, result)
     return result
 
 
@@ -795,7 +842,7 @@ def main(argv):
               file=sys.stderr)
         return 2
     config = SearchConfig(
-        model_dir=FLAGS.model_dir, num_samples=FLAGS.num_samples, seed=FLAGS.seed, clips=FLAGS.clips,
+        model_dir=FLAGS.model_dir, num_samples=FLAGS.num_samples, seed=FLAGS.seed, eval_clips=FLAGS.clips,
         tiles=FLAGS.tiles, batch_size=FLAGS.batch_size, max_gflops=FLAGS.max_gflops,
         checkpoint=FLAGS.checkpoint or "", select_split=FLAGS.select_split or "", racing=FLAGS.racing,
         racing_eta=FLAGS.racing_eta, racing_min_videos=FLAGS.racing_min_videos, output_dir=FLAGS.output_dir or "",
@@ -805,9 +852,9 @@ def main(argv):
     try:
         from tf_stfusion import distribute
 
-        strategy = distribute.make_distribution(FLAGS.distribution, FLAGS.devices or None, FLAGS.cluster,
-                                                FLAGS.cluster_port)
-        run_search(config, tf_strategy=strategy)
+        distribution = distribute.make_distribution(FLAGS.distribution, FLAGS.devices or None, FLAGS.cluster,
+                                                    FLAGS.cluster_port)
+        run_search(config, distribution=distribution)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -227,7 +227,7 @@ def main(argv):
 
             run_search(SearchConfig(model_dir=config.model_dir, num_samples=FLAGS.num_strategy_samples,
                                     seed=FLAGS.seed, progress=FLAGS.progress, verify_data=FLAGS.verify_data,
-                                    skip_corrupt_records=FLAGS.skip_corrupt_records), tf_strategy=trainer.distribution)
+                                    skip_corrupt_records=FLAGS.skip_corrupt_records), distribution=trainer.distribution)
     except (DataError, TrainError) as e:  # damaged data or checkpoints: one line, what to do
         print(f"error: {message(e)}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ from tf_stfusion import selection
 from tf_stfusion.calibration import apply_temperature
 from tf_stfusion.data import pipeline
 from tf_stfusion.data.sources import resolve_source
-from tf_stfusion.evaluation import video_outcomes, video_probabilities
+from tf_stfusion.evaluation import Evaluator, video_outcomes
 from tf_stfusion.export import litert
 from tf_stfusion.export.client import VIDEO_SIGNATURE, rest_body
 from tf_stfusion.export.local_server import LocalServing
@@ -100,7 +100,7 @@ def serving_check(template, run_config, contract, saved_model_dir, batch_size=8,
         batch_size=batch_size, sampler=contract.sampler, frame_stride=contract.frame_stride,
         num_clips=contract.eval_clips, deterministic=True, video_index=ids)
     if members is None:
-        evaluated = video_probabilities(template, dataset, contract.eval_clips, len(ids))
+        evaluated = Evaluator(template, contract.eval_clips).evaluate(lambda _: dataset, len(ids)).probabilities[0]
     else:
         evaluated = apply_temperature(np.mean([evaluate_member(template, units, dataset, contract, len(ids))
                                                for units in members], axis=0), temperature)
@@ -126,7 +126,7 @@ def serving_check(template, run_config, contract, saved_model_dir, batch_size=8,
 def evaluate_member(template, units, dataset, contract, num_videos):
     """One ensemble member's video scores ``[n, C]``: ``template`` in fixed mode."""
     apply_strategy(template, Strategy.from_units(template.stf_spec.backbone, units))
-    return video_probabilities(template, dataset, contract.eval_clips, num_videos)
+    return Evaluator(template, contract.eval_clips).evaluate(lambda _: dataset, num_videos).probabilities[0]
 
 
 def calibration_clips(run_config, contract, count):
