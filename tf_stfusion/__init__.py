@@ -18,12 +18,15 @@ which take effect when TensorFlow is imported afterwards:
   default only on some CPUs; on an AVX2 CPU without AVX-512 they made the tiny
   template's training step 3.3x faster (27 -> 90 clips/s, 8x48x48), at the
   price of float round-off in a different order;
-* ``TF_CPP_MIN_LOG_LEVEL=2``: no INFO/WARNING lines from TensorFlow's C++ core.
+* ``TF_CPP_MIN_LOG_LEVEL=2``: no INFO/WARNING lines from TensorFlow's C++ core
+  (the command lines go further: ``tf_stfusion.configs.quiet_tensorflow``).
 """
 
 import importlib
 import os
 
+# The user's own TensorFlow C++ log level, if any: it wins over every default here and in the CLIs.
+USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -20,10 +20,13 @@ LiteRT) are thin command lines over these:
 
 import base64
 import json
+import sys
 
 import numpy as np
+from absl import flags
 
-from tf_stfusion.data.pipeline import InputContract
+# TensorFlow (data.pipeline, serving protos) is imported where used: the command
+# lines over this module check their flags before it starts (configs.run_app).
 
 CONTRACT_SIGNATURE = "input_contract"
 CLIPS_SIGNATURE = "serving_clips"
@@ -32,6 +35,8 @@ VIDEO_SIGNATURE = "serving_video"
 
 def contract_from_json(text, where="input contract"):
     """An ``InputContract`` from its JSON text (str or bytes)."""
+    from tf_stfusion.data.pipeline import InputContract
+
     if isinstance(text, bytes):
         text = text.decode()
     try:
@@ -103,28 +108,33 @@ def top_classes(probabilities, class_names, k=5):
     return [(float(probabilities[i]), class_names[i]) for i in order]
 
 
-def classify_main(description, classify, argv=None, threads=False):
-    """The command line of the clip-runtime clients (``export/onnx_client.py``,
-    ``export/litert_client.py``): ``--model``, ``--video`` (and ``--num_threads``),
-    ``classify(model, video, **options)`` -> top classes, printed one per line;
-    a bad file is one ``error:`` line and exit code 2."""
-    import argparse
-    import sys
+def define_clip_flags(threads=False):
+    """``--model``, ``--video`` (and ``--num_threads``): the flags of the clip-runtime clients."""
+    flags.DEFINE_string("model", None, "The exported model file.", required=True)
+    flags.DEFINE_string("video", None, "The video to classify.", required=True)
+    if threads:
+        flags.DEFINE_integer("num_threads", None, "CPU threads (default: all).")
 
+
+def classify_main(classify, threads=False):
+    """The command line of the clip-runtime clients (``export/onnx_client.py``,
+    ``export/litert_client.py``), run by ``configs.run_app``: ``--model``, ``--video``
+    (and ``--num_threads``), ``classify(model, video, **options)`` -> top classes,
+    printed one per line; a bad flag or file is one ``error:`` line and exit code 2."""
+    from tf_stfusion.configs import run_app
     from tf_stfusion.data.video import VideoError
 
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--video", required=True)
-    if threads:
-        parser.add_argument("--num_threads", type=int, default=None, help="CPU threads (default: all)")
-    args = parser.parse_args(argv)
-    options = {"num_threads": args.num_threads} if threads else {}
-    try:
-        top = classify(args.model, args.video, **options)
-    except (VideoError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for probability, label in top:
-        print(f"{probability:.4f}  {label}")
-    return 0
+    def main(argv):
+        del argv  # run_app refuses positional arguments
+        values = flags.FLAGS
+        options = {"num_threads": values.num_threads} if threads else {}
+        try:
+            top = classify(values.model, values.video, **options)
+        except (VideoError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for probability, label in top:
+            print(f"{probability:.4f}  {label}")
+        return 0
+
+    run_app(main, lambda: define_clip_flags(threads))

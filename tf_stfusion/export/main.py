@@ -41,7 +41,7 @@ import shutil
 import sys
 import tempfile
 
-from absl import app, flags, logging
+from absl import flags
 
 from tf_stfusion import cluster as cluster_lib
 
@@ -658,9 +658,7 @@ def define_flags():
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.ERROR)
+    del argv  # run_app refuses positional arguments
     missing = [n for n in ("strategy", "model_dir", "export_dir") if not FLAGS[n].value]
     if missing:
         print(f"error: --{', --'.join(missing)} required", file=sys.stderr)
@@ -691,16 +689,16 @@ def main(argv):
         export(config)
     except (ExportError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 
 def run():
-    """Console-script entry point (``stfusion-export``)."""
-    define_flags()
-    from tf_stfusion.configs import resolve_flagfiles
+    """Console-script entry point (``stfusion-export``); absl at ERROR: the converters' INFO and
+    WARNING lines are not the user's business."""
+    from tf_stfusion.configs import run_app
 
-    app.run(main, argv=resolve_flagfiles(sys.argv))
+    run_app(main, define_flags, verbosity="error")
 
 
 if __name__ == "__main__":
