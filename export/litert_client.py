@@ -23,6 +23,6 @@ def classify(model_path, video, num_threads=None):
 
 
 if __name__ == "__main__":
-    from tf_stfusion.export.client import classify_main
+    from tf_stfusion.export.client import run_clip_client
 
-    classify_main(classify, threads=True)
+    run_clip_client(classify, threads=True)

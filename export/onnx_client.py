@@ -26,6 +26,6 @@ def classify(model_path, video):
 
 
 if __name__ == "__main__":
-    from tf_stfusion.export.client import classify_main
+    from tf_stfusion.export.client import run_clip_client
 
-    classify_main(classify)
+    run_clip_client(classify)

@@ -25,10 +25,16 @@ which take effect when TensorFlow is imported afterwards:
 import importlib
 import os
 
-# The user's own TensorFlow C++ log level, if any: it wins over every default here and in the CLIs.
-USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The user's own TensorFlow C++ log level, if any: it wins over every default here and in the CLIs
+# (configs.quiet_tensorflow). A level this package set, in this process or a parent, is marked so.
+DEFAULT_TF_LOG_LEVEL = "STFUSION_DEFAULT_TF_LOG_LEVEL"
+USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+if USER_TF_LOG_LEVEL == os.environ.get(DEFAULT_TF_LOG_LEVEL):
+    USER_TF_LOG_LEVEL = None
+if USER_TF_LOG_LEVEL is None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ[DEFAULT_TF_LOG_LEVEL] = os.environ["TF_CPP_MIN_LOG_LEVEL"]
 
 __version__ = "0.1.0"
 

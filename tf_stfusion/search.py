@@ -741,7 +741,8 @@ def define_flags():
     flags.DEFINE_string("model_dir", None, "A training run with a finished search phase.")
     flags.DEFINE_integer("num_samples", 100, "Strategies sampled from the learned probabilities.")
     flags.DEFINE_integer("seed", 0, "Sampling seed.")
-    flags.DEFINE_integer("clips", 0, "Clips per validation video (0: the run's --eval_clips).")
+    flags.DEFINE_integer("eval_clips", 0, "Views (clips) per video, spread uniformly, scores averaged (0: the "
+                         "run's --eval_clips).")
     flags.DEFINE_integer("tiles", 8, "Strategies evaluated together on one tiled batch (1 to the gate's "
                          "capacity, layers.drop_path.MAX_TILES).")
     flags.DEFINE_integer("batch_size", 0, "Videos per batch (0: the run's evaluation batch).")
@@ -803,7 +804,7 @@ def config_from_flags():
     if FLAGS.tiles > MAX_TILES:
         raise ValueError(f"--tiles={FLAGS.tiles}: a gate carries at most {MAX_TILES} strategies per batch")
     return SearchConfig(
-        model_dir=FLAGS.model_dir, num_samples=FLAGS.num_samples, seed=FLAGS.seed, clips=FLAGS.clips,
+        model_dir=FLAGS.model_dir, num_samples=FLAGS.num_samples, seed=FLAGS.seed, clips=FLAGS.eval_clips,
         tiles=FLAGS.tiles, batch_size=FLAGS.batch_size, max_gflops=FLAGS.max_gflops,
         checkpoint=FLAGS.checkpoint or "", select_split=FLAGS.select_split or "", racing=FLAGS.racing,
         racing_eta=FLAGS.racing_eta, racing_min_videos=FLAGS.racing_min_videos, output_dir=FLAGS.output_dir or "",

@@ -94,8 +94,8 @@ def quiet_tensorflow(verbosity=None):
     if "tensorflow" in sys.modules:
         return
     if tf_stfusion.USER_TF_LOG_LEVEL is None:
-        level = 3 if verbosity is None else min(3, max(0, -verbosity))
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(level)
+        level = str(3 if verbosity is None else min(3, max(0, -verbosity)))
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = os.environ[tf_stfusion.DEFAULT_TF_LOG_LEVEL] = level
     if os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3" and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietImport())
 

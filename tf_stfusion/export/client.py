@@ -108,33 +108,33 @@ def top_classes(probabilities, class_names, k=5):
     return [(float(probabilities[i]), class_names[i]) for i in order]
 
 
-def define_clip_flags(threads=False):
+def define_clip_flags(threads=False, flag_values=flags.FLAGS):
     """``--model``, ``--video`` (and ``--num_threads``): the flags of the clip-runtime clients."""
-    flags.DEFINE_string("model", None, "The exported model file.", required=True)
-    flags.DEFINE_string("video", None, "The video to classify.", required=True)
+    flags.DEFINE_string("model", None, "The exported model file.", required=True, flag_values=flag_values)
+    flags.DEFINE_string("video", None, "The video to classify.", required=True, flag_values=flag_values)
     if threads:
-        flags.DEFINE_integer("num_threads", None, "CPU threads (default: all).")
+        flags.DEFINE_integer("num_threads", None, "CPU threads (default: all).", flag_values=flag_values)
 
 
-def classify_main(classify, threads=False):
-    """The command line of the clip-runtime clients (``export/onnx_client.py``,
-    ``export/litert_client.py``), run by ``configs.run_app``: ``--model``, ``--video``
-    (and ``--num_threads``), ``classify(model, video, **options)`` -> top classes,
-    printed one per line; a bad flag or file is one ``error:`` line and exit code 2."""
-    from tf_stfusion.configs import run_app
+def classify_main(classify, values=flags.FLAGS, threads=False):
+    """The clip-runtime clients' main (``export/onnx_client.py``, ``export/litert_client.py``):
+    ``classify(values.model, values.video[, num_threads=...])`` -> top classes, printed one per
+    line; returns the exit code (a bad file: one ``error:`` line and 2)."""
     from tf_stfusion.data.video import VideoError
 
-    def main(argv):
-        del argv  # run_app refuses positional arguments
-        values = flags.FLAGS
-        options = {"num_threads": values.num_threads} if threads else {}
-        try:
-            top = classify(values.model, values.video, **options)
-        except (VideoError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        for probability, label in top:
-            print(f"{probability:.4f}  {label}")
-        return 0
+    options = {"num_threads": values.num_threads} if threads else {}
+    try:
+        top = classify(values.model, values.video, **options)
+    except (VideoError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for probability, label in top:
+        print(f"{probability:.4f}  {label}")
+    return 0
 
-    run_app(main, lambda: define_clip_flags(threads))
+
+def run_clip_client(classify, threads=False):
+    """A clip-runtime client's command line (``configs.run_app``: a bad flag is one line, exit 2)."""
+    from tf_stfusion.configs import run_app
+
+    run_app(lambda argv: classify_main(classify, threads=threads), lambda: define_clip_flags(threads))

@@ -645,7 +645,7 @@ def define_flags():
     flags.DEFINE_string("model_name", "stfusion", "Model name (TF Serving's model folder).")
     flags.DEFINE_integer("version", 1, "Model version folder.")
     flags.DEFINE_integer("num_frames", 0, "Frames per input clip (0: the run's).")
-    flags.DEFINE_integer("size", 0, "Input height and width (0: the run's evaluation size).")
+    flags.DEFINE_integer("eval_size", 0, "Input height and width: the evaluation crop (0: the run's --eval_size).")
     flags.DEFINE_bool("overwrite", False, "Replace an existing version folder.")
     flags.DEFINE_bool("verify_data", False, "With --check_serving: check the shards' CRC32C before reading them.")
     flags.DEFINE_integer("ensemble", 0, "Export the posterior-averaged ensemble of the search's first M sampled "
@@ -674,7 +674,7 @@ def main(argv):
     config = ExportConfig(
         strategy_file=FLAGS.strategy, model_dir=FLAGS.model_dir, export_dir=FLAGS.export_dir,
         checkpoint=FLAGS.checkpoint or "", formats=tuple(FLAGS.formats), model_name=FLAGS.model_name,
-        version=FLAGS.version, num_frames=FLAGS.num_frames, size=FLAGS.size, overwrite=FLAGS.overwrite,
+        version=FLAGS.version, num_frames=FLAGS.num_frames, size=FLAGS.eval_size, overwrite=FLAGS.overwrite,
         check_serving=FLAGS.check_serving, verify_data=FLAGS.verify_data, quantize=tuple(FLAGS.quantize),
         calibration_clips=FLAGS.calibration_clips, ensemble=FLAGS.ensemble,
     )
