@@ -802,7 +802,8 @@ def config_from_flags():
     from tf_stfusion.layers.drop_path import MAX_TILES
 
     if FLAGS.tiles > MAX_TILES:
-        raise ValueError(f"--tiles={FLAGS.tiles}: a gate carries at most {MAX_TILES} strategies per batch")
+        raise ValueError(f"--tiles={FLAGS.tiles}: need 1 <= --tiles <= {MAX_TILES} (the strategies one gate "
+                         "carries per batch)")
     return SearchConfig(
         model_dir=FLAGS.model_dir, num_samples=FLAGS.num_samples, seed=FLAGS.seed, clips=FLAGS.eval_clips,
         tiles=FLAGS.tiles, batch_size=FLAGS.batch_size, max_gflops=FLAGS.max_gflops,

@@ -114,8 +114,13 @@ class _QuietImport:
 
 
 class _QuietLoader:
+    """``tensorflow``'s own loader, but ``exec_module`` runs with fd 2 on /dev/null."""
+
     def __init__(self, loader):
         self.loader = loader
+
+    def __getattr__(self, name):  # get_data, is_package, get_resource_reader, ...: the real loader's
+        return getattr(self.loader, name)
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
