@@ -12,8 +12,9 @@ frames keep the request small (a 16-frame, 2-view 256x256 request is about
 for long videos sent whole.
 """
 
-import argparse
 import sys
+
+from absl import flags
 
 MAX_MESSAGE = 256 * 1024 * 1024  # bytes
 
@@ -34,32 +35,35 @@ def classify(predict, model_name, video, whole_video=False):
     return client.top_classes(probabilities, contract.class_names), request.ByteSize()
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", default="localhost:8500")
-    parser.add_argument("--model_name", default="stfusion")
-    parser.add_argument("--video", required=True)
-    parser.add_argument("--whole_video", action="store_true", help="send every frame to serving_video")
-    args = parser.parse_args(argv)
+def define_flags():
+    flags.DEFINE_string("server", "localhost:8500", "TF Serving's gRPC address, HOST:PORT.")
+    flags.DEFINE_string("model_name", "stfusion", "The served model's name.")
+    flags.DEFINE_string("video", None, "The video to classify.", required=True)
+    flags.DEFINE_bool("whole_video", False, "Send every frame to serving_video.")
+
+
+def main(argv):
+    del argv  # run_app refuses positional arguments
+    values = flags.FLAGS
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     from tf_stfusion.data.video import VideoError
 
-    channel = grpc.insecure_channel(args.server, options=[
+    channel = grpc.insecure_channel(values.server, options=[
         ("grpc.max_send_message_length", MAX_MESSAGE),
         ("grpc.max_receive_message_length", MAX_MESSAGE),
     ])
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     try:
-        top, size = classify(lambda request: stub.Predict(request, timeout=60.0), args.model_name, args.video,
-                             args.whole_video)
+        top, size = classify(lambda request: stub.Predict(request, timeout=60.0), values.model_name, values.video,
+                             values.whole_video)
     except (VideoError, ValueError) as e:
-        print(f"error: {args.video}: {e}", file=sys.stderr)
+        print(f"error: {values.video}: {e}", file=sys.stderr)
         return 2
     except grpc.RpcError as e:
-        print(f"error: {args.server}: {e.code().name}: {e.details()}", file=sys.stderr)
-        return 1
+        print(f"error: {values.server}: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 2
     print(f"request: {size:,} bytes")
     for probability, label in top:
         print(f"{probability:.4f}  {label}")
@@ -67,4 +71,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tf_stfusion.configs import run_app
+
+    run_app(main, define_flags)

@@ -9,8 +9,6 @@ view (uint8 ``[1, T, S, S, 3]`` each: the file takes batch 1) and averages
 their scores, as evaluation does.
 """
 
-import sys
-
 
 def classify(model_path, video, num_threads=None):
     """Top classes of ``video`` under the LiteRT model at ``model_path``."""
@@ -24,11 +22,7 @@ def classify(model_path, video, num_threads=None):
     return client.top_classes(probabilities.mean(axis=0), contract.class_names)
 
 
-def main(argv=None):
-    from tf_stfusion.export.client import classify_main
-
-    return classify_main(__doc__.splitlines()[0], classify, argv, threads=True)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from tf_stfusion.export.client import run_clip_client
+
+    run_clip_client(classify, threads=True)

@@ -9,8 +9,6 @@ view (uint8 ``[eval_clips, T, S, S, 3]``) and averages their scores, as
 evaluation does.
 """
 
-import sys
-
 
 def classify(model_path, video):
     """Top classes of ``video`` under the ONNX model at ``model_path``."""
@@ -27,11 +25,7 @@ def classify(model_path, video):
     return client.top_classes(probabilities.mean(axis=0), contract.class_names)
 
 
-def main(argv=None):
-    from tf_stfusion.export.client import classify_main
-
-    return classify_main(__doc__.splitlines()[0], classify, argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from tf_stfusion.export.client import run_clip_client
+
+    run_clip_client(classify)

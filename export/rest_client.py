@@ -12,13 +12,14 @@ sends only those, JPEG-encoded as ``{"b64": ...}`` strings, to the
 It prints the request size and the top classes.
 """
 
-import argparse
 import json
 import re
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+
+from absl import flags
 
 
 MODEL_PATH = re.compile(r"/v1/models/[^/:]+(/versions/\d+|/labels/[^/:]+)?$")
@@ -43,15 +44,16 @@ def model_url(url):
 
 
 def post(url, body):
-    """POSTs a JSON body to ``<url>:predict``; returns the decoded response."""
+    """POSTs a JSON body to ``<url>:predict``; returns the decoded response. ConnectionError
+    names the URL and TF Serving's answer (or why it could not be reached)."""
     request = urllib.request.Request(f"{url}:predict", body, {"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return json.load(response)
     except urllib.error.HTTPError as e:
-        raise SystemExit(f"error: {url}:predict answered {e.code}: {e.read().decode(errors='replace')[:500]}")
+        raise ConnectionError(f"{url}:predict answered {e.code}: {e.read().decode(errors='replace')[:500]}") from None
     except urllib.error.URLError as e:
-        raise SystemExit(f"error: cannot reach {url}: {e.reason}")
+        raise ConnectionError(f"cannot reach {url}: {e.reason}") from None
 
 
 def classify(url, video, whole_video=False, send=post):
@@ -66,24 +68,30 @@ def classify(url, video, whole_video=False, send=post):
     return client.top_classes(outputs["probabilities"][0], contract.class_names), len(body)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://localhost:8501/v1/models/stfusion",
-                        help="the model's REST address: .../v1/models/NAME[/versions/N], with or without :predict")
-    parser.add_argument("--video", required=True)
-    parser.add_argument("--whole_video", action="store_true", help="send every frame to serving_video")
-    args = parser.parse_args(argv)
+def define_flags():
+    flags.DEFINE_string("url", "http://localhost:8501/v1/models/stfusion", "The model's REST address: "
+                        ".../v1/models/NAME[/versions/N], with or without :predict.")
+    flags.DEFINE_string("video", None, "The video to classify.", required=True)
+    flags.DEFINE_bool("whole_video", False, "Send every frame to serving_video.")
+
+
+def main(argv):
+    del argv  # run_app refuses positional arguments
+    values = flags.FLAGS
     try:
-        url = model_url(args.url)
+        url = model_url(values.url)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from tf_stfusion.data.video import VideoError
 
     try:
-        top, size = classify(url, args.video, args.whole_video)
+        top, size = classify(url, values.video, values.whole_video)
+    except ConnectionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (VideoError, ValueError) as e:
-        print(f"error: {args.video}: {e}", file=sys.stderr)
+        print(f"error: {values.video}: {e}", file=sys.stderr)
         return 2
     print(f"request: {size:,} bytes")
     for probability, label in top:
@@ -92,4 +100,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tf_stfusion.configs import run_app
+
+    run_app(main, define_flags)

@@ -6,6 +6,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from tf_stfusion import configs
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -48,3 +50,48 @@ def test_packaged_flag_files_work_from_any_directory_after_a_wheel_install(tmp_p
     assert "Unable to open flagfile" not in result.stderr
     assert result.returncode == 2 and "--num_strategy_samples samples from a search phase" in result.stderr
     assert not (elsewhere / "runs").exists()
+
+
+# -- the command-line convention (configs.run_app) -------------------------------------------
+# Runs a CLI module as `python -m` does, then says its exit code and whether TensorFlow was imported.
+_RUN_AND_REPORT = ("import runpy, sys\n"
+                   "sys.argv = sys.argv[1:]\n"
+                   "try:\n"
+                   "    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
+                   "except SystemExit as e:\n"
+                   "    print(e.code, 'tensorflow' in sys.modules)\n")
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("tf_stfusion.train", ["--model_dir=run", "--batch_size=-1"], "error: --batch_size must be >= 1, got -1"),
+    ("tf_stfusion.train", ["--batch_size=abc"], "error: flag --batch_size=abc: invalid literal for int() with base "
+                                                 "10: 'abc'"),
+    ("tf_stfusion.train", ["--flagfile=missing.flags"], "error: Unable to open flagfile: [Errno 2] No such file or "
+                                                        "directory: 'missing.flags'"),
+    ("tf_stfusion.train", ["--flagfile=bad.flags"], "error: flag --epochs=ten: invalid literal for int() with base "
+                                                    "10: 'ten'"),
+    # TrainConfig.validate() with init=imagenet: the inflatable backbones without TensorFlow.
+    ("tf_stfusion.train", ["--model_dir=run", "--init=imagenet", "--backbone=tiny"],
+     "error: --init=imagenet is available for ['densenet121', 'resnet50'], not tiny"),
+    ("tf_stfusion.search", ["--model_dir=run", "--tiles=0"], "error: need --num_samples >= 1, --tiles >= 1, "
+     "--max_gflops >= 0, --racing_eta >= 2, --racing_min_videos >= 1, 0 < --target_accuracy <= 1"),
+    ("tf_stfusion.export.main", ["--strategy=s.json"], "error: --model_dir, --export_dir required"),
+    ("tf_stfusion.compare", ["--model_dir=run", "stray"], "error: unexpected arguments ['stray']; every setting "
+                                                          "is a --flag"),
+])
+def test_a_bad_flag_is_one_line_and_exit_2_before_tensorflow_starts(tmp_path, module, args, message):
+    (tmp_path / "bad.flags").write_text("--backbone=tiny\n--epochs=ten\n")
+    proc = subprocess.run([sys.executable, "-c", _RUN_AND_REPORT, module, *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["2", "False"], proc.stdout + proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == [message]
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_names_checked_before_tensorflow_are_the_registrys():
+    # config.py holds them so that flags and TrainConfig.validate() need no TensorFlow.
+    from tf_stfusion import config, models
+    from tf_stfusion.models import inflate
+
+    assert list(config.BACKBONE_NAMES) == sorted(models.BACKBONES)
+    assert list(config.IMAGENET_BACKBONES) == sorted(inflate.INFLATABLE)

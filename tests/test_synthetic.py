@@ -1,5 +1,8 @@
 """The synthetic motion set: class is defined by motion, in time-reversal pairs."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -91,10 +94,13 @@ def test_appearance_variant_labels_are_shape_and_colour():
         synthetic.SyntheticConfig(kind="colour")
 
 
-def test_video_writer_cli_writes_the_folder_layout(tmp_path, capsys):
-    synthetic.main(["--output_dir", str(tmp_path), "--videos_per_class=1", "--val_videos_per_class=1",
-                    "--num_frames=4", "--size=32"])
-    assert "wrote 16 videos" in capsys.readouterr().out
+def test_video_writer_cli_writes_the_folder_layout(tmp_path):
+    # The same --synthetic_* flags as train and prepare take; an odd size is one error line, exit 2.
+    command = [sys.executable, "-m", "tf_stfusion.data.synthetic", f"--output_dir={tmp_path}",
+               "--synthetic_videos_per_class=1", "--synthetic_val_videos_per_class=1", "--synthetic_frames=4"]
+    done = subprocess.run([*command, "--synthetic_size=32"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "wrote 16 videos" in done.stdout, done.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "train").iterdir()) == sorted(synthetic.MOTION_CLASSES)
-    with pytest.raises(SystemExit):
-        synthetic.main(["--output_dir", str(tmp_path), "--size=33"])
+    odd = subprocess.run([*command, "--synthetic_size=33"], capture_output=True, text=True, timeout=120)
+    assert odd.returncode == 2 and odd.stderr.splitlines() == ["error: --synthetic_size=33 must be even (H.264 with "
+                                                               "yuv420p)"]

@@ -261,7 +261,16 @@ def test_two_process_multi_worker_run_completes_and_only_the_chief_writes(tmp_pa
 def test_cli_refuses_contradictions_before_work(tmp_path, synth_dir, extra, message):
     proc = subprocess.run(cli(tmp_path / "run", synth_dir, *extra), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    # One line: none of TensorFlow's C++ start-up lines (oneDNN, cuda drivers, cuInit 303) either.
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr[-2000:]
     assert not (tmp_path / "run").exists()
+
+
+def test_verbosity_brings_tensorflows_own_lines_back(tmp_path, synth_dir):
+    proc = subprocess.run(cli(tmp_path / "run", synth_dir, "--mixed_precision=float16", "--verbosity=0"),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "needs a GPU" in proc.stderr.splitlines()[-1]
+    assert "oneDNN custom operations are on" in proc.stderr  # tf_stfusion turns oneDNN on: always said
 
 
 def test_cli_refuses_a_strategy_file_of_another_backbone(tmp_path, synth_dir):
@@ -302,13 +311,24 @@ def test_config_errors_name_fields_and_the_cli_names_flags():
     assert train_cli.message(caught.value) == "--batch_size must be >= 1, got 0"
 
 
+def _train_cli():
+    """``tf_stfusion.train`` with its flags defined: once per process (absl refuses a second
+    definition); importing the module defines none."""
+    from absl import flags
+
+    import tf_stfusion.train as train_cli
+
+    if "phase" not in flags.FLAGS:
+        train_cli.define_flags()
+    return train_cli
+
+
 def test_a_command_line_without_flags_gives_the_dataclass_defaults():
     # One source of defaults: TrainConfig / DataConfig (the paper's recipe); the flags take theirs.
     from absl import flags
     from absl.testing import flagsaver
 
-    import tf_stfusion.train as train_cli
-
+    train_cli = _train_cli()
     with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["train", "--model_dir=somewhere"])
@@ -328,8 +348,7 @@ def test_config_files_hold_the_papers_settings(name, k, batch, epochs, lr, lr_st
     from absl import flags
     from absl.testing import flagsaver
 
-    import tf_stfusion.train as train_cli
-
+    train_cli = _train_cli()
     with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["train", f"--flagfile={REPO}/tf_stfusion/configs/{name}.flags"])

@@ -18,14 +18,23 @@ which take effect when TensorFlow is imported afterwards:
   default only on some CPUs; on an AVX2 CPU without AVX-512 they made the tiny
   template's training step 3.3x faster (27 -> 90 clips/s, 8x48x48), at the
   price of float round-off in a different order;
-* ``TF_CPP_MIN_LOG_LEVEL=2``: no INFO/WARNING lines from TensorFlow's C++ core.
+* ``TF_CPP_MIN_LOG_LEVEL=2``: no INFO/WARNING lines from TensorFlow's C++ core
+  (the command lines go further: ``tf_stfusion.configs.quiet_tensorflow``).
 """
 
 import importlib
 import os
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The user's own TensorFlow C++ log level, if any: it wins over every default here and in the CLIs
+# (configs.quiet_tensorflow). A level this package set, in this process or a parent, is marked so.
+DEFAULT_TF_LOG_LEVEL = "STFUSION_DEFAULT_TF_LOG_LEVEL"
+USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+if USER_TF_LOG_LEVEL == os.environ.get(DEFAULT_TF_LOG_LEVEL):
+    USER_TF_LOG_LEVEL = None
+if USER_TF_LOG_LEVEL is None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ[DEFAULT_TF_LOG_LEVEL] = os.environ["TF_CPP_MIN_LOG_LEVEL"]
 
 __version__ = "0.1.0"
 

@@ -233,6 +233,20 @@ def task_share(num_tasks=None, task_index=None):
     return count, index
 
 
+# The kinds of tf.distribute object a run can ask for (``distribute.make_distribution``);
+# here, without TensorFlow, so that a CLI checks --distribution before TensorFlow starts.
+DISTRIBUTIONS = ("auto", "one_device", "mirrored", "multi_worker")
+
+
+def define_distribution_flags(flags):
+    """``--distribution`` and ``--devices`` of the CLIs that train or evaluate (train, search)."""
+    flags.DEFINE_enum("distribution", "auto", list(DISTRIBUTIONS),
+                      "auto: multi_worker if the cluster (--cluster) has several workers, mirrored on several "
+                      "GPUs, else one_device (GPU or CPU).")
+    flags.DEFINE_list("devices", [], "Devices for mirrored / one_device (default: all GPUs, or the CPU).")
+    define_flags(flags)
+
+
 def define_flags(flags):
     """``--cluster`` and ``--cluster_port``: one definition for every CLI."""
     flags.DEFINE_enum("cluster", "auto", list(CLUSTERS),

@@ -21,7 +21,7 @@ import dataclasses
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 
 FLAGS = flags.FLAGS
 BASELINES = ("S", "ST", "S+ST")
@@ -136,9 +136,7 @@ def define_flags():
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
+    del argv  # run_app refuses positional arguments
     if not FLAGS.model_dir:
         print("error: --model_dir is required", file=sys.stderr)
         return 2
@@ -154,10 +152,9 @@ def main(argv):
 
 def run():
     """Console-script entry point (``stfusion-compare``)."""
-    define_flags()
-    from tf_stfusion.configs import resolve_flagfiles
+    from tf_stfusion.configs import run_app
 
-    app.run(main, argv=resolve_flagfiles(sys.argv))
+    run_app(main, define_flags)
 
 
 if __name__ == "__main__":

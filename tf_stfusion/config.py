@@ -22,6 +22,11 @@ PHASES = ("warmup", "search", "fixed")
 GATE_MODE_OF_PHASE = {"warmup": "off", "search": "search", "fixed": None}
 MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
 SELECT_SPLITS = ("holdout", "val")
+# The names of ``models.BACKBONES`` and of those ``models.inflate`` inflates from
+# Keras' ImageNet weights, here without TensorFlow so that flags and configs are
+# checked before it starts (tests/test_configs.py holds them equal to the registry).
+BACKBONE_NAMES = ("densenet121", "mobilenet_v2", "resnet50", "resnext101_32x4d", "resnext50_32x4d", "tiny")
+IMAGENET_BACKBONES = ("densenet121", "resnet50")
 
 
 class TrainError(ValueError):
@@ -158,10 +163,8 @@ class TrainConfig:
         if self.init not in ("none", "imagenet"):
             raise TrainError(f"$init must be none or imagenet, got {self.init!r}")
         if self.init == "imagenet":
-            from tf_stfusion.models.inflate import INFLATABLE
-
-            if self.backbone not in INFLATABLE:
-                raise TrainError(f"$init=imagenet is available for {sorted(INFLATABLE)}, not {self.backbone}")
+            if self.backbone not in IMAGENET_BACKBONES:
+                raise TrainError(f"$init=imagenet is available for {list(IMAGENET_BACKBONES)}, not {self.backbone}")
             if self.init_from:
                 raise TrainError("$init=imagenet and $init_from both set the starting weights; give one")
         if not 0.0 < self.init_drop_prob < 1.0:

@@ -12,8 +12,7 @@ import sys
 import tensorflow as tf
 
 from tf_stfusion import cluster as cluster_lib
-
-DISTRIBUTIONS = ("auto", "one_device", "mirrored", "multi_worker")
+from tf_stfusion.cluster import DISTRIBUTIONS
 
 
 def resolve_kind(kind, devices=None, workers=0):

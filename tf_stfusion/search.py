@@ -47,7 +47,7 @@ import os
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags
 
 FLAGS = flags.FLAGS
 FOLDER = "strategies"
@@ -784,14 +784,14 @@ def run_search(config: SearchConfig, log=print, distribution=None):
 # -- CLI ---------------------------------------------------------------------------
 def define_flags():
     from tf_stfusion import cluster as cluster_lib
-    from tf_stfusion.distribute import DISTRIBUTIONS
-    from tf_stfusion.layers.drop_path import MAX_TILES
 
     flags.DEFINE_string("model_dir", None, "A training run with a finished search phase.")
     flags.DEFINE_integer("num_samples", 100, "Strategies sampled from the learned probabilities.")
     flags.DEFINE_integer("seed", 0, "Sampling seed.")
-    flags.DEFINE_integer("clips", 0, "Clips per validation video (0: the run's --eval_clips).")
-    flags.DEFINE_integer("tiles", 8, f"Strategies evaluated together on one tiled batch (1-{MAX_TILES}).")
+    flags.DEFINE_integer("eval_clips", 0, "Views (clips) per video, spread uniformly, scores averaged (0: the "
+                         "run's --eval_clips).")
+    flags.DEFINE_integer("tiles", 8, "Strategies evaluated together on one tiled batch (1 to the gate's "
+                         "capacity, layers.drop_path.MAX_TILES).")
     flags.DEFINE_integer("batch_size", 0, "Videos per batch (0: the run's evaluation batch).")
     flags.DEFINE_float("max_gflops", 0.0, "best.json: the best strategy within this compute budget (0: none).")
     flags.DEFINE_string("checkpoint", None, "Template checkpoint (default: the run's final search checkpoint).")
@@ -803,10 +803,7 @@ def define_flags():
     flags.DEFINE_integer("racing_eta", 3, "Racing: keep the best 1/eta each round, on a slice eta times larger.")
     flags.DEFINE_integer("racing_min_videos", 10, "Racing: the smallest first slice, in videos.")
     flags.DEFINE_string("output_dir", None, "Where results go (default: MODEL_DIR/strategies).")
-    flags.DEFINE_enum("distribution", "auto", list(DISTRIBUTIONS),
-                      "As for training: auto, one_device, mirrored or multi_worker (TF_CONFIG).")
-    flags.DEFINE_list("devices", [], "Devices for mirrored / one_device.")
-    cluster_lib.define_flags(flags)
+    cluster_lib.define_distribution_flags(flags)
     flags.DEFINE_bool("verify_data", False, "Check every shard's CRC32C before reading (its size is always checked).")
     flags.DEFINE_bool("skip_corrupt_records", False, "Go on without videos whose records cannot be read.")
     flags.DEFINE_bool("progress", True, "Progress bar.")
@@ -820,36 +817,9 @@ def define_flags():
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
-    if not FLAGS.model_dir:
-        print("error: --model_dir is required", file=sys.stderr)
-        return 2
-    from tf_stfusion.layers.drop_path import MAX_TILES
-
-    if (FLAGS.num_samples < 1 or not 1 <= FLAGS.tiles <= MAX_TILES or FLAGS.max_gflops < 0 or FLAGS.racing_eta < 2
-            or FLAGS.racing_min_videos < 1 or not 0 < FLAGS.target_accuracy <= 1):
-        print(f"error: need --num_samples >= 1, 1 <= --tiles <= {MAX_TILES}, --max_gflops >= 0, --racing_eta >= 2, "
-              "--racing_min_videos >= 1, 0 < --target_accuracy <= 1", file=sys.stderr)
-        return 2
+    del argv  # run_app refuses positional arguments
     try:
-        sizes = tuple(int(m) for m in FLAGS.ensemble_sizes)
-    except ValueError:
-        sizes = (0,)
-    if any(m < 1 for m in sizes):
-        print(f"error: --ensemble_sizes takes whole numbers >= 1, got {','.join(FLAGS.ensemble_sizes)}",
-              file=sys.stderr)
-        return 2
-    config = SearchConfig(
-        model_dir=FLAGS.model_dir, num_samples=FLAGS.num_samples, seed=FLAGS.seed, eval_clips=FLAGS.clips,
-        tiles=FLAGS.tiles, batch_size=FLAGS.batch_size, max_gflops=FLAGS.max_gflops,
-        checkpoint=FLAGS.checkpoint or "", select_split=FLAGS.select_split or "", racing=FLAGS.racing,
-        racing_eta=FLAGS.racing_eta, racing_min_videos=FLAGS.racing_min_videos, output_dir=FLAGS.output_dir or "",
-        progress=FLAGS.progress, verify_data=FLAGS.verify_data, skip_corrupt_records=FLAGS.skip_corrupt_records,
-        ensemble_sizes=sizes, target_accuracy=FLAGS.target_accuracy, ensemble_from=FLAGS.ensemble_from,
-    )
-    try:
+        config = config_from_flags()
         from tf_stfusion import distribute
 
         distribution = distribute.make_distribution(FLAGS.distribution, FLAGS.devices or None, FLAGS.cluster,
@@ -859,6 +829,36 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def config_from_flags():
+    """The ``SearchConfig`` of the command line; raises ValueError naming the flag. The tile
+    capacity is the gate layer's (TensorFlow), so ``--tiles`` is checked last."""
+    if not FLAGS.model_dir:
+        raise ValueError("--model_dir is required")
+    if (FLAGS.num_samples < 1 or FLAGS.tiles < 1 or FLAGS.max_gflops < 0 or FLAGS.racing_eta < 2
+            or FLAGS.racing_min_videos < 1 or not 0 < FLAGS.target_accuracy <= 1):
+        raise ValueError("need --num_samples >= 1, --tiles >= 1, --max_gflops >= 0, --racing_eta >= 2, "
+                         "--racing_min_videos >= 1, 0 < --target_accuracy <= 1")
+    try:
+        sizes = tuple(int(m) for m in FLAGS.ensemble_sizes)
+    except ValueError:
+        sizes = (0,)
+    if any(m < 1 for m in sizes):
+        raise ValueError(f"--ensemble_sizes takes whole numbers >= 1, got {','.join(FLAGS.ensemble_sizes)}")
+    from tf_stfusion.layers.drop_path import MAX_TILES
+
+    if FLAGS.tiles > MAX_TILES:
+        raise ValueError(f"--tiles={FLAGS.tiles}: need 1 <= --tiles <= {MAX_TILES} (the strategies one gate "
+                         "carries per batch)")
+    return SearchConfig(
+        model_dir=FLAGS.model_dir, num_samples=FLAGS.num_samples, seed=FLAGS.seed, eval_clips=FLAGS.eval_clips,
+        tiles=FLAGS.tiles, batch_size=FLAGS.batch_size, max_gflops=FLAGS.max_gflops,
+        checkpoint=FLAGS.checkpoint or "", select_split=FLAGS.select_split or "", racing=FLAGS.racing,
+        racing_eta=FLAGS.racing_eta, racing_min_videos=FLAGS.racing_min_videos, output_dir=FLAGS.output_dir or "",
+        progress=FLAGS.progress, verify_data=FLAGS.verify_data, skip_corrupt_records=FLAGS.skip_corrupt_records,
+        ensemble_sizes=sizes, target_accuracy=FLAGS.target_accuracy, ensemble_from=FLAGS.ensemble_from,
+    )
 
 
 def run():

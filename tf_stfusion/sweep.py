@@ -28,7 +28,7 @@ import os
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags
 
 FLAGS = flags.FLAGS
 FOLDER = "sweep"
@@ -233,9 +233,7 @@ def _floats(name):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
+    del argv  # run_app refuses positional arguments
     from tf_stfusion.config import TrainError
 
     try:

@@ -14,13 +14,16 @@
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from tf_stfusion.models import layer_names
-from tf_stfusion.strategy import Strategy, StrategyError
+# models and strategy load TensorFlow: imported where used, so that the command
+# line checks its flags before TensorFlow starts.
 
 
 def paper_opt_strategy(backbone):
+    from tf_stfusion.models import layer_names
+    from tf_stfusion.strategy import Strategy
+
     names = layer_names(backbone)
     n = len(names)
     units = ["S+ST" if (i < n // 2 or i >= n - 3) else "ST" for i in range(n)]
@@ -37,6 +40,9 @@ def stages(names):
 
 def map_strategy(strategy, backbone):
     """``strategy`` (any backbone) mapped stage by stage onto ``backbone``."""
+    from tf_stfusion.models import layer_names
+    from tf_stfusion.strategy import Strategy, StrategyError
+
     source = stages(strategy.names)
     target = stages(layer_names(backbone))
     if len(source) != len(target):
@@ -63,11 +69,12 @@ def define_flags():
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # run_app refuses positional arguments
     if not FLAGS.backbone or not FLAGS.output or FLAGS.opt_rule == bool(FLAGS.from_strategy):
         print("error: give --backbone, --output and exactly one of --opt_rule / --from_strategy", file=sys.stderr)
         return 2
+    from tf_stfusion.strategy import Strategy, StrategyError
+
     try:
         if FLAGS.opt_rule:
             strategy = paper_opt_strategy(FLAGS.backbone)
@@ -81,6 +88,12 @@ def main(argv):
     return 0
 
 
+def run():
+    """``python -m tf_stfusion.transfer``: the flags above, then ``main``."""
+    from tf_stfusion.configs import run_app
+
+    run_app(main, define_flags)
+
+
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    run()

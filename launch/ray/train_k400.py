@@ -9,10 +9,10 @@ imported by tf_stfusion itself.
         --data_dir=/shared/data/kinetics400/tfrecords --num_workers=4 --gpus_per_worker=8
 """
 
-import argparse
 import subprocess
 import sys
 
+from absl import flags
 from ray.train import RunConfig, ScalingConfig
 from ray.train.tensorflow import TensorflowTrainer
 
@@ -24,22 +24,28 @@ def train_loop_per_worker(config):
                     f"--model_dir={config['model_dir']}", f"--data_dir={config['data_dir']}"], check=True)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model_dir", required=True, help="A folder every worker sees.")
-    parser.add_argument("--data_dir", required=True, help="prepare's shards and manifests.")
-    parser.add_argument("--num_workers", type=int, default=4, help="Workers: one per GPU host.")
-    parser.add_argument("--gpus_per_worker", type=int, default=8)
-    args = parser.parse_args()
+def define_flags():
+    flags.DEFINE_string("model_dir", None, "A folder every worker sees.", required=True)
+    flags.DEFINE_string("data_dir", None, "prepare's shards and manifests.", required=True)
+    flags.DEFINE_integer("num_workers", 4, "Workers: one per GPU host.")
+    flags.DEFINE_integer("gpus_per_worker", 8, "GPUs of each worker host.")
+
+
+def main(argv):
+    del argv  # run_app refuses positional arguments
+    values = flags.FLAGS
     trainer = TensorflowTrainer(
         train_loop_per_worker,
-        train_loop_config={"model_dir": args.model_dir, "data_dir": args.data_dir},
-        scaling_config=ScalingConfig(num_workers=args.num_workers, use_gpu=True,
-                                     resources_per_worker={"GPU": args.gpus_per_worker}),
+        train_loop_config={"model_dir": values.model_dir, "data_dir": values.data_dir},
+        scaling_config=ScalingConfig(num_workers=values.num_workers, use_gpu=True,
+                                     resources_per_worker={"GPU": values.gpus_per_worker}),
         run_config=RunConfig(name="stfusion-k400"),
     )
     trainer.fit()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    from tf_stfusion.configs import run_app
+
+    run_app(main, define_flags)

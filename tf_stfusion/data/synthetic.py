@@ -187,26 +187,40 @@ def write_folder(config, root, splits=("train", "val"), codec="libx264", ext=".m
     return written
 
 
-def main(argv=None):
-    """``python -m tf_stfusion.data.synthetic --output_dir=DIR``: videos in the folder layout."""
-    import argparse
+def define_writer_flags():
+    """The flags of ``python -m tf_stfusion.data.synthetic``: ``--output_dir``, the
+    ``--synthetic_*`` flags ``train`` and ``prepare`` take, and ``--seed``."""
+    from absl import flags
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--kind", choices=KINDS, default="motion")
-    parser.add_argument("--videos_per_class", type=int, default=48)
-    parser.add_argument("--val_videos_per_class", type=int, default=16)
-    parser.add_argument("--num_frames", type=int, default=16)
-    parser.add_argument("--size", type=int, default=64, help="height and width (even, for H.264)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.size % 2:
-        parser.error("--size must be even (H.264 with yuv420p)")
-    config = SyntheticConfig(args.kind, args.videos_per_class, args.val_videos_per_class,
-                             args.num_frames, args.size, args.seed)
-    count = write_folder(config, args.output_dir)
-    print(f"wrote {count} videos to {args.output_dir}/{{train,val}}/<class>/")
+    flags.DEFINE_string("output_dir", None, "Where the videos go: OUTPUT_DIR/{train,val}/<class>/*.mp4.")
+    define_flags(flags)
+    flags.DEFINE_integer("seed", SyntheticConfig.seed, "Generator seed.")
+
+
+def main(argv):
+    """``python -m tf_stfusion.data.synthetic --output_dir=DIR``: videos in the folder layout
+    (H.264, so ``--synthetic_size`` must be even). A bad setting: one line, exit 2."""
+    import sys
+
+    from absl import flags
+
+    del argv  # run_app refuses positional arguments
+    values = flags.FLAGS
+    try:
+        if not values.output_dir:
+            raise ValueError("--output_dir is required")
+        if values.synthetic_size % 2:
+            raise ValueError(f"--synthetic_size={values.synthetic_size} must be even (H.264 with yuv420p)")
+        config = config_from_flags(values, seed=values.seed)
+        count = write_folder(config, values.output_dir)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {count} videos to {values.output_dir}/{{train,val}}/<class>/")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    from tf_stfusion.configs import run_app
+
+    run_app(main, define_writer_flags)

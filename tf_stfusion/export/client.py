@@ -20,12 +20,13 @@ LiteRT) are thin command lines over these:
 
 import base64
 import json
+import sys
 
 import numpy as np
-import tensorflow as tf
+from absl import flags
 
-from tf_stfusion.data.pipeline import InputContract, uint8_clips
-from tf_stfusion.data.video import decode, encode_jpeg
+# TensorFlow (data.pipeline, serving protos) is imported where used: the command
+# lines over this module check their flags before it starts (configs.run_app).
 
 CONTRACT_SIGNATURE = "input_contract"
 CLIPS_SIGNATURE = "serving_clips"
@@ -34,6 +35,8 @@ VIDEO_SIGNATURE = "serving_video"
 
 def contract_from_json(text, where="input contract"):
     """An ``InputContract`` from its JSON text (str or bytes)."""
+    from tf_stfusion.data.pipeline import InputContract
+
     if isinstance(text, bytes):
         text = text.decode()
     try:
@@ -48,12 +51,16 @@ def decode_video(path, contract):
     package's one decoder (``data.video.iter_frames``: display matrix, frame-size
     changes, damaged packets), resampled to the contract's ``fps`` and resized to
     its ``frame_short_side``."""
+    from tf_stfusion.data.video import decode
+
     return decode(path, short_side=contract.frame_short_side or None, fps=contract.fps or None)
 
 
 def request_frames(path, contract, whole_video=False):
     """``(JPEG bytes per frame, frame indices)`` to send for the video at ``path``:
     the contract's frames in view order, or every frame (``whole_video``)."""
+    from tf_stfusion.data.video import encode_jpeg
+
     frames = decode_video(path, contract)
     indices = np.arange(len(frames)) if whole_video else contract.frame_indices(len(frames)).ravel()
     return [encode_jpeg(frames[i], contract.jpeg_quality) for i in indices], indices
@@ -71,6 +78,7 @@ def rest_contract_body():
 
 def grpc_request(frames, model_name, signature):
     """A ``PredictRequest`` with ``frames`` as a ``DT_STRING`` tensor (or none, for the contract)."""
+    import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
     request = predict_pb2.PredictRequest()
@@ -84,6 +92,10 @@ def grpc_request(frames, model_name, signature):
 def contract_clips(path, contract):
     """uint8 clips ``[eval_clips, T, S, S, 3]`` of a video: the contract's frames,
     resized and centre-cropped by the pipeline's evaluation functions (rounded)."""
+    import tensorflow as tf
+
+    from tf_stfusion.data.pipeline import uint8_clips
+
     frames = decode_video(path, contract)
     chosen = frames[contract.frame_indices(len(frames)).ravel()]
     return uint8_clips(tf.constant(chosen), contract.eval_clips, contract.num_frames, contract.eval_size).numpy()
@@ -96,28 +108,33 @@ def top_classes(probabilities, class_names, k=5):
     return [(float(probabilities[i]), class_names[i]) for i in order]
 
 
-def classify_main(description, classify, argv=None, threads=False):
-    """The command line of the clip-runtime clients (``export/onnx_client.py``,
-    ``export/litert_client.py``): ``--model``, ``--video`` (and ``--num_threads``),
-    ``classify(model, video, **options)`` -> top classes, printed one per line;
-    a bad file is one ``error:`` line and exit code 2."""
-    import argparse
-    import sys
+def define_clip_flags(threads=False, flag_values=flags.FLAGS):
+    """``--model``, ``--video`` (and ``--num_threads``): the flags of the clip-runtime clients."""
+    flags.DEFINE_string("model", None, "The exported model file.", required=True, flag_values=flag_values)
+    flags.DEFINE_string("video", None, "The video to classify.", required=True, flag_values=flag_values)
+    if threads:
+        flags.DEFINE_integer("num_threads", None, "CPU threads (default: all).", flag_values=flag_values)
 
+
+def classify_main(classify, values=flags.FLAGS, threads=False):
+    """The clip-runtime clients' main (``export/onnx_client.py``, ``export/litert_client.py``):
+    ``classify(values.model, values.video[, num_threads=...])`` -> top classes, printed one per
+    line; returns the exit code (a bad file: one ``error:`` line and 2)."""
     from tf_stfusion.data.video import VideoError
 
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--video", required=True)
-    if threads:
-        parser.add_argument("--num_threads", type=int, default=None, help="CPU threads (default: all)")
-    args = parser.parse_args(argv)
-    options = {"num_threads": args.num_threads} if threads else {}
+    options = {"num_threads": values.num_threads} if threads else {}
     try:
-        top = classify(args.model, args.video, **options)
+        top = classify(values.model, values.video, **options)
     except (VideoError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for probability, label in top:
         print(f"{probability:.4f}  {label}")
     return 0
+
+
+def run_clip_client(classify, threads=False):
+    """A clip-runtime client's command line (``configs.run_app``: a bad flag is one line, exit 2)."""
+    from tf_stfusion.configs import run_app
+
+    run_app(lambda argv: classify_main(classify, threads=threads), lambda: define_clip_flags(threads))

@@ -37,7 +37,7 @@ export before anything is built.
 import dataclasses
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 
 from tf_stfusion import cluster as cluster_lib
 from tf_stfusion.export.config import DEFAULT_FORMATS, ExportConfig, ExportError
@@ -68,7 +68,7 @@ def define_flags():
     flags.DEFINE_string("model_name", "stfusion", "Model name (TF Serving's model folder).")
     flags.DEFINE_integer("version", 1, "Model version folder.")
     flags.DEFINE_integer("num_frames", 0, "Frames per input clip (0: the run's).")
-    flags.DEFINE_integer("size", 0, "Input height and width (0: the run's evaluation size).")
+    flags.DEFINE_integer("eval_size", 0, "Input height and width: the evaluation crop (0: the run's --eval_size).")
     flags.DEFINE_bool("overwrite", False, "Replace an existing version folder.")
     flags.DEFINE_bool("verify_data", False, "With --check_serving: check the shards' CRC32C before reading them.")
     flags.DEFINE_integer("ensemble", 0, "Export the posterior-averaged ensemble of the search's first M sampled "
@@ -81,9 +81,7 @@ def define_flags():
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.ERROR)
+    del argv  # run_app refuses positional arguments
     missing = [n for n in ("strategy", "model_dir", "export_dir") if not FLAGS[n].value]
     if missing:
         print(f"error: --{', --'.join(missing)} required", file=sys.stderr)
@@ -99,7 +97,7 @@ def main(argv):
     config = ExportConfig(
         strategy_file=FLAGS.strategy, model_dir=FLAGS.model_dir, export_dir=FLAGS.export_dir,
         checkpoint=FLAGS.checkpoint or "", formats=tuple(FLAGS.formats), model_name=FLAGS.model_name,
-        version=FLAGS.version, num_frames=FLAGS.num_frames, size=FLAGS.size, overwrite=FLAGS.overwrite,
+        version=FLAGS.version, num_frames=FLAGS.num_frames, size=FLAGS.eval_size, overwrite=FLAGS.overwrite,
         check_serving=FLAGS.check_serving, verify_data=FLAGS.verify_data, quantize=tuple(FLAGS.quantize),
         calibration_clips=FLAGS.calibration_clips, ensemble=FLAGS.ensemble,
     )
@@ -114,16 +112,16 @@ def main(argv):
         export(config)
     except (ExportError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 
 def run():
-    """Console-script entry point (``stfusion-export``)."""
-    define_flags()
-    from tf_stfusion.configs import resolve_flagfiles
+    """Console-script entry point (``stfusion-export``); absl at ERROR: the converters' INFO and
+    WARNING lines are not the user's business."""
+    from tf_stfusion.configs import run_app
 
-    app.run(main, argv=resolve_flagfiles(sys.argv))
+    run_app(main, define_flags, verbosity="error")
 
 
 if __name__ == "__main__":
