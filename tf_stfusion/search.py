@@ -48,8 +48,6 @@ import time
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-FOLDER = "strategies"
-OLD_FOLDER = "search"  # where searches were written before they got their own folder
 PLAN = "plan.json"
 ROUNDS = "rounds.jsonl"
 RESULTS = "strategies.jsonl"
@@ -82,7 +80,9 @@ class SearchConfig:
     ensemble_from: str = "samples"  # samples: draws from the gates; survivors: those racing kept to the end
 
     def folder(self):
-        return self.output_dir or os.path.join(self.model_dir, FOLDER)
+        from tf_stfusion.run.folder import RunFolder
+
+        return self.output_dir or RunFolder(self.model_dir).strategies_dir
 
 
 @dataclasses.dataclass
@@ -97,17 +97,6 @@ class SearchResult:
     strategy_videos: int  # (strategy, video) pairs scored on the selection split, this call and before
     exhaustive_videos: int  # what scoring every unique strategy on every video would take
     posterior: dict = None  # the posterior-averaged evaluation (calibration.json); None without ensembles
-
-
-def results_folder(model_dir):
-    """Where a run's search results are: ``RUN/strategies/``, or ``RUN/search/`` for
-    a search made before results got their own folder."""
-    for folder in (FOLDER, OLD_FOLDER):
-        path = os.path.join(model_dir, folder)
-        if os.path.isfile(os.path.join(path, "best.json")):
-            return path
-    raise FileNotFoundError(f"{model_dir} holds no strategy search results ({FOLDER}/best.json); run "
-                            f"python -m tf_stfusion.search --model_dir={model_dir}")
 
 
 # -- evaluation of many strategies with one compiled function -------------------
@@ -574,17 +563,17 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
     """Runs (or resumes) the search of ``config`` under ``tf_strategy`` (default:
     one device); returns a ``SearchResult``. Every worker calls it; the chief writes."""
     import keras
-    import tensorflow as tf
 
     from tf_stfusion import distribute as dist_lib
     from tf_stfusion.accounting import cost
     from tf_stfusion.fileio import atomic_write_json, atomic_write_text, claim_settings
     from tf_stfusion.selection import SAME_SPLIT_NOTE, leakage_warning, racing_slices, selection_order
     from tf_stfusion.strategy import Strategy, marginals
-    from tf_stfusion.checkpoints import find_checkpoint
-    from tf_stfusion.runs import Run, RunFolder, load_run_config
+    from tf_stfusion.run.context import open_run
+    from tf_stfusion.run.folder import BEST_STRATEGY, RunFolder
 
-    run = load_run_config(config.model_dir)
+    folder = RunFolder(config.model_dir)
+    run = folder.config()
     if run.strategy is not None or "search" not in run.phases:
         raise ValueError(f"{config.model_dir} is not a template run with a search phase (phases "
                          f"{','.join(run.phases)}); train with --phase=warmup,search first")
@@ -594,18 +583,17 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
     if select_split == "holdout" and run.data.select_split != "holdout":
         raise ValueError(f"{config.model_dir} trained on every training video (--select_split=val): it has no "
                          "hold-out to select on; search with --select_split=val, or train a run with a hold-out")
-    data = dataclasses.replace(run.data, eval_clips=config.clips or run.data.eval_clips)
-    run = dataclasses.replace(run, data=data, progress=False,
-                              eval_batch_size=config.batch_size or run.eval_batch_size,
-                              verify_data=config.verify_data, skip_corrupt_records=config.skip_corrupt_records)
-    checkpoint = config.checkpoint or RunFolder(config.model_dir).finished_checkpoint("search")
-    tf_strategy = tf_strategy or dist_lib.make_distribution("one_device")
+    checkpoint = config.checkpoint or folder.finished_checkpoint("search")
+    tf_strategy = tf_strategy or dist_lib.default_distribution()
     chief = dist_lib.is_chief(tf_strategy)
     log = log if chief else (lambda *a, **k: None)
-    room = Run(run, tf_strategy)
+    room = open_run(config.model_dir, tf_strategy, progress=False,
+                    eval_batch_size=config.batch_size or run.eval_batch_size, verify_data=config.verify_data,
+                    skip_corrupt_records=config.skip_corrupt_records,
+                    data={"eval_clips": config.clips or run.data.eval_clips})
+    data = room.config.data
     model = room.model
-    tf.train.Checkpoint(model=model).restore(find_checkpoint(checkpoint, "--checkpoint")).expect_partial() \
-        .assert_existing_objects_matched()
+    room.restore(checkpoint, "--checkpoint")
 
     out_dir = config.folder()
     select_videos = selection_order(room.split_videos(select_split))
@@ -712,7 +700,7 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
                     "num_samples": config.num_samples, "clips_per_video": data.eval_clips,
                     "racing": racing, **({"max_gflops": config.max_gflops} if config.max_gflops else {})},
     )
-    best_strategy.save(os.path.join(out_dir, "best.json"))
+    best_strategy.save(os.path.join(out_dir, BEST_STRATEGY))
     probs = marginals(model)
     atomic_write_json(os.path.join(out_dir, "marginals.json"), probs)
 
@@ -727,7 +715,7 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
         f"strategy on every video")
     log(f"search: best {best['id']} chosen on {select_name} (top-1 {100 * best['top1']:.2f}%), "
         f"on {reported['split']}: {100 * reported['top1']:.2f}% [{100 * reported['top1_ci'][0]:.1f}, "
-        f"{100 * reported['top1_ci'][1]:.1f}], {best['gflops']:.3f} GFLOPs -> {out_dir}/best.json")
+        f"{100 * reported['top1_ci'][1]:.1f}], {best['gflops']:.3f} GFLOPs -> {os.path.join(out_dir, BEST_STRATEGY)}")
     for warning in (comparison["chance_warning"] or comparison["prior"]["warning"], comparison["leakage_warning"]):
         if warning:
             log(f"search: warning: {warning}")

@@ -23,7 +23,7 @@ import sys
 from absl import app, flags, logging
 
 from tf_stfusion import cluster as cluster_lib
-from tf_stfusion.config import DataConfig, TrainConfig
+from tf_stfusion.run.config import DataConfig, TrainConfig
 from tf_stfusion.data import synthetic
 from tf_stfusion.data.sources import SOURCE_KINDS
 from tf_stfusion.distribute import DISTRIBUTIONS
@@ -192,7 +192,7 @@ FLAG_OF_FIELD = {"phases": "phase"}
 
 def message(error):
     """An error as the command line says it: settings named by their flags."""
-    from tf_stfusion.config import TrainError
+    from tf_stfusion.run.config import TrainError
 
     if isinstance(error, TrainError):
         return error.render(lambda field: f"--{FLAG_OF_FIELD.get(field, field)}")
@@ -218,7 +218,7 @@ def main(argv):
         print(f"error: {message(e)}", file=sys.stderr)
         return 2
     from tf_stfusion.data.integrity import DataError
-    from tf_stfusion.config import TrainError
+    from tf_stfusion.run.config import TrainError
 
     try:
         trainer.run()
@@ -227,7 +227,7 @@ def main(argv):
 
             run_search(SearchConfig(model_dir=config.model_dir, num_samples=FLAGS.num_strategy_samples,
                                     seed=FLAGS.seed, progress=FLAGS.progress, verify_data=FLAGS.verify_data,
-                                    skip_corrupt_records=FLAGS.skip_corrupt_records), tf_strategy=trainer.distribution)
+                                    skip_corrupt_records=FLAGS.skip_corrupt_records), tf_strategy=trainer.context.distribution)
     except (DataError, TrainError) as e:  # damaged data or checkpoints: one line, what to do
         print(f"error: {message(e)}", file=sys.stderr)
         return 2

@@ -116,14 +116,15 @@ def export(config: ExportConfig, log=print):
         raise ExportError("--calibration_clips and the latency repeats must be >= 1")
     if not config.model_name or "/" in config.model_name or config.version < 1:
         raise ExportError("--model_name must be a plain name and --version >= 1")
-    from tf_stfusion.checkpoints import find_checkpoint
-    from tf_stfusion.config import TrainError
-    from tf_stfusion.runs import RunFolder, load_run_config
+    from tf_stfusion.run.checkpoints import find_checkpoint, restore_weights
+    from tf_stfusion.run.config import TrainError
+    from tf_stfusion.run.folder import RunFolder
 
     try:
-        run = load_run_config(config.model_dir)
+        record = RunFolder(config.model_dir).record()
     except TrainError as e:
         raise ExportError(str(e)) from None
+    run = record.config
     if run.strategy is not None:
         raise ExportError(f"{config.model_dir} trained the fixed strategy network itself; export prunes a "
                           "template run (warm-up / search)")
@@ -146,15 +147,14 @@ def export(config: ExportConfig, log=print):
     from tf_stfusion.export import writers
     from tf_stfusion.models.prune import prune
 
-    record = RunFolder(config.model_dir).record()
-    contract = run_contract(record, run, config)
+    contract = dataclasses.replace(record.contract, num_frames=config.num_frames or record.contract.num_frames,
+                                   eval_size=config.size or record.contract.eval_size)
     class_names, frames, size = list(contract.class_names), contract.num_frames, contract.eval_size
     template = stf.build_template(run.backbone, num_classes=len(class_names), num_frames=frames, input_size=size)
     try:
-        tf.train.Checkpoint(model=template).restore(checkpoint).expect_partial().assert_existing_objects_matched()
-    except (AssertionError, ValueError) as e:  # missing objects / a variable of another shape
-        raise ExportError(f"checkpoint {checkpoint} does not match a {run.backbone} template with "
-                          f"{len(class_names)} classes: {str(e)[:300]}") from None
+        restore_weights(template, checkpoint)
+    except TrainError as e:
+        raise ExportError(str(e)) from None
     log(f"export: {config.strategy_file} ({strategy.counts()}) from {checkpoint}")
 
     if ensemble is not None:
@@ -423,29 +423,6 @@ def remove_interrupted_exports(parent):
         shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
         removed.append(os.path.join(parent, name))
     return removed
-
-
-def run_contract(record, run, config):
-    """The run's input contract (run.json; derived from its settings for a run
-    recorded before contracts), with ``--num_frames`` / ``--size`` applied."""
-    from tf_stfusion.data.pipeline import InputContract
-
-    if "contract" in record:
-        contract = InputContract.from_dict(record["contract"], f"{config.model_dir}/run.json")
-    else:
-        manifest = os.path.join(record.get("data", {}).get("dir") or "", f"{run.data.val_split}-manifest.json")
-        stored = {}
-        if os.path.isfile(manifest):
-            with open(manifest) as f:
-                stored = json.load(f)
-        contract = InputContract(
-            num_frames=run.data.num_frames, frame_stride=run.data.frame_stride, sampler=run.data.sampler,
-            eval_clips=run.data.eval_clips, eval_size=run.data.eval_input_size,
-            class_names=tuple(record["identity"]["class_names"]),
-            frame_short_side=int(stored.get("short_side") or 0), jpeg_quality=int(stored.get("jpeg_quality", 90)),
-            fps=float(stored.get("fps") or 0))
-    return dataclasses.replace(contract, num_frames=config.num_frames or contract.num_frames,
-                               eval_size=config.size or contract.eval_size)
 
 
 def serving_check(template, run, contract, saved_model_dir, batch_size=8, verify=False, members=None,
