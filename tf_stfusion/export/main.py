@@ -121,10 +121,9 @@ def export(config: ExportConfig, log=print):
     from tf_stfusion.run.folder import RunFolder
 
     try:
-        record = RunFolder(config.model_dir).record()
+        run = RunFolder(config.model_dir).config()  # without TensorFlow: refusals come first
     except TrainError as e:
         raise ExportError(str(e)) from None
-    run = record.config
     if run.strategy is not None:
         raise ExportError(f"{config.model_dir} trained the fixed strategy network itself; export prunes a "
                           "template run (warm-up / search)")
@@ -147,6 +146,10 @@ def export(config: ExportConfig, log=print):
     from tf_stfusion.export import writers
     from tf_stfusion.models.prune import prune
 
+    try:
+        record = RunFolder(config.model_dir).record()
+    except TrainError as e:  # its contract
+        raise ExportError(str(e)) from None
     contract = dataclasses.replace(record.contract, num_frames=config.num_frames or record.contract.num_frames,
                                    eval_size=config.size or record.contract.eval_size)
     class_names, frames, size = list(contract.class_names), contract.num_frames, contract.eval_size
