@@ -34,19 +34,20 @@ class RunFolder:
 
     def __init__(self, model_dir):
         self.model_dir = model_dir
+        self.record_path = self.path(RUN_RECORD)
+        self.holdout_path = self.path(HOLDOUT_RECORD)
+        self.preflight_path = os.path.join(self.phase_dir("search"), PREFLIGHT_RECORD)
+        self.probabilities_path = self.path(PROBABILITIES)
+        self.metrics_path = self.path(METRICS)
+        self.logs_dir = self.path(LOGS_FOLDER)  # TensorBoard: logs/<phase>/
+        self.strategies_dir = self.path(STRATEGIES_FOLDER)  # where a new search writes (--output_dir overrides)
+        self.compare_dir = self.path(COMPARE_FOLDER)
+        self.sweep_dir = self.path(SWEEP_FOLDER)
 
     def path(self, *parts):
         return os.path.join(self.model_dir, *parts)
 
     # -- run.json and holdout.json --------------------------------------------------
-    @property
-    def record_path(self):
-        return self.path(RUN_RECORD)
-
-    @property
-    def holdout_path(self):
-        return self.path(HOLDOUT_RECORD)
-
     def has_record(self):
         return os.path.isfile(self.record_path)
 
@@ -102,37 +103,16 @@ class RunFolder:
 
         return tf.train.latest_checkpoint(self.phase_dir(phase)) is not None
 
-    @property
-    def preflight_path(self):
-        return os.path.join(self.phase_dir("search"), PREFLIGHT_RECORD)
-
     def preflight(self):
         """The search phase's pre-flight, or None (a search started before pre-flights existed)."""
         return read_json(self.preflight_path)
 
     # -- what training writes at the top ---------------------------------------------------
-    @property
-    def probabilities_path(self):
-        return self.path(PROBABILITIES)
-
-    @property
-    def metrics_path(self):
-        return self.path(METRICS)
-
     def metrics(self):
         """The final evaluation (metrics.json), or None before it."""
         return read_json(self.metrics_path)
 
-    @property
-    def logs_dir(self):
-        return self.path(LOGS_FOLDER)
-
     # -- the strategy search's results ---------------------------------------------------
-    @property
-    def strategies_dir(self):
-        """Where a new strategy search writes (``search --output_dir`` overrides it)."""
-        return self.path(STRATEGIES_FOLDER)
-
     def results_dir(self):
         """Where the run's search results are: ``strategies/``, or ``search/`` for a
         search made before results got their own folder."""
@@ -141,14 +121,6 @@ class RunFolder:
                 return self.path(folder)
         raise FileNotFoundError(f"{self.model_dir} holds no strategy search results ({STRATEGIES_FOLDER}/"
                                 f"{BEST_STRATEGY}); run python -m tf_stfusion.search --model_dir={self.model_dir}")
-
-    @property
-    def compare_dir(self):
-        return self.path(COMPARE_FOLDER)
-
-    @property
-    def sweep_dir(self):
-        return self.path(SWEEP_FOLDER)
 
     def best_strategy_path(self):
         """The search's best.json (``results_dir``)."""
