@@ -623,7 +623,7 @@ def run_search(config: SearchConfig, log=print, tf_strategy=None):
         log(f"search: {SAME_SPLIT_NOTE}: the best of {config.num_samples} is chosen on the split it is reported on")
 
     spec = model.stf_spec
-    shape = (data.num_frames, data.eval_input_size, data.eval_input_size, 3)
+    shape = (data.num_frames, data.eval_size, data.eval_size, 3)
     costs = {}
 
     def cost_of(strategy):

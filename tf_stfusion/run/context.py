@@ -89,7 +89,7 @@ class RunContext(RunInputs):
 
     def _build_model(self):
         cfg, data = self.config, self.config.data
-        size = data.input_size if data.eval_input_size == data.input_size else None
+        size = data.input_size if data.eval_size == data.input_size else None
         with dtype_policy(self.policy), self.distribution.scope():
             return build_template(
                 cfg.backbone, num_classes=self.num_classes, num_frames=data.num_frames, input_size=size,
@@ -113,7 +113,7 @@ class RunContext(RunInputs):
         data = self.config.data
         return pipeline.InputContract(
             num_frames=data.num_frames, frame_stride=data.frame_stride, sampler=data.sampler, eval_clips=data.eval_clips,
-            eval_size=data.eval_input_size, class_names=tuple(self.source.class_names),
+            eval_size=data.eval_size, class_names=tuple(self.source.class_names),
             frame_short_side=self.source.frame_short_side, jpeg_quality=self.source.jpeg_quality,
             fps=self.source.fps,
         )

@@ -119,7 +119,7 @@ class RunInputs:
             pipelines = 1 if ctx is None else ctx.num_input_pipelines
             files = holding if len(holding) >= pipelines else every
             ds = pipeline.make_dataset(
-                files, training=False, input_size=data.eval_input_size, batch_size=batch,
+                files, training=False, input_size=data.eval_size, batch_size=batch,
                 num_clips=data.eval_clips, input_context=ctx, deterministic=True, video_index=videos,
                 pad_batches=True, **self.clip_spec(),
             )

@@ -66,7 +66,7 @@ def contract_settings(config: TrainConfig):
     """The input contract's fields that the config holds."""
     data = config.data
     return {"num_frames": data.num_frames, "frame_stride": data.frame_stride, "sampler": data.sampler,
-            "eval_clips": data.eval_clips, "eval_size": data.eval_input_size}
+            "eval_clips": data.eval_clips, "eval_size": data.eval_size}
 
 
 @dataclasses.dataclass(frozen=True)
