@@ -90,12 +90,12 @@ def served_agreement(export_dir, model_dir):
     from tf_stfusion.data.video import write_video
     from tf_stfusion.evaluation import Evaluator
     from tf_stfusion.export.local_server import LocalServing
-    from tf_stfusion.runs import load_run_config
+    from tf_stfusion.run.folder import RunFolder
 
     with open(os.path.join(export_dir, "export_report.json")) as f:
         report = json.load(f)
     contract = pipeline.InputContract.from_dict(report["input_contract"])
-    run = load_run_config(model_dir)
+    run = RunFolder(model_dir).config()
     data = run.data
     source = resolve_source(data.dataset, data.data_dir, data.train_split, data.val_split,
                             synthetic_config=data.synthetic_config, progress=False)

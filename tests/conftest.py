@@ -53,7 +53,7 @@ def clips():
 def trained_run(tmp_path_factory):
     """A tiny template run after a short warm-up and search phase (small synthetic set)."""
     from tf_stfusion.data import sources, synthetic
-    from tf_stfusion.config import DataConfig, TrainConfig
+    from tf_stfusion.run.config import DataConfig, TrainConfig
     from tf_stfusion.trainer import Trainer
 
     small = synthetic.SyntheticConfig(videos_per_class=4, val_videos_per_class=2, num_frames=8, size=32)

@@ -89,8 +89,9 @@ def test_a_bad_flag_is_one_line_and_exit_2_before_tensorflow_starts(tmp_path, mo
 
 
 def test_the_names_checked_before_tensorflow_are_the_registrys():
-    # config.py holds them so that flags and TrainConfig.validate() need no TensorFlow.
-    from tf_stfusion import config, models
+    # run/config.py holds them so that flags and TrainConfig.validate() need no TensorFlow.
+    from tf_stfusion import models
+    from tf_stfusion.run import config
     from tf_stfusion.models import inflate
 
     assert list(config.BACKBONE_NAMES) == sorted(models.BACKBONES)

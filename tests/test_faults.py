@@ -14,8 +14,8 @@ import pytest
 import tensorflow as tf
 
 from tf_stfusion.data import integrity, prepare, synthetic
-from tf_stfusion.checkpoints import newest_readable
-from tf_stfusion.config import DataConfig, TrainConfig, TrainError
+from tf_stfusion.run.checkpoints import newest_readable
+from tf_stfusion.run.config import DataConfig, TrainConfig, TrainError
 from tf_stfusion.trainer import Trainer
 
 SMALL = synthetic.SyntheticConfig(videos_per_class=4, val_videos_per_class=2, num_frames=8, size=32)
@@ -108,7 +108,7 @@ def test_a_record_damaged_after_the_check_is_named_not_a_traceback(shards, tmp_p
     trainer = Trainer(_config(tmp_path / "run", shards))
     _flip(shards / names[0], at=0.3)
     with pytest.raises(integrity.DataError, match=rf"{names[0]} is damaged \(checksum"):
-        trainer.evaluate()
+        trainer.context.evaluate()
     # --verify_data finds it before the first step.
     with pytest.raises(integrity.DataError, match="checksum: expected"):
         Trainer(_config(tmp_path / "run2", shards, verify_data=True))
@@ -153,7 +153,7 @@ def test_resume_skips_an_unreadable_newest_checkpoint_with_a_warning(checkpointe
 
 
 def test_no_readable_checkpoint_and_search_export_name_the_alternatives(checkpointed):
-    from tf_stfusion.checkpoints import find_checkpoint
+    from tf_stfusion.run.checkpoints import find_checkpoint
 
     run, config = checkpointed
     _truncate_checkpoint(str(run / "warmup" / "ckpt-3"))
@@ -168,7 +168,7 @@ def test_no_readable_checkpoint_and_search_export_name_the_alternatives(checkpoi
 def test_checkpoints_of_a_run_started_with_a_relative_model_dir_are_found(tmp_path, monkeypatch):
     # TF's checkpoint state file records paths as the manager was given them: relative
     # to the working directory of the process that trained (runs/demo/search/ckpt-400).
-    from tf_stfusion.checkpoints import checkpoint_chain, find_checkpoint
+    from tf_stfusion.run.checkpoints import checkpoint_chain, find_checkpoint
 
     monkeypatch.chdir(tmp_path)
     step = tf.Variable(0, dtype=tf.int64)

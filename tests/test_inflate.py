@@ -67,13 +67,13 @@ def test_inflation_rule_stem_temporal_and_transition():
 
 
 def test_training_starts_from_inflated_weights(tmp_path, monkeypatch, trained_run):
-    from tf_stfusion.config import TrainConfig, TrainError
-    from tf_stfusion.runs import load_run_config
+    from tf_stfusion.run.config import TrainConfig, TrainError
+    from tf_stfusion.run.folder import RunFolder
     from tf_stfusion.trainer import Trainer
 
     model2d = random_2d("resnet50", seed=3)
     monkeypatch.setattr(inflate, "imagenet_2d", lambda backbone, weights="imagenet": model2d)
-    data = load_run_config(trained_run).data
+    data = RunFolder(trained_run).config().data
     for strategy in (None, stf.Strategy.from_units("resnet50", ["S", "none", "ST", "S+ST"] * 4)):
         config = TrainConfig(model_dir=str(tmp_path / str(strategy is None)), data=data, backbone="resnet50",
                              phases=("warmup",) if strategy is None else ("fixed",), strategy=strategy,

@@ -120,7 +120,7 @@ def test_tflite_files_are_builtin_and_match_keras(lite_export):
 
 def test_quantized_top1_is_reported_paired_with_the_float_model(lite_export, trained_run):
     from tf_stfusion.export.checks import run_source
-    from tf_stfusion.runs import load_run_config
+    from tf_stfusion.run.folder import RunFolder
 
     out, report, lines = lite_export
     accuracy = report["litert"]["accuracy"]
@@ -128,7 +128,7 @@ def test_quantized_top1_is_reported_paired_with_the_float_model(lite_export, tra
     top1 = accuracy["top1"]
     assert set(top1) == {"saved_model", "onnx", "tflite", "tflite_float16", "tflite_int8"}
     n = top1["saved_model"]["n"]
-    assert n == len(run_source(load_run_config(trained_run)).val_examples)  # every validation video
+    assert n == len(run_source(RunFolder(trained_run).config()).val_examples)  # every validation video
     for name, entry in top1.items():
         low, high = entry["ci"]
         assert 0 <= low <= entry["value"] <= high <= 1 and entry["n"] == n
@@ -148,11 +148,10 @@ def test_quantized_top1_is_reported_paired_with_the_float_model(lite_export, tra
 def test_calibration_reads_the_holdout_not_the_report_split(trained_run):
     from tf_stfusion import selection
     from tf_stfusion.export.checks import calibration_clips, run_source
-    from tf_stfusion.export.exporter import run_contract
-    from tf_stfusion.runs import RunFolder, load_run_config
+    from tf_stfusion.run.folder import RunFolder
 
-    run = load_run_config(trained_run)
-    contract = run_contract(RunFolder(trained_run).record(), run, ExportConfig("", trained_run, ""))
+    record = RunFolder(trained_run).record()
+    run, contract = record.config, record.contract
     clips, where = calibration_clips(run, contract, 100)
     held = selection.holdout_ids(run_source(run).train_examples, run.data.holdout_fraction)
     assert len(clips) == len(held) and "hold-out" in where  # fewer videos than asked: all of them

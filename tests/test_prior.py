@@ -180,12 +180,13 @@ def test_a_two_k_sweep_writes_the_comparison_and_resumes_after_a_kill(trained_ru
 
 
 def test_a_run_holds_out_the_groups_of_its_holdout_group_and_records_the_grouping(trained_run, tmp_path):
-    from tf_stfusion.runs import Run, load_run_config
+    from tf_stfusion.run.context import RunContext
+    from tf_stfusion.run.folder import RunFolder
 
-    run = load_run_config(trained_run)
+    run = RunFolder(trained_run).config()
     pattern = r"^train_\d{4}(\d)\d$"  # synthetic ids train_000123: groups by the tens digit, across classes
     data = dataclasses.replace(run.data, holdout_group=pattern, holdout_fraction=0.3)
-    room = Run(dataclasses.replace(run, model_dir=str(tmp_path / "grouped"), phases=("warmup",), data=data))
+    room = RunContext(dataclasses.replace(run, model_dir=str(tmp_path / "grouped"), phases=("warmup",), data=data))
     examples = room.source.train_examples
     assert room.holdout and _whole_groups_only(set(room.holdout), examples, lambda v: v[-2])
     os.makedirs(tmp_path / "grouped")

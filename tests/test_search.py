@@ -3,7 +3,6 @@ to a fixed-strategy evaluation, racing (successive halving with paired
 elimination), one device vs two replicas, resume, best under a budget, plots and
 report."""
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import tf_stfusion as stf
 from tf_stfusion import selection
 from tf_stfusion.evaluation import Evaluator
 from tf_stfusion.search import SearchConfig, pareto_front, pick_best, read_results, run_search
-from tf_stfusion.runs import Run, load_run_config
+from tf_stfusion.run.context import open_run
 
 
 def _fresh_copy(src, dst):
@@ -85,7 +84,7 @@ def test_search_results_equal_a_fresh_model_in_fixed_mode(trained_run, tmp_path)
     a plain multi-clip evaluation of the template in fixed mode scores it."""
     model_dir = _fresh_copy(trained_run, tmp_path / "run")
     result = run_search(SearchConfig(model_dir=model_dir, num_samples=5, tiles=3, racing="off", progress=False))
-    trainer = Run(dataclasses.replace(load_run_config(model_dir), progress=False))
+    trainer = open_run(model_dir, progress=False)
     done = json.loads(open(f"{model_dir}/search/done.json").read())
     tf.train.Checkpoint(model=trainer.model).restore(f"{model_dir}/search/{done['checkpoint']}").expect_partial()
     evaluator = Evaluator(trainer.model, 2)
@@ -179,7 +178,7 @@ def test_ensembles_average_their_members_evaluated_one_by_one(trained_run, tmp_p
     posterior = json.loads((tmp_path / "run" / "strategies" / "calibration.json").read_text())
     assert posterior["sizes"] == [1, 3] and list(posterior["models"]) == \
         ["Opt", "ensemble-1", "ensemble-3", "S", "ST", "S+ST"]  # 99 > the 5 samples: left out
-    room = Run(dataclasses.replace(load_run_config(model_dir), progress=False))
+    room = open_run(model_dir, progress=False)
     done = json.loads(open(f"{model_dir}/search/done.json").read())
     tf.train.Checkpoint(model=room.model).restore(f"{model_dir}/search/{done['checkpoint']}").expect_partial()
     members = ensemble_members(plan_strategies(room.model, config), 3)

@@ -183,12 +183,12 @@ def test_prior_diagnostics_numbers_and_warning_threshold():
 
 
 def test_prior_warning_fires_with_a_huge_k_and_stays_quiet_otherwise(trained_run, tmp_path, capsys):
-    from tf_stfusion.runs import load_run_config
+    from tf_stfusion.run.folder import RunFolder
     from tf_stfusion.trainer import Trainer
 
     quiet = json.loads(open(f"{trained_run}/probabilities.json").read())["diagnostics"]
     assert quiet["warning"] is None and quiet["regularizer_to_loss"] is not None
-    run = load_run_config(trained_run)
+    run = RunFolder(trained_run).config()
     model_dir = tmp_path / "huge-k"
     shutil.copytree(f"{trained_run}/warmup", model_dir / "warmup")  # the same warm-up, another k
     config = dataclasses.replace(run, model_dir=str(model_dir), phases=("search",), length_scale=1000.0,

@@ -19,7 +19,7 @@ import tensorflow as tf
 import tf_stfusion as stf
 from tf_stfusion.data import sources, synthetic
 from tf_stfusion.gating import drop_probabilities, gate_layers
-from tf_stfusion.config import DataConfig, TrainConfig, TrainError
+from tf_stfusion.run.config import DataConfig, TrainConfig, TrainError
 from tf_stfusion.trainer import Trainer
 
 from conftest import hand_regularizer
@@ -109,8 +109,8 @@ def test_regularizer_is_in_the_search_loss(tmp_path, synth_dir):
         model = trainer.model
         kernels = [model.get_layer(g.feeds).kernel for g in gate_layers(model)]
         # N of Eq. 5 is the number of clips trained on: the training split minus the selection hold-out.
-        assert trainer.num_train == trainer.source.num_train - len(trainer.holdout) > 0
-        expected_reg = hand_regularizer(model, k, trainer.num_train)  # Eq. 5 by hand (conftest)
+        assert trainer.context.num_train == trainer.context.source.num_train - len(trainer.context.holdout) > 0
+        expected_reg = hand_regularizer(model, k, trainer.context.num_train)  # Eq. 5 by hand (conftest)
         before = sum(float(tf.reduce_sum(tf.square(w))) for w in kernels)
         loss, reg, _ = _one_step(trainer, "search", fixed_batch())
         assert reg == pytest.approx(expected_reg, rel=1e-4)  # the step's loss carried Eq. 5
@@ -146,7 +146,7 @@ def test_mirrored_two_devices_matches_one_device(synth_dir, tmp_path, mirrored_t
         dist = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
         clips, labels = next(iter(dist))
         results[name] = (step(clips, labels).numpy(), [v.numpy() for v in state.variables])
-    assert trainer.replicas == 2 and trainer.model.get_layer("stem_bn").synchronized
+    assert trainer.context.replicas == 2 and trainer.model.get_layer("stem_bn").synchronized
     np.testing.assert_allclose(results["mirrored"][0], results["one"][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(results["mirrored"][1], results["one"][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -442,7 +442,7 @@ def test_no_frame_is_mirrored_without_flip(synth_dir, tmp_path):
         mirrored[flip] = sum(sides)
     assert mirrored[False] == 0 and 10 < mirrored[True] < 54
     # The motion set forbids flips (left/right motions swap under a mirror): the trainer turns them off.
-    assert not Trainer(small_config(tmp_path / "run", synth_dir)).flip
+    assert not Trainer(small_config(tmp_path / "run", synth_dir)).context.flip
 
 
 # -- the pre-flight before the search phase ----------------------------------------------------

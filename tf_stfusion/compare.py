@@ -25,7 +25,6 @@ from absl import flags
 
 FLAGS = flags.FLAGS
 BASELINES = ("S", "ST", "S+ST")
-FOLDER = "compare"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,14 +39,13 @@ class CompareConfig:
 def resolve_strategies(config, backbone):
     """``[(name, Strategy)]``: Opt is the search's best.json, S / ST / S+ST the
     uniform baselines, anything else a strategy file (named by its file stem)."""
+    from tf_stfusion.run.folder import RunFolder
     from tf_stfusion.strategy import Strategy
 
     out = []
     for item in config.strategies:
         if item == "Opt":
-            from tf_stfusion.search import results_folder
-
-            out.append(("Opt", Strategy.load(os.path.join(results_folder(config.model_dir), "best.json"))))
+            out.append(("Opt", Strategy.load(RunFolder(config.model_dir).best_strategy_path())))
         elif item in BASELINES:
             out.append((item, Strategy.uniform(item, backbone)))
         else:
@@ -75,33 +73,30 @@ def retrain_config(run, strategy, model_dir, epochs=0, progress=True):
 
 def run_compare(config: CompareConfig, log=print):
     """Trains (or resumes) every network, then writes the comparison; returns it."""
-    import json
-
     from tf_stfusion import distribute
     from tf_stfusion.accounting import cost
     from tf_stfusion.fileio import atomic_write_json, atomic_write_text
     from tf_stfusion.report import comparison_table
     from tf_stfusion.selection import CI_METHOD, PAIRED_METHOD, paired_difference, unpack_bits
-    from tf_stfusion.runs import load_run_config
+    from tf_stfusion.run.folder import RunFolder
     from tf_stfusion.trainer import Trainer
 
-    run = load_run_config(config.model_dir)
+    run = RunFolder(config.model_dir).config()
     if run.strategy is not None:
         raise ValueError(f"{config.model_dir} is a fixed-strategy run; compare takes a template run with a search")
     strategies = resolve_strategies(config, run.backbone)
-    out_dir = os.path.join(config.model_dir, FOLDER)
-    tf_strategy = distribute.make_distribution(config.distribution)
+    out_dir = RunFolder(config.model_dir).compare_dir
+    distribution = distribute.make_distribution(config.distribution)
     table, correct = {}, {}
     for name, strategy in strategies:
         sub = os.path.join(out_dir, name)
         log(f"compare: {name} ({strategy.counts()}) from scratch -> {sub}")
-        trainer = Trainer(retrain_config(run, strategy, sub, config.epochs, config.progress), tf_strategy)
-        metrics = trainer.run()
-        with open(os.path.join(sub, "metrics.json")) as f:
-            metrics = json.load(f)
+        trainer = Trainer(retrain_config(run, strategy, sub, config.epochs, config.progress), distribution)
+        trainer.run()
+        metrics = trainer.folder.metrics()  # as written: the per-video bits as stored
         data = trainer.config.data
-        c = cost(run.backbone, strategy, input_shape=(data.num_frames, data.eval_input_size, data.eval_input_size, 3),
-                 num_classes=trainer.num_classes)
+        c = cost(run.backbone, strategy, input_shape=(data.num_frames, data.eval_size, data.eval_size, 3),
+                 num_classes=trainer.context.num_classes)
         table[name] = {k: metrics[k] for k in ("top1", "top1_ci", "top5", "top5_ci", "num_videos", "split")}
         table[name].update(params=c.params, gflops=c.gflops, units=strategy.units, model_dir=sub,
                            videos=metrics["per_video"]["videos"])

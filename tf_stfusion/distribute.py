@@ -59,11 +59,16 @@ def make_distribution(kind="auto", devices=None, cluster="auto", port=cluster_li
     return tf.distribute.OneDeviceStrategy(device)
 
 
-def is_chief(strategy):
+def default_distribution():
+    """The one-device ``tf.distribute`` default of every tool (the GPU, or the CPU)."""
+    return make_distribution("one_device")
+
+
+def is_chief(distribution):
     """Whether this process writes summaries, checkpoints and reports."""
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    if not isinstance(distribution, tf.distribute.MultiWorkerMirroredStrategy):
         return True
-    resolver = strategy.cluster_resolver
+    resolver = distribution.cluster_resolver
     task_type, task_id = resolver.task_type, resolver.task_id
     if task_type is None or task_type == "chief":
         return True
@@ -71,12 +76,12 @@ def is_chief(strategy):
     return task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
 
 
-def describe(strategy):
+def describe(distribution):
     """One line for the log: kind, replicas, devices."""
-    extended = strategy.extended
+    extended = distribution.extended
     devices = getattr(extended, "worker_devices", None) or ()
     # MultiWorkerMirroredStrategy's class is CollectiveAllReduceStrategy.
-    kind = ("MultiWorkerMirroredStrategy" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            else type(strategy).__name__)
-    return (f"{kind} with {strategy.num_replicas_in_sync} replica(s)"
+    kind = ("MultiWorkerMirroredStrategy" if isinstance(distribution, tf.distribute.MultiWorkerMirroredStrategy)
+            else type(distribution).__name__)
+    return (f"{kind} with {distribution.num_replicas_in_sync} replica(s)"
             + (f" on {', '.join(devices)}" if devices else ""))

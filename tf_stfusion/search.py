@@ -49,9 +49,9 @@ import time
 
 from absl import flags
 
+from tf_stfusion.run.folder import BEST_STRATEGY
+
 FLAGS = flags.FLAGS
-FOLDER = "strategies"
-OLD_FOLDER = "search"  # where searches were written before they got their own folder
 PLAN = "plan.json"
 ROUNDS = "rounds.jsonl"
 RESULTS = "strategies.jsonl"
@@ -84,7 +84,9 @@ class SearchConfig:
     ensemble_from: str = "samples"  # samples: draws from the gates; survivors: those racing kept to the end
 
     def folder(self):
-        return self.output_dir or os.path.join(self.model_dir, FOLDER)
+        from tf_stfusion.run.folder import RunFolder
+
+        return self.output_dir or RunFolder(self.model_dir).strategies_dir
 
 
 @dataclasses.dataclass
@@ -101,15 +103,6 @@ class SearchResult:
     posterior: dict = None  # the posterior-averaged evaluation (calibration.json); None without ensembles
 
 
-def results_folder(model_dir):
-    """Where a run's search results are: ``RUN/strategies/``, or ``RUN/search/`` for
-    a search made before results got their own folder."""
-    for folder in (FOLDER, OLD_FOLDER):
-        path = os.path.join(model_dir, folder)
-        if os.path.isfile(os.path.join(path, "best.json")):
-            return path
-    raise FileNotFoundError(f"{model_dir} holds no strategy search results ({FOLDER}/best.json); run "
-                            f"python -m tf_stfusion.search --model_dir={model_dir}")
 
 
 # -- the plan and its results --------------------------------------------------------
@@ -511,7 +504,7 @@ class Search:
     per distinct strategy)."""
 
     config: SearchConfig
-    context: object  # the opened run (runs.Run), its template restored
+    context: object  # the opened run (run.RunContext), its template restored
     checkpoint: str
     select_split: str  # "holdout" or "val"
     select_videos: list
@@ -536,7 +529,7 @@ class Search:
         key = unit_key(strategy)
         if key not in self.costs:
             spec, data = self.context.model.stf_spec, self.data
-            shape = (data.num_frames, data.eval_input_size, data.eval_input_size, 3)
+            shape = (data.num_frames, data.eval_size, data.eval_size, 3)
             c = cost(spec.backbone, strategy, input_shape=shape, num_classes=spec.num_classes)
             self.costs[key] = (c.params, c.gflops)
         return self.costs[key]
@@ -558,12 +551,11 @@ def _open_run(config, distribution):
     batch and data checks), its template restored from the search checkpoint:
     ``(context, checkpoint, select_split)``. Raises ``ValueError`` for a run without
     a search phase or a selection split it lacks."""
-    import tensorflow as tf
+    from tf_stfusion.run.context import open_run
+    from tf_stfusion.run.folder import RunFolder
 
-    from tf_stfusion.checkpoints import find_checkpoint
-    from tf_stfusion.runs import Run, RunFolder, load_run_config
-
-    run = load_run_config(config.model_dir)
+    folder = RunFolder(config.model_dir)
+    run = folder.config()
     if run.strategy is not None or "search" not in run.phases:
         raise ValueError(f"{config.model_dir} is not a template run with a search phase (phases "
                          f"{','.join(run.phases)}); train with --phase=warmup,search first")
@@ -573,15 +565,12 @@ def _open_run(config, distribution):
     if select_split == "holdout" and run.data.select_split != "holdout":
         raise ValueError(f"{config.model_dir} trained on every training video (--select_split=val): it has no "
                          "hold-out to select on; search with --select_split=val, or train a run with a hold-out")
-    data = dataclasses.replace(run.data, eval_clips=config.eval_clips or run.data.eval_clips)
-    run = dataclasses.replace(run, data=data, progress=False,
-                              eval_batch_size=config.batch_size or run.eval_batch_size,
-                              verify_data=config.verify_data, skip_corrupt_records=config.skip_corrupt_records)
-    checkpoint = config.checkpoint or RunFolder(config.model_dir).finished_checkpoint("search")
-    context = Run(run, distribution)
-    model = context.model
-    tf.train.Checkpoint(model=model).restore(find_checkpoint(checkpoint, "--checkpoint")).expect_partial() \
-        .assert_existing_objects_matched()
+    checkpoint = config.checkpoint or folder.finished_checkpoint("search")
+    context = open_run(config.model_dir, distribution, progress=False,
+                       eval_batch_size=config.batch_size or run.eval_batch_size, verify_data=config.verify_data,
+                       skip_corrupt_records=config.skip_corrupt_records,
+                       data={"eval_clips": config.eval_clips or run.data.eval_clips})
+    context.restore(checkpoint, "--checkpoint")
     return context, checkpoint, select_split
 
 
@@ -733,7 +722,7 @@ def _write_outputs(search, plan, result):
     out_dir, rows, best, comparison = result.out_dir, result.rows, result.best, result.comparison
     atomic_write_text(os.path.join(out_dir, RESULTS), "".join(json.dumps(row) + "\n" for row in rows))
     atomic_write_json(os.path.join(out_dir, COMPARISON), comparison)
-    _best_strategy(search, plan, best, comparison["strategies"]["Opt"]).save(os.path.join(out_dir, "best.json"))
+    _best_strategy(search, plan, best, comparison["strategies"]["Opt"]).save(os.path.join(out_dir, BEST_STRATEGY))
     probs = marginals(search.context.model)
     atomic_write_json(os.path.join(out_dir, "marginals.json"), probs)
     report.fusion_plot(probs, best["units"], os.path.join(out_dir, "fusion.png"))
@@ -751,7 +740,7 @@ def _log_summary(search, result):
         f"{100 * result.strategy_videos / result.exhaustive_videos:.0f}% of scoring every strategy on every video")
     log(f"search: best {best['id']} chosen on {search.select_name} (top-1 {100 * best['top1']:.2f}%), "
         f"on {reported['split']}: {100 * reported['top1']:.2f}% [{100 * reported['top1_ci'][0]:.1f}, "
-        f"{100 * reported['top1_ci'][1]:.1f}], {best['gflops']:.3f} GFLOPs -> {result.out_dir}/best.json")
+        f"{100 * reported['top1_ci'][1]:.1f}], {best['gflops']:.3f} GFLOPs -> {os.path.join(result.out_dir, BEST_STRATEGY)}")
     for warning in (comparison["chance_warning"] or comparison["prior"]["warning"], comparison["leakage_warning"]):
         if warning:
             log(f"search: warning: {warning}")

@@ -31,7 +31,6 @@ import time
 from absl import flags
 
 FLAGS = flags.FLAGS
-FOLDER = "sweep"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +45,10 @@ class SweepConfig:
 
 
 def k_folder(model_dir, k):
-    return os.path.join(model_dir, FOLDER, f"k{k:g}")
+    """The run folder of one k's search phase: ``RUN/sweep/k<k>``."""
+    from tf_stfusion.run.folder import RunFolder
+
+    return os.path.join(RunFolder(model_dir).sweep_dir, f"k{k:g}")
 
 
 def k_config(base, warmup_checkpoint, k, model_dir, epochs=0, progress=True):
@@ -61,11 +63,12 @@ def k_config(base, warmup_checkpoint, k, model_dir, epochs=0, progress=True):
 def run_one(config, base, warmup, k, log=print):
     """Runs (or resumes, or skips when finished) the search phase and the strategy
     search of one k; returns its seconds (this call)."""
+    from tf_stfusion.run.folder import RunFolder
     from tf_stfusion.search import COMPARISON, SearchConfig, run_search
     from tf_stfusion.trainer import Trainer
 
     folder = k_folder(config.model_dir, k)
-    if os.path.isfile(os.path.join(folder, "strategies", COMPARISON)):
+    if os.path.isfile(os.path.join(RunFolder(folder).strategies_dir, COMPARISON)):
         log(f"sweep: k = {k:g} already finished in {folder}; skipping")
         return 0.0
     t0 = time.time()
@@ -80,14 +83,14 @@ def run_one(config, base, warmup, k, log=print):
 
 def read_k(model_dir, k):
     """One k's numbers from its run folder, or None while unfinished."""
-    from tf_stfusion.runs import PREFLIGHT_RECORD
+    from tf_stfusion.run.folder import BEST_STRATEGY, RunFolder
     from tf_stfusion.search import COMPARISON
 
     folder = k_folder(model_dir, k)
-    paths = {name: os.path.join(folder, *parts) for name, parts in (
-        ("preflight", ("search", PREFLIGHT_RECORD)), ("done", ("search", "done.json")),
-        ("probabilities", ("probabilities.json",)), ("comparison", ("strategies", COMPARISON)),
-        ("best", ("strategies", "best.json")))}
+    run = RunFolder(folder)
+    paths = {"preflight": run.preflight_path, "done": run.done_path("search"),
+             "probabilities": run.probabilities_path, "comparison": os.path.join(run.strategies_dir, COMPARISON),
+             "best": os.path.join(run.strategies_dir, BEST_STRATEGY)}
     if not all(os.path.isfile(p) for p in paths.values()):
         return None
     loaded = {}
@@ -181,11 +184,12 @@ def render(result, seconds=None):
 
 def run_sweep(config: SweepConfig, log=print):
     """Runs (or resumes) every k of ``config`` (or ``only``), then writes the comparison."""
-    from tf_stfusion.config import TrainError
+    from tf_stfusion.run.config import TrainError
     from tf_stfusion.fileio import atomic_write_json, atomic_write_text
-    from tf_stfusion.runs import RunFolder, load_run_config
+    from tf_stfusion.run.folder import RunFolder
 
-    base = load_run_config(config.model_dir)
+    folder = RunFolder(config.model_dir)
+    base = folder.config()
     if base.strategy is not None or base.data.select_split != "holdout":
         raise TrainError(f"{config.model_dir}: the sweep needs a template run with a hold-out (--select_split="
                          "holdout) to choose k on")
@@ -194,14 +198,14 @@ def run_sweep(config: SweepConfig, log=print):
         raise TrainError(f"--only={unknown[0]:g} is not one of --length_scales")
     t0 = time.time()
     if not config.report_only:
-        warmup = RunFolder(config.model_dir).finished_checkpoint("warmup")
+        warmup = folder.finished_checkpoint("warmup")
         for k in config.only or config.length_scales:
             run_one(config, base, warmup, k, log)
     result = compare(config.model_dir, config.length_scales)
+    out = folder.sweep_dir
     if result is None:
-        raise TrainError(f"no k of the sweep in {os.path.join(config.model_dir, FOLDER)} has finished yet")
+        raise TrainError(f"no k of the sweep in {out} has finished yet")
     text = render(result, time.time() - t0)
-    out = os.path.join(config.model_dir, FOLDER)
     atomic_write_json(os.path.join(out, "sweep.json"), result)
     atomic_write_text(os.path.join(out, "sweep.md"), text)
     log(text)
@@ -234,7 +238,7 @@ def _floats(name):
 
 def main(argv):
     del argv  # run_app refuses positional arguments
-    from tf_stfusion.config import TrainError
+    from tf_stfusion.run.config import TrainError
 
     try:
         if not FLAGS.model_dir:

@@ -23,7 +23,7 @@ import sys
 from absl import flags
 
 from tf_stfusion import cluster as cluster_lib
-from tf_stfusion.config import BACKBONE_NAMES, DataConfig, TrainConfig
+from tf_stfusion.run.config import BACKBONE_NAMES, DataConfig, TrainConfig
 from tf_stfusion.data import synthetic
 from tf_stfusion.data.sources import SOURCE_KINDS
 from tf_stfusion.prior import PRIOR_FORMS
@@ -206,7 +206,7 @@ FLAG_OF_FIELD = {"phases": "phase"}
 
 def message(error):
     """An error as the command line says it: settings named by their flags."""
-    from tf_stfusion.config import TrainError
+    from tf_stfusion.run.config import TrainError
 
     if isinstance(error, TrainError):
         return error.render(lambda field: f"--{FLAG_OF_FIELD.get(field, field)}")
@@ -230,7 +230,7 @@ def main(argv):
         print(f"error: {message(e)}", file=sys.stderr)
         return 2
     from tf_stfusion.data.integrity import DataError
-    from tf_stfusion.config import TrainError
+    from tf_stfusion.run.config import TrainError
 
     try:
         trainer.run()
@@ -239,7 +239,7 @@ def main(argv):
 
             run_search(SearchConfig(model_dir=config.model_dir, num_samples=FLAGS.num_strategy_samples,
                                     seed=FLAGS.seed, progress=FLAGS.progress, verify_data=FLAGS.verify_data,
-                                    skip_corrupt_records=FLAGS.skip_corrupt_records), distribution=trainer.distribution)
+                                    skip_corrupt_records=FLAGS.skip_corrupt_records), distribution=trainer.context.distribution)
     except (DataError, TrainError) as e:  # damaged data or checkpoints: one line, what to do
         print(f"error: {message(e)}", file=sys.stderr)
         return 2

@@ -26,7 +26,6 @@ temporary folder that is deleted right away (TF's documented pattern).
 """
 
 import dataclasses
-import json
 import os
 import time
 from typing import Optional
@@ -35,17 +34,16 @@ import keras
 import tensorflow as tf
 
 from tf_stfusion import distribute as dist_lib
-from tf_stfusion import selection
-from tf_stfusion.checkpoints import Saver, find_checkpoint
-from tf_stfusion.config import GATE_MODE_OF_PHASE, PHASES, DataConfig, TrainConfig, TrainError  # noqa: F401 (re-exported)
+from tf_stfusion import prior, selection
 from tf_stfusion.data.sources import DataSource
 from tf_stfusion.fileio import atomic_write_json
-from tf_stfusion import prior
 from tf_stfusion.gating import drop_probabilities, fusion_regularizer, gate_layers, regularizer_parts, set_gate_mode
 from tf_stfusion.models import build_template
-from tf_stfusion.runs import PREFLIGHT_RECORD, Run, load_run_config  # noqa: F401 (re-exported)
+from tf_stfusion.run.checkpoints import Saver, find_checkpoint, restore_weights
+from tf_stfusion.run.config import GATE_MODE_OF_PHASE, PHASES, TrainConfig, TrainError
+from tf_stfusion.run.context import RunContext
+from tf_stfusion.run.summaries import Summaries
 from tf_stfusion.strategy import marginals
-from tf_stfusion.summaries import Summaries
 
 
 def decayed_variables(model, variables, gated_exempt):
@@ -57,9 +55,9 @@ def decayed_variables(model, variables, gated_exempt):
     return [id(v) in kernels for v in variables]
 
 
-def make_train_step(model, strategy, optimizer, variables, step_var, *, global_batch, weight_decay=0.0,
+def make_train_step(model, distribution, optimizer, variables, step_var, *, global_batch, weight_decay=0.0,
                     regularizer=None):
-    """One SGD step under ``strategy``: ``train_step(clips, labels) -> [loss, reg, accuracy]``.
+    """One SGD step under ``distribution``: ``train_step(clips, labels) -> [loss, reg, accuracy]``.
 
     Each replica divides its summed cross-entropy by the *global* batch and adds
     its share ``1/replicas`` of the Eq. 5 term (``regularizer = (k, N, entropy, prior form)``,
@@ -67,7 +65,7 @@ def make_train_step(model, strategy, optimizer, variables, step_var, *, global_b
     is coupled L2 (``g += wd * w``, as ``torch.optim.SGD``) on conv/dense kernels,
     not on gated kernels when the regulariser is on.
     """
-    replicas = strategy.num_replicas_in_sync
+    replicas = distribution.num_replicas_in_sync
     decayed = decayed_variables(model, variables, regularizer is not None) if weight_decay else [False] * len(
         variables)
     global_batch = float(global_batch)
@@ -87,9 +85,9 @@ def make_train_step(model, strategy, optimizer, variables, step_var, *, global_b
 
     @tf.function
     def train_step(clips, labels):
-        per_replica = strategy.run(replica_step, (clips, labels))
+        per_replica = distribution.run(replica_step, (clips, labels))
         step_var.assign_add(1)
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        return distribution.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     return train_step
 
@@ -128,21 +126,31 @@ def _current_lr(optimizer):
     return lr.numpy() if hasattr(lr, "numpy") else lr
 
 
-class Trainer(Run):
-    """Runs the phases of ``config`` under a ``tf.distribute`` strategy (``distribution``)."""
+class Trainer:
+    """Runs the phases of ``config`` under a ``tf.distribute`` object
+    (``distribution``, default one device), on the run's ``RunContext`` (``context``:
+    data, hold-out, model, folder)."""
 
     def __init__(self, config: TrainConfig, distribution=None, source: Optional[DataSource] = None):
-        super().__init__(config, distribution, source)
+        self.context = RunContext(config, distribution, source)
+        self.config = self.context.config
+        self.folder = self.context.folder
+        self.log = self.context.log
         self._weights_from = None  # checkpoint holding the newest finished phase's weights
-        self.summaries = Summaries(config.model_dir, self.chief)
+        self.summaries = Summaries(self.folder.logs_dir, self.context.chief)
+
+    @property
+    def model(self):
+        return self.context.model
 
     def make_step(self, state):
         """The compiled train step of a phase set up by ``setup_phase``."""
         cfg = self.config
         return make_train_step(
-            self.model, self.distribution, state.optimizer, state.variables, state.step,
+            self.model, self.context.distribution, state.optimizer, state.variables, state.step,
             global_batch=cfg.batch_size, weight_decay=cfg.weight_decay,
-            regularizer=(cfg.length_scale, self.num_train, cfg.entropy, cfg.prior_form) if state.phase == "search" else None,
+            regularizer=((cfg.length_scale, self.context.num_train, cfg.entropy, cfg.prior_form)
+                         if state.phase == "search" else None),
         )
 
     def _restore_start(self, phase, checkpoint, saver):
@@ -158,11 +166,7 @@ class Trainer(Run):
         if source is None and self.config.init_from:
             source = find_checkpoint(self.config.init_from)
         if source:
-            try:
-                tf.train.Checkpoint(model=self.model).restore(source).expect_partial().assert_existing_objects_matched()
-            except (AssertionError, ValueError) as e:  # missing objects / a variable of another shape
-                raise TrainError(f"{source} does not match this model ({self.config.backbone}, "
-                                 f"{self.num_classes} classes): {str(e)[:300]}") from None
+            restore_weights(self.model, source)
             return f"weights from {source}"
         if self.config.init == "imagenet":
             self.inflate_imagenet()
@@ -195,18 +199,18 @@ class Trainer(Run):
         if mode is not None:
             set_gate_mode(self.model, mode)
         epochs, base_lr, lr_steps = cfg.phase_schedule(phase)
-        spe = self.steps_per_epoch
-        with self.distribution.scope():
+        spe = self.context.steps_per_epoch
+        with self.context.distribution.scope():
             optimizer = keras.optimizers.SGD(
                 piecewise_lr(base_lr, [s * spe for s in lr_steps], cfg.lr_decay), momentum=cfg.momentum
             )
-            if self.policy == "mixed_float16":
+            if self.context.policy == "mixed_float16":
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             variables = self.model.trainable_variables
             optimizer.build(variables)
             step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         checkpoint = tf.train.Checkpoint(model=self.model, optimizer=optimizer, step=step_var)
-        saver = Saver(checkpoint, self.folder.phase_dir(phase), self.chief, cfg.keep_checkpoints)
+        saver = Saver(checkpoint, self.folder.phase_dir(phase), self.context.chief, cfg.keep_checkpoints)
         how = self._restore_start(phase, checkpoint, saver)
         return PhaseState(phase, mode, epochs, spe, optimizer, variables, step_var, saver, how)
 
@@ -224,18 +228,18 @@ class Trainer(Run):
         if phase == "search" and start == 0:
             self.preflight()
         self.log(f"[{phase}] {epochs} epochs x {spe} steps, global batch {cfg.batch_size}, "
-                 f"{dist_lib.describe(self.distribution)}; {state.how} (step {start}/{epochs * spe})")
+                 f"{dist_lib.describe(self.context.distribution)}; {state.how} (step {start}/{epochs * spe})")
         train_step = self.make_step(state)
         # A fresh, seeded stream per (phase, start step): a resumed run does not
         # replay the clips of the steps before its checkpoint.
         seed = cfg.seed * 1_000_003 + PHASES.index(phase) * 10_007 + start
-        stream = iter(self.distribution.distribute_datasets_from_function(self.train_dataset_fn(seed)))
+        stream = iter(self.context.distribution.distribute_datasets_from_function(self.context.train_dataset_fn(seed)))
         t0, means = time.time(), None
         for epoch in range(start // spe, epochs):
             first = start - epoch * spe if epoch == start // spe else 0
             means = self.run_epoch(state, epoch, first, stream, train_step)
             if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < epochs:
-                metrics = self.evaluate(label=f"[{phase}] validation after epoch {epoch + 1}")
+                metrics = self.context.evaluate(label=f"[{phase}] validation after epoch {epoch + 1}")
                 self.summaries.evaluation(phase, (epoch + 1) * spe, metrics)
         final = state.saver.latest
         record = {"phase": phase, "step": epochs * spe, "epochs": epochs, "steps_per_epoch": spe,
@@ -243,8 +247,8 @@ class Trainer(Run):
                   "seconds_this_run": round(time.time() - t0, 1)}
         if means is not None:  # the last epoch ran in this process: its mean losses
             record["last_epoch"] = means
-        if self.chief:
-            atomic_write_json(os.path.join(self.folder.phase_dir(phase), "done.json"), record)
+        if self.context.chief:
+            atomic_write_json(self.folder.done_path(phase), record)
         self._weights_from = final
         self.summaries.flush()
         return record
@@ -257,12 +261,12 @@ class Trainer(Run):
         search = state.mode == "search"
         gate_names = [f"{g.fusion_layer}/{g.branch}" for g in gate_layers(self.model)] if search else []
         bar = None
-        if cfg.progress and self.chief:
+        if cfg.progress and self.context.chief:
             self.log(f"[{phase}] epoch {epoch + 1}/{state.epochs}")
             bar = keras.utils.Progbar(spe, stateful_metrics=["lr"])
         sums, t_epoch, step = [0.0, 0.0, 0.0], time.time(), epoch * spe + first
         for i in range(first, spe):
-            clips, labels = self._next(stream, "train")
+            clips, labels = self.context.next_batch(stream, "train")
             lr = float(_current_lr(state.optimizer))  # the rate this update uses
             loss, reg, acc = (float(v) for v in train_step(clips, labels).numpy())
             sums[0] += loss
@@ -293,23 +297,25 @@ class Trainer(Run):
         one-line ``TrainError`` when the ratio is above the stopping threshold,
         unless ``override_preflight``."""
         cfg = self.config
-        batches = iter(self.train_dataset_fn(cfg.seed * 1_000_003 + 7)(None).take(cfg.preflight_batches))
+        context = self.context
+        batches = iter(context.train_dataset_fn(cfg.seed * 1_000_003 + 7)(None).take(cfg.preflight_batches))
         losses = []
         for clips, labels in batches:
             logits = tf.cast(self.model(clips, training=False), tf.float32)
             losses.append(tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32), logits))
         data_loss = float(tf.reduce_mean(tf.concat(losses, 0)))
-        weights, entropy_term = regularizer_parts(self.model, self.num_train, cfg.entropy)
-        result = prior.preflight(data_loss, weights, entropy_term, cfg.length_scale, self.num_train, cfg.prior_form)
+        weights, entropy_term = regularizer_parts(self.model, context.num_train, cfg.entropy)
+        result = prior.preflight(data_loss, weights, entropy_term, cfg.length_scale, context.num_train, cfg.prior_form)
         result["batches"] = cfg.preflight_batches
-        if self.holdout:
-            result["selection_split"] = prior.holdout_check(len(self.holdout - self.lost), self.source.num_train)
+        if context.holdout:
+            held = len(context.holdout - context.lost)
+            result["selection_split"] = prior.holdout_check(held, context.source.num_train)
             self.log(result["selection_split"]["warning"] or f"pre-flight: {result['selection_split']['summary']}")
         self.log(result["message"])
         result["overridden"] = result["verdict"] == "stop" and cfg.override_preflight
-        if self.chief:
+        if context.chief:
             os.makedirs(self.folder.phase_dir("search"), exist_ok=True)
-            atomic_write_json(os.path.join(self.folder.phase_dir("search"), PREFLIGHT_RECORD), result)
+            atomic_write_json(self.folder.preflight_path, result)
         if result["verdict"] == "stop" and not cfg.override_preflight:
             raise TrainError(result["message"])
         if result["overridden"]:
@@ -317,21 +323,21 @@ class Trainer(Run):
         return result
 
     def write_probabilities(self):
-        diagnostics = self.prior_diagnostics()
+        diagnostics = self.context.prior_diagnostics()
         self.log(f"[search] prior: {diagnostics['summary']}")
         if diagnostics["warning"]:
             self.log(f"[search] warning: {diagnostics['warning']}")
-        if self.chief:
-            path = os.path.join(self.config.model_dir, "probabilities.json")
+        if self.context.chief:
+            path = self.folder.probabilities_path
             atomic_write_json(path, {**marginals(self.model), "diagnostics": diagnostics})
             self.log(f"wrote {path}")
 
     def train(self):
         """Runs (or resumes) every phase; after a search phase writes probabilities.json."""
         cfg = self.config
-        if self.chief:
+        if self.context.chief:
             os.makedirs(cfg.model_dir, exist_ok=True)
-        self.write_record()
+        self.context.write_record()
         for phase in cfg.phases:
             self.run_phase(phase)
             if phase == "search":
@@ -343,28 +349,27 @@ class Trainer(Run):
         cfg = self.config
         self.train()
         last = cfg.phases[-1]
-        metrics_path = os.path.join(cfg.model_dir, "metrics.json")
+        metrics_path = self.folder.metrics_path
         done = self.folder.phase_done(last) or {}
-        if os.path.isfile(metrics_path):
-            with open(metrics_path) as f:
-                old = json.load(f)
-            if old.get("phase") == last and old.get("checkpoint") == done.get("checkpoint"):
-                self.log(f"final evaluation already in {metrics_path}")
-                return old
+        old = self.folder.metrics()
+        if old is not None and old.get("phase") == last and old.get("checkpoint") == done.get("checkpoint"):
+            self.log(f"final evaluation already in {metrics_path}")
+            return old
         self._load_weights()
         mode = GATE_MODE_OF_PHASE[last]
-        videos = self.evaluate_videos(label=f"final evaluation ({self.config.data.eval_clips} clip(s) per video)")
-        metrics = videos.metrics(self.split_name("val"))
+        context = self.context
+        videos = context.evaluate_videos(label=f"final evaluation ({cfg.data.eval_clips} clip(s) per video)")
+        metrics = videos.metrics(context.split_name("val"))
         if cfg.skip_corrupt_records:
-            metrics["skipped_records"] = self.damage_report()
+            metrics["skipped_records"] = context.damage_report()
             self.log(f"data: {metrics['skipped_records']['videos']} unreadable video(s) skipped in this run")
         metrics.update(phase=last, gate_mode=mode, checkpoint=done.get("checkpoint"),
-                       clips_per_video=cfg.data.eval_clips, dataset=self.source.name,
+                       clips_per_video=cfg.data.eval_clips, dataset=context.source.name,
                        strategy=None if cfg.strategy is None else cfg.strategy.units,
                        per_video={"order": "sorted video ids of the split",
-                                  "videos": selection.fingerprint(self.split_videos("val")),
+                                  "videos": selection.fingerprint(context.split_videos("val")),
                                   "top1": selection.pack_bits(videos.top1)})
-        if self.chief:
+        if context.chief:
             atomic_write_json(metrics_path, metrics)
         self.summaries.evaluation(last, done.get("step", 0), metrics)
         self.summaries.flush()
@@ -374,7 +379,7 @@ class Trainer(Run):
     def _load_weights(self):
         """Puts the newest finished phase's weights into the model (after a skip)."""
         if self._weights_from:
-            tf.train.Checkpoint(model=self.model).restore(self._weights_from).expect_partial()
+            restore_weights(self.model, self._weights_from)
         last = self.config.phases[-1]
         mode = GATE_MODE_OF_PHASE[last]
         if mode is not None:

@@ -12,22 +12,21 @@ export folder unless every check passed.
 """
 
 import dataclasses
-import json
 import os
 
 import tensorflow as tf
 
 from tf_stfusion.accounting import cost
-from tf_stfusion.checkpoints import find_checkpoint
-from tf_stfusion.config import TrainError
-from tf_stfusion.data.pipeline import InputContract, normalize
+from tf_stfusion.data.pipeline import normalize
 from tf_stfusion.export import checks, litert, staging, writers
 from tf_stfusion.export.config import FORMATS, ExportConfig, ExportError
 from tf_stfusion.export.ensemble import export_ensemble, read_ensemble
 from tf_stfusion.export.serving import clip_shape
 from tf_stfusion.models import build_template
 from tf_stfusion.models.prune import prune
-from tf_stfusion.runs import RunFolder, load_run_config
+from tf_stfusion.run.checkpoints import find_checkpoint, restore_weights
+from tf_stfusion.run.config import TrainError
+from tf_stfusion.run.folder import RunFolder
 from tf_stfusion.strategy import Strategy, StrategyError, apply_strategy
 
 
@@ -97,7 +96,7 @@ def _open_run(config, strategy):
     refuses a fixed-strategy run, a strategy of another backbone, an existing
     version folder (without ``--overwrite``) and a checkpoint that does not match."""
     try:
-        run_config = load_run_config(config.model_dir)
+        run_config = RunFolder(config.model_dir).config()  # without TensorFlow: refusals come first
     except TrainError as e:
         raise ExportError(str(e)) from None
     if run_config.strategy is not None:
@@ -113,37 +112,19 @@ def _open_run(config, strategy):
         checkpoint = find_checkpoint(config.checkpoint or config.model_dir, "--checkpoint")
     except TrainError as e:
         raise ExportError(str(e)) from None
-    record = RunFolder(config.model_dir).record()
-    contract = run_contract(record, run_config, config)
+    try:
+        record = RunFolder(config.model_dir).record()
+    except TrainError as e:  # its contract
+        raise ExportError(str(e)) from None
+    contract = dataclasses.replace(record.contract, num_frames=config.num_frames or record.contract.num_frames,
+                                   eval_size=config.size or record.contract.eval_size)
     class_names, frames, size = list(contract.class_names), contract.num_frames, contract.eval_size
     template = build_template(run_config.backbone, num_classes=len(class_names), num_frames=frames, input_size=size)
     try:
-        tf.train.Checkpoint(model=template).restore(checkpoint).expect_partial().assert_existing_objects_matched()
-    except (AssertionError, ValueError) as e:  # missing objects / a variable of another shape
-        raise ExportError(f"checkpoint {checkpoint} does not match a {run_config.backbone} template with "
-                          f"{len(class_names)} classes: {str(e)[:300]}") from None
+        restore_weights(template, checkpoint)
+    except TrainError as e:
+        raise ExportError(str(e)) from None
     return run_config, template, contract, checkpoint
-
-
-def run_contract(record, run_config, config):
-    """The run's input contract (run.json; derived from its settings for a run
-    recorded before contracts), with ``--num_frames`` / ``--size`` applied."""
-    if "contract" in record:
-        contract = InputContract.from_dict(record["contract"], f"{config.model_dir}/run.json")
-    else:
-        manifest = os.path.join(record.get("data", {}).get("dir") or "", f"{run_config.data.val_split}-manifest.json")
-        stored = {}
-        if os.path.isfile(manifest):
-            with open(manifest) as f:
-                stored = json.load(f)
-        contract = InputContract(
-            num_frames=run_config.data.num_frames, frame_stride=run_config.data.frame_stride,
-            sampler=run_config.data.sampler, eval_clips=run_config.data.eval_clips,
-            eval_size=run_config.data.eval_input_size, class_names=tuple(record["identity"]["class_names"]),
-            frame_short_side=int(stored.get("short_side") or 0), jpeg_quality=int(stored.get("jpeg_quality", 90)),
-            fps=float(stored.get("fps") or 0))
-    return dataclasses.replace(contract, num_frames=config.num_frames or contract.num_frames,
-                               eval_size=config.size or contract.eval_size)
 
 
 def _prune(template, strategy, contract):

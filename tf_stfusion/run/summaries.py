@@ -23,8 +23,8 @@ def write_scalar(tag, value, step=None):
 class Summaries:
     """One event file per phase; a no-op on non-chief workers."""
 
-    def __init__(self, model_dir, chief):
-        self.model_dir = model_dir
+    def __init__(self, logs_dir, chief):
+        self.logs_dir = logs_dir  # RunFolder.logs_dir
         self.chief = chief
         self._writers = {}
 
@@ -32,7 +32,7 @@ class Summaries:
         if not self.chief:
             return None
         if phase not in self._writers:
-            self._writers[phase] = tf.summary.create_file_writer(os.path.join(self.model_dir, "logs", phase))
+            self._writers[phase] = tf.summary.create_file_writer(os.path.join(self.logs_dir, phase))
         return self._writers[phase]
 
     def train(self, phase, step, loss, reg, acc, lr, gates=None):

@@ -11,7 +11,7 @@ import tempfile
 
 import tensorflow as tf
 
-from tf_stfusion.config import TrainError
+from tf_stfusion.run.config import TrainError
 
 
 def checkpoint_chain(directory):
@@ -116,3 +116,18 @@ class Saver:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return None
+
+
+def restore_weights(model, checkpoint):
+    """Loads ``model``'s weights from the checkpoint prefix ``checkpoint`` (one
+    written by training: what else it holds, the optimizer and the step, is left
+    unread). Every weight of ``model`` must be found there with its shape; if not,
+    a one-line ``TrainError`` naming the checkpoint and the model (the one
+    translation of TF's ``AssertionError`` / ``ValueError`` for training, the search
+    and the export)."""
+    try:
+        tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:  # missing objects / a variable of another shape
+        spec = getattr(model, "stf_spec", None)
+        what = f"{spec.backbone}, {spec.num_classes} classes" if spec is not None else model.name
+        raise TrainError(f"checkpoint {checkpoint} does not match this model ({what}): {str(e)[:300]}") from None

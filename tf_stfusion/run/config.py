@@ -64,7 +64,7 @@ class DataConfig:
     frame_stride: int = 1
     sampler: str = "dense"
     input_size: int = 224
-    eval_size: Optional[int] = None  # default: input_size
+    eval_size: Optional[int] = None  # the evaluation crop (short side and centre crop); None: input_size
     eval_clips: int = 1
     flip: Optional[bool] = None  # None: as the manifest allows (no flip for Something-Something)
     scale_range: Tuple[float, float] = (1.0, 1.25)
@@ -81,9 +81,11 @@ class DataConfig:
     # (its first group, or the whole match, names the group).
     holdout_group: str = "auto"
 
-    @property
-    def eval_input_size(self):
-        return self.eval_size or self.input_size
+    def __post_init__(self):
+        # Resolved once: every reader (datasets, contract, cost) sees a number; a run.json
+        # written with eval_size null (the default then) reads as its input_size.
+        if not self.eval_size:
+            object.__setattr__(self, "eval_size", self.input_size)
 
 
 @dataclasses.dataclass(frozen=True)
