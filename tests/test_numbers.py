@@ -77,6 +77,26 @@ def test_video_probabilities_average_the_views_by_hand():
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+def test_video_scores_with_a_class_count_known_only_at_run_time():
+    # A model whose class dimension is not static (traced with an open shape): the views of a
+    # video are still averaged per class, the count read from the tensor at run time.
+    from tf_stfusion.evaluation import video_scores
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, None, None, None], tf.float32)])
+    def scores(clips):
+        def model(flat, training=False):  # classes = 1 * 1 * 2 * 3 here, known when it runs
+            return tf.reshape(flat, [tf.shape(flat)[0], -1])
+
+        out = video_scores(model, clips)
+        assert out.shape[-1] is None  # the case under test: no static class count
+        return out
+
+    logits = np.log(np.array([VIEWS[v][k] for v in sorted(VIEWS) for k in (1, 2)], np.float32))
+    got = scores(logits.reshape(3, 2, 1, 1, 2, 3)).numpy()
+    want = [np.mean([VIEWS[v][1], VIEWS[v][2]], axis=0) for v in sorted(VIEWS)]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
 # -- parameters and FLOPs ---------------------------------------------------------------------
 SHAPE = (16, 224, 224, 3)
 
