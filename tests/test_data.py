@@ -35,8 +35,8 @@ def _read_back(out_dir, split, num_classes, training=False, **kwargs):
 
 def _prepare(dataset, data_dir, out_dir, split, **kwargs):
     index = prepare.build_index(dataset, str(data_dir), split, **kwargs.pop("index_kwargs", {}))
-    return prepare.prepare(index, str(out_dir), examples_per_shard=2, num_workers=1,
-                           short_side=SIZE, progress=False, **kwargs)
+    return prepare.prepare(index, str(out_dir), **{"examples_per_shard": 2, "num_workers": 1, "short_side": SIZE,
+                                                   "progress": False, **kwargs})
 
 
 @pytest.mark.parametrize("dataset,writer,split", [
@@ -202,15 +202,20 @@ def test_file_level_sharding_for_multiple_workers(synthetic_shards):
         pipeline.make_dataset(files, training=True, input_context=ctx)
 
 
-def test_progress_eta_ignores_shards_done_before_a_resume():
-    import io
-
-    stream = io.StringIO()
-    bar = prepare.Progress(10, "p", stream=stream)
-    bar.update(8, "(resumed 8)")  # a resumed run: nothing measured yet, no ETA claimed
-    bar.start -= 10.0             # then one shard took 10 s
-    bar.update(9)
-    assert stream.getvalue().splitlines()[-1].endswith("ETA 00:00:10")
+def test_prepare_draws_keras_progress_bar_over_this_runs_shards(tmp_path, capsys):
+    # The one progress bar (keras.utils.Progbar) counts the shards this run writes; a
+    # resumed run names the ones it finds written and counts only the rest.
+    fx.write_kinetics(str(tmp_path / "raw"))  # 8 listed videos (4 unusable): 4 shards of 2
+    _prepare("kinetics400", tmp_path / "raw", tmp_path / "out", "train", min_frames=NUM_FRAMES, progress=True)
+    out, err = capsys.readouterr()
+    assert "prepare kinetics400/train: 4 shard(s) to write\n" in err
+    assert "4/4" in out and "shard" in out
+    first = sorted((tmp_path / "out").glob("train-*.done.json"))[0]
+    first.unlink()  # as if killed before that shard's record was written
+    _prepare("kinetics400", tmp_path / "raw", tmp_path / "out", "train", min_frames=NUM_FRAMES, progress=True)
+    out, err = capsys.readouterr()
+    assert "1 shard(s) to write, 3 already written (resumed)" in err
+    assert "1/1" in out and "4/4" not in out
 
 
 def test_pipeline_batches_are_the_exact_steps_rounded_to_the_replicas_only():
