@@ -92,6 +92,7 @@ def define_flags():
                       "split's manifest.")
     synthetic.define_flags(flags)
     flags.DEFINE_integer("seed", 0, "Synthetic: generator seed.")
+    flags.DEFINE_bool("progress", True, "Progress bar (Keras').")
 
 
 class PrepareError(ValueError):
@@ -196,9 +197,9 @@ def progress_bar(total, label, resumed=0):
     """Keras' progress bar (``keras.utils.Progbar``: training's, evaluation's and the
     search's) over the ``total`` shards this run writes, after a line naming the
     split and the shards a resumed run finds written (the rate and ETA count only
-    this run's work). Keras is imported here, when a bar is drawn: prepare without
-    one needs no TensorFlow (0.38 s and 33 MB to import, against 3.6 s and 586 MB),
-    and with it loaded the worker pool is spawned, not forked (``_write_shards``)."""
+    this run's work). Keras is imported here, only when a bar is drawn (3.6 s and
+    586 MB in the parent process); with it loaded the worker pool is spawned, not
+    forked (``_write_shards``)."""
     import keras
 
     sys.stderr.write(f"{label}: {total} shard(s) to write" + (f", {resumed} already written (resumed)" if resumed
@@ -549,7 +550,7 @@ def _prepare_from_flags(command):
     )
     return prepare(
         index, FLAGS.output_dir, FLAGS.examples_per_shard, FLAGS.num_workers, short_side,
-        FLAGS.min_frames, FLAGS.max_frames, FLAGS.jpeg_quality, config, command=command,
+        FLAGS.min_frames, FLAGS.max_frames, FLAGS.jpeg_quality, config, progress=FLAGS.progress, command=command,
         fps=FLAGS.fps, max_dropped_fraction=FLAGS.max_dropped_fraction, num_tasks=num_tasks, task_index=task_index,
     )
 
