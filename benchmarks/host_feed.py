@@ -75,8 +75,8 @@ def clips_per_second(files, threads):
 
     from tf_stfusion.data import pipeline
 
-    ds = pipeline.make_dataset(files, training=True, num_frames=16, frame_stride=2, input_size=224,
-                               batch_size=1, scale_range=(1.143, 1.143), flip=True, seed=0)
+    spec = pipeline.ClipSpec(num_frames=16, frame_stride=2, input_size=224, scale_range=(1.143, 1.143), flip=True)
+    ds = pipeline.make_dataset(files, spec, training=True, batch_size=1, seed=0)
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
     options.threading.max_intra_op_parallelism = 1

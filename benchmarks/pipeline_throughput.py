@@ -46,8 +46,8 @@ def main(argv):
     index = prepare.build_index("synthetic", None, "train", synthetic_config=config)
     prepare.prepare(index, out, examples_per_shard=16, short_side=0, synthetic_config=config, progress=False)
     files = pipeline.list_shards(out, "train")
-    ds = pipeline.make_dataset(files, training=True, num_frames=FLAGS.num_frames,
-                               input_size=FLAGS.input_size, batch_size=FLAGS.batch_size)
+    spec = pipeline.ClipSpec(num_frames=FLAGS.num_frames, input_size=FLAGS.input_size)
+    ds = pipeline.make_dataset(files, spec, training=True, batch_size=FLAGS.batch_size)
     pipe = _rate(iter(ds), FLAGS.batches, FLAGS.batch_size)
 
     model = stf.build_template("tiny", num_classes=8, num_frames=FLAGS.num_frames, input_size=FLAGS.input_size)

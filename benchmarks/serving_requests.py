@@ -104,9 +104,7 @@ def served_agreement(export_dir, model_dir):
                                   num_frames=contract.num_frames, input_size=contract.eval_size)
     tf.train.Checkpoint(model=template).restore(report["checkpoint"]).expect_partial()
     stf.apply_strategy(template, stf.Strategy.from_dict(report["strategy"]))
-    dataset = pipeline.make_dataset(source.val_files, training=False, num_frames=contract.num_frames,
-                                    input_size=contract.eval_size, batch_size=8, sampler=contract.sampler,
-                                    frame_stride=contract.frame_stride, num_clips=contract.eval_clips,
+    dataset = pipeline.make_dataset(source.val_files, contract.clip_spec(), training=False, batch_size=8,
                                     deterministic=True, video_index=ids)
     evaluation = Evaluator(template, contract.eval_clips).evaluate(lambda _: dataset, len(ids))
     evaluated = evaluation.probabilities[0].argmax(axis=1)

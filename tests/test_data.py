@@ -20,7 +20,7 @@ NUM_FRAMES, SIZE = 4, 32
 def _read_back(out_dir, split, num_classes, training=False, **kwargs):
     """All clips of a prepared split: labels from the TFRecords and from pixels."""
     files = pipeline.list_shards(str(out_dir), split)
-    ds = pipeline.make_dataset(files, training=training, num_frames=NUM_FRAMES, input_size=SIZE,
+    ds = pipeline.make_dataset(files, pipeline.ClipSpec(num_frames=NUM_FRAMES, input_size=SIZE), training=training,
                                batch_size=2, repeat=False, seed=0, deterministic=True, **kwargs)
     labels, pixel_labels, shapes = [], [], set()
     colours = np.stack([fx.class_colour(c) for c in range(num_classes)]).astype(np.float32)
@@ -169,16 +169,17 @@ def synthetic_shards(tmp_path_factory):
 
 def test_pipeline_is_deterministic_and_eval_views_fold_into_batch(synthetic_shards):
     files = pipeline.list_shards(str(synthetic_shards), "train")
-    kw = dict(training=True, num_frames=8, input_size=32, batch_size=4, seed=5, deterministic=True)
-    a = [x.numpy() for x, _ in pipeline.make_dataset(files, **kw).take(3)]
-    b = [x.numpy() for x, _ in pipeline.make_dataset(files, **kw).take(3)]
-    c = [x.numpy() for x, _ in pipeline.make_dataset(files, **{**kw, "seed": 6}).take(3)]
+    kw = dict(training=True, batch_size=4, seed=5, deterministic=True)
+    spec = pipeline.ClipSpec(num_frames=8, input_size=32)
+    a = [x.numpy() for x, _ in pipeline.make_dataset(files, spec, **kw).take(3)]
+    b = [x.numpy() for x, _ in pipeline.make_dataset(files, spec, **kw).take(3)]
+    c = [x.numpy() for x, _ in pipeline.make_dataset(files, spec, **{**kw, "seed": 6}).take(3)]
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
     assert a[0].shape == (4, 8, 32, 32, 3) and a[0].dtype == np.float32
     val = pipeline.list_shards(str(synthetic_shards), "val")
-    ds = pipeline.make_dataset(val, training=False, num_frames=8, input_size=32, batch_size=3,
-                               num_clips=2, deterministic=True)
+    ds = pipeline.make_dataset(val, pipeline.ClipSpec(num_frames=8, eval_size=32, eval_clips=2), training=False,
+                               batch_size=3, deterministic=True)
     x, y = next(iter(ds))
     assert x.shape == (6, 8, 32, 32, 3) and y.shape == (3,)
     # The two views of a video are different clips of it.
@@ -193,13 +194,13 @@ def test_file_level_sharding_for_multiple_workers(synthetic_shards):
     for worker in range(2):
         ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker,
                                          num_replicas_in_sync=2)
-        ds = pipeline.make_dataset(files, training=False, num_frames=4, input_size=32, batch_size=16,
-                                   input_context=ctx, deterministic=True)
+        ds = pipeline.make_dataset(files, pipeline.ClipSpec(num_frames=4, eval_size=32), training=False,
+                                   batch_size=16, input_context=ctx, deterministic=True)
         seen.append(sum(int(y.shape[0]) for _, y in ds))
     assert seen == [8, 8]
     ctx = tf.distribute.InputContext(num_input_pipelines=8, input_pipeline_id=0, num_replicas_in_sync=8)
     with pytest.raises(ValueError, match="4 shard files cannot be split over 8"):
-        pipeline.make_dataset(files, training=True, input_context=ctx)
+        pipeline.make_dataset(files, pipeline.ClipSpec(), training=True, input_context=ctx)
 
 
 def test_prepare_draws_keras_progress_bar_over_this_runs_shards(tmp_path, capsys):

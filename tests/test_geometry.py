@@ -102,8 +102,7 @@ def frame_index(clip_pixels):
                                          ("uniform", 3)])
 def test_eval_reads_the_contract_frames_and_the_centre(kind, length, tmp_path):
     path = write_shard(tmp_path / "v.tfrecord", position_frames(length))
-    ds = pipeline.make_dataset([path], training=False, num_frames=4, input_size=S, batch_size=1, sampler=kind,
-                               frame_stride=2, num_clips=2, deterministic=True)
+    ds = pipeline.make_dataset([path], _contract(kind).clip_spec(), training=False, batch_size=1, deterministic=True)
     clips, _ = next(iter(ds))
     p = pixels(clips).reshape(2, 4, S, S, 3)
     expected = (DENSE_EVAL if kind == "dense" else UNIFORM_EVAL)[length]
@@ -114,8 +113,8 @@ def test_eval_reads_the_contract_frames_and_the_centre(kind, length, tmp_path):
 
 def test_eval_crop_of_a_portrait_frame_is_centred_vertically(tmp_path):
     path = write_shard(tmp_path / "v.tfrecord", position_frames(8, PORTRAIT))
-    ds = pipeline.make_dataset([path], training=False, num_frames=4, input_size=S, batch_size=1,
-                               num_clips=1, deterministic=True)
+    ds = pipeline.make_dataset([path], pipeline.ClipSpec(num_frames=4, eval_size=S, eval_clips=1), training=False,
+                               batch_size=1, deterministic=True)
     p = pixels(next(iter(ds))[0])[0]
     np.testing.assert_allclose(p[..., 0], np.broadcast_to(CENTRE_SHORT[None, :], p.shape[:-1]), atol=0.05)
     np.testing.assert_allclose(p[..., 1], np.broadcast_to(CENTRE_LONG[:, None], p.shape[:-1]), atol=0.05)
@@ -125,11 +124,26 @@ def test_eval_crop_of_a_portrait_frame_is_centred_vertically(tmp_path):
 def test_eval_clip_of_a_frame_already_at_size_is_its_centre_unresized(tmp_path):
     # 8 x 14: no resize, centre offset (14 - 8) // 2 = 3, so red is 8 * (x + 3) exactly
     path = write_shard(tmp_path / "v.tfrecord", position_frames(4, (S, 14)))
-    ds = pipeline.make_dataset([path], training=False, num_frames=4, input_size=S, batch_size=1,
-                               num_clips=1, deterministic=True)
+    ds = pipeline.make_dataset([path], pipeline.ClipSpec(num_frames=4, eval_size=S, eval_clips=1), training=False,
+                               batch_size=1, deterministic=True)
     p = pixels(next(iter(ds))[0])[0]
     np.testing.assert_allclose(p[0, ..., 0], np.broadcast_to(8 * (np.arange(S) + 3), (S, S)), atol=0.05)
     np.testing.assert_allclose(p[0, ..., 1], np.broadcast_to(8 * np.arange(S)[:, None], (S, S)), atol=0.05)
+
+
+def test_clip_spec_crops_each_mode_at_its_own_size_and_refuses_bad_geometry(tmp_path):
+    """One spec, two crops: training at ``input_size`` (12), evaluation at ``eval_size``
+    (S = 8; ``None`` means ``input_size``), with ``eval_clips`` views per video."""
+    assert pipeline.ClipSpec(input_size=12).eval_size == 12
+    spec = pipeline.ClipSpec(num_frames=4, input_size=12, eval_size=S, eval_clips=3)
+    path = write_shard(tmp_path / "v.tfrecord", position_frames(8))
+    train, _ = next(iter(pipeline.make_dataset([path], spec, training=True, batch_size=1, seed=0)))
+    evaluation, labels = next(iter(pipeline.make_dataset([path], spec, training=False, batch_size=1)))
+    assert train.shape == (1, 4, 12, 12, 3) and evaluation.shape == (3, 4, S, S, 3) and labels.shape == (1,)
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        pipeline.ClipSpec(sampler="random")
+    with pytest.raises(ValueError, match="eval_clips must be >= 1"):
+        pipeline.ClipSpec(eval_clips=0)
 
 
 # -- training: samplers, crop window, mirror ---------------------------------------------
@@ -159,8 +173,8 @@ def test_train_crop_is_one_window_per_clip_mirrored_only_with_flip(flip, tmp_pat
     """40 training clips of a 16 x 28 video at scale 1: short side halved to 8 x 14, one
     8 x 8 window (left offset 0..6) for every frame of a clip, frames in sampler order."""
     path = write_shard(tmp_path / "v.tfrecord", position_frames(20))
-    ds = pipeline.make_dataset([path], training=True, num_frames=4, input_size=S, batch_size=1, frame_stride=2,
-                               flip=flip, scale_range=(1.0, 1.0), seed=3, deterministic=True)
+    spec = pipeline.ClipSpec(num_frames=4, frame_stride=2, input_size=S, scale_range=(1.0, 1.0), flip=flip)
+    ds = pipeline.make_dataset([path], spec, training=True, batch_size=1, seed=3, deterministic=True)
     lefts, mirrored = set(), 0
     for clips, _ in ds.take(40):
         p = pixels(clips)[0]
@@ -190,11 +204,11 @@ def test_training_never_reads_an_excluded_video_and_evaluation_only_the_listed(t
     ``video_index``) reads c and a at positions 0 and 1, never b."""
     grey = {"a": 40, "b": 120, "c": 200}
     path = write_videos(tmp_path / "v.tfrecord", {v: np.full((4, S, S, 3), g, np.uint8) for v, g in grey.items()})
-    train = pipeline.make_dataset([path], training=True, num_frames=4, input_size=S, batch_size=1, repeat=False,
-                                  scale_range=(1.0, 1.0), exclude_ids={"b"}, seed=0)
+    train = pipeline.make_dataset([path], pipeline.ClipSpec(num_frames=4, input_size=S, scale_range=(1.0, 1.0)),
+                                  training=True, batch_size=1, repeat=False, exclude_ids={"b"}, seed=0)
     assert sorted(int(round(pixels(clips).mean())) for clips, _ in train) == [40, 200]
-    evaluation = pipeline.make_dataset([path], training=False, num_frames=4, input_size=S, batch_size=3,
-                                       video_index=["c", "a"], deterministic=True)
+    evaluation = pipeline.make_dataset([path], pipeline.ClipSpec(num_frames=4, eval_size=S), training=False,
+                                       batch_size=3, video_index=["c", "a"], deterministic=True)
     (clips, _, position), = list(evaluation)
     read = dict(zip(position.numpy().tolist(), np.round(pixels(clips).reshape(2, -1).mean(axis=1)).tolist()))
     assert read == {0: 200, 1: 40}

@@ -52,8 +52,9 @@ def test_holdout_is_never_read_by_the_training_pipeline(tmp_path):
     files = pipeline.list_shards(str(tmp_path), "train")
     seen = []
     for training in (True, False):
-        ds = pipeline.make_dataset(files, training=training, num_frames=4, input_size=16, batch_size=4,
-                                   repeat=False, exclude_ids=held, video_index=ids, drop_remainder=False)
+        ds = pipeline.make_dataset(files, pipeline.ClipSpec(num_frames=4, input_size=16), training=training,
+                                   batch_size=4, repeat=False, exclude_ids=held, video_index=ids,
+                                   drop_remainder=False)
         seen.append(sorted(ids[int(p)] for _, _, pos in ds for p in pos.numpy()))
     assert seen[0] == seen[1] == sorted(set(ids) - held)
 

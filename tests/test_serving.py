@@ -106,8 +106,8 @@ def test_whole_video_signature_runs_the_evaluation_pipeline(stride2_export, tmp_
             videos[f"len{length:03d}"] = [f.bytes_list.value[0] for f in
                                           example.feature_lists.feature_list["image/encoded"].feature]
     ids = sorted(videos)
-    ds = pipeline.make_dataset([path], training=False, num_frames=8, input_size=32, batch_size=2, frame_stride=2,
-                               num_clips=2, deterministic=True, video_index=ids)
+    ds = pipeline.make_dataset([path], pipeline.ClipSpec(num_frames=8, frame_stride=2, eval_size=32, eval_clips=2),
+                               training=False, batch_size=2, deterministic=True, video_index=ids)
     evaluated = Evaluator(template, 2).evaluate(lambda _: ds, len(ids)).probabilities[0]
     for i, video_id in enumerate(ids):
         served = model.signatures["serving_video"](frames=tf.constant(videos[video_id]))["probabilities"].numpy()
@@ -130,8 +130,8 @@ def test_client_indices_are_the_pipelines_frames(length, tmp_path):
     path = str(tmp_path / "v.tfrecord")
     with tf.io.TFRecordWriter(path) as writer:
         writer.write(make_sequence_example("v", 0, frames, 95).SerializeToString())
-    clips, _ = next(iter(pipeline.make_dataset([path], training=False, num_frames=8, input_size=32, batch_size=1,
-                                               frame_stride=2, num_clips=2, deterministic=True)))
+    clips, _ = next(iter(pipeline.make_dataset([path], contract.clip_spec(), training=False, batch_size=1,
+                                               deterministic=True)))
     pixels = (clips.numpy() * np.array(pipeline.IMAGENET_STD) + np.array(pipeline.IMAGENET_MEAN)) * 255.0
     read = np.round(pixels.reshape(16, -1).mean(axis=1) / 5).astype(int)
     np.testing.assert_array_equal(read, indices)

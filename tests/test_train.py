@@ -436,8 +436,8 @@ def test_no_frame_is_mirrored_without_flip(synth_dir, tmp_path):
             writer.write(make_sequence_example(f"v{i}", 0, frames, 95).SerializeToString())
     mirrored = {}
     for flip in (False, True):
-        ds = pipeline.make_dataset([path], training=True, num_frames=8, input_size=24, batch_size=4, flip=flip,
-                                   seed=1, shuffle_buffer=4)
+        ds = pipeline.make_dataset([path], pipeline.ClipSpec(num_frames=8, input_size=24, flip=flip), training=True,
+                                   batch_size=4, seed=1, shuffle_buffer=4)
         sides = [(c[..., :12, :].mean() < c[..., 12:, :].mean()) for clips, _ in ds.take(16) for c in clips.numpy()]
         mirrored[flip] = sum(sides)
     assert mirrored[False] == 0 and 10 < mirrored[True] < 54

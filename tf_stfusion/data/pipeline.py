@@ -6,9 +6,12 @@
   loops); only the chosen JPEG frames are decoded;
 * augment (train): random short-side scale, one random crop for the whole
   clip, horizontal flip (off for Something-Something, where left/right is part
-  of the label); eval: short side to ``input_size``, centre crop, ``num_clips``
-  clips spread uniformly over the video, stacked as ``[views, T, H, W, 3]``;
+  of the label); eval: short side to ``eval_size``, centre crop, ``eval_clips``
+  clips spread uniformly over the video, stacked as ``[eval_clips, T, H, W, 3]``;
 * normalise with ImageNet mean/std.
+
+A ``ClipSpec`` holds that geometry once; ``make_dataset`` takes one, and an
+export's ``InputContract`` hands out its own (``contract.clip_spec()``).
 
 Every random choice is a stateless op seeded from ``seed``, so with a seed and
 ``deterministic=True`` the pipeline yields the same batches every time.
@@ -16,8 +19,9 @@ Every random choice is a stateless op seeded from ``seed``, so with a seed and
 
 import dataclasses
 import glob
+import math
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import tensorflow as tf
 
@@ -36,20 +40,20 @@ SEQUENCE_FEATURES = {"image/encoded": tf.io.FixedLenSequenceFeature([], tf.strin
 class DenseClipSampler:
     """``num_frames`` consecutive frames taken every ``frame_stride`` frames.
 
-    Train: a random start. Eval: ``num_clips`` starts spread uniformly.
+    Train: a random start. Eval: ``eval_clips`` starts spread uniformly.
     """
 
     num_frames: int
     frame_stride: int = 1
 
-    def indices(self, length, num_clips, training, seed):
+    def indices(self, length, eval_clips, training, seed):
         span = (self.num_frames - 1) * self.frame_stride + 1
         room = tf.maximum(length - span, 0)
         if training:
             starts = tf.random.stateless_uniform([1], seed, 0, room + 1, tf.int32)
         else:
-            views = tf.range(num_clips, dtype=tf.float32)
-            starts = tf.cast(tf.cast(room, tf.float32) * (views + 0.5) / num_clips, tf.int32)
+            views = tf.range(eval_clips, dtype=tf.float32)
+            starts = tf.cast(tf.cast(room, tf.float32) * (views + 0.5) / eval_clips, tf.int32)
         offsets = tf.range(self.num_frames, dtype=tf.int32) * self.frame_stride
         return (starts[:, None] + offsets[None, :]) % length  # loops a short video
 
@@ -59,19 +63,19 @@ class UniformClipSampler:
     """TSN-style: the video cut into ``num_frames`` equal segments, one frame each.
 
     Train: a random frame per segment. Eval: view ``v`` takes the point
-    ``(v + 0.5) / num_clips`` of every segment.
+    ``(v + 0.5) / eval_clips`` of every segment.
     """
 
     num_frames: int
 
-    def indices(self, length, num_clips, training, seed):
+    def indices(self, length, eval_clips, training, seed):
         seg = tf.cast(length, tf.float32) / self.num_frames
         base = tf.range(self.num_frames, dtype=tf.float32) * seg
         if training:
             pos = tf.random.stateless_uniform([1, self.num_frames], seed, 0.0, 1.0)
         else:
-            pos = ((tf.range(num_clips, dtype=tf.float32) + 0.5) / num_clips)[:, None]
-            pos = tf.broadcast_to(pos, [num_clips, self.num_frames])
+            pos = ((tf.range(eval_clips, dtype=tf.float32) + 0.5) / eval_clips)[:, None]
+            pos = tf.broadcast_to(pos, [eval_clips, self.num_frames])
         idx = tf.cast(tf.floor(base[None, :] + pos * seg), tf.int32)
         return tf.minimum(idx, length - 1)
 
@@ -85,6 +89,44 @@ def make_sampler(kind, num_frames, frame_stride=1):
     if kind == "uniform":
         return UniformClipSampler(num_frames)
     raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {kind!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClipSpec:
+    """The geometry of a clip (SPEC §5), one value for training and evaluation:
+    ``make_dataset`` takes it, ``InputContract.clip_spec()`` and the run's
+    ``RunInputs.clip_spec()`` hand it out, so no caller re-types it.
+
+    ``num_frames`` per clip, picked by the ``sampler`` (``dense``: consecutive
+    frames every ``frame_stride`` frames; ``uniform``: one frame per TSN segment,
+    no stride). Training: short side to ``input_size`` x a factor drawn from
+    ``scale_range``, one random ``input_size`` x ``input_size`` crop for the whole
+    clip, mirrored with probability 0.5 if ``flip``. Evaluation: ``eval_clips``
+    views spread uniformly over the video, short side to ``eval_size`` (``None``:
+    ``input_size``) and a centre crop of that size. Sizes in pixels.
+    Raises ``ValueError`` (one line) for an unknown sampler or a count below 1.
+    """
+
+    num_frames: int = 16
+    frame_stride: int = 1
+    sampler: str = "dense"
+    input_size: int = 224
+    scale_range: Tuple[float, float] = (1.0, 1.25)
+    flip: bool = True
+    eval_size: Optional[int] = None
+    eval_clips: int = 1
+
+    def __post_init__(self):
+        if self.eval_size is None:
+            object.__setattr__(self, "eval_size", self.input_size)
+        small = [name for name in ("num_frames", "frame_stride", "input_size", "eval_size", "eval_clips")
+                 if getattr(self, name) < 1]
+        if small:
+            raise ValueError(f"clip spec: {', '.join(small)} must be >= 1")
+        self.clip_sampler()  # validates the sampler's name
+
+    def clip_sampler(self):
+        return make_sampler(self.sampler, self.num_frames, self.frame_stride)
 
 
 # -- stages ---------------------------------------------------------------------
@@ -132,27 +174,28 @@ def resize_short_side(frames, short_side):
     return tf.image.resize(frames, tf.maximum(size, short_side), method="bilinear")
 
 
-def train_augment(frames, input_size, scale_range, flip, seed):
-    """Random short-side scale, one random crop for all frames, optional flip."""
+def train_augment(frames, spec, seed):
+    """Decoded frames ``[T, H, W, 3]`` -> ``[T, S, S, 3]`` (``S = spec.input_size``):
+    a random short-side scale, one random crop for all frames, a flip if ``spec.flip``."""
     seeds = tf.random.experimental.stateless_split(seed, 3)
-    lo, hi = scale_range
-    short = tf.random.stateless_uniform([], seeds[0], input_size * lo, input_size * hi + 1e-3)
+    lo, hi = spec.scale_range
+    short = tf.random.stateless_uniform([], seeds[0], spec.input_size * lo, spec.input_size * hi + 1e-3)
     frames = resize_short_side(frames, tf.cast(short, tf.int32))
     n = tf.shape(frames)[0]
-    frames = tf.image.stateless_random_crop(frames, tf.stack([n, input_size, input_size, 3]), seeds[1])
-    if flip:
+    frames = tf.image.stateless_random_crop(frames, tf.stack([n, spec.input_size, spec.input_size, 3]), seeds[1])
+    if spec.flip:
         do_flip = tf.random.stateless_uniform([], seeds[2]) < 0.5
         frames = tf.cond(do_flip, lambda: tf.reverse(frames, axis=[2]), lambda: frames)
     return frames
 
 
-def eval_crop(frames, input_size):
-    """Short side to ``input_size``, centre crop ``input_size`` x ``input_size``."""
-    frames = resize_short_side(frames, input_size)
+def eval_crop(frames, eval_size):
+    """Short side to ``eval_size``, centre crop ``eval_size`` x ``eval_size``."""
+    frames = resize_short_side(frames, eval_size)
     shape = tf.shape(frames)
-    top = (shape[1] - input_size) // 2
-    left = (shape[2] - input_size) // 2
-    return frames[:, top:top + input_size, left:left + input_size, :]
+    top = (shape[1] - eval_size) // 2
+    left = (shape[2] - eval_size) // 2
+    return frames[:, top:top + eval_size, left:left + eval_size, :]
 
 
 def normalize(frames):
@@ -160,37 +203,53 @@ def normalize(frames):
     return (x - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
 
 
+def train_clip(encoded, spec, seed):
+    """One video's encoded frames ``[L]`` -> a normalised training clip ``[T, S, S, 3]``
+    (``S = spec.input_size``): sample, decode, augment, normalise, from one seed pair."""
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    indices = spec.clip_sampler().indices(tf.shape(encoded)[0], 1, True, seeds[0])
+    frames = train_augment(decode_frames(encoded, indices), spec, seeds[1])
+    return normalize(tf.reshape(frames, [spec.num_frames, spec.input_size, spec.input_size, 3]))
+
+
 # -- the evaluation path of one video: evaluation and serving both call these -------
 EVAL_SEED = (0, 0)  # evaluation sampling is deterministic; the samplers take a seed all the same
 
 
-def views_to_clips(frames, num_clips, num_frames, size):
-    """Decoded frames ``[V*T, H, W, 3]`` of ``V`` views, in view order -> normalised
-    clips ``[V, T, S, S, 3]``: short side to ``S``, centre crop, ImageNet normalisation."""
-    frames = eval_crop(frames, size)
-    return normalize(tf.reshape(frames, [num_clips, num_frames, size, size, 3]))
+def views_to_clips(frames, spec):
+    """Decoded frames ``[V*T, H, W, 3]`` of ``V = spec.eval_clips`` views, in view order
+    -> normalised clips ``[V, T, S, S, 3]`` (``S = spec.eval_size``): short side to
+    ``S``, centre crop, ImageNet normalisation."""
+    frames = eval_crop(frames, spec.eval_size)
+    return normalize(tf.reshape(frames, [spec.eval_clips, spec.num_frames, spec.eval_size, spec.eval_size, 3]))
 
 
-def eval_frames(encoded, sampler, num_clips):
+def eval_indices(length, spec):
+    """The frame indices ``[V, T]`` (``V = spec.eval_clips``) evaluation reads from a
+    video of ``length`` frames (a scalar int32 tensor): the sampler's views."""
+    return spec.clip_sampler().indices(length, spec.eval_clips, False, tf.constant(EVAL_SEED, tf.int32))
+
+
+def eval_frames(encoded, spec):
     """The decoded frames ``[V*T, H, W, 3]`` evaluation reads from one video's
-    encoded frames ``[L]``: the sampler's ``V`` views, in view order (a short video loops)."""
-    indices = sampler.indices(tf.shape(encoded)[0], num_clips, False, tf.constant(EVAL_SEED, tf.int32))
-    return decode_frames(encoded, indices)
+    encoded frames ``[L]``: the sampler's ``V = spec.eval_clips`` views, in view
+    order (a short video loops)."""
+    return decode_frames(encoded, eval_indices(tf.shape(encoded)[0], spec))
 
 
-def eval_clips(encoded, sampler, num_clips, size):
+def eval_video_clips(encoded, spec):
     """One video's encoded frames ``[L]`` -> its evaluation clips ``[V, T, S, S, 3]``:
-    the sampler's ``V`` views, decoded, cropped, normalised."""
-    return views_to_clips(eval_frames(encoded, sampler, num_clips), num_clips, sampler.num_frames, size)
+    the sampler's ``V = spec.eval_clips`` views, decoded, cropped, normalised."""
+    return views_to_clips(eval_frames(encoded, spec), spec)
 
 
-def uint8_clips(frames, num_clips, num_frames, size):
+def uint8_clips(frames, spec):
     """What a client of a runtime without JPEG decoding sends (ONNX, LiteRT): decoded
     frames ``[V*T, H, W, 3]`` resized and centre-cropped as evaluation does, rounded
     to uint8 ``[V, T, S, S, 3]`` (evaluation normalises the unrounded values: the
     two differ by at most half a grey level before normalisation)."""
-    views = tf.clip_by_value(tf.round(eval_crop(frames, size)), 0, 255)
-    return tf.reshape(tf.cast(views, tf.uint8), [num_clips, num_frames, size, size, 3])
+    views = tf.clip_by_value(tf.round(eval_crop(frames, spec.eval_size)), 0, 255)
+    return tf.reshape(tf.cast(views, tf.uint8), [spec.eval_clips, spec.num_frames, spec.eval_size, spec.eval_size, 3])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,17 +282,18 @@ class InputContract:
 
     FORMAT = "stfusion-contract/1"
 
-    def clip_sampler(self):
-        return make_sampler(self.sampler, self.num_frames, self.frame_stride)
+    def clip_spec(self):
+        """The evaluation geometry as a ``ClipSpec`` (for ``make_dataset``, the serving
+        signatures and the clients); its training crop is ``eval_size`` too."""
+        return ClipSpec(num_frames=self.num_frames, frame_stride=self.frame_stride, sampler=self.sampler,
+                        input_size=self.eval_size, eval_size=self.eval_size, eval_clips=self.eval_clips)
 
     def frame_indices(self, length):
         """The frame indices ``[eval_clips, num_frames]`` evaluation reads from a
         video of ``length`` frames (the pipeline's own sampler)."""
         if length < 1:
             raise ValueError("a video needs at least one frame")
-        indices = self.clip_sampler().indices(tf.constant(length, tf.int32), self.eval_clips, False,
-                                              tf.constant(EVAL_SEED, tf.int32))
-        return indices.numpy()
+        return eval_indices(tf.constant(length, tf.int32), self.clip_spec()).numpy()
 
     def to_dict(self):
         out = {"format": self.FORMAT, **dataclasses.asdict(self)}
@@ -269,33 +329,16 @@ def list_shards(path_or_pattern, split=None):
     return files
 
 
-def make_dataset(
-    files,
-    *,
-    training,
-    num_frames=16,
-    input_size=224,
-    batch_size=8,
-    sampler="dense",
-    frame_stride=1,
-    num_clips=1,
-    flip=True,
-    scale_range=(1.0, 1.25),
-    shuffle_buffer=256,
-    repeat=None,
-    seed=None,
-    deterministic=False,
-    input_context=None,
-    drop_remainder=None,
-    video_index=None,
-    exclude_ids=None,
-    pad_batches=False,
-    skip_corrupt=False,
-):
-    """Batches of ``(clips, labels)``.
+def make_dataset(files, spec, *, training, batch_size=8, shuffle_buffer=256, repeat=None, seed=None,
+                 deterministic=False, input_context=None, drop_remainder=None, video_index=None, exclude_ids=None,
+                 pad_batches=False, skip_corrupt=False):
+    """Batches of ``(clips, labels)`` of the TFRecord shards ``files``, clips shaped
+    by ``spec`` (a ``ClipSpec``), in Model Garden's order of steps: files ->
+    records -> (selected videos) -> decode + sample -> augment / crop -> batch.
 
-    Train: clips ``[B, T, S, S, 3]``. Eval: ``[B * num_clips, T, S, S, 3]`` -- the
-    views of a video are consecutive in the batch (average their scores with
+    Train: clips ``[B, T, S, S, 3]`` (``S = spec.input_size``). Eval:
+    ``[B * V, T, S, S, 3]`` (``V = spec.eval_clips``, ``S = spec.eval_size``) --
+    the views of a video are consecutive in the batch (average their scores with
     ``average_clip_scores``) -- and labels ``[B]``. Float32, ImageNet-normalised.
     ``input_context`` (a ``tf.distribute.InputContext``) shards the files.
 
@@ -309,12 +352,33 @@ def make_dataset(
     new set of kernels, seconds on a CPU); readers skip position -1.
     ``skip_corrupt``: a shard's records after one that fails to read (a truncation,
     a bad record checksum) are skipped instead of stopping the input.
+    Raises ``ValueError`` if ``input_context`` has more pipelines than ``files``.
     """
     files = list(files)
-    clip_sampler = make_sampler(sampler, num_frames, frame_stride)
-    views = 1 if training else num_clips
     repeat = training if repeat is None else repeat
     drop_remainder = training if drop_remainder is None else drop_remainder
+    position_of = _id_table(video_index, positions=True) if video_index is not None else None
+    ds = read_records(shard_files(files, training, seed, input_context), len(files), deterministic, skip_corrupt)
+    ds = select_videos(ds, position_of, exclude_ids)
+    if training and shuffle_buffer:
+        ds = ds.shuffle(shuffle_buffer, seed=seed)
+    if repeat:
+        ds = ds.repeat()
+    # One stateless seed pair per example, from a seeded stream.
+    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
+    ds = ds.map(clip_loader(spec, training, position_of), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=deterministic)
+    batch = batch_size if input_context is None else input_context.get_per_replica_batch_size(batch_size)
+    ds = batch_clips(ds, spec, training, batch, drop_remainder, pad=pad_batches and position_of is not None)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def shard_files(files, training, seed, input_context):
+    """The file names one input pipeline reads: its share of ``files`` under
+    ``input_context`` (whole files, so workers never read the same video),
+    reshuffled every epoch in training."""
     file_ds = tf.data.Dataset.from_tensor_slices(files)
     if input_context is not None and input_context.num_input_pipelines > 1:
         if len(files) < input_context.num_input_pipelines:
@@ -325,63 +389,69 @@ def make_dataset(
         file_ds = file_ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if training:
         file_ds = file_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    return file_ds
+
+
+def read_records(file_ds, num_files, deterministic, skip_corrupt):
+    """Serialized examples of up to 4 files read at once (``skip_corrupt``: the rest
+    of a file is dropped after a record that fails to read)."""
     read = (lambda f: tf.data.TFRecordDataset(f).ignore_errors()) if skip_corrupt else tf.data.TFRecordDataset
-    ds = file_ds.interleave(
-        read, cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic,
-    )
-    position_of = _id_table(video_index, positions=True) if video_index is not None else None
+    return file_ds.interleave(read, cycle_length=min(4, num_files), num_parallel_calls=tf.data.AUTOTUNE,
+                              deterministic=deterministic)
+
+
+def select_videos(ds, position_of, exclude_ids):
+    """Only the examples whose video id ``position_of`` lists (if given) and
+    ``exclude_ids`` does not (if any); read from the context alone, before decoding."""
     excluded = _id_table(exclude_ids, positions=False) if exclude_ids else None
-    if position_of is not None or excluded is not None:
-        def listed(serialized):
-            media_id = parse_media_id(serialized)
-            keep = tf.constant(True)
-            if position_of is not None:
-                keep = keep & (position_of.lookup(media_id) >= 0)
-            if excluded is not None:
-                keep = keep & (excluded.lookup(media_id) < 0)
-            return keep
+    if position_of is None and excluded is None:
+        return ds
 
-        ds = ds.filter(listed)
-    if training and shuffle_buffer:
-        ds = ds.shuffle(shuffle_buffer, seed=seed)
-    if repeat:
-        ds = ds.repeat()
-    # One stateless seed pair per example, from a seeded stream.
-    seeds = tf.data.Dataset.random(seed=seed).batch(2)
-    ds = tf.data.Dataset.zip((ds, seeds))
+    def listed(serialized):
+        media_id = parse_media_id(serialized)
+        keep = tf.constant(True)
+        if position_of is not None:
+            keep = keep & (position_of.lookup(media_id) >= 0)
+        if excluded is not None:
+            keep = keep & (excluded.lookup(media_id) < 0)
+        return keep
 
+    return ds.filter(listed)
+
+
+def clip_loader(spec, training, position_of):
+    """The map function ``(serialized, seed pair) -> (clips, label[, position])``:
+    a training clip ``[T, S, S, 3]`` or a video's evaluation clips ``[V, T, S, S, 3]``."""
     def load(serialized, example_seed):
         encoded, label, media_id = parse_example(serialized)
-        if training:
-            split = tf.random.experimental.stateless_split(example_seed, 2)
-            indices = clip_sampler.indices(tf.shape(encoded)[0], 1, True, split[0])
-            frames = train_augment(decode_frames(encoded, indices), input_size, scale_range, flip, split[1])
-            clips = normalize(tf.reshape(frames, [num_frames, input_size, input_size, 3]))
-        else:
-            clips = eval_clips(encoded, clip_sampler, views, input_size)
+        clips = train_clip(encoded, spec, example_seed) if training else eval_video_clips(encoded, spec)
         if position_of is not None:
             return clips, label, position_of.lookup(media_id)
         return clips, label
+    return load
 
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    batch = batch_size if input_context is None else input_context.get_per_replica_batch_size(batch_size)
+
+def batch_clips(ds, spec, training, batch, drop_remainder, pad):
+    """Batches of ``batch`` examples; eval: ``pad`` fills the last batch
+    (``fill_batch``), and the views fold into the batch, ``[B * V, T, S, S, 3]``."""
     ds = ds.batch(batch, drop_remainder=drop_remainder)
-    if not training and pad_batches and position_of is not None:
+    if training:
+        return ds
+    if pad:
         ds = ds.map(lambda clips, labels, position: fill_batch(clips, labels, position, batch))
-    if not training:
-        ds = ds.map(lambda x, *rest: (tf.reshape(x, [-1, num_frames, input_size, input_size, 3]), *rest))
-    options = tf.data.Options()
-    options.deterministic = deterministic
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+    shape = [-1, spec.num_frames, spec.eval_size, spec.eval_size, 3]
+    return ds.map(lambda x, *rest: (tf.reshape(x, shape), *rest))
 
 
-def uint8_views(files, contract, video_ids=None, num_clips=None):
+def uint8_views(files, contract, video_ids=None, eval_clips=None):
     """``(clips, label, video id)`` of every video in ``files`` (only ``video_ids``,
     if given), in file order: uint8 clips ``[V, T, S, S, 3]`` of the frames
-    evaluation reads, as a client of a clip runtime sends them (``uint8_clips``).
-    ``num_clips``: ``V`` (default: the contract's ``eval_clips``)."""
-    sampler = contract.clip_sampler()
-    views = num_clips or contract.eval_clips
+    evaluation reads under ``contract`` (an ``InputContract``), as a client of a
+    clip runtime sends them (``uint8_clips``). ``eval_clips``: ``V`` (default: the
+    contract's)."""
+    spec = contract.clip_spec()
+    if eval_clips:
+        spec = dataclasses.replace(spec, eval_clips=eval_clips)
     ds = tf.data.TFRecordDataset(list(files))
     if video_ids is not None:
         wanted = _id_table(sorted(video_ids), positions=False)
@@ -389,8 +459,7 @@ def uint8_views(files, contract, video_ids=None, num_clips=None):
 
     def load(serialized):
         encoded, label, media_id = parse_example(serialized)
-        frames = eval_frames(encoded, sampler, views)
-        return uint8_clips(frames, views, contract.num_frames, contract.eval_size), label, media_id
+        return uint8_clips(eval_frames(encoded, spec), spec), label, media_id
 
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
@@ -402,14 +471,14 @@ def fill_batch(clips, labels, position, size):
     return clips, tf.pad(labels, [[0, missing]]), tf.pad(position, [[0, missing]], constant_values=-1)
 
 
-def filler_batches(ds, count, batch, num_clips):
+def filler_batches(ds, count, batch, eval_clips):
     """``ds`` (eval batches of ``batch`` videos with positions) followed by ``count``
     batches of that shape holding no video (every position -1)."""
     if count <= 0:
         return ds
     clips, labels, position = ds.element_spec
     filler = tf.data.Dataset.from_tensors((
-        tf.zeros([batch * num_clips, *clips.shape[1:]], clips.dtype), tf.zeros([batch], labels.dtype),
+        tf.zeros([batch * eval_clips, *clips.shape[1:]], clips.dtype), tf.zeros([batch], labels.dtype),
         tf.fill([batch], tf.constant(-1, position.dtype))))
     return ds.concatenate(filler.repeat(count))
 
@@ -420,8 +489,6 @@ def pipeline_batches(files, shard_videos, wanted, batch_size, input_context):
     ``wanted`` videos (``shard_videos``: file -> its video ids), and how many every
     pipeline must yield so that all take the same number of steps (a multiple of
     the replicas each pipeline feeds). Returns ``(mine, target)``."""
-    import math
-
     pipelines, replicas = input_context.num_input_pipelines, input_context.num_replicas_in_sync
     batch = input_context.get_per_replica_batch_size(batch_size)
     wanted = set(wanted)
@@ -432,7 +499,7 @@ def pipeline_batches(files, shard_videos, wanted, batch_size, input_context):
     return batches[input_context.input_pipeline_id], math.ceil(max(batches) / local) * local
 
 
-def average_clip_scores(scores, num_clips):
-    """``[B * num_clips, C]`` scores -> ``[B, C]``: the mean over each video's views."""
+def average_clip_scores(scores, eval_clips):
+    """``[B * eval_clips, C]`` scores -> ``[B, C]``: the mean over each video's views."""
     scores = tf.convert_to_tensor(scores)
-    return tf.reduce_mean(tf.reshape(scores, [-1, num_clips, tf.shape(scores)[-1]]), axis=1)
+    return tf.reduce_mean(tf.reshape(scores, [-1, eval_clips, tf.shape(scores)[-1]]), axis=1)

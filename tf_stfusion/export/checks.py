@@ -95,10 +95,8 @@ def serving_check(template, run_config, contract, saved_model_dir, batch_size=8,
     source = run_source(run_config, verify)
     ids = sorted(v for v, _ in source.val_examples)
     position = {v: i for i, v in enumerate(ids)}
-    dataset = pipeline.make_dataset(
-        source.val_files, training=False, num_frames=contract.num_frames, input_size=contract.eval_size,
-        batch_size=batch_size, sampler=contract.sampler, frame_stride=contract.frame_stride,
-        num_clips=contract.eval_clips, deterministic=True, video_index=ids)
+    dataset = pipeline.make_dataset(source.val_files, contract.clip_spec(), training=False, batch_size=batch_size,
+                                    deterministic=True, video_index=ids)
     if members is None:
         evaluated = Evaluator(template, contract.eval_clips).evaluate(lambda _: dataset, len(ids)).probabilities[0]
     else:
@@ -144,7 +142,7 @@ def calibration_clips(run_config, contract, count):
         candidates = [video_id for video_id, _ in source.train_examples]
         where = f"{data.train_split} ({len(candidates)} videos; the run selected on {data.val_split})"
     chosen = selection.selection_order(candidates)[:count]
-    views = pipeline.uint8_views(source.train_files, contract, chosen, num_clips=1)
+    views = pipeline.uint8_views(source.train_files, contract, chosen, eval_clips=1)
     return [clips.numpy()[0] for clips, _, _ in views], where
 
 

@@ -98,7 +98,7 @@ def contract_clips(path, contract):
 
     frames = decode_video(path, contract)
     chosen = frames[contract.frame_indices(len(frames)).ravel()]
-    return uint8_clips(tf.constant(chosen), contract.eval_clips, contract.num_frames, contract.eval_size).numpy()
+    return uint8_clips(tf.constant(chosen), contract.clip_spec()).numpy()
 
 
 def top_classes(probabilities, class_names, k=5):

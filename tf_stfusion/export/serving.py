@@ -8,7 +8,7 @@ over the video's views) and starts from what a client can send:
 * ``serving_video`` -- ``frames``: one video's encoded frames (JPEG or PNG
   strings, as the shards store them in ``image/encoded``), in order, any count
   >= 1 and any (common) size. The run's clip sampler picks the frames in the
-  graph (``pipeline.eval_clips``: dense or uniform, ``eval_clips`` views spread
+  graph (``pipeline.eval_video_clips``: dense or uniform, ``eval_clips`` views spread
   as in evaluation, a short video looped), then the evaluation resize, crop and
   normalisation;
 * ``serving_clips`` -- ``frames``: the ``eval_clips x num_frames`` encoded frames
@@ -161,8 +161,7 @@ def make_signatures(model, contract: pipeline.InputContract, lookup, top_k=5, he
     top-k class ids into names (a table in the SavedModel). With ``head`` (an
     ``EnsembleHead``), ``model`` is an ``Ensemble``."""
     top_k = min(top_k, len(contract.class_names))
-    sampler = contract.clip_sampler()
-    eval_clips, num_frames, eval_size = contract.eval_clips, contract.num_frames, contract.eval_size
+    spec = contract.clip_spec()
     scores = video_scores if head is None else ensemble_video_scores
 
     def outputs(probs):
@@ -182,14 +181,14 @@ def make_signatures(model, contract: pipeline.InputContract, lookup, top_k=5, he
 
     def serving_video(frames):
         with tf.control_dependencies(check_frames(frames)):
-            clips = pipeline.eval_clips(frames, sampler, eval_clips, eval_size)
+            clips = pipeline.eval_video_clips(frames, spec)
         return outputs(scores(model, clips[None]))
 
     def serving_clips(frames):
-        with tf.control_dependencies(check_frames(frames, eval_clips * num_frames)):
+        with tf.control_dependencies(check_frames(frames, spec.eval_clips * spec.num_frames)):
             decoded = tf.map_fn(pipeline.decode_frame, frames,
                                 fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-        clips = pipeline.views_to_clips(decoded, eval_clips, num_frames, eval_size)
+        clips = pipeline.views_to_clips(decoded, spec)
         return outputs(scores(model, clips[None]))
 
     contract_json = json.dumps(contract.to_dict())
@@ -201,7 +200,7 @@ def make_signatures(model, contract: pipeline.InputContract, lookup, top_k=5, he
             out["ensemble"] = tf.constant(ensemble_json)
         return out
 
-    video = tf.TensorSpec([None, num_frames, eval_size, eval_size, 3], tf.uint8, name="video")
+    video = tf.TensorSpec([None, *clip_shape(contract)], tf.uint8, name="video")
     return {
         "serving_default": (serving_default, [video]),
         "serving_video": (serving_video, [frames_spec()]),

@@ -64,20 +64,21 @@ class RunInputs:
         return frozenset(held)
 
     def clip_spec(self):
-        """The clip sampling both datasets share (``pipeline.make_dataset`` keywords)."""
+        """The run's clip geometry (a ``pipeline.ClipSpec``), which both datasets share:
+        sampling, the training crop and its augmentation, the evaluation views and crop."""
         data = self.config.data
-        return {"num_frames": data.num_frames, "sampler": data.sampler, "frame_stride": data.frame_stride,
-                "skip_corrupt": self.config.skip_corrupt_records}
+        return pipeline.ClipSpec(num_frames=data.num_frames, frame_stride=data.frame_stride, sampler=data.sampler,
+                                 input_size=data.input_size, scale_range=tuple(data.scale_range), flip=self.flip,
+                                 eval_size=data.eval_size, eval_clips=data.eval_clips)
 
     def train_dataset_fn(self, seed):
-        data = self.config.data
+        spec, cfg = self.clip_spec(), self.config
 
         def dataset_fn(ctx):
             return pipeline.make_dataset(
-                self.source.train_files, training=True, input_size=data.input_size,
-                batch_size=self.config.batch_size, flip=self.flip, scale_range=data.scale_range,
-                shuffle_buffer=data.shuffle_buffer, seed=seed, input_context=ctx, exclude_ids=self.holdout,
-                **self.clip_spec(),
+                self.source.train_files, spec, training=True, batch_size=cfg.batch_size,
+                shuffle_buffer=cfg.data.shuffle_buffer, seed=seed, input_context=ctx, exclude_ids=self.holdout,
+                skip_corrupt=cfg.skip_corrupt_records,
             )
         return dataset_fn
 
@@ -106,7 +107,7 @@ class RunInputs:
         (workers) each reads its own file shards; every batch has the full size
         (fillers at position -1) and every replica gets the same number of
         batches, so that all take the same steps."""
-        data = self.config.data
+        spec = self.clip_spec()
         batch = self.config.eval_batch_size or self.config.batch_size
         videos = list(videos) if videos is not None else self.split_videos(split)
         every = self.source.train_files if split == "holdout" else self.source.val_files
@@ -119,15 +120,14 @@ class RunInputs:
             pipelines = 1 if ctx is None else ctx.num_input_pipelines
             files = holding if len(holding) >= pipelines else every
             ds = pipeline.make_dataset(
-                files, training=False, input_size=data.eval_size, batch_size=batch,
-                num_clips=data.eval_clips, input_context=ctx, deterministic=True, video_index=videos,
-                pad_batches=True, **self.clip_spec(),
+                files, spec, training=False, batch_size=batch, input_context=ctx, deterministic=True,
+                video_index=videos, pad_batches=True, skip_corrupt=self.config.skip_corrupt_records,
             )
             if ctx is None:
                 return ds
             mine, target = pipeline.pipeline_batches(files, self.source.shard_videos, videos, batch, ctx)
             per_replica = ctx.get_per_replica_batch_size(batch)
-            return pipeline.filler_batches(ds, target - mine, per_replica, data.eval_clips)
+            return pipeline.filler_batches(ds, target - mine, per_replica, spec.eval_clips)
         return dataset_fn
 
     @contextlib.contextmanager
