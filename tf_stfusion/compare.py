@@ -96,7 +96,7 @@ def run_compare(config: CompareConfig, log=print):
         metrics = trainer.folder.metrics()  # as written: the per-video bits as stored
         data = trainer.config.data
         c = cost(run.backbone, strategy, input_shape=(data.num_frames, data.eval_size, data.eval_size, 3),
-                 num_classes=trainer.context.num_classes)
+                 num_classes=trainer.context.inputs.num_classes)
         table[name] = {k: metrics[k] for k in ("top1", "top1_ci", "top5", "top5_ci", "num_videos", "split")}
         table[name].update(params=c.params, gflops=c.gflops, units=strategy.units, model_dir=sub,
                            videos=metrics["per_video"]["videos"])

@@ -149,7 +149,7 @@ class Trainer:
         return make_train_step(
             self.model, self.context.distribution, state.optimizer, state.variables, state.step,
             global_batch=cfg.batch_size, weight_decay=cfg.weight_decay,
-            regularizer=((cfg.length_scale, self.context.num_train, cfg.entropy, cfg.prior_form)
+            regularizer=((cfg.length_scale, self.context.inputs.num_train, cfg.entropy, cfg.prior_form)
                          if state.phase == "search" else None),
         )
 
@@ -233,7 +233,8 @@ class Trainer:
         # A fresh, seeded stream per (phase, start step): a resumed run does not
         # replay the clips of the steps before its checkpoint.
         seed = cfg.seed * 1_000_003 + PHASES.index(phase) * 10_007 + start
-        stream = iter(self.context.distribution.distribute_datasets_from_function(self.context.train_dataset_fn(seed)))
+        dataset_fn = self.context.inputs.train_dataset_fn(seed)
+        stream = iter(self.context.distribution.distribute_datasets_from_function(dataset_fn))
         t0, means = time.time(), None
         for epoch in range(start // spe, epochs):
             first = start - epoch * spe if epoch == start // spe else 0
@@ -266,7 +267,7 @@ class Trainer:
             bar = keras.utils.Progbar(spe, stateful_metrics=["lr"])
         sums, t_epoch, step = [0.0, 0.0, 0.0], time.time(), epoch * spe + first
         for i in range(first, spe):
-            clips, labels = self.context.next_batch(stream, "train")
+            clips, labels = self.context.inputs.next_batch(stream, "train")
             lr = float(_current_lr(state.optimizer))  # the rate this update uses
             loss, reg, acc = (float(v) for v in train_step(clips, labels).numpy())
             sums[0] += loss
@@ -298,18 +299,18 @@ class Trainer:
         unless ``override_preflight``."""
         cfg = self.config
         context = self.context
-        batches = iter(context.train_dataset_fn(cfg.seed * 1_000_003 + 7)(None).take(cfg.preflight_batches))
+        batches = iter(context.inputs.train_dataset_fn(cfg.seed * 1_000_003 + 7)(None).take(cfg.preflight_batches))
         losses = []
         for clips, labels in batches:
             logits = tf.cast(self.model(clips, training=False), tf.float32)
             losses.append(tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32), logits))
         data_loss = float(tf.reduce_mean(tf.concat(losses, 0)))
-        weights, entropy_term = regularizer_parts(self.model, context.num_train, cfg.entropy)
-        result = prior.preflight(data_loss, weights, entropy_term, cfg.length_scale, context.num_train, cfg.prior_form)
+        weights, entropy_term = regularizer_parts(self.model, context.inputs.num_train, cfg.entropy)
+        result = prior.preflight(data_loss, weights, entropy_term, cfg.length_scale, context.inputs.num_train, cfg.prior_form)
         result["batches"] = cfg.preflight_batches
-        if context.holdout:
-            held = len(context.holdout - context.lost)
-            result["selection_split"] = prior.holdout_check(held, context.source.num_train)
+        if context.inputs.holdout:
+            held = len(context.inputs.holdout - context.inputs.lost)
+            result["selection_split"] = prior.holdout_check(held, context.inputs.source.num_train)
             self.log(result["selection_split"]["warning"] or f"pre-flight: {result['selection_split']['summary']}")
         self.log(result["message"])
         result["overridden"] = result["verdict"] == "stop" and cfg.override_preflight
@@ -359,15 +360,15 @@ class Trainer:
         mode = GATE_MODE_OF_PHASE[last]
         context = self.context
         videos = context.evaluate_videos(label=f"final evaluation ({cfg.data.eval_clips} clip(s) per video)")
-        metrics = videos.metrics(context.split_name("val"))
+        metrics = videos.metrics(context.inputs.split_name("val"))
         if cfg.skip_corrupt_records:
-            metrics["skipped_records"] = context.damage_report()
+            metrics["skipped_records"] = context.inputs.damage_report()
             self.log(f"data: {metrics['skipped_records']['videos']} unreadable video(s) skipped in this run")
         metrics.update(phase=last, gate_mode=mode, checkpoint=done.get("checkpoint"),
-                       clips_per_video=cfg.data.eval_clips, dataset=context.source.name,
+                       clips_per_video=cfg.data.eval_clips, dataset=context.inputs.source.name,
                        strategy=None if cfg.strategy is None else cfg.strategy.units,
                        per_video={"order": "sorted video ids of the split",
-                                  "videos": selection.fingerprint(context.split_videos("val")),
+                                  "videos": selection.fingerprint(context.inputs.split_videos("val")),
                                   "top1": selection.pack_bits(videos.top1)})
         if context.chief:
             atomic_write_json(metrics_path, metrics)
