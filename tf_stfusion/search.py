@@ -50,6 +50,7 @@ import time
 from absl import flags
 
 from tf_stfusion.run.folder import BEST_STRATEGY
+from tf_stfusion.units import FIXED_STRATEGIES
 
 FLAGS = flags.FLAGS
 PLAN = "plan.json"
@@ -264,9 +265,6 @@ def race(planned, slices, journal, evaluate, gflops_of, eta, max_gflops, log=pri
 
 
 # -- the report split --------------------------------------------------------------
-FIXED_UNITS = ("S", "ST", "S+ST")
-REPORTED = ("Opt",) + FIXED_UNITS
-
 
 @dataclasses.dataclass
 class SplitScores:
@@ -310,7 +308,7 @@ def report_split_scores(context, evaluator, planned, best, members, select_split
         return None
     opt = Strategy.from_units(context.model.stf_spec.backbone, best["units"])
     fixed = fixed_strategies_of(planned)
-    strategies = [opt] + [fixed[u] for u in FIXED_UNITS] + [s for _, s in members]
+    strategies = [opt] + [fixed[u] for u in FIXED_STRATEGIES] + [s for _, s in members]
     return split_scores(context, evaluator, "val", context.inputs.split_videos("val"), strategies)
 
 
@@ -327,7 +325,7 @@ def compare_on_report_split(context, best, rows, select_split, cost_of, val_scor
     spec = context.model.stf_spec
     report_split = context.inputs.split_name("val")
     fixed = {r["id"].split("-", 1)[1]: r for r in rows if r["kind"] == "fixed"}
-    named = [("Opt", best)] + [(u, fixed[u]) for u in FIXED_UNITS]
+    named = [("Opt", best)] + [(u, fixed[u]) for u in FIXED_STRATEGIES]
     if select_split == "val":
         table = dict(named)
     else:
@@ -335,7 +333,7 @@ def compare_on_report_split(context, best, rows, select_split, cost_of, val_scor
         table = {name: result_row(*item, result, report_split, *cost_of(item[2]))
                  for (name, _), item, result in zip(named, items, val_scores.results)}
     paired = {name: paired_difference(row_correct(table["Opt"]), row_correct(table[name])).to_dict()
-              for name in FIXED_UNITS}
+              for name in FIXED_STRATEGIES}
     return {"report_split": report_split, "selected_on": context.inputs.split_name(select_split),
             "same_split": select_split == "val", "note": SAME_SPLIT_NOTE if select_split == "val" else None,
             "videos": fingerprint(context.inputs.split_videos("val")), "strategies": table, "paired_vs_opt": paired}
@@ -347,7 +345,7 @@ def chance_warning(comparison, best, num_classes, prior):
     search phase trained the template with most paths dropped (usually the
     length-scale prior), so turning every path on breaks it."""
     chance = 1.0 / num_classes
-    fixed = [comparison["strategies"][u] for u in FIXED_UNITS]
+    fixed = [comparison["strategies"][u] for u in FIXED_STRATEGIES]
     if not all(r["top1_ci"][0] <= chance for r in fixed) or best["top1_ci"][0] <= chance:
         return None
     return (f"the fixed strategies S / ST / S+ST score near chance ({100 * chance:.1f}% for {num_classes} classes) on "
@@ -394,7 +392,7 @@ def posterior_scores(context, evaluator, val_scores, sizes, select_split, select
     def named(opt_probs, member_probs):
         return {"Opt": opt_probs, **{f"ensemble-{m}": member_probs[:m].mean(axis=0) for m in sizes}}
 
-    val = {**named(probs[0], probs[4:]), **dict(zip(FIXED_UNITS, probs[1:4]))}
+    val = {**named(probs[0], probs[4:]), **dict(zip(FIXED_STRATEGIES, probs[1:4]))}
     if select_split != "holdout":
         return val, labels, named(probs[0], probs[4:]), labels
     opt_and_members = val_scores.strategies[:1] + val_scores.strategies[4:]
