@@ -156,6 +156,7 @@ def test_calibration_reads_the_holdout_not_the_report_split(trained_run):
     clips, where = calibration_clips(run, contract, 100)
     held = json.loads(open(folder.holdout_path).read())["videos"]  # what training held out (holdout.json)
     assert len(clips) == len(held) and "hold-out" in where  # fewer videos than asked: all of them
+    assert sorted(open_inputs(run).holdout) == sorted(v for v, _ in held)  # the run's data side: its hold-out
     assert clips[0].shape == (8, 32, 32, 3) and clips[0].dtype == np.uint8
     assert len(calibration_clips(run, contract, 3)[0]) == 3
     # A run that selected on val never held videos out: its training videos calibrate.
