@@ -172,7 +172,8 @@ def run_epoch(context, summaries, state, epoch, first, stream, train_step):
 class Trainer:
     """Runs the phases of ``config`` under a ``tf.distribute`` object
     (``distribution``, default one device), on the run's ``RunContext`` (``context``:
-    data, hold-out, model, folder)."""
+    the model, the folder and the data side, ``context.inputs``). What the phases
+    start from and leave besides checkpoints is ``run.phases``' work."""
 
     def __init__(self, config: TrainConfig, distribution=None, source: Optional[DataSource] = None):
         self.context = RunContext(config, distribution, source)
