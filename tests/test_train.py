@@ -109,8 +109,9 @@ def test_regularizer_is_in_the_search_loss(tmp_path, synth_dir):
         model = trainer.model
         kernels = [model.get_layer(g.feeds).kernel for g in gate_layers(model)]
         # N of Eq. 5 is the number of clips trained on: the training split minus the selection hold-out.
-        assert trainer.context.inputs.num_train == trainer.context.inputs.source.num_train - len(trainer.context.inputs.holdout) > 0
-        expected_reg = hand_regularizer(model, k, trainer.context.inputs.num_train)  # Eq. 5 by hand (conftest)
+        inputs = trainer.context.inputs
+        assert inputs.num_train == inputs.source.num_train - len(inputs.holdout) > 0
+        expected_reg = hand_regularizer(model, k, inputs.num_train)  # Eq. 5 by hand (conftest)
         before = sum(float(tf.reduce_sum(tf.square(w))) for w in kernels)
         loss, reg, _ = _one_step(trainer, "search", fixed_batch())
         assert reg == pytest.approx(expected_reg, rel=1e-4)  # the step's loss carried Eq. 5

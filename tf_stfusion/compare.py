@@ -124,8 +124,8 @@ def run_compare(config: CompareConfig, log=print):
 
 def define_flags():
     flags.DEFINE_string("model_dir", None, "A template run with a finished strategy search.")
-    flags.DEFINE_list("strategies", ["Opt", *FIXED_STRATEGIES], "What to train: Opt (the search's best.json), S, ST, S+ST "
-                      "or strategy files.")
+    flags.DEFINE_list("strategies", ["Opt", *FIXED_STRATEGIES],
+                      "What to train: Opt (the search's best.json), S, ST, S+ST or strategy files.")
     flags.DEFINE_integer("epochs", 0, "Epochs per network (0: the run's warm-up + search epochs).")
     flags.DEFINE_enum("distribution", "one_device", ["one_device", "mirrored", "auto"], "tf.distribute strategy.")
     flags.DEFINE_bool("progress", True, "Progress bars.")

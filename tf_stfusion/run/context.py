@@ -142,7 +142,8 @@ class RunContext:
         if inputs.holdout:
             cfg, labels = self.config, dict(inputs.source.train_examples)
             atomic_write_json(self.folder.holdout_path, {
-                "split": cfg.data.train_split, "fraction": cfg.data.holdout_fraction, "grouping": inputs.holdout_grouping,
+                "split": cfg.data.train_split, "fraction": cfg.data.holdout_fraction,
+                "grouping": inputs.holdout_grouping,
                 "videos": [[v, labels[v]] for v in sorted(inputs.holdout)],
             })
 
