@@ -86,19 +86,17 @@ def served_agreement(export_dir, model_dir):
 
     import tf_stfusion as stf
     from tf_stfusion.data import pipeline
-    from tf_stfusion.data.sources import resolve_source
     from tf_stfusion.data.video import write_video
     from tf_stfusion.evaluation import Evaluator
     from tf_stfusion.export.local_server import LocalServing
     from tf_stfusion.run.folder import RunFolder
+    from tf_stfusion.run.inputs import open_inputs
 
     with open(os.path.join(export_dir, "export_report.json")) as f:
         report = json.load(f)
     contract = pipeline.InputContract.from_dict(report["input_contract"])
     run = RunFolder(model_dir).config()
-    data = run.data
-    source = resolve_source(data.dataset, data.data_dir, data.train_split, data.val_split,
-                            synthetic_config=data.synthetic_config, progress=False)
+    source = open_inputs(run).source
     ids = sorted(v for v, _ in source.val_examples)
     template = stf.build_template(run.backbone, num_classes=len(contract.class_names),
                                   num_frames=contract.num_frames, input_size=contract.eval_size)

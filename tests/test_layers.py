@@ -50,3 +50,28 @@ def test_only_the_run_package_names_run_folder_files():
     assert not offenders, "run-folder paths outside tf_stfusion/run/ (use run.folder.RunFolder): " + "; ".join(
         offenders)
     assert _path_literals(os.path.join(package, "run", "folder.py"))  # the grep sees what it looks for
+
+
+def _calls(path, name):
+    """Line numbers of the calls of ``name`` (a plain or an attribute call) in ``path``."""
+    import ast
+
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and getattr(node.func, "id", getattr(node.func, "attr", None)) == name]
+
+
+def test_only_the_run_package_opens_a_runs_data_source():
+    """Search, export, compare and the benchmarks read a run's videos through
+    ``run.inputs`` (``RunContext.inputs`` / ``open_inputs``): one source and hold-out."""
+    inputs = os.path.join(REPO, "tf_stfusion", "run", "inputs.py")
+    offenders = []
+    for top in ("tf_stfusion", "benchmarks"):
+        for folder, _, files in os.walk(os.path.join(REPO, top)):
+            for name in files:
+                path = os.path.join(folder, name)
+                if name.endswith(".py") and path != inputs and not path.endswith(os.path.join("data", "sources.py")):
+                    offenders += [f"{os.path.relpath(path, REPO)}:{line}" for line in _calls(path, "resolve_source")]
+    assert not offenders, "a run's data opened outside tf_stfusion/run/inputs.py: " + "; ".join(offenders)
+    assert _calls(inputs, "resolve_source")  # the grep sees what it looks for

@@ -119,8 +119,8 @@ def test_tflite_files_are_builtin_and_match_keras(lite_export):
 
 
 def test_quantized_top1_is_reported_paired_with_the_float_model(lite_export, trained_run):
-    from tf_stfusion.export.checks import run_source
     from tf_stfusion.run.folder import RunFolder
+    from tf_stfusion.run.inputs import open_inputs
 
     out, report, lines = lite_export
     accuracy = report["litert"]["accuracy"]
@@ -128,7 +128,7 @@ def test_quantized_top1_is_reported_paired_with_the_float_model(lite_export, tra
     top1 = accuracy["top1"]
     assert set(top1) == {"saved_model", "onnx", "tflite", "tflite_float16", "tflite_int8"}
     n = top1["saved_model"]["n"]
-    assert n == len(run_source(RunFolder(trained_run).config()).val_examples)  # every validation video
+    assert n == len(open_inputs(RunFolder(trained_run).config()).source.val_examples)  # every validation video
     for name, entry in top1.items():
         low, high = entry["ci"]
         assert 0 <= low <= entry["value"] <= high <= 1 and entry["n"] == n
@@ -146,15 +146,17 @@ def test_quantized_top1_is_reported_paired_with_the_float_model(lite_export, tra
 
 
 def test_calibration_reads_the_holdout_not_the_report_split(trained_run):
-    from tf_stfusion import selection
-    from tf_stfusion.export.checks import calibration_clips, run_source
+    from tf_stfusion.export.checks import calibration_clips
     from tf_stfusion.run.folder import RunFolder
+    from tf_stfusion.run.inputs import open_inputs
 
-    record = RunFolder(trained_run).record()
+    folder = RunFolder(trained_run)
+    record = folder.record()
     run, contract = record.config, record.contract
     clips, where = calibration_clips(run, contract, 100)
-    held = selection.holdout_ids(run_source(run).train_examples, run.data.holdout_fraction)
+    held = json.loads(open(folder.holdout_path).read())["videos"]  # what training held out (holdout.json)
     assert len(clips) == len(held) and "hold-out" in where  # fewer videos than asked: all of them
+    assert sorted(open_inputs(run).holdout) == sorted(v for v, _ in held)  # the run's data side: its hold-out
     assert clips[0].shape == (8, 32, 32, 3) and clips[0].dtype == np.uint8
     assert len(calibration_clips(run, contract, 3)[0]) == 3
     # A run that selected on val never held videos out: its training videos calibrate.
@@ -162,7 +164,7 @@ def test_calibration_reads_the_holdout_not_the_report_split(trained_run):
 
     on_val = dataclasses.replace(run, data=dataclasses.replace(run.data, select_split="val"))
     clips, where = calibration_clips(on_val, contract, 100)
-    assert len(clips) == len(run_source(run).train_examples) and "selected on val" in where
+    assert len(clips) == len(open_inputs(run).source.train_examples) and "selected on val" in where
 
 
 def test_litert_refusals(trained_run, tmp_path):

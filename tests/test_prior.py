@@ -186,15 +186,15 @@ def test_a_run_holds_out_the_groups_of_its_holdout_group_and_records_the_groupin
     run = RunFolder(trained_run).config()
     pattern = r"^train_\d{4}(\d)\d$"  # synthetic ids train_000123: groups by the tens digit, across classes
     data = dataclasses.replace(run.data, holdout_group=pattern, holdout_fraction=0.3)
-    room = RunContext(dataclasses.replace(run, model_dir=str(tmp_path / "grouped"), phases=("warmup",), data=data))
-    examples = room.source.train_examples
-    assert room.holdout and _whole_groups_only(set(room.holdout), examples, lambda v: v[-2])
+    context = RunContext(dataclasses.replace(run, model_dir=str(tmp_path / "grouped"), phases=("warmup",), data=data))
+    examples = context.inputs.source.train_examples
+    assert context.inputs.holdout and _whole_groups_only(set(context.inputs.holdout), examples, lambda v: v[-2])
     os.makedirs(tmp_path / "grouped")
-    room.write_record()
+    context.write_record()
     record = json.load(open(tmp_path / "grouped" / "run.json"))
     assert pattern in record["selection"]["grouping"] and "whole groups" in record["selection"]["method"]
     assert record["prior"]["form"] == run.prior_form and record["prior"]["weight_coefficient"] == pytest.approx(
-        prior.weight_coefficient(run.length_scale, room.num_train, run.prior_form))
+        prior.weight_coefficient(run.length_scale, context.inputs.num_train, run.prior_form))
 
 
 def test_the_leakage_warning_fires_only_when_the_intervals_do_not_overlap():

@@ -84,14 +84,14 @@ def test_search_results_equal_a_fresh_model_in_fixed_mode(trained_run, tmp_path)
     a plain multi-clip evaluation of the template in fixed mode scores it."""
     model_dir = _fresh_copy(trained_run, tmp_path / "run")
     result = run_search(SearchConfig(model_dir=model_dir, num_samples=5, tiles=3, racing="off", progress=False))
-    trainer = open_run(model_dir, progress=False)
+    context = open_run(model_dir, progress=False)
     done = json.loads(open(f"{model_dir}/search/done.json").read())
-    tf.train.Checkpoint(model=trainer.model).restore(f"{model_dir}/search/{done['checkpoint']}").expect_partial()
-    evaluator = Evaluator(trainer.model, 2)
-    videos = trainer.split_videos("holdout")
+    tf.train.Checkpoint(model=context.model).restore(f"{model_dir}/search/{done['checkpoint']}").expect_partial()
+    evaluator = Evaluator(context.model, 2)
+    videos = context.inputs.split_videos("holdout")
     for row in result.rows[:2] + result.rows[-2:]:  # two fixed, two sampled
-        stf.apply_strategy(trainer.model, stf.Strategy.from_units("tiny", row["units"]))
-        results = evaluator.videos(trainer.eval_dataset_fn("holdout"), len(videos), progress=False)
+        stf.apply_strategy(context.model, stf.Strategy.from_units("tiny", row["units"]))
+        results = evaluator.videos(context.inputs.eval_dataset_fn("holdout"), len(videos), progress=False)
         got = results.metrics()
         assert got["top1"] == pytest.approx(row["top1"]) and got["top5"] == pytest.approx(row["top5"])
         # Rows keep the bits in the selection order (videos sorted by a hash of their id).
@@ -178,19 +178,19 @@ def test_ensembles_average_their_members_evaluated_one_by_one(trained_run, tmp_p
     posterior = json.loads((tmp_path / "run" / "strategies" / "calibration.json").read_text())
     assert posterior["sizes"] == [1, 3] and list(posterior["models"]) == \
         ["Opt", "ensemble-1", "ensemble-3", "S", "ST", "S+ST"]  # 99 > the 5 samples: left out
-    room = open_run(model_dir, progress=False)
+    context = open_run(model_dir, progress=False)
     done = json.loads(open(f"{model_dir}/search/done.json").read())
-    tf.train.Checkpoint(model=room.model).restore(f"{model_dir}/search/{done['checkpoint']}").expect_partial()
-    members = ensemble_members(plan_strategies(room.model, config), 3)
+    tf.train.Checkpoint(model=context.model).restore(f"{model_dir}/search/{done['checkpoint']}").expect_partial()
+    members = ensemble_members(plan_strategies(context.model, config), 3)
     assert [sid for sid, _ in members] == posterior["members"]
-    videos = room.split_videos("val")
+    videos = context.inputs.split_videos("val")
     one_by_one = []
     for _, strategy in members:
-        stf.apply_strategy(room.model, strategy)
-        dataset = room.eval_dataset_fn("val")(None)  # one device: no input context
-        one_by_one.append(Evaluator(room.model, 2).evaluate(lambda _, d=dataset: d, len(videos)).probabilities[0])
-    labels = np.array([room.source.val_examples[[v for v, _ in room.source.val_examples].index(v)][1]
-                       for v in videos])
+        stf.apply_strategy(context.model, strategy)
+        dataset = context.inputs.eval_dataset_fn("val")(None)  # one device: no input context
+        one_by_one.append(Evaluator(context.model, 2).evaluate(lambda _, d=dataset: d, len(videos)).probabilities[0])
+    label_of = dict(context.inputs.source.val_examples)
+    labels = np.array([label_of[v] for v in videos])
     mean = np.mean(one_by_one, axis=0)
     ensemble = posterior["models"]["ensemble-3"]
     assert ensemble["nll"] == pytest.approx(calibration.nll(mean, labels), abs=1e-5)

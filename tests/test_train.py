@@ -109,8 +109,9 @@ def test_regularizer_is_in_the_search_loss(tmp_path, synth_dir):
         model = trainer.model
         kernels = [model.get_layer(g.feeds).kernel for g in gate_layers(model)]
         # N of Eq. 5 is the number of clips trained on: the training split minus the selection hold-out.
-        assert trainer.context.num_train == trainer.context.source.num_train - len(trainer.context.holdout) > 0
-        expected_reg = hand_regularizer(model, k, trainer.context.num_train)  # Eq. 5 by hand (conftest)
+        inputs = trainer.context.inputs
+        assert inputs.num_train == inputs.source.num_train - len(inputs.holdout) > 0
+        expected_reg = hand_regularizer(model, k, inputs.num_train)  # Eq. 5 by hand (conftest)
         before = sum(float(tf.reduce_sum(tf.square(w))) for w in kernels)
         loss, reg, _ = _one_step(trainer, "search", fixed_batch())
         assert reg == pytest.approx(expected_reg, rel=1e-4)  # the step's loss carried Eq. 5
@@ -442,7 +443,7 @@ def test_no_frame_is_mirrored_without_flip(synth_dir, tmp_path):
         mirrored[flip] = sum(sides)
     assert mirrored[False] == 0 and 10 < mirrored[True] < 54
     # The motion set forbids flips (left/right motions swap under a mirror): the trainer turns them off.
-    assert not Trainer(small_config(tmp_path / "run", synth_dir)).context.flip
+    assert not Trainer(small_config(tmp_path / "run", synth_dir)).context.inputs.flip
 
 
 # -- the pre-flight before the search phase ----------------------------------------------------

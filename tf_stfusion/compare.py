@@ -23,14 +23,15 @@ import sys
 
 from absl import flags
 
+from tf_stfusion.units import FIXED_STRATEGIES
+
 FLAGS = flags.FLAGS
-BASELINES = ("S", "ST", "S+ST")
 
 
 @dataclasses.dataclass(frozen=True)
 class CompareConfig:
     model_dir: str
-    strategies: tuple = ("Opt",) + BASELINES  # Opt, S, ST, S+ST or strategy files
+    strategies: tuple = ("Opt",) + FIXED_STRATEGIES  # Opt, S, ST, S+ST or strategy files
     epochs: int = 0  # 0: the run's warm-up + search epochs
     distribution: str = "one_device"
     progress: bool = True
@@ -46,7 +47,7 @@ def resolve_strategies(config, backbone):
     for item in config.strategies:
         if item == "Opt":
             out.append(("Opt", Strategy.load(RunFolder(config.model_dir).best_strategy_path())))
-        elif item in BASELINES:
+        elif item in FIXED_STRATEGIES:
             out.append((item, Strategy.uniform(item, backbone)))
         else:
             out.append((os.path.splitext(os.path.basename(item))[0], Strategy.load(item)))
@@ -96,7 +97,7 @@ def run_compare(config: CompareConfig, log=print):
         metrics = trainer.folder.metrics()  # as written: the per-video bits as stored
         data = trainer.config.data
         c = cost(run.backbone, strategy, input_shape=(data.num_frames, data.eval_size, data.eval_size, 3),
-                 num_classes=trainer.context.num_classes)
+                 num_classes=trainer.context.inputs.num_classes)
         table[name] = {k: metrics[k] for k in ("top1", "top1_ci", "top5", "top5_ci", "num_videos", "split")}
         table[name].update(params=c.params, gflops=c.gflops, units=strategy.units, model_dir=sub,
                            videos=metrics["per_video"]["videos"])
@@ -123,8 +124,8 @@ def run_compare(config: CompareConfig, log=print):
 
 def define_flags():
     flags.DEFINE_string("model_dir", None, "A template run with a finished strategy search.")
-    flags.DEFINE_list("strategies", ["Opt", *BASELINES], "What to train: Opt (the search's best.json), S, ST, S+ST "
-                      "or strategy files.")
+    flags.DEFINE_list("strategies", ["Opt", *FIXED_STRATEGIES],
+                      "What to train: Opt (the search's best.json), S, ST, S+ST or strategy files.")
     flags.DEFINE_integer("epochs", 0, "Epochs per network (0: the run's warm-up + search epochs).")
     flags.DEFINE_enum("distribution", "one_device", ["one_device", "mirrored", "auto"], "tf.distribute strategy.")
     flags.DEFINE_bool("progress", True, "Progress bars.")

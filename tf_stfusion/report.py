@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from tf_stfusion.fileio import atomic_write_text  # noqa: E402
+from tf_stfusion.units import FIXED_STRATEGIES, UNITS  # noqa: E402
 
 UNIT_LEVELS = {"none": 0, "S": 1, "ST": 2, "S+ST": 3}
 COLOURS = {"S": "#4C72B0", "ST": "#DD8452", "S+ST": "#55A868"}
@@ -35,7 +36,7 @@ def fusion_plot(probs, best_units, path, title="Layer-level fusion preference"):
     n = len(layers)
     fig, ax = plt.subplots(figsize=(max(8.0, 0.32 * n + 2), 4.2))
     width = 0.27
-    for i, unit in enumerate(("S", "ST", "S+ST")):
+    for i, unit in enumerate(FIXED_STRATEGIES):
         xs = [x + (i - 1) * width for x in range(n)]
         ax.bar(xs, [row[unit] for row in probs["layers"]], width, label=f"P({unit})", color=COLOURS[unit])
     ax.set_ylim(0, 1)
@@ -129,8 +130,8 @@ def observations(probs, rows):
     for row in probs["layers"]:
         blocks.setdefault(row["layer"].split("/")[0], []).append(row)
     for block, layer_rows in blocks.items():
-        avg = {u: statistics.fmean(r[u] for r in layer_rows) for u in ("S", "ST", "S+ST", "none")}
-        first, second = sorted(("S", "ST", "S+ST"), key=avg.get, reverse=True)[:2]
+        avg = {u: statistics.fmean(r[u] for r in layer_rows) for u in UNITS}
+        first, second = sorted(FIXED_STRATEGIES, key=avg.get, reverse=True)[:2]
         if avg[first] - avg[second] >= MARGINAL_THRESHOLD:
             verdict = f"most likely unit {first} (by {avg[first] - avg[second]:.2f} over {second})"
         else:
@@ -213,7 +214,7 @@ def write_report(path, rows, best, probs, plan, comparison, max_gflops=0.0, sect
     lines += ["", f"Top-1 intervals: {CI_METHOD}. Differences: Opt minus the fixed strategy on the same videos, "
               f"{PAIRED_METHOD}; a strategy is called better only when that interval excludes 0.", ""]
     counts = {u: best["units"].count(u) for u in UNIT_LEVELS}
-    lines += [f"Opt (`{best['id']}`) uses " + ", ".join(f"{counts[u]} {u}" for u in ("S", "ST", "S+ST", "none"))
+    lines += [f"Opt (`{best['id']}`) uses " + ", ".join(f"{counts[u]} {u}" for u in UNITS)
               + " layers; it is written to `best.json`.", ""]
     lines += list(sections)
     prior = comparison.get("prior")
@@ -242,7 +243,7 @@ def _shown_ensemble(posterior):
 def calibration_plot(posterior, path):
     """Reliability diagrams (accuracy against mean confidence per bin) of Opt, an
     ensemble and S / ST / S+ST on the report split, with their ECE."""
-    names = ["Opt", _shown_ensemble(posterior)] + [n for n in ("S", "ST", "S+ST") if n in posterior["models"]]
+    names = ["Opt", _shown_ensemble(posterior)] + [n for n in FIXED_STRATEGIES if n in posterior["models"]]
     fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 3.3), sharey=True)
     for ax, name in zip(axes, names):
         row = posterior["models"][name]

@@ -50,6 +50,7 @@ import time
 from absl import flags
 
 from tf_stfusion.run.folder import BEST_STRATEGY
+from tf_stfusion.units import FIXED_STRATEGIES
 
 FLAGS = flags.FLAGS
 PLAN = "plan.json"
@@ -264,9 +265,6 @@ def race(planned, slices, journal, evaluate, gflops_of, eta, max_gflops, log=pri
 
 
 # -- the report split --------------------------------------------------------------
-FIXED_UNITS = ("S", "ST", "S+ST")
-REPORTED = ("Opt",) + FIXED_UNITS
-
 
 @dataclasses.dataclass
 class SplitScores:
@@ -286,8 +284,8 @@ def split_scores(context, evaluator, split, videos, strategies):
     for strategy in strategies:
         unique.setdefault(unit_key(strategy), strategy)
     keys = list(unique)
-    with context.reading(split):
-        scored = evaluator.evaluate(context.eval_dataset_fn(split, videos=videos), len(videos),
+    with context.inputs.reading(split):
+        scored = evaluator.evaluate(context.inputs.eval_dataset_fn(split, videos=videos), len(videos),
                                     [unique[k] for k in keys])
     index = [keys.index(unit_key(s)) for s in strategies]
     return SplitScores(list(strategies), [scored.results[i] for i in index], scored.probabilities[index],
@@ -310,8 +308,8 @@ def report_split_scores(context, evaluator, planned, best, members, select_split
         return None
     opt = Strategy.from_units(context.model.stf_spec.backbone, best["units"])
     fixed = fixed_strategies_of(planned)
-    strategies = [opt] + [fixed[u] for u in FIXED_UNITS] + [s for _, s in members]
-    return split_scores(context, evaluator, "val", context.split_videos("val"), strategies)
+    strategies = [opt] + [fixed[u] for u in FIXED_STRATEGIES] + [s for _, s in members]
+    return split_scores(context, evaluator, "val", context.inputs.split_videos("val"), strategies)
 
 
 def compare_on_report_split(context, best, rows, select_split, cost_of, val_scores):
@@ -325,9 +323,9 @@ def compare_on_report_split(context, best, rows, select_split, cost_of, val_scor
     from tf_stfusion.strategy import Strategy
 
     spec = context.model.stf_spec
-    report_split = context.split_name("val")
+    report_split = context.inputs.split_name("val")
     fixed = {r["id"].split("-", 1)[1]: r for r in rows if r["kind"] == "fixed"}
-    named = [("Opt", best)] + [(u, fixed[u]) for u in FIXED_UNITS]
+    named = [("Opt", best)] + [(u, fixed[u]) for u in FIXED_STRATEGIES]
     if select_split == "val":
         table = dict(named)
     else:
@@ -335,10 +333,10 @@ def compare_on_report_split(context, best, rows, select_split, cost_of, val_scor
         table = {name: result_row(*item, result, report_split, *cost_of(item[2]))
                  for (name, _), item, result in zip(named, items, val_scores.results)}
     paired = {name: paired_difference(row_correct(table["Opt"]), row_correct(table[name])).to_dict()
-              for name in FIXED_UNITS}
-    return {"report_split": report_split, "selected_on": context.split_name(select_split),
+              for name in FIXED_STRATEGIES}
+    return {"report_split": report_split, "selected_on": context.inputs.split_name(select_split),
             "same_split": select_split == "val", "note": SAME_SPLIT_NOTE if select_split == "val" else None,
-            "videos": fingerprint(context.split_videos("val")), "strategies": table, "paired_vs_opt": paired}
+            "videos": fingerprint(context.inputs.split_videos("val")), "strategies": table, "paired_vs_opt": paired}
 
 
 def chance_warning(comparison, best, num_classes, prior):
@@ -347,7 +345,7 @@ def chance_warning(comparison, best, num_classes, prior):
     search phase trained the template with most paths dropped (usually the
     length-scale prior), so turning every path on breaks it."""
     chance = 1.0 / num_classes
-    fixed = [comparison["strategies"][u] for u in FIXED_UNITS]
+    fixed = [comparison["strategies"][u] for u in FIXED_STRATEGIES]
     if not all(r["top1_ci"][0] <= chance for r in fixed) or best["top1_ci"][0] <= chance:
         return None
     return (f"the fixed strategies S / ST / S+ST score near chance ({100 * chance:.1f}% for {num_classes} classes) on "
@@ -394,7 +392,7 @@ def posterior_scores(context, evaluator, val_scores, sizes, select_split, select
     def named(opt_probs, member_probs):
         return {"Opt": opt_probs, **{f"ensemble-{m}": member_probs[:m].mean(axis=0) for m in sizes}}
 
-    val = {**named(probs[0], probs[4:]), **dict(zip(FIXED_UNITS, probs[1:4]))}
+    val = {**named(probs[0], probs[4:]), **dict(zip(FIXED_STRATEGIES, probs[1:4]))}
     if select_split != "holdout":
         return val, labels, named(probs[0], probs[4:]), labels
     opt_and_members = val_scores.strategies[:1] + val_scores.strategies[4:]
@@ -462,7 +460,7 @@ def posterior_evaluation(search, planned, best, ensembles, val_scores):
         if name in fit:
             rows[name]["selective"] = selective_summary(probs, labels, fit[name], fit_labels, config.target_accuracy,
                                                         members[:m] if m > 1 else None)
-    return {"report_split": search.context.split_name("val"), "fit_split": search.select_name,
+    return {"report_split": search.context.inputs.split_name("val"), "fit_split": search.select_name,
             "note": SAME_SPLIT_NOTE if search.select_split == "val" else None, "sizes": sizes,
             "members_from": config.ensemble_from,
             "members": [sid for sid, _ in chosen], "member_units": [s.units for _, s in chosen],
@@ -520,7 +518,7 @@ class Search:
 
     @property
     def select_name(self):
-        return self.context.split_name(self.select_split)
+        return self.context.inputs.split_name(self.select_split)
 
     def cost_of(self, strategy):
         """``(params, GFLOPs)`` of ``strategy`` on one eval clip of the run."""
@@ -583,7 +581,7 @@ def _open_search(config, distribution, log):
     chief = dist_lib.is_chief(distribution)
     context, checkpoint, select_split = _open_run(config, distribution)
     evaluator = Evaluator(context.model, context.config.data.eval_clips, tiles=config.tiles, distribution=distribution)
-    return Search(config, context, checkpoint, select_split, selection_order(context.split_videos(select_split)),
+    return Search(config, context, checkpoint, select_split, selection_order(context.inputs.split_videos(select_split)),
                   distribution, evaluator, chief, log if chief else (lambda *a, **k: None))
 
 
@@ -604,7 +602,7 @@ def _plan(search):
               if racing else [(0, num_videos)])
     record = {"checkpoint": os.path.basename(search.checkpoint), "num_samples": config.num_samples,
               "seed": config.seed, "clips_per_video": data.eval_clips, "select_split": search.select_name,
-              "report_split": search.context.split_name("val"),
+              "report_split": search.context.inputs.split_name("val"),
               "racing": {"eta": config.racing_eta, "slices": [list(s) for s in slices]} if racing else None,
               "max_gflops": config.max_gflops}
     if search.chief:
@@ -636,8 +634,8 @@ def _score_round(search, journal, items, start, end, round_):
         chunk = items[first:first + per_pass]
         bar = (progress_bar(len(videos), f"strategies {first + 1}-{first + len(chunk)} of {len(items)}")
                if config.progress and search.chief else None)
-        with search.context.reading(split):
-            scored = search.evaluator.evaluate(search.context.eval_dataset_fn(split, videos=videos), len(videos),
+        with search.context.inputs.reading(split):
+            scored = search.evaluator.evaluate(search.context.inputs.eval_dataset_fn(split, videos=videos), len(videos),
                                                [s for _, s in chunk], bar)
         for (key, _), result in zip(chunk, scored.results):
             journal.add(key, round_, start, end, result)
@@ -681,9 +679,9 @@ def _report(search, plan, rows, best, scored_videos):
     comparison = compare_on_report_split(context, best, rows, select_split, search.cost_of, val_scores)
     comparison["prior"] = context.prior_diagnostics()
     comparison["preflight"] = context.preflight_record()
-    comparison["holdout_grouping"] = context.holdout_grouping
+    comparison["holdout_grouping"] = context.inputs.holdout_grouping
     comparison["leakage_warning"] = None if select_split == "val" else leakage_warning(
-        best, comparison["strategies"]["Opt"], context.holdout_grouping)
+        best, comparison["strategies"]["Opt"], context.inputs.holdout_grouping)
     comparison["chance_warning"] = chance_warning(comparison, best, context.model.stf_spec.num_classes,
                                                   comparison["prior"])
     comparison["search"] = {"racing": plan.racing, **scored_videos,

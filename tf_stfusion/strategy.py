@@ -25,6 +25,7 @@ import numpy as np
 from tf_stfusion import gating
 from tf_stfusion.fileio import atomic_write_text
 from tf_stfusion.models import UNITS, layer_names, spec_of
+from tf_stfusion.units import FIXED_STRATEGIES
 
 FORMAT = "stfusion-strategy/1"
 UNIT_MASKS = {
@@ -33,7 +34,6 @@ UNIT_MASKS = {
     "S+ST": {"S": 1.0, "ST": 1.0, "D1": 1.0},
     "none": {"S": 0.0, "ST": 0.0, "D1": 0.0},
 }
-FIXED_STRATEGIES = ("S", "ST", "S+ST")
 
 
 class StrategyError(ValueError):

@@ -34,16 +34,15 @@ import keras
 import tensorflow as tf
 
 from tf_stfusion import distribute as dist_lib
-from tf_stfusion import prior, selection
+from tf_stfusion import selection
 from tf_stfusion.data.sources import DataSource
 from tf_stfusion.fileio import atomic_write_json
-from tf_stfusion.gating import drop_probabilities, fusion_regularizer, gate_layers, regularizer_parts, set_gate_mode
-from tf_stfusion.models import build_template
-from tf_stfusion.run.checkpoints import Saver, find_checkpoint, restore_weights
-from tf_stfusion.run.config import GATE_MODE_OF_PHASE, PHASES, TrainConfig, TrainError
+from tf_stfusion.gating import drop_probabilities, fusion_regularizer, gate_layers, set_gate_mode
+from tf_stfusion.run import phases
+from tf_stfusion.run.checkpoints import Saver, restore_weights
+from tf_stfusion.run.config import GATE_MODE_OF_PHASE, PHASES, TrainConfig
 from tf_stfusion.run.context import RunContext
 from tf_stfusion.run.summaries import Summaries
-from tf_stfusion.strategy import marginals
 
 
 def decayed_variables(model, variables, gated_exempt):
@@ -120,16 +119,61 @@ class PhaseState:
     how: str  # "resumed from ...", "weights from ...", "from scratch"
 
 
+def make_optimizer(learning_rate, momentum, policy):
+    """SGD with momentum; under ``mixed_float16`` wrapped in
+    a loss-scale optimizer, since float16 gradients of a small loss underflow."""
+    optimizer = keras.optimizers.SGD(learning_rate, momentum=momentum)
+    return keras.optimizers.LossScaleOptimizer(optimizer) if policy == "mixed_float16" else optimizer
+
+
 def _current_lr(optimizer):
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     lr = inner.learning_rate
     return lr.numpy() if hasattr(lr, "numpy") else lr
 
 
+def run_epoch(context, summaries, state, epoch, first, stream, train_step):
+    """Steps ``first..steps_per_epoch-1`` of ``epoch`` of the phase ``state`` on the
+    run ``context``: progress bar, scalars (``summaries``), checkpoints every
+    ``checkpoint_every`` steps and at the epoch's end. Returns the epoch's mean
+    loss, accuracy and regulariser (over the steps run here)."""
+    cfg, phase, spe, log = context.config, state.phase, state.steps_per_epoch, context.log
+    search = state.mode == "search"
+    gate_names = [f"{g.fusion_layer}/{g.branch}" for g in gate_layers(context.model)] if search else []
+    bar = None
+    if cfg.progress and context.chief:
+        log(f"[{phase}] epoch {epoch + 1}/{state.epochs}")
+        bar = keras.utils.Progbar(spe, stateful_metrics=["lr"])
+    sums, t_epoch, step = [0.0, 0.0, 0.0], time.time(), epoch * spe + first
+    for i in range(first, spe):
+        clips, labels = context.inputs.next_batch(stream, "train")
+        lr = float(_current_lr(state.optimizer))  # the rate this update uses
+        loss, reg, acc = (float(v) for v in train_step(clips, labels).numpy())
+        sums[0] += loss
+        sums[1] += acc
+        sums[2] += reg
+        step = epoch * spe + i + 1
+        if bar:
+            bar.update(i + 1, [("loss", loss), ("acc", acc), ("lr", lr)] + ([("kl", reg)] if search else []))
+        if step % cfg.log_every == 0 or step == state.epochs * spe:
+            gates = dict(zip(gate_names, drop_probabilities(context.model).numpy())) if search else None
+            summaries.train(phase, step, loss, reg, acc, lr, gates)
+        if step % cfg.checkpoint_every == 0:
+            state.saver.save(step)
+    n = max(spe - first, 1)
+    if not bar:
+        log(f"[{phase}] epoch {epoch + 1}/{state.epochs}: loss {sums[0] / n:.4f}, accuracy "
+            f"{sums[1] / n:.4f}, {time.time() - t_epoch:.1f}s")
+    if (epoch + 1) * spe % cfg.checkpoint_every:  # not saved by the loop above
+        state.saver.save((epoch + 1) * spe)
+    return {"loss": sums[0] / n, "accuracy": sums[1] / n, "regularizer": sums[2] / n}
+
+
 class Trainer:
     """Runs the phases of ``config`` under a ``tf.distribute`` object
     (``distribution``, default one device), on the run's ``RunContext`` (``context``:
-    data, hold-out, model, folder)."""
+    the model, the folder and the data side, ``context.inputs``). What the phases
+    start from and leave besides checkpoints is ``run.phases``' work."""
 
     def __init__(self, config: TrainConfig, distribution=None, source: Optional[DataSource] = None):
         self.context = RunContext(config, distribution, source)
@@ -149,7 +193,7 @@ class Trainer:
         return make_train_step(
             self.model, self.context.distribution, state.optimizer, state.variables, state.step,
             global_batch=cfg.batch_size, weight_decay=cfg.weight_decay,
-            regularizer=((cfg.length_scale, self.context.num_train, cfg.entropy, cfg.prior_form)
+            regularizer=((cfg.length_scale, self.context.inputs.num_train, cfg.entropy, cfg.prior_form)
                          if state.phase == "search" else None),
         )
 
@@ -159,37 +203,7 @@ class Trainer:
         if latest:
             checkpoint.restore(latest).assert_existing_objects_matched()
             return f"resumed from {latest}"
-        source = self._weights_from
-        warmup = self.folder.phase_done("warmup")
-        if source is None and phase == "search" and warmup:
-            source = os.path.join(self.folder.phase_dir("warmup"), warmup["checkpoint"])  # an earlier run's warm-up
-        if source is None and self.config.init_from:
-            source = find_checkpoint(self.config.init_from)
-        if source:
-            restore_weights(self.model, source)
-            return f"weights from {source}"
-        if self.config.init == "imagenet":
-            self.inflate_imagenet()
-            return "from ImageNet weights (inflated)"
-        return "from scratch"
-
-    def inflate_imagenet(self):
-        """Keras' 2D ImageNet weights inflated into the model (via the template and
-        ``prune`` for a fixed strategy, so skipped layers are handled)."""
-        from tf_stfusion.models import inflate
-        from tf_stfusion.models.prune import prune
-        from tf_stfusion.strategy import apply_strategy
-
-        model2d = inflate.imagenet_2d(self.config.backbone)
-        if self.config.strategy is None:
-            inflate.inflate(self.model, model2d)
-            return
-        spec = self.model.stf_spec
-        template = build_template(spec.backbone, num_classes=spec.num_classes, num_frames=spec.num_frames,
-                                  input_size=spec.input_size)
-        inflate.inflate(template, model2d)
-        apply_strategy(template, self.config.strategy)
-        self.model.set_weights(prune(template, self.config.strategy).get_weights())
+        return phases.start_weights(self.context, phase, self._weights_from)
 
     def setup_phase(self, phase):
         """Gate mode, optimizer, step counter and checkpoint of a phase, restored
@@ -201,11 +215,8 @@ class Trainer:
         epochs, base_lr, lr_steps = cfg.phase_schedule(phase)
         spe = self.context.steps_per_epoch
         with self.context.distribution.scope():
-            optimizer = keras.optimizers.SGD(
-                piecewise_lr(base_lr, [s * spe for s in lr_steps], cfg.lr_decay), momentum=cfg.momentum
-            )
-            if self.context.policy == "mixed_float16":
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            optimizer = make_optimizer(piecewise_lr(base_lr, [s * spe for s in lr_steps], cfg.lr_decay),
+                                       cfg.momentum, self.context.policy)
             variables = self.model.trainable_variables
             optimizer.build(variables)
             step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -226,18 +237,19 @@ class Trainer:
         epochs, spe = state.epochs, state.steps_per_epoch
         start = int(state.step.numpy())
         if phase == "search" and start == 0:
-            self.preflight()
+            phases.preflight(self.context)
         self.log(f"[{phase}] {epochs} epochs x {spe} steps, global batch {cfg.batch_size}, "
                  f"{dist_lib.describe(self.context.distribution)}; {state.how} (step {start}/{epochs * spe})")
         train_step = self.make_step(state)
         # A fresh, seeded stream per (phase, start step): a resumed run does not
         # replay the clips of the steps before its checkpoint.
         seed = cfg.seed * 1_000_003 + PHASES.index(phase) * 10_007 + start
-        stream = iter(self.context.distribution.distribute_datasets_from_function(self.context.train_dataset_fn(seed)))
+        dataset_fn = self.context.inputs.train_dataset_fn(seed)
+        stream = iter(self.context.distribution.distribute_datasets_from_function(dataset_fn))
         t0, means = time.time(), None
         for epoch in range(start // spe, epochs):
             first = start - epoch * spe if epoch == start // spe else 0
-            means = self.run_epoch(state, epoch, first, stream, train_step)
+            means = run_epoch(self.context, self.summaries, state, epoch, first, stream, train_step)
             if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < epochs:
                 metrics = self.context.evaluate(label=f"[{phase}] validation after epoch {epoch + 1}")
                 self.summaries.evaluation(phase, (epoch + 1) * spe, metrics)
@@ -253,85 +265,6 @@ class Trainer:
         self.summaries.flush()
         return record
 
-    def run_epoch(self, state, epoch, first, stream, train_step):
-        """Steps ``first..steps_per_epoch-1`` of ``epoch``: progress bar, scalars,
-        checkpoints every ``checkpoint_every`` steps and at the epoch's end. Returns
-        the epoch's mean loss, accuracy and regulariser (over the steps run here)."""
-        cfg, phase, spe = self.config, state.phase, state.steps_per_epoch
-        search = state.mode == "search"
-        gate_names = [f"{g.fusion_layer}/{g.branch}" for g in gate_layers(self.model)] if search else []
-        bar = None
-        if cfg.progress and self.context.chief:
-            self.log(f"[{phase}] epoch {epoch + 1}/{state.epochs}")
-            bar = keras.utils.Progbar(spe, stateful_metrics=["lr"])
-        sums, t_epoch, step = [0.0, 0.0, 0.0], time.time(), epoch * spe + first
-        for i in range(first, spe):
-            clips, labels = self.context.next_batch(stream, "train")
-            lr = float(_current_lr(state.optimizer))  # the rate this update uses
-            loss, reg, acc = (float(v) for v in train_step(clips, labels).numpy())
-            sums[0] += loss
-            sums[1] += acc
-            sums[2] += reg
-            step = epoch * spe + i + 1
-            if bar:
-                bar.update(i + 1, [("loss", loss), ("acc", acc), ("lr", lr)] + ([("kl", reg)] if search else []))
-            if step % cfg.log_every == 0 or step == state.epochs * spe:
-                gates = dict(zip(gate_names, drop_probabilities(self.model).numpy())) if search else None
-                self.summaries.train(phase, step, loss, reg, acc, lr, gates)
-            if step % cfg.checkpoint_every == 0:
-                state.saver.save(step)
-        n = max(spe - first, 1)
-        if not bar:
-            self.log(f"[{phase}] epoch {epoch + 1}/{state.epochs}: loss {sums[0] / n:.4f}, accuracy "
-                     f"{sums[1] / n:.4f}, {time.time() - t_epoch:.1f}s")
-        if (epoch + 1) * spe % cfg.checkpoint_every:  # not saved by the loop above
-            state.saver.save((epoch + 1) * spe)
-        return {"loss": sums[0] / n, "accuracy": sums[1] / n, "regularizer": sums[2] / n}
-
-    def preflight(self):
-        """Before the search phase's first step: the data loss on ``preflight_batches``
-        training batches at the warm-up weights (gates in search mode, inference:
-        keep ``1 - p``) against the Eq. 5 term in both forms (``prior.preflight``),
-        and how wide a top-1 interval the selection split gives
-        (``prior.holdout_check``). Writes ``search/preflight.json``; raises a
-        one-line ``TrainError`` when the ratio is above the stopping threshold,
-        unless ``override_preflight``."""
-        cfg = self.config
-        context = self.context
-        batches = iter(context.train_dataset_fn(cfg.seed * 1_000_003 + 7)(None).take(cfg.preflight_batches))
-        losses = []
-        for clips, labels in batches:
-            logits = tf.cast(self.model(clips, training=False), tf.float32)
-            losses.append(tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32), logits))
-        data_loss = float(tf.reduce_mean(tf.concat(losses, 0)))
-        weights, entropy_term = regularizer_parts(self.model, context.num_train, cfg.entropy)
-        result = prior.preflight(data_loss, weights, entropy_term, cfg.length_scale, context.num_train, cfg.prior_form)
-        result["batches"] = cfg.preflight_batches
-        if context.holdout:
-            held = len(context.holdout - context.lost)
-            result["selection_split"] = prior.holdout_check(held, context.source.num_train)
-            self.log(result["selection_split"]["warning"] or f"pre-flight: {result['selection_split']['summary']}")
-        self.log(result["message"])
-        result["overridden"] = result["verdict"] == "stop" and cfg.override_preflight
-        if context.chief:
-            os.makedirs(self.folder.phase_dir("search"), exist_ok=True)
-            atomic_write_json(self.folder.preflight_path, result)
-        if result["verdict"] == "stop" and not cfg.override_preflight:
-            raise TrainError(result["message"])
-        if result["overridden"]:
-            self.log("pre-flight: --override_preflight given; starting the search anyway")
-        return result
-
-    def write_probabilities(self):
-        diagnostics = self.context.prior_diagnostics()
-        self.log(f"[search] prior: {diagnostics['summary']}")
-        if diagnostics["warning"]:
-            self.log(f"[search] warning: {diagnostics['warning']}")
-        if self.context.chief:
-            path = self.folder.probabilities_path
-            atomic_write_json(path, {**marginals(self.model), "diagnostics": diagnostics})
-            self.log(f"wrote {path}")
-
     def train(self):
         """Runs (or resumes) every phase; after a search phase writes probabilities.json."""
         cfg = self.config
@@ -342,7 +275,7 @@ class Trainer:
             self.run_phase(phase)
             if phase == "search":
                 self._load_weights()
-                self.write_probabilities()
+                phases.write_probabilities(self.context)
 
     def run(self):
         """Runs (or resumes) every phase, then the final evaluation; returns its metrics."""
@@ -356,20 +289,9 @@ class Trainer:
             self.log(f"final evaluation already in {metrics_path}")
             return old
         self._load_weights()
-        mode = GATE_MODE_OF_PHASE[last]
-        context = self.context
-        videos = context.evaluate_videos(label=f"final evaluation ({cfg.data.eval_clips} clip(s) per video)")
-        metrics = videos.metrics(context.split_name("val"))
-        if cfg.skip_corrupt_records:
-            metrics["skipped_records"] = context.damage_report()
-            self.log(f"data: {metrics['skipped_records']['videos']} unreadable video(s) skipped in this run")
-        metrics.update(phase=last, gate_mode=mode, checkpoint=done.get("checkpoint"),
-                       clips_per_video=cfg.data.eval_clips, dataset=context.source.name,
-                       strategy=None if cfg.strategy is None else cfg.strategy.units,
-                       per_video={"order": "sorted video ids of the split",
-                                  "videos": selection.fingerprint(context.split_videos("val")),
-                                  "top1": selection.pack_bits(videos.top1)})
-        if context.chief:
+        videos = self.context.evaluate_videos(label=f"final evaluation ({cfg.data.eval_clips} clip(s) per video)")
+        metrics = phases.final_metrics(self.context, videos, last, done)
+        if self.context.chief:
             atomic_write_json(metrics_path, metrics)
         self.summaries.evaluation(last, done.get("step", 0), metrics)
         self.summaries.flush()

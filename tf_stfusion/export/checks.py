@@ -10,7 +10,8 @@
 * ``precision_accuracy``: top-1 of every precision on the validation split with
   95% intervals, paired with the float reference.
 
-``run_source`` and ``calibration_clips`` read the run's own videos for them.
+They read the run's own videos through its data side (``run.inputs.open_inputs``,
+the ``RunInputs`` training used: the same source and hold-out).
 """
 
 import os
@@ -21,13 +22,13 @@ import tensorflow as tf
 from tf_stfusion import selection
 from tf_stfusion.calibration import apply_temperature
 from tf_stfusion.data import pipeline
-from tf_stfusion.data.sources import resolve_source
 from tf_stfusion.evaluation import Evaluator, video_outcomes
 from tf_stfusion.export import litert
 from tf_stfusion.export.client import VIDEO_SIGNATURE, rest_body
 from tf_stfusion.export.local_server import LocalServing
 from tf_stfusion.export.serving import clip_shape
 from tf_stfusion.fileio import size_on_disk
+from tf_stfusion.run.inputs import open_inputs
 from tf_stfusion.strategy import Strategy, apply_strategy
 
 TOLERANCE = 1e-4  # relative to the output scale
@@ -66,13 +67,6 @@ def parity_lines(parity):
             for name, check in parity.items()]
 
 
-def run_source(run_config, verify=False):
-    """The run's data (its prepared shards or the synthetic set), read quietly."""
-    data = run_config.data
-    return resolve_source(data.dataset, data.data_dir, data.train_split, data.val_split,
-                          synthetic_config=data.synthetic_config, progress=False, verify=verify)
-
-
 def check_served(template, run_config, contract, saved_model_dir, parity, log, verify=False, members=None,
                  temperature=1.0):
     """``--check_serving``: ``serving_check`` logged, its difference added to
@@ -92,7 +86,7 @@ def serving_check(template, run_config, contract, saved_model_dir, batch_size=8,
     evaluation pipeline under ``contract``) -- of an ensemble's ``members`` (unit
     lists): the mean of each one's evaluation, scaled by ``temperature``. Returns
     the report's numbers."""
-    source = run_source(run_config, verify)
+    source = open_inputs(run_config, verify).source
     ids = sorted(v for v, _ in source.val_examples)
     position = {v: i for i, v in enumerate(ids)}
     dataset = pipeline.make_dataset(source.val_files, contract.clip_spec(), training=False, batch_size=batch_size,
@@ -134,9 +128,10 @@ def calibration_clips(run_config, contract, count):
     ``count`` of the split in racing's pseudo-random order, so only they are read
     and decoded. Returns ``(clips, where)``."""
     data = run_config.data
-    source = run_source(run_config)
+    inputs = open_inputs(run_config)
+    source = inputs.source
     if data.select_split == "holdout":
-        candidates = selection.holdout_ids(source.train_examples, data.holdout_fraction)
+        candidates = sorted(inputs.holdout)
         where = f"hold-out of {data.train_split} ({len(candidates)} videos)"
     else:
         candidates = [video_id for video_id, _ in source.train_examples]
@@ -170,7 +165,7 @@ def precision_accuracy(run_config, contract, runners, log):
     video's evaluation views, scores averaged), with 95% intervals, and each one's
     paired difference to the float reference (the SavedModel, else LiteRT float32)."""
     data = run_config.data
-    source = run_source(run_config)
+    source = open_inputs(run_config).source
     log(f"export: top-1 of every precision on {data.val_split} ({len(source.val_examples)} videos)")
     hits = {name: [] for name in runners}
     for clips, label, _ in pipeline.uint8_views(source.val_files, contract):

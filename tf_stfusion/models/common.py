@@ -13,8 +13,7 @@ import keras
 import numpy as np
 
 from tf_stfusion.layers.drop_path import VariationalDropPath
-
-UNITS = ("S", "ST", "S+ST", "none")
+from tf_stfusion.units import UNITS  # noqa: F401  (re-exported: models.UNITS)
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
 

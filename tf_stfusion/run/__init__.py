@@ -17,8 +17,11 @@ A run lives in one ``model_dir``; every path in it is named by ``folder.RunFolde
 Modules: ``config`` (``TrainConfig``, no TensorFlow: the CLIs check flags with it
 before TensorFlow starts), ``folder`` (paths and the readers of older layouts, no
 TensorFlow), ``record`` (run.json as one typed record), ``inputs`` (the data side:
-source, hold-out, datasets), ``context`` (``RunContext``: the model side,
-``restore`` and ``open_run``), ``checkpoints`` and ``summaries``.
+source, hold-out, datasets; ``open_inputs``), ``context`` (``RunContext``: the
+model side holding the data side as ``context.inputs``, ``restore`` and
+``open_run``), ``phases`` (the ImageNet start weights, the search phase's
+pre-flight and probabilities.json, metrics.json's record), ``checkpoints`` and
+``summaries``.
 
 This package imports nothing on import: ``import tf_stfusion.run.config`` must not
 load TensorFlow.

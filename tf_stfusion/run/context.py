@@ -1,6 +1,7 @@
-"""A run brought to life: ``RunContext`` (the model side on top of the data side,
-``inputs.RunInputs``) and ``open_run``, how the search, the export, ``compare``
-and ``sweep`` open a finished run. Training (``trainer.Trainer``) holds one."""
+"""A run brought to life: ``RunContext`` (the model side, holding the data side
+``inputs.RunInputs`` as ``context.inputs``) and ``open_run``, how the search,
+``compare`` and ``sweep`` open a finished run (the export reads only its data
+side, ``inputs.open_inputs``). Training (``trainer.Trainer``) holds one."""
 
 import contextlib
 import dataclasses
@@ -45,10 +46,12 @@ def resolve_mixed_precision(choice):
     return "float32" if choice == "off" else f"mixed_{choice}"
 
 
-class RunContext(RunInputs):
+class RunContext:
     """A run's config brought to life under a ``tf.distribute`` object
-    (``distribution``, default one device): the data side (``RunInputs``) and the
-    model, its checkpoint restore, record and evaluation."""
+    (``distribution``, default one device): the data side (``inputs``, a
+    ``RunInputs``: source, hold-out, datasets, split videos, reading, damage
+    report) and the model side: the model, its checkpoint restore, the record,
+    the input contract and the evaluation."""
 
     def __init__(self, config: TrainConfig, distribution=None, source: Optional[DataSource] = None):
         config = config.validate()
@@ -61,10 +64,11 @@ class RunContext(RunInputs):
                              f"{self.replicas} replicas")
         self.policy = resolve_mixed_precision(config.mixed_precision)
         self.log = print if self.chief else (lambda *a, **k: None)
-        super().__init__(config, self.chief, source, self.log)
-        self.steps_per_epoch = config.steps_per_epoch or self.num_train // config.batch_size
+        self.config = config
+        self.inputs = RunInputs(config, self.chief, source, self.log)
+        self.steps_per_epoch = config.steps_per_epoch or self.inputs.num_train // config.batch_size
         if self.steps_per_epoch < 1:
-            raise TrainError(f"{self.num_train} training clips make no full batch of "
+            raise TrainError(f"{self.inputs.num_train} training clips make no full batch of "
                              f"{config.batch_size}; lower --batch_size or set --steps_per_epoch")
         self._check_start()
         self.model = self._build_model()
@@ -92,7 +96,7 @@ class RunContext(RunInputs):
         size = data.input_size if data.eval_size == data.input_size else None
         with dtype_policy(self.policy), self.distribution.scope():
             return build_template(
-                cfg.backbone, num_classes=self.num_classes, num_frames=data.num_frames, input_size=size,
+                cfg.backbone, num_classes=self.inputs.num_classes, num_frames=data.num_frames, input_size=size,
                 units=None if cfg.strategy is None else cfg.strategy.units,
                 init_drop_prob=cfg.init_drop_prob, temperature=cfg.temperature,
                 sync_batchnorm=self.replicas > 1, seed=cfg.seed,
@@ -110,23 +114,22 @@ class RunContext(RunInputs):
     def contract(self):
         """The run's ``InputContract``: how its evaluation samples, resizes and
         normalises a video (recorded in run.json, carried by every export)."""
-        data = self.config.data
+        data, source = self.config.data, self.inputs.source
         return pipeline.InputContract(
             num_frames=data.num_frames, frame_stride=data.frame_stride, sampler=data.sampler, eval_clips=data.eval_clips,
-            eval_size=data.eval_size, class_names=tuple(self.source.class_names),
-            frame_short_side=self.source.frame_short_side, jpeg_quality=self.source.jpeg_quality,
-            fps=self.source.fps,
+            eval_size=data.eval_size, class_names=tuple(source.class_names),
+            frame_short_side=source.frame_short_side, jpeg_quality=source.jpeg_quality, fps=source.fps,
         )
 
     def record(self):
         """The run's ``RunRecord`` (what run.json holds)."""
-        cfg = self.config
-        summary = {"name": self.source.name, "dir": self.source.data_dir, "num_train": self.num_train,
-                   "num_train_split": self.source.num_train, "num_val": self.source.num_val, "flip": self.flip}
+        cfg, inputs, source = self.config, self.inputs, self.inputs.source
+        summary = {"name": source.name, "dir": source.data_dir, "num_train": inputs.num_train,
+                   "num_train_split": source.num_train, "num_val": source.num_val, "flip": inputs.flip}
         selection = {"split": cfg.data.select_split if cfg.strategy is None else None,
-                     "holdout_fraction": cfg.data.holdout_fraction if self.holdout else 0.0,
-                     "num_holdout": len(self.holdout), "holdout_file": HOLDOUT_RECORD if self.holdout else None,
-                     "grouping": self.holdout_grouping, "method": holdout_method(self.holdout_grouping)}
+                     "holdout_fraction": cfg.data.holdout_fraction if inputs.holdout else 0.0,
+                     "num_holdout": len(inputs.holdout), "holdout_file": HOLDOUT_RECORD if inputs.holdout else None,
+                     "grouping": inputs.holdout_grouping, "method": holdout_method(inputs.holdout_grouping)}
         return RunRecord(cfg, self.contract(), summary, selection, self.prior_record(),
                          dist_lib.describe(self.distribution))
 
@@ -135,19 +138,21 @@ class RunContext(RunInputs):
         if not self.chief:
             return
         atomic_write_json(self.folder.record_path, self.record().to_dict())
-        if self.holdout:
-            cfg, labels = self.config, dict(self.source.train_examples)
+        inputs = self.inputs
+        if inputs.holdout:
+            cfg, labels = self.config, dict(inputs.source.train_examples)
             atomic_write_json(self.folder.holdout_path, {
-                "split": cfg.data.train_split, "fraction": cfg.data.holdout_fraction, "grouping": self.holdout_grouping,
-                "videos": [[v, labels[v]] for v in sorted(self.holdout)],
+                "split": cfg.data.train_split, "fraction": cfg.data.holdout_fraction,
+                "grouping": inputs.holdout_grouping,
+                "videos": [[v, labels[v]] for v in sorted(inputs.holdout)],
             })
 
     def prior_record(self):
         """The Eq. 5 prior as this run applies it (run.json ``prior``)."""
-        cfg = self.config
-        return {"length_scale": cfg.length_scale, "num_train": self.num_train, "form": cfg.prior_form,
+        cfg, num_train = self.config, self.inputs.num_train
+        return {"length_scale": cfg.length_scale, "num_train": num_train, "form": cfg.prior_form,
                 "formula": PRIOR_FORMULAS[cfg.prior_form],
-                "weight_coefficient": weight_coefficient(cfg.length_scale, self.num_train, cfg.prior_form),
+                "weight_coefficient": weight_coefficient(cfg.length_scale, num_train, cfg.prior_form),
                 "entropy": cfg.entropy}
 
     # -- evaluation ------------------------------------------------------------------------
@@ -155,19 +160,19 @@ class RunContext(RunInputs):
         """Per-video outcomes (``VideoResults``) of the model on ``split``."""
         evaluator = Evaluator(self.model, self.config.data.eval_clips, distribution=self.distribution)
         show = self.config.progress and self.chief
-        videos = self.split_videos(split)
-        with self.reading(split):
-            return evaluator.videos(self.eval_dataset_fn(split), len(videos), show, label)
+        videos = self.inputs.split_videos(split)
+        with self.inputs.reading(split):
+            return evaluator.videos(self.inputs.eval_dataset_fn(split), len(videos), show, label)
 
     def evaluate(self, split="val", label="validation"):
         """Metrics of the model on ``split`` (top-1/top-5 with 95% intervals)."""
-        return self.evaluate_videos(split, label).metrics(self.split_name(split))
+        return self.evaluate_videos(split, label).metrics(self.inputs.split_name(split))
 
     def prior_diagnostics(self):
         """How strongly the Eq. 5 prior pulled the gates (after the search phase)."""
         last = (self.folder.phase_done("search") or {}).get("last_epoch", {})
         return gating.prior_diagnostics(
-            gating.drop_probabilities(self.model).numpy(), self.config.length_scale, self.num_train,
+            gating.drop_probabilities(self.model).numpy(), self.config.length_scale, self.inputs.num_train,
             loss=last.get("loss"), regularizer=last.get("regularizer"), prior_form=self.config.prior_form,
         )
 

@@ -1,9 +1,11 @@
 """The data side of a run: its source, the selection hold-out, and the datasets
 built from the run's clip spec (training batches, evaluation batches of a split),
-with damaged records turned into one-line errors. ``context.RunContext`` adds the
-model side."""
+with damaged records turned into one-line errors. ``context.RunContext`` holds one
+(``context.inputs``) beside the model side; ``open_inputs`` opens a finished run's
+data without a model (the export's checks)."""
 
 import contextlib
+import dataclasses
 import os
 
 import tensorflow as tf
@@ -165,3 +167,12 @@ class RunInputs:
                 lost[problem.path] = [v for v in self.source.shard_videos[problem.path] if v not in readable]
         return {"videos": sum(len(v) for v in lost.values()),
                 "shards": {os.path.basename(p): len(v) for p, v in lost.items()}}
+
+
+def open_inputs(config: TrainConfig, verify=False):
+    """The data side of the run ``config`` describes (``RunFolder.config()``), read
+    quietly and without a model: no progress bar, no skipped records (a damaged
+    shard is an error), shards checked against their CRC32C with ``verify``. The
+    same ``RunInputs`` training used, so the hold-out is the one it held out."""
+    config = dataclasses.replace(config, progress=False, verify_data=verify, skip_corrupt_records=False)
+    return RunInputs(config, log=lambda *args, **kwargs: None)
