@@ -140,3 +140,16 @@ def test_the_config_the_folder_and_the_record_load_no_tensorflow(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.stdout.split() == ["tiny", "False"]
+
+
+def test_a_search_plan_of_an_earlier_version_resumes_under_todays_names(tmp_path):
+    # plan.json of a search started before views per video were called eval_clips: the same
+    # settings resume (compared under today's names), other settings are refused by name.
+    from tf_stfusion.fileio import claim_settings
+    from tf_stfusion.search import RENAMED_PLAN_KEYS
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"num_samples": 8, "clips_per_video": 2}))
+    claim_settings(str(plan), {"num_samples": 8, "eval_clips": 2}, "differ: {keys}", RENAMED_PLAN_KEYS)
+    with pytest.raises(ValueError, match="^differ: eval_clips$"):
+        claim_settings(str(plan), {"num_samples": 8, "eval_clips": 3}, "differ: {keys}", RENAMED_PLAN_KEYS)

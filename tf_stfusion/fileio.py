@@ -20,14 +20,15 @@ def atomic_write_json(path, data, indent=2):
     return atomic_write_text(path, json.dumps(data, indent=indent) + "\n")
 
 
-def claim_settings(path, settings, refusal):
+def claim_settings(path, settings, refusal, renamed=None):
     """Writes ``settings`` (a JSON dict) to ``path``, or checks that the ones
     already there are equal; else raises ``ValueError(refusal.format(keys=...))``
     naming the keys that differ. Keeps a folder from mixing two configurations
-    (a cache, a search, a run)."""
+    (a cache, a search, a run). ``renamed``: ``{old key: key}`` of settings files
+    written by earlier versions, compared under today's names."""
     if os.path.isfile(path):
         with open(path) as f:
-            found = json.load(f)
+            found = {(renamed or {}).get(k, k): v for k, v in json.load(f).items()}
         if found != settings:
             keys = sorted(k for k in set(settings) | set(found) if found.get(k) != settings.get(k))
             raise ValueError(refusal.format(keys=", ".join(keys)))

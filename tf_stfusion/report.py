@@ -192,7 +192,7 @@ def write_report(path, rows, best, probs, plan, comparison, max_gflops=0.0, sect
     report = comparison["strategies"]["Opt"]
     lines = ["# Fusion strategy search", "",
              f"Checkpoint `{plan['checkpoint']}`, {plan['num_samples']} sampled strategies (seed {plan['seed']}) and "
-             f"the fixed S / ST / S+ST, {plan['clips_per_video']} clip(s) per video, every strategy with the "
+             f"the fixed S / ST / S+ST, {plan['eval_clips']} clip(s) per video, every strategy with the "
              "template's weights (no retraining).", ""]
     if comparison["same_split"]:
         lines += [f"**{comparison['note'].capitalize()}.** Opt is the best of {plan['num_samples']} sampled "

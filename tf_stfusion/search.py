@@ -54,6 +54,7 @@ from tf_stfusion.units import FIXED_STRATEGIES
 
 FLAGS = flags.FLAGS
 PLAN = "plan.json"
+RENAMED_PLAN_KEYS = {"clips_per_video": "eval_clips"}  # plan.json keys of earlier versions
 ROUNDS = "rounds.jsonl"
 RESULTS = "strategies.jsonl"
 COMPARISON = "comparison.json"
@@ -601,7 +602,7 @@ def _plan(search):
     slices = (racing_slices(num_videos, sampled, config.racing_eta, config.tiles, config.racing_min_videos)
               if racing else [(0, num_videos)])
     record = {"checkpoint": os.path.basename(search.checkpoint), "num_samples": config.num_samples,
-              "seed": config.seed, "clips_per_video": data.eval_clips, "select_split": search.select_name,
+              "seed": config.seed, "eval_clips": data.eval_clips, "select_split": search.select_name,
               "report_split": search.context.inputs.split_name("val"),
               "racing": {"eta": config.racing_eta, "slices": [list(s) for s in slices]} if racing else None,
               "max_gflops": config.max_gflops}
@@ -609,7 +610,7 @@ def _plan(search):
         os.makedirs(out_dir, exist_ok=True)
         claim_settings(os.path.join(out_dir, PLAN), record,
                        f"{out_dir} holds a search with other settings ({{keys}} differ); remove that folder, use "
-                       "another --output_dir, or use the same settings to resume it")
+                       "another --output_dir, or use the same settings to resume it", renamed=RENAMED_PLAN_KEYS)
     how = (f"racing (eta {config.racing_eta}) over slices ending at {[end for _, end in slices]}" if racing
            else "every strategy on every video")
     log(f"search: {len(planned)} strategies ({len(planned) - 3} sampled, 3 fixed; {distinct} distinct), "
@@ -705,7 +706,7 @@ def _best_strategy(search, plan, best, reported):
                  "ci_method": reported["ci_method"], "params": best["params"], "gflops": best["gflops"]},
         provenance={"kind": "search", "id": best["id"], "model_dir": os.path.abspath(config.model_dir),
                     "checkpoint": os.path.basename(search.checkpoint), "seed": config.seed,
-                    "num_samples": config.num_samples, "clips_per_video": search.data.eval_clips,
+                    "num_samples": config.num_samples, "eval_clips": search.data.eval_clips,
                     "racing": plan.racing, **({"max_gflops": config.max_gflops} if config.max_gflops else {})},
     )
 

@@ -118,7 +118,7 @@ def final_metrics(context, videos, phase, done):
         metrics["skipped_records"] = inputs.damage_report()
         context.log(f"data: {metrics['skipped_records']['videos']} unreadable video(s) skipped in this run")
     metrics.update(phase=phase, gate_mode=GATE_MODE_OF_PHASE[phase], checkpoint=done.get("checkpoint"),
-                   clips_per_video=cfg.data.eval_clips, dataset=inputs.source.name,
+                   eval_clips=cfg.data.eval_clips, dataset=inputs.source.name,
                    strategy=None if cfg.strategy is None else cfg.strategy.units,
                    per_video={"order": "sorted video ids of the split",
                               "videos": selection.fingerprint(inputs.split_videos("val")),
