@@ -260,7 +260,10 @@ def test_two_process_multi_worker_run_completes_and_only_the_chief_writes(tmp_pa
     (["--mixed_precision=float16"], "needs a GPU"),
 ])
 def test_cli_refuses_contradictions_before_work(tmp_path, synth_dir, extra, message):
-    proc = subprocess.run(cli(tmp_path / "run", synth_dir, *extra), capture_output=True, text=True, timeout=120)
+    # As a user who set no TensorFlow log level runs it (CI exports its own, which would win).
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", stf.DEFAULT_TF_LOG_LEVEL)}
+    proc = subprocess.run(cli(tmp_path / "run", synth_dir, *extra), capture_output=True, text=True, timeout=120,
+                          env=env)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     # One line: none of TensorFlow's C++ start-up lines (oneDNN, cuda drivers, cuInit 303) either.
     assert len(proc.stderr.splitlines()) == 1, proc.stderr[-2000:]
