@@ -403,3 +403,12 @@ def test_clip_runtime_command_line_prints_the_top_classes_or_one_error_line(caps
     client.classify_main(lambda m, v, num_threads: threads.append(num_threads) or [],
                          parsed(["--model=m", "--video=v.mp4", "--num_threads=3"], threads=True), threads=True)
     assert threads == [3]
+
+
+def test_a_one_frame_video_is_read_as_that_frame_and_an_empty_one_refused():
+    # The sampler loops a short video: one frame gives every view that frame (index 0),
+    # worked out from the rule, not the sampler; no frame at all is a one-line error.
+    for kind in ("dense", "uniform"):
+        np.testing.assert_array_equal(_contract(kind).frame_indices(1), np.zeros((2, 4), int))
+        with pytest.raises(ValueError, match="at least one frame"):
+            _contract(kind).frame_indices(0)

@@ -97,6 +97,23 @@ def test_video_scores_with_a_class_count_known_only_at_run_time():
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+def test_every_group_of_strategies_is_scored_on_every_batch():
+    # Three strategies, one per tile, over three batches: each must be scored with its own
+    # masks on every batch -- the same as applying it by hand and evaluating the model alone.
+    model = stf.build_template("tiny", num_classes=4, num_frames=4, input_size=32, seed=0)
+    strategies = [stf.Strategy.uniform(u, "tiny") for u in ("S", "ST", "S+ST")]
+    rng = np.random.default_rng(0)
+    clips = rng.normal(size=(6, 4, 32, 32, 3)).astype(np.float32)  # 6 videos x 1 view
+    data = tf.data.Dataset.from_tensor_slices((clips, np.arange(6) % 4, np.arange(6))).batch(2)
+    want = []
+    for strategy in strategies:
+        stf.apply_strategy(model, strategy)
+        want.append(Evaluator(model, eval_clips=1).evaluate(lambda ctx: data, 6).probabilities[0])
+    assert not np.allclose(want[0], want[1], rtol=1e-3)  # the strategies score differently
+    got = Evaluator(model, eval_clips=1, tiles=1).evaluate(lambda ctx: data, 6, strategies=strategies).probabilities
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
 # -- parameters and FLOPs ---------------------------------------------------------------------
 SHAPE = (16, 224, 224, 3)
 
