@@ -33,8 +33,8 @@ def test_table_of_tiny_times_every_layer_unit_and_fixed_part(tiny_table):
     assert [e["name"] for e in table["layers"]] == stf.layer_names("tiny")
     for entry in table["layers"]:
         assert entry["none"] == 0.0 and all(entry[u] > 0 for u in ("S", "ST", "S+ST"))
-    # tiny (DenseNet, 4 blocks): the stem, 3 transitions and the head are what no strategy removes.
-    assert sorted(table["fixed"]) == ["head", "stem", "transition1", "transition2", "transition3"]
+    # tiny (DenseNet, 4 blocks): the input step, the stem, 3 transitions and the head are what no strategy removes.
+    assert sorted(table["fixed"]) == ["head", "input", "stem", "transition1", "transition2", "transition3"]
     assert all(ms > 0 for ms in table["fixed"].values()) and table["call_overhead_ms"] > 0
 
 

@@ -5,8 +5,10 @@ and holds, in milliseconds at one clip size and batch 1:
 
 * ``layers``: per fusion layer, the time of each of its units S, ST, S+ST (``none``:
   0, the layer is absent from the pruned network);
-* ``fixed``: the parts no strategy removes -- for a DenseNet the stem, the
-  transitions and the head;
+* ``fixed``: the parts no strategy removes -- the shipped file's ``input``
+  (uint8 clip -> ImageNet-normalised floats, ``data.pipeline.normalize``, as
+  the SavedModel does it) and for a DenseNet the stem, the transitions and the
+  head;
 * ``call_overhead_ms``: the runtime's cost of one call that does nothing.
 
 ``predict(table, units)`` = the fixed parts + the chosen units' entries, less
@@ -27,11 +29,12 @@ not used: a unit of a 121-layer network is well under the run-to-run noise of
 a whole network's time, so its entry would be mostly that noise, and every
 entry would cost a full network's build and timing (~180 for DenseNet-121).
 
-Known bias: entries are timed with every earlier layer kept (the uniform
-network); in a DenseNet a skipped layer gives every later layer of its block
-fewer input channels (and adds a ``TemporalBias``), so a strategy with ``none``
-layers is predicted a little slow. ``benchmarks/latency_table.py`` measures the
-error against the real exported file.
+Known biases, in opposite directions: entries are timed with every earlier
+layer kept (the uniform network), while in a DenseNet a skipped layer gives
+every later layer of its block fewer input channels (faster than its entry)
+and a ``TemporalBias`` after each of their convs and the transition's (slower:
+not timed at all). ``benchmarks/latency_table.py`` measures the error of the
+sum against the real exported file.
 
 Runtimes: ``tensorflow`` (the SavedModel's runtime: each part a ``tf.function``).
 ONNX Runtime and LiteRT tables are not built yet.
@@ -175,6 +178,19 @@ def time_part(part, repeats, seed=0):
     return 1000 * median_latency(lambda: call(feeds), repeats=repeats)
 
 
+def time_input(clip, repeats):
+    """Milliseconds of the shipped file's input step on a ``[1, *clip]`` uint8 clip:
+    ``data.pipeline.normalize`` (uint8 -> float32, ImageNet mean and std)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tf_stfusion.data.pipeline import normalize
+
+    video = tf.constant(np.random.default_rng(0).integers(0, 256, (1, *clip), dtype=np.uint8))
+    call = tf.function(normalize)
+    return 1000 * median_latency(lambda: call(video), repeats=repeats)
+
+
 def call_overhead(clip, repeats):
     """Milliseconds of a ``tf.function`` call that returns its ``[1, *clip]`` input."""
     import tensorflow as tf
@@ -202,7 +218,9 @@ def time_parts(backbone, num_classes, clip, repeats=10, log=print):
             entry[unit] = time_part(cut(model, part), repeats)
         log(f"latency: {backbone} {unit}: {len(names)} layers timed")
         if unit == "S":
-            fixed = {name: time_part(cut(model, part), repeats) for name, part in fixed_parts(model, names).items()}
+            fixed = {"input": time_input(clip, repeats)}
+            fixed.update({name: time_part(cut(model, part), repeats)
+                          for name, part in fixed_parts(model, names).items()})
     return layers, fixed
 
 
