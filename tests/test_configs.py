@@ -75,6 +75,9 @@ _RUN_AND_REPORT = ("import runpy, sys\n"
      "error: --init=imagenet is available for ['densenet121', 'resnet50'], not tiny"),
     ("tf_stfusion.search", ["--model_dir=run", "--tiles=0"], "error: need --num_samples >= 1, --tiles >= 1, "
      "--max_gflops >= 0, --racing_eta >= 2, --racing_min_videos >= 1, 0 < --target_accuracy <= 1"),
+    ("tf_stfusion.search", ["--model_dir=run", "--max_latency_ms=5"], "error: need --max_latency_ms >= 0, and a "
+     "--latency_table to predict it (python -m tf_stfusion.latency_table --model_dir=RUN)"),
+    ("tf_stfusion.latency_table", ["--backbone=tiny"], "error: --output is required (where the JSON table goes)"),
     ("tf_stfusion.export.main", ["--strategy=s.json"], "error: --model_dir, --export_dir required"),
     ("tf_stfusion.compare", ["--model_dir=run", "stray"], "error: unexpected arguments ['stray']; every setting "
                                                           "is a --flag"),

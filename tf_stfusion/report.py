@@ -65,8 +65,12 @@ def fusion_plot(probs, best_units, path, title="Layer-level fusion preference"):
 ROUND_MARKERS = ("^", "v", "D", "P", "X")  # raced-out strategies: one per sample size (the whole split: "o")
 
 
-def pareto_plot(rows, front, best, path):
-    """Top-1 on the selection split against GFLOPs. Racing scores most strategies
+PARETO_AXES = {"gflops": "GFLOPs per clip", "latency_ms": "predicted latency per clip, batch 1 (ms)"}
+
+
+def pareto_plot(rows, front, best, path, cost="gflops"):
+    """Top-1 on the selection split against ``cost`` (a key of ``PARETO_AXES``:
+    GFLOPs, or the latency table's predicted ms). Racing scores most strategies
     on a prefix of the split only, so each sample size gets its own marker (the
     legend says how many videos); the Pareto front is drawn over the strategies
     scored on the whole split only (``front``), as a step line with its points."""
@@ -76,20 +80,20 @@ def pareto_plot(rows, front, best, path):
     for i, size in enumerate(sizes):
         group = [r for r in sampled if r["num_videos"] == size]
         whole = size == sizes[-1]
-        ax.scatter([r["gflops"] for r in group], [100 * r["top1"] for r in group], s=16 if whole else 10,
+        ax.scatter([r[cost] for r in group], [100 * r["top1"] for r in group], s=16 if whole else 10,
                    marker=ROUND_MARKERS[min(i, len(ROUND_MARKERS) - 1)] if not whole else "o",
                    color="#555555" if whole else "#BBBBBB", alpha=1.0 if whole else 0.7,
                    label=f"sampled, {size} videos{' (whole split)' if whole else ' (raced out)'}: {len(group)}")
-    ax.plot([r["gflops"] for r in front], [100 * r["top1"] for r in front], color="#4C72B0", lw=1.2,
+    ax.plot([r[cost] for r in front], [100 * r["top1"] for r in front], color="#4C72B0", lw=1.2,
             marker="o", ms=5, mfc="none", drawstyle="steps-post", label="Pareto front (whole split)", zorder=4)
     for r in rows:
         if r["kind"] == "fixed":
             unit = r["id"].split("-", 1)[1]
-            ax.scatter([r["gflops"]], [100 * r["top1"]], marker="s", s=40, color=COLOURS[unit])
-            ax.annotate(unit, (r["gflops"], 100 * r["top1"]), textcoords="offset points", xytext=(5, 4))
-    ax.scatter([best["gflops"]], [100 * best["top1"]], marker="*", s=160, color="#C44E52", label="best (Opt)",
+            ax.scatter([r[cost]], [100 * r["top1"]], marker="s", s=40, color=COLOURS[unit])
+            ax.annotate(unit, (r[cost], 100 * r["top1"]), textcoords="offset points", xytext=(5, 4))
+    ax.scatter([best[cost]], [100 * best["top1"]], marker="*", s=160, color="#C44E52", label="best (Opt)",
                zorder=5)
-    ax.set_xlabel("GFLOPs per clip")
+    ax.set_xlabel(PARETO_AXES[cost])
     ax.set_ylabel(f"top-1 on {rows[0].get('split', 'the selection split')} (%)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
@@ -185,8 +189,9 @@ def comparison_table(comparison):
     return lines
 
 
-def write_report(path, rows, best, probs, plan, comparison, max_gflops=0.0, sections=()):
-    """``report.md``; ``sections``: more markdown lines, after the Table 2 part."""
+def write_report(path, rows, best, probs, plan, comparison, max_gflops=0.0, sections=(), latency=None):
+    """``report.md``; ``sections``: more markdown lines, after the Table 2 part;
+    ``latency``: the latency budget's record (``search.latency_budget``), if any."""
     from tf_stfusion.selection import CI_METHOD, PAIRED_METHOD
 
     report = comparison["strategies"]["Opt"]
@@ -210,6 +215,10 @@ def write_report(path, rows, best, probs, plan, comparison, max_gflops=0.0, sect
         lines += [f"**Warning:** {comparison['leakage_warning']}.", ""]
     if max_gflops:
         lines += [f"Opt is the best sampled strategy within {max_gflops} GFLOPs.", ""]
+    if latency:
+        lines += [f"Opt is the best sampled strategy predicted to take at most {latency['max_latency_ms']} ms per clip "
+                  f"(batch 1): {best['latency_ms']:.2f} ms predicted by `{latency['latency_table']}` "
+                  f"({latency['latency_runtime']}; {latency['latency_machine']}).", ""]
     lines += comparison_table(comparison)
     lines += ["", f"Top-1 intervals: {CI_METHOD}. Differences: Opt minus the fixed strategy on the same videos, "
               f"{PAIRED_METHOD}; a strategy is called better only when that interval excludes 0.", ""]

@@ -72,6 +72,8 @@ class SearchConfig:
     tiles: int = 8  # strategies evaluated together on one tiled batch
     batch_size: int = 0  # videos per batch; 0: the run's eval batch
     max_gflops: float = 0.0  # 0: no budget
+    max_latency_ms: float = 0.0  # 0: no budget; else predicted by latency_table
+    latency_table: str = ""  # a table of tf_stfusion.latency (python -m tf_stfusion.latency_table)
     checkpoint: str = ""  # default: the search phase's final checkpoint
     select_split: str = ""  # "holdout" or "val"; "": the run's
     racing: str = "auto"  # auto: on when there are more strategies than one tile holds
@@ -148,24 +150,37 @@ def fully_scored(rows):
     return [r for r in rows if r["num_videos"] == full]
 
 
-def pareto_front(rows):
-    """Rows scored on the whole split not beaten by another at less or equal cost:
-    sorted by GFLOPs."""
+def pareto_front(rows, cost="gflops"):
+    """Rows scored on the whole split not beaten by another at less or equal
+    ``cost`` (``gflops``, or the predicted ``latency_ms``): sorted by it."""
     front, best = [], -1.0
-    for row in sorted(fully_scored(rows), key=lambda r: (r["gflops"], -r["top1"])):
+    for row in sorted(fully_scored(rows), key=lambda r: (r[cost], -r["top1"])):
         if row["top1"] > best:
             front.append(row)
             best = row["top1"]
     return front
 
 
-def pick_best(rows, max_gflops=0.0):
+def over_budget(gflops, latency_ms, max_gflops=0.0, max_latency_ms=0.0):
+    """Why a strategy of ``gflops`` and predicted ``latency_ms`` is over the budgets
+    (0: none), or None when it is within them."""
+    if max_gflops and gflops > max_gflops:
+        return f"over the {max_gflops} GFLOPs budget"
+    if max_latency_ms and latency_ms > max_latency_ms:
+        return f"over the {max_latency_ms} ms latency budget ({latency_ms:.2f} ms predicted)"
+    return None
+
+
+def pick_best(rows, max_gflops=0.0, max_latency_ms=0.0):
     """The best sampled strategy scored on the whole selection split (top-1, then
-    top-5, then fewer GFLOPs), within ``max_gflops`` if given."""
-    pool = [r for r in fully_scored(rows) if r["kind"] == "sampled" and (not max_gflops or r["gflops"] <= max_gflops)]
+    top-5, then fewer GFLOPs), within ``max_gflops`` and ``max_latency_ms`` (the
+    rows' predicted ``latency_ms``) if given."""
+    pool = [r for r in fully_scored(rows) if r["kind"] == "sampled"
+            and not over_budget(r["gflops"], r.get("latency_ms", 0.0), max_gflops, max_latency_ms)]
     if not pool:
-        raise ValueError(f"no sampled strategy costs <= {max_gflops} GFLOPs" if max_gflops
-                         else "no sampled strategy was evaluated")
+        budgets = " and ".join([f"costs <= {max_gflops} GFLOPs"] * bool(max_gflops)
+                               + [f"is predicted to take <= {max_latency_ms} ms"] * bool(max_latency_ms))
+        raise ValueError(f"no sampled strategy {budgets}" if budgets else "no sampled strategy was evaluated")
     return max(pool, key=lambda r: (r["top1"], r["top5"], -r["gflops"]))
 
 
@@ -222,12 +237,15 @@ class Journal:
         return VideoResults(top1, top5, nll)
 
 
-def race(planned, slices, journal, evaluate, gflops_of, eta, max_gflops, log=print):
+def race(planned, slices, journal, evaluate, gflops_of, eta, max_gflops, log=print, max_latency_ms=0.0,
+         latency_of=None):
     """Runs the rounds of a race (``slices`` from ``selection.racing_slices``).
 
     ``evaluate(items, round)`` scores ``(key, strategy)`` items on the round's
     videos and records them in ``journal``. Fixed strategies run every round
-    (they are reported, not selected); sampled ones race. Returns
+    (they are reported, not selected); sampled ones race, and those over the
+    budgets (``max_gflops``; ``max_latency_ms``, by ``latency_of(strategy)``
+    in ms) are dropped after the first round. Returns
     ``({key: rounds seen}, {key: (dropped round, reason)})``.
     """
     from tf_stfusion.selection import Score, eliminate
@@ -249,10 +267,12 @@ def race(planned, slices, journal, evaluate, gflops_of, eta, max_gflops, log=pri
             break
         fixed = [key for key in alive if unique[key][0] == "fixed"]
         racing = [key for key in alive if unique[key][0] != "fixed"]
-        if max_gflops:
-            over = [key for key in racing if gflops_of(unique[key][1]) > max_gflops]
-            dropped.update({key: (r, f"over the {max_gflops} GFLOPs budget") for key in over})
-            racing = [key for key in racing if key not in over]
+        if max_gflops or max_latency_ms:
+            reasons = {key: over_budget(gflops_of(unique[key][1]),
+                                        latency_of(unique[key][1]) if max_latency_ms else 0.0,
+                                        max_gflops, max_latency_ms) for key in racing}
+            dropped.update({key: (r, reason) for key, reason in reasons.items() if reason})
+            racing = [key for key in racing if not reasons[key]]
         if len(racing) > 1:
             scores = {}
             for key in racing:
@@ -512,6 +532,7 @@ class Search:
     chief: bool
     log: object  # print-like; silent off the chief
     costs: dict = dataclasses.field(default_factory=dict)
+    latency: dict = None  # the latency table (tf_stfusion.latency) of --latency_table; None: none
 
     @property
     def data(self):
@@ -532,6 +553,42 @@ class Search:
             c = cost(spec.backbone, strategy, input_shape=shape, num_classes=spec.num_classes)
             self.costs[key] = (c.params, c.gflops)
         return self.costs[key]
+
+    def latency_of(self, strategy):
+        """Predicted batch-1 milliseconds of ``strategy`` by the latency table."""
+        from tf_stfusion.latency import predict
+
+        return predict(self.latency, strategy.units)
+
+
+def latency_budget(search):
+    """best.json's and report.md's record of the latency budget: the budget, the
+    table and what it was measured on."""
+    table = search.latency
+    return {"max_latency_ms": search.config.max_latency_ms,
+            "latency_table": os.path.abspath(search.config.latency_table),
+            "latency_runtime": f"{table['runtime']} {table['runtime_version']}", "latency_machine": table["machine"]}
+
+
+def open_latency_table(config, context):
+    """The ``--latency_table`` of ``config`` (None without one), checked against the
+    run: its backbone and the search's clip (frames, evaluation crop). Raises
+    ``ValueError`` naming the file and what differs."""
+    from tf_stfusion.latency import read_table
+
+    if not config.latency_table:
+        if config.max_latency_ms:
+            raise ValueError("--max_latency_ms needs --latency_table (build one with python -m "
+                             "tf_stfusion.latency_table --model_dir=RUN)")
+        return None
+    table = read_table(config.latency_table)
+    data, backbone = context.config.data, context.model.stf_spec.backbone
+    clip = [data.num_frames, data.eval_size, data.eval_size, 3]
+    if table["backbone"] != backbone or list(table["clip"]) != clip:
+        raise ValueError(f"{config.latency_table}: a table of {table['backbone']} at clip {table['clip']}, but the run "
+                         f"is {backbone} at {clip}; build it with python -m tf_stfusion.latency_table "
+                         f"--model_dir={config.model_dir}")
+    return table
 
 
 @dataclasses.dataclass
@@ -583,7 +640,8 @@ def _open_search(config, distribution, log):
     context, checkpoint, select_split = _open_run(config, distribution)
     evaluator = Evaluator(context.model, context.config.data.eval_clips, tiles=config.tiles, distribution=distribution)
     return Search(config, context, checkpoint, select_split, selection_order(context.inputs.split_videos(select_split)),
-                  distribution, evaluator, chief, log if chief else (lambda *a, **k: None))
+                  distribution, evaluator, chief, log if chief else (lambda *a, **k: None),
+                  latency=open_latency_table(config, context))
 
 
 def _plan(search):
@@ -605,7 +663,8 @@ def _plan(search):
               "seed": config.seed, "eval_clips": data.eval_clips, "select_split": search.select_name,
               "report_split": search.context.inputs.split_name("val"),
               "racing": {"eta": config.racing_eta, "slices": [list(s) for s in slices]} if racing else None,
-              "max_gflops": config.max_gflops}
+              "max_gflops": config.max_gflops,
+              **({"max_latency_ms": config.max_latency_ms} if config.max_latency_ms else {})}
     if search.chief:
         os.makedirs(out_dir, exist_ok=True)
         claim_settings(os.path.join(out_dir, PLAN), record,
@@ -655,7 +714,7 @@ def _race_selection(search, plan):
 
     config = search.config
     seen, dropped = race(plan.planned, plan.slices, journal, evaluate, lambda s: search.cost_of(s)[1],
-                         config.racing_eta, config.max_gflops, search.log)
+                         config.racing_eta, config.max_gflops, search.log, config.max_latency_ms, search.latency_of)
     rows = []
     for sid, kind, strategy in plan.planned:
         key = unit_key(strategy)
@@ -663,6 +722,8 @@ def _race_selection(search, plan):
                          *search.cost_of(strategy))
         row["dropped_round"], row["dropped_because"] = dropped.get(key, (None, None))
         row["rounds"] = seen[key]
+        if search.latency is not None:
+            row["latency_ms"] = round(search.latency_of(strategy), 3)
         rows.append(row)
     return rows, seen, sum(evaluated)
 
@@ -703,11 +764,13 @@ def _best_strategy(search, plan, best, reported):
         metrics={**{k: reported[k] for k in metric_keys}, "selected_on": search.select_name,
                  "selection": {k: best[k] for k in metric_keys},
                  **({"note": SAME_SPLIT_NOTE} if search.select_split == "val" else {}),
-                 "ci_method": reported["ci_method"], "params": best["params"], "gflops": best["gflops"]},
+                 "ci_method": reported["ci_method"], "params": best["params"], "gflops": best["gflops"],
+                 **({"latency_ms": best["latency_ms"]} if "latency_ms" in best else {})},
         provenance={"kind": "search", "id": best["id"], "model_dir": os.path.abspath(config.model_dir),
                     "checkpoint": os.path.basename(search.checkpoint), "seed": config.seed,
                     "num_samples": config.num_samples, "eval_clips": search.data.eval_clips,
-                    "racing": plan.racing, **({"max_gflops": config.max_gflops} if config.max_gflops else {})},
+                    "racing": plan.racing, **({"max_gflops": config.max_gflops} if config.max_gflops else {}),
+                    **(latency_budget(search) if config.max_latency_ms else {})},
     )
 
 
@@ -726,8 +789,12 @@ def _write_outputs(search, plan, result):
     atomic_write_json(os.path.join(out_dir, "marginals.json"), probs)
     report.fusion_plot(probs, best["units"], os.path.join(out_dir, "fusion.png"))
     report.pareto_plot(rows, pareto_front(rows), best, os.path.join(out_dir, "pareto.png"))
+    if search.latency is not None:
+        report.pareto_plot(rows, pareto_front(rows, "latency_ms"), best, os.path.join(out_dir, "pareto_latency.png"),
+                           cost="latency_ms")
     report.write_report(os.path.join(out_dir, "report.md"), rows, best, probs, plan.record, comparison,
-                        search.config.max_gflops, sections=write_posterior(out_dir, result.posterior, search.log))
+                        search.config.max_gflops, sections=write_posterior(out_dir, result.posterior, search.log),
+                        latency=latency_budget(search) if search.config.max_latency_ms else None)
 
 
 def _log_summary(search, result):
@@ -739,7 +806,9 @@ def _log_summary(search, result):
         f"{100 * result.strategy_videos / result.exhaustive_videos:.0f}% of scoring every strategy on every video")
     log(f"search: best {best['id']} chosen on {search.select_name} (top-1 {100 * best['top1']:.2f}%), "
         f"on {reported['split']}: {100 * reported['top1']:.2f}% [{100 * reported['top1_ci'][0]:.1f}, "
-        f"{100 * reported['top1_ci'][1]:.1f}], {best['gflops']:.3f} GFLOPs -> {os.path.join(result.out_dir, BEST_STRATEGY)}")
+        f"{100 * reported['top1_ci'][1]:.1f}], {best['gflops']:.3f} GFLOPs"
+        + (f", {best['latency_ms']:.2f} ms predicted ({search.latency['runtime']})" if "latency_ms" in best else "")
+        + f" -> {os.path.join(result.out_dir, BEST_STRATEGY)}")
     for warning in (comparison["chance_warning"] or comparison["prior"]["warning"], comparison["leakage_warning"]):
         if warning:
             log(f"search: warning: {warning}")
@@ -757,7 +826,7 @@ def run_search(config: SearchConfig, log=print, distribution=None):
     plan = _plan(search)
     start = time.time()
     rows, seen, evaluated = _race_selection(search, plan)
-    best = pick_best(rows, config.max_gflops)
+    best = pick_best(rows, config.max_gflops, config.max_latency_ms)
     scored_videos = {"strategy_videos": sum(plan.slices[seen[key] - 1][1] for key in seen),
                      "exhaustive_videos": len(seen) * len(search.select_videos)}
     comparison, posterior = _report(search, plan, rows, best, scored_videos)
@@ -782,6 +851,11 @@ def define_flags():
                          "capacity, layers.drop_path.MAX_TILES).")
     flags.DEFINE_integer("batch_size", 0, "Videos per batch (0: the run's evaluation batch).")
     flags.DEFINE_float("max_gflops", 0.0, "best.json: the best strategy within this compute budget (0: none).")
+    flags.DEFINE_float("max_latency_ms", 0.0, "best.json: the best strategy whose batch-1 latency, predicted by "
+                       "--latency_table, is within this budget (0: none); racing drops the others.")
+    flags.DEFINE_string("latency_table", None, "A latency table of the run's backbone and clip, built on the target "
+                        "machine and runtime (python -m tf_stfusion.latency_table --model_dir=RUN); rows get its "
+                        "predicted latency_ms.")
     flags.DEFINE_string("checkpoint", None, "Template checkpoint (default: the run's final search checkpoint).")
     flags.DEFINE_enum("select_split", None, ["holdout", "val"], "Split the best strategy is chosen on (default: the "
                       "run's --select_split). val: the paper's protocol, selected and reported on the same split "
@@ -828,6 +902,9 @@ def config_from_flags():
             or FLAGS.racing_min_videos < 1 or not 0 < FLAGS.target_accuracy <= 1):
         raise ValueError("need --num_samples >= 1, --tiles >= 1, --max_gflops >= 0, --racing_eta >= 2, "
                          "--racing_min_videos >= 1, 0 < --target_accuracy <= 1")
+    if FLAGS.max_latency_ms < 0 or (FLAGS.max_latency_ms and not FLAGS.latency_table):
+        raise ValueError("need --max_latency_ms >= 0, and a --latency_table to predict it (python -m "
+                         "tf_stfusion.latency_table --model_dir=RUN)")
     try:
         sizes = tuple(int(m) for m in FLAGS.ensemble_sizes)
     except ValueError:
@@ -842,6 +919,7 @@ def config_from_flags():
     return SearchConfig(
         model_dir=FLAGS.model_dir, num_samples=FLAGS.num_samples, seed=FLAGS.seed, eval_clips=FLAGS.eval_clips,
         tiles=FLAGS.tiles, batch_size=FLAGS.batch_size, max_gflops=FLAGS.max_gflops,
+        max_latency_ms=FLAGS.max_latency_ms, latency_table=FLAGS.latency_table or "",
         checkpoint=FLAGS.checkpoint or "", select_split=FLAGS.select_split or "", racing=FLAGS.racing,
         racing_eta=FLAGS.racing_eta, racing_min_videos=FLAGS.racing_min_videos, output_dir=FLAGS.output_dir or "",
         progress=FLAGS.progress, verify_data=FLAGS.verify_data, skip_corrupt_records=FLAGS.skip_corrupt_records,

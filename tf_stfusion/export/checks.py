@@ -155,6 +155,41 @@ def latencies(runners, files, folder, contract, repeats):
     return out
 
 
+# The file each latency table's runtime runs (tf_stfusion.latency.RUNTIMES).
+RUNTIME_FILES = {"tensorflow": "saved_model"}
+
+
+def latency_budget(strategy, runners, files, folder, contract, repeats):
+    """The measured batch-1 latency of the exported file against the latency budget
+    the search chose ``strategy`` under (its provenance's ``max_latency_ms``, the
+    table's runtime): ``{"max_latency_ms", "predicted_ms", "runtime", "file",
+    "measured_ms", "within_budget", "method"}``; ``None`` when the search had no
+    such budget. Measured as ``latencies`` does, on this machine: compare with the
+    table's machine line (``latency_machine``)."""
+    provenance, metrics = strategy.provenance or {}, strategy.metrics or {}
+    if not provenance.get("max_latency_ms"):
+        return None
+    runtime = provenance.get("latency_runtime", "tensorflow").split()[0]
+    budget = {"max_latency_ms": provenance["max_latency_ms"], "predicted_ms": metrics.get("latency_ms"),
+              "runtime": provenance.get("latency_runtime"), "table_machine": provenance.get("latency_machine")}
+    name = RUNTIME_FILES.get(runtime)
+    if name not in runners:
+        return {**budget, "file": None, "measured_ms": None, "within_budget": None,
+                "method": f"not measured: the {name or runtime} file was not written"}
+    measured = latencies({name: runners[name]}, files, folder, contract, repeats)[name]["latency_ms_batch1"]
+    return {**budget, "file": files[name], "measured_ms": measured,
+            "within_budget": measured <= budget["max_latency_ms"], "method": latency_method(repeats)}
+
+
+def budget_line(budget):
+    """The export log's line on the latency budget."""
+    if budget["measured_ms"] is None:
+        return f"latency budget {budget['max_latency_ms']} ms ({budget['runtime']}): {budget['method']}"
+    verdict = "within" if budget["within_budget"] else "OVER"
+    return (f"latency budget {budget['max_latency_ms']} ms ({budget['runtime']}): {budget['file']} measured "
+            f"{budget['measured_ms']:.2f} ms here, {verdict} the budget (predicted {budget['predicted_ms']:.2f} ms)")
+
+
 def latency_method(repeats, runtime=""):
     """How ``latencies`` (and the ensemble's latency) measured, for the report."""
     return f"batch 1, median of {repeats} runs after 2 warm-up runs, {runtime}{os.cpu_count()} CPU threads"

@@ -54,11 +54,16 @@ def export(config: ExportConfig, log=print):
                                          parity, log, verify=config.verify_data)
         failed = checks.judge(parity)
         report = _report(config, strategy, checkpoint, contract, costs, parity, files, served, lite)
+        budget = _latency_budget(strategy, files, loaded, work, contract, config)
+        if budget is not None:
+            report["latency_budget"] = budget
         if failed:
             raise ExportError("parity check(s) failed: " + ", ".join(
                 f"{n} max abs diff {parity[n]['max_abs_diff']:.3g}" for n in failed) + "; nothing was written")
         staging.move_into_place(work, parent, files, report)
     _log_summary(parity, lite, served, costs, parent, log)
+    if budget is not None:
+        log(f"  {checks.budget_line(budget)}")
     return report
 
 
@@ -166,6 +171,13 @@ def _write_formats(pruned, contract, config, work, video, pruned_logits, parity)
         loaded[name] = writer.load(path)
         parity[writer.parity] = checks.logit_parity(loaded[name](video)["logits"], pruned_logits)
     return files, loaded
+
+
+def _latency_budget(strategy, files, loaded, work, contract, config):
+    """The report's ``latency_budget`` (``checks.latency_budget``): the written file
+    of the search's latency table's runtime, timed against the search's budget."""
+    runners = {name: lambda x, call=call: call(x)["probabilities"] for name, call in loaded.items()}
+    return checks.latency_budget(strategy, runners, files, work, contract, config.latency_repeats)
 
 
 def _litert(pruned, run_config, contract, config, work, files, loaded, log):

@@ -1,0 +1,152 @@
+"""Latency tables (tf_stfusion.latency) and selection by latency (search --max_latency_ms)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tf_stfusion as stf
+from tf_stfusion import latency
+from tf_stfusion.search import Journal, SearchConfig, pareto_front, pick_best, race, run_search, unit_key
+
+
+@pytest.fixture(scope="module")
+def tiny_table(trained_run, tmp_path_factory):
+    """The CLI's table of the tiny test run (its contract: 8 frames, 32x32), 2 timed calls per part."""
+    path = tmp_path_factory.mktemp("latency") / "tiny.json"
+    proc = subprocess.run([sys.executable, "-m", "tf_stfusion.latency_table", f"--model_dir={trained_run}",
+                           "--repeats=2", f"--output={path}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("machine: ") and "predicted S" in proc.stdout
+    return path
+
+
+def test_table_of_tiny_times_every_layer_unit_and_fixed_part(tiny_table):
+    import tensorflow as tf
+
+    table = latency.read_table(tiny_table)
+    assert table["backbone"] == "tiny" and table["clip"] == [8, 32, 32, 3] and table["batch"] == 1
+    assert table["runtime"] == "tensorflow" and table["runtime_version"] == tf.__version__
+    assert table["machine"].startswith("machine: ") and f"tensorflow {tf.__version__}" in table["machine"]
+    assert [e["name"] for e in table["layers"]] == stf.layer_names("tiny")
+    for entry in table["layers"]:
+        assert entry["none"] == 0.0 and all(entry[u] > 0 for u in ("S", "ST", "S+ST"))
+    # tiny (DenseNet, 4 blocks): the input step, the stem, 3 transitions and the head are what no strategy removes.
+    assert sorted(table["fixed"]) == ["head", "input", "stem", "transition1", "transition2", "transition3"]
+    assert all(ms > 0 for ms in table["fixed"].values()) and table["call_overhead_ms"] > 0
+
+
+def test_every_layer_of_the_network_is_timed_in_exactly_one_part():
+    import keras
+
+    model = stf.build_template("tiny", num_classes=4, num_frames=8, input_size=32, units=["ST"] * 8)
+    names = stf.layer_names("tiny")
+    parts = list(latency.fusion_parts(model, names).values()) + list(latency.fixed_parts(model, names).values())
+    timed = [layer.name for part in parts for layer in part]
+    assert sorted(timed) == sorted(l.name for l in model.layers if not isinstance(l, keras.layers.InputLayer))
+    # A cut part computes what it computes in the network: block1/layer1 reads the stem's 16 channels and
+    # hands on 16 + 8 (its concatenation).
+    part = latency.cut(model, latency.fusion_parts(model, names)["block1/layer1"])
+    assert part.inputs[0].shape[-1] == 16 and part.outputs[0].shape[-1] == 24
+
+
+def _hand_table():
+    """A tiny table worked out by hand: every layer S 1.0, ST 2.0, S+ST 2.5 ms; stem 3, head 1; 0.25 ms a call."""
+    layers = [{"name": n, "S": 1.0, "ST": 2.0, "S+ST": 2.5, "none": 0.0} for n in stf.layer_names("tiny")]
+    return {"format": latency.FORMAT, "backbone": "tiny", "clip": [8, 32, 32, 3], "batch": 1,
+            "runtime": "tensorflow", "runtime_version": "x", "machine": "machine: hand-made",
+            "call_overhead_ms": 0.25, "fixed": {"stem": 3.0, "head": 1.0}, "layers": layers}
+
+
+def test_prediction_is_the_sum_of_the_parts_less_the_extra_calls():
+    table = latency.check_table(_hand_table())
+    units = ["S", "ST", "none", "S+ST", "none", "none", "none", "S"]
+    # parts: stem 3 + head 1 + S 1 + ST 2 + S+ST 2.5 + S 1 = 10.5 ms in 6 calls; one call is shipped: 10.5 - 5 x 0.25
+    assert latency.predict(table, units) == pytest.approx(9.25)
+    assert latency.predict(table, ["none"] * 8) == pytest.approx(3.0 + 1.0 - 0.25)
+    with pytest.raises(ValueError, match="7 layers"):
+        latency.predict(table, units[:7])
+    bad = _hand_table()
+    bad["layers"][2]["ST"] = -1.0
+    with pytest.raises(ValueError, match="t.json: field 'layers.block2/layer1.ST' must be a number"):
+        latency.check_table(bad, "t.json")
+
+
+def test_pick_best_keeps_to_the_latency_budget():
+    rows = [{"id": "a", "kind": "sampled", "top1": 0.8, "top5": 1, "gflops": 2.0, "num_videos": 10, "latency_ms": 5.0},
+            {"id": "b", "kind": "sampled", "top1": 0.9, "top5": 1, "gflops": 1.0, "num_videos": 10, "latency_ms": 9.0},
+            {"id": "c", "kind": "sampled", "top1": 0.7, "top5": 1, "gflops": 3.0, "num_videos": 10, "latency_ms": 4.0},
+            {"id": "d", "kind": "sampled", "top1": 0.99, "top5": 1, "gflops": 0.5, "num_videos": 4, "latency_ms": 1.0}]
+    assert pick_best(rows)["id"] == "b"
+    # b is fastest to compute but slowest to run: the fronts differ (d, on 4 videos, is on neither).
+    assert [r["id"] for r in pareto_front(rows)] == ["b"]
+    assert [r["id"] for r in pareto_front(rows, "latency_ms")] == ["c", "a", "b"]
+    assert pick_best(rows, max_latency_ms=8.0)["id"] == "a"  # b is over; d is not scored on the whole split
+    assert pick_best(rows, max_gflops=2.5, max_latency_ms=8.0)["id"] == "a"
+    with pytest.raises(ValueError, match="costs <= 2.5 GFLOPs and is predicted to take <= 4.5 ms"):
+        pick_best(rows, max_gflops=2.5, max_latency_ms=4.5)  # a is over the time, c over the GFLOPs
+    with pytest.raises(ValueError, match="predicted to take <= 3.0 ms"):
+        pick_best(rows, max_latency_ms=3.0)
+
+
+def test_racing_drops_strategies_over_the_latency_budget_after_the_first_round():
+    from tf_stfusion.evaluation import VideoResults
+
+    names = stf.layer_names("tiny")
+    planned = [(f"sample-{i}", "sampled", stf.Strategy.uniform(u, "tiny")) for i, u in enumerate(("S", "ST", "S+ST"))]
+    ms = {"S": 1.0, "ST": 2.0, "S+ST": 3.0}
+    journal = Journal("/nonexistent/rounds.jsonl", chief=False)
+
+    def evaluate(items, round_):
+        for key, _ in items:
+            hits = np.ones(slices[round_][1] - slices[round_][0], bool)
+            journal.add(key, round_, *slices[round_], VideoResults(hits, hits, np.zeros(hits.size)))
+
+    slices = [(0, 5), (5, 20)]
+    seen, dropped = race(planned, slices, journal, evaluate, lambda s: 1.0, eta=3, max_gflops=0,
+                         log=lambda *a: None, max_latency_ms=2.5, latency_of=lambda s: ms[s.units[0]])
+    over = unit_key(stf.Strategy.uniform("S+ST", "tiny"))
+    assert dropped[over][0] == 0 and "2.5 ms latency budget (3.00 ms predicted)" in dropped[over][1]
+    assert seen[over] == 1 and len(names) == 8
+    # S and ST are within it: they race on (halving keeps the better one for the last round).
+    within = [unit_key(stf.Strategy.uniform(u, "tiny")) for u in ("S", "ST")]
+    assert not any("latency" in dropped.get(key, (0, ""))[1] for key in within)
+    assert max(seen[key] for key in within) == 2
+
+
+def test_search_under_a_latency_budget_picks_a_strategy_within_it(trained_run, tiny_table, tmp_path):
+    import shutil
+
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(trained_run, model_dir)
+    table = latency.read_table(tiny_table)
+    budget = round(latency.predict(table, ["S+ST"] * 8) * 0.9, 3)  # S+ST everywhere is over it
+    result = run_search(SearchConfig(model_dir=model_dir, num_samples=6, racing="off", progress=False,
+                                     ensemble_sizes=(), max_latency_ms=budget, latency_table=str(tiny_table)),
+                        log=lambda *a: None)
+    assert all(r["latency_ms"] == pytest.approx(latency.predict(table, r["units"]), abs=1e-3) for r in result.rows)
+    assert result.best["latency_ms"] <= budget
+    best = stf.Strategy.load(f"{model_dir}/strategies/best.json")
+    assert best.provenance["max_latency_ms"] == budget and best.metrics["latency_ms"] <= budget
+    assert best.provenance["latency_runtime"].startswith("tensorflow ")
+    assert f"at most {budget} ms" in (tmp_path / "run" / "strategies" / "report.md").read_text()
+    assert (tmp_path / "run" / "strategies" / "pareto_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The export times the file of the table's runtime (the SavedModel) against the search's budget.
+    from tf_stfusion.export.config import ExportConfig
+    from tf_stfusion.export.exporter import export
+
+    report = export(ExportConfig(strategy_file=f"{model_dir}/strategies/best.json", model_dir=model_dir,
+                                 export_dir=str(tmp_path / "exported"), formats=("saved_model",)), log=lambda *a: None)
+    measured = report["latency_budget"]
+    assert measured["file"] == report["files"]["saved_model"] and measured["measured_ms"] > 0
+    assert measured["max_latency_ms"] == budget and measured["predicted_ms"] == best.metrics["latency_ms"]
+    assert measured["within_budget"] == (measured["measured_ms"] <= budget)
+    assert json.loads((tmp_path / "exported" / "export_report.json").read_text()
+                      )["latency_budget"] == measured
+    other = dict(table, clip=[16, 32, 32, 3])
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="at clip \\[16, 32, 32, 3\\], but the run is tiny at \\[8, 32, 32, 3\\]"):
+        run_search(SearchConfig(model_dir=model_dir, num_samples=2, output_dir=str(tmp_path / "o"), progress=False,
+                                ensemble_sizes=(), max_latency_ms=1.0, latency_table=str(tmp_path / "other.json")))

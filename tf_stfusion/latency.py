@@ -1,0 +1,301 @@
+"""Latency tables: a strategy's batch-1 latency on a runtime, predicted from timed parts.
+
+A table is built where the model will run (``python -m tf_stfusion.latency_table``)
+and holds, in milliseconds at one clip size and batch 1:
+
+* ``layers``: per fusion layer, the time of each of its units S, ST, S+ST (``none``:
+  0, the layer is absent from the pruned network);
+* ``fixed``: the parts no strategy removes -- the shipped file's ``input``
+  (uint8 clip -> ImageNet-normalised floats, ``data.pipeline.normalize``, as
+  the SavedModel does it) and for a DenseNet the stem, the transitions and the
+  head;
+* ``call_overhead_ms``: the runtime's cost of one call that does nothing.
+
+``predict(table, units)`` = the fixed parts + the chosen units' entries, less
+the per-call overhead of every part but one (each part was timed as its own
+call; the shipped network is one call).
+
+How a unit is timed *in its place* (``time_parts``): per-part sub-networks, not
+whole-network differences. For each unit u the uniform pruned network of u is
+built (``build_template(..., units=[u] * N)``, what ``models.prune`` ships); a
+fusion layer's Keras layers (named after it: ``block2/layer3`` ->
+``block2_layer3_*``) are cut out of it with the tensors that feed them
+(``cut``), so the part reads the feature map of the true shape and channel
+count that it reads in the network, and is timed as one compiled call on
+random inputs of those shapes. The remaining layers fall into connected pieces
+(stem, transitions, head), cut from the uniform S network. Whole-network
+differences (full network vs the network with one layer's unit changed) were
+not used: a unit of a 121-layer network is well under the run-to-run noise of
+a whole network's time, so its entry would be mostly that noise, and every
+entry would cost a full network's build and timing (~180 for DenseNet-121).
+
+Known biases, in opposite directions: entries are timed with every earlier
+layer kept (the uniform network), while in a DenseNet a skipped layer gives
+every later layer of its block fewer input channels (faster than its entry)
+and a ``TemporalBias`` after each of their convs and the transition's (slower:
+not timed at all). ``benchmarks/latency_table.py`` measures the error of the
+sum against the real exported file.
+
+Runtimes: ``tensorflow`` (the SavedModel's runtime: each part a ``tf.function``).
+ONNX Runtime and LiteRT tables are not built yet.
+"""
+
+import os
+import statistics
+import time
+
+from tf_stfusion.units import UNITS  # no TensorFlow on import: the CLIs check flags first
+
+FORMAT = "stfusion-latency-table/1"
+RUNTIMES = ("tensorflow",)
+UNIT_CHOICES = tuple(u for u in UNITS if u != "none")  # the units timed; "none" costs nothing
+
+
+def median_latency(call, repeats=10, warmup=2):
+    """Median wall seconds of ``call()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# -- cutting a functional network into parts -----------------------------------------------
+def keras_prefix(fusion_layer):
+    """The prefix of a fusion layer's Keras layer names: ``block2/layer3`` -> ``block2_layer3_``."""
+    return fusion_layer.replace("/", "_") + "_"
+
+
+def _producer(tensor):
+    return tensor._keras_history.operation.name
+
+
+def _inputs_of(layer):
+    import keras
+
+    return keras.tree.flatten(layer.input)
+
+
+def cut(model, layers):
+    """The sub-network of ``model`` made of ``layers`` (Keras layers of it): a
+    ``keras.Model`` from the tensors that feed them from outside to the tensors
+    they hand on (to other layers or as the model's outputs). Raises ``ValueError``
+    for an empty part."""
+    import keras
+
+    if not layers:
+        raise ValueError("an empty part cannot be cut out of a network")
+    names = {layer.name for layer in layers}
+    inputs, outputs = {}, {}
+    for layer in layers:
+        for tensor in _inputs_of(layer):
+            if _producer(tensor) not in names:
+                inputs.setdefault(id(tensor), tensor)
+    for layer in model.layers:
+        if layer.name in names:
+            continue
+        for tensor in _inputs_of(layer):
+            if _producer(tensor) in names:
+                outputs.setdefault(id(tensor), tensor)
+    for tensor in model.outputs:
+        if _producer(tensor) in names:
+            outputs.setdefault(id(tensor), tensor)
+    return keras.Model(list(inputs.values()), list(outputs.values()), name=f"part_{layers[0].name}")
+
+
+def fusion_parts(model, fusion_layers):
+    """``{fusion layer: its Keras layers}`` of a pruned network (in layer order)."""
+    parts = {}
+    for name in fusion_layers:
+        prefix = keras_prefix(name)
+        parts[name] = [layer for layer in model.layers if layer.name.startswith(prefix)]
+    return parts
+
+
+def fixed_parts(model, fusion_layers):
+    """The layers of ``model`` outside every fusion layer, as connected pieces
+    ``{name: layers}``, each named by its first layer's name up to the first ``_``
+    (``stem``, ``transition1``, ``head``)."""
+    import keras
+
+    claimed = {layer.name for layers in fusion_parts(model, fusion_layers).values() for layer in layers}
+    rest = [layer for layer in model.layers
+            if layer.name not in claimed and not isinstance(layer, keras.layers.InputLayer)]
+    piece_of = {}
+    pieces = []
+    for layer in rest:  # model.layers is in topological order: a producer comes first
+        joined = {piece_of[_producer(t)] for t in _inputs_of(layer) if _producer(t) in piece_of}
+        if not joined:
+            pieces.append([layer])
+            piece_of[layer.name] = len(pieces) - 1
+            continue
+        into = min(joined)
+        for other in sorted(joined - {into}):
+            for moved in pieces[other]:
+                piece_of[moved.name] = into
+            pieces[into] += pieces[other]
+            pieces[other] = []
+        pieces[into].append(layer)
+        piece_of[layer.name] = into
+    named = {}
+    for piece in (p for p in pieces if p):
+        base = piece[0].name.split("_")[0]
+        name, n = base, 1
+        while name in named:
+            n += 1
+            name = f"{base}{n}"
+        named[name] = piece
+    return named
+
+
+# -- timing on a runtime --------------------------------------------------------------------
+def runtime_version(runtime):
+    """The version string of ``runtime``'s package."""
+    _check_runtime(runtime)
+    import tensorflow as tf
+
+    return tf.__version__
+
+
+def _check_runtime(runtime):
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime {runtime!r} has no latency tables; expected one of {RUNTIMES}")
+
+
+def time_part(part, repeats, seed=0):
+    """Milliseconds of one batch-1 call of the sub-network ``part`` on the
+    ``tensorflow`` runtime (a ``tf.function`` of it, inference mode) on random
+    inputs of its input shapes: ``median_latency`` of ``repeats`` calls."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    feeds = [tf.constant(rng.standard_normal((1, *t.shape[1:])), tf.float32) for t in part.inputs]
+    call = tf.function(lambda xs: part(xs, training=False))
+    return 1000 * median_latency(lambda: call(feeds), repeats=repeats)
+
+
+def time_input(clip, repeats):
+    """Milliseconds of the shipped file's input step on a ``[1, *clip]`` uint8 clip:
+    ``data.pipeline.normalize`` (uint8 -> float32, ImageNet mean and std)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tf_stfusion.data.pipeline import normalize
+
+    video = tf.constant(np.random.default_rng(0).integers(0, 256, (1, *clip), dtype=np.uint8))
+    call = tf.function(normalize)
+    return 1000 * median_latency(lambda: call(video), repeats=repeats)
+
+
+def call_overhead(clip, repeats):
+    """Milliseconds of a ``tf.function`` call that returns its ``[1, *clip]`` input."""
+    import tensorflow as tf
+
+    x = tf.zeros((1, *clip), tf.float32)
+    call = tf.function(tf.identity)
+    return 1000 * median_latency(lambda: call(x), repeats=repeats)
+
+
+def time_parts(backbone, num_classes, clip, repeats=10, log=print):
+    """``(layers, fixed)`` of a table: per fusion layer ``{"name", "S", "ST", "S+ST",
+    "none"}`` (ms) and ``{part: ms}`` of the fixed parts, timed at ``clip``
+    ``(frames, height, width, 3)``, batch 1 (see the module's docstring)."""
+    from tf_stfusion.models import build_template, layer_names
+
+    names = layer_names(backbone)
+    layers = [{"name": name, "none": 0.0} for name in names]
+    fixed = {}
+    for unit in UNIT_CHOICES:
+        model = build_template(backbone, num_classes=num_classes, num_frames=clip[0], input_size=clip[1:3],
+                               units=[unit] * len(names))
+        for entry, (name, part) in zip(layers, fusion_parts(model, names).items()):
+            if not part:
+                raise ValueError(f"{backbone}: no Keras layer is named {keras_prefix(name)}*; cannot time {name}")
+            entry[unit] = time_part(cut(model, part), repeats)
+        log(f"latency: {backbone} {unit}: {len(names)} layers timed")
+        if unit == "S":
+            fixed = {"input": time_input(clip, repeats)}
+            fixed.update({name: time_part(cut(model, part), repeats)
+                          for name, part in fixed_parts(model, names).items()})
+    return layers, fixed
+
+
+def build_table(backbone, num_classes, clip, runtime="tensorflow", repeats=10, log=print):
+    """The latency table (a dict, ``FORMAT``) of ``backbone`` at ``clip``
+    ``(frames, height, width, 3)``, batch 1, on ``runtime``, with the machine line
+    and the runtime's version. Raises ``ValueError`` for a runtime without tables."""
+    from tf_stfusion.machine import machine_line
+
+    _check_runtime(runtime)
+    version = runtime_version(runtime)
+    layers, fixed = time_parts(backbone, num_classes, tuple(clip), repeats, log)
+    return {"format": FORMAT, "backbone": backbone, "num_classes": num_classes, "clip": list(clip), "batch": 1,
+            "runtime": runtime, "runtime_version": version, "threads": os.cpu_count(),
+            "machine": machine_line(**{runtime: version}),
+            "method": (f"each part a sub-network cut from the uniform pruned network, timed alone: median of "
+                       f"{repeats} calls after 2 warm-up calls (tf_stfusion.latency)"),
+            "call_overhead_ms": call_overhead(clip, repeats), "fixed": fixed, "layers": layers}
+
+
+# -- reading and predicting ---------------------------------------------------------------------
+def check_table(table, where="latency table"):
+    """``table`` if it is a readable latency table, else a one-line ``ValueError``
+    naming ``where`` and the field."""
+    if not isinstance(table, dict) or table.get("format") != FORMAT:
+        raise ValueError(f"{where}: not a {FORMAT} file; build one with python -m tf_stfusion.latency_table")
+    from tf_stfusion.models import layer_names
+
+    try:
+        expected = layer_names(table["backbone"])
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{where}: field 'backbone': {e}") from None
+    layers = table.get("layers")
+    if not isinstance(layers, list) or [e.get("name") for e in layers if isinstance(e, dict)] != expected:
+        raise ValueError(f"{where}: field 'layers' must list {table['backbone']}'s {len(expected)} fusion layers "
+                         "in order; rebuild the table")
+    numbers = [("call_overhead_ms", table.get("call_overhead_ms"))]
+    numbers += [(f"fixed.{k}", v) for k, v in (table.get("fixed") or {}).items()]
+    numbers += [(f"layers.{e['name']}.{u}", e.get(u)) for e in layers for u in UNITS]
+    for field, value in numbers:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"{where}: field {field!r} must be a number of milliseconds >= 0, got {value!r}")
+    if not table.get("fixed"):
+        raise ValueError(f"{where}: field 'fixed' is empty; rebuild the table")
+    return table
+
+
+def read_table(path):
+    """The latency table in the JSON file ``path`` (checked by ``check_table``)."""
+    import json
+
+    try:
+        with open(path) as f:
+            table = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such latency table; build one with python -m "
+                                "tf_stfusion.latency_table") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable latency table ({e})") from None
+    return check_table(table, path)
+
+
+def predict(table, units):
+    """Predicted batch-1 milliseconds of the strategy ``units`` (one unit per fusion
+    layer, in order): every fixed part + each kept layer's entry for its unit,
+    less ``call_overhead_ms`` for every part but one. Raises ``ValueError`` for a
+    strategy of another length or an unknown unit."""
+    layers = table["layers"]
+    if len(units) != len(layers):
+        raise ValueError(f"a strategy of {len(units)} layers against a {table['backbone']} latency table of "
+                         f"{len(layers)} layers")
+    parts = list(table["fixed"].values())
+    for entry, unit in zip(layers, units):
+        if unit not in UNITS:
+            raise ValueError(f"unknown unit {unit!r} for {entry['name']}; expected one of {UNITS}")
+        if unit != "none":
+            parts.append(entry[unit])
+    return sum(parts) - (len(parts) - 1) * table["call_overhead_ms"]

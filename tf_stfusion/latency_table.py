@@ -1,0 +1,89 @@
+"""``python -m tf_stfusion.latency_table``: build a latency table where the model will run.
+
+    python -m tf_stfusion.latency_table --model_dir=RUN --output=RUN/latency_tensorflow.json
+    python -m tf_stfusion.latency_table --backbone=tiny --num_classes=8 --num_frames=8 --size=48 \\
+        --output=tiny.json
+
+Times every fusion layer's units (S, ST, S+ST) in their place in the network and
+the fixed parts (stem, transitions, head), batch 1, on ``--runtime`` (how:
+``tf_stfusion.latency``), and writes the table as JSON with the machine line and
+the runtime's version. With ``--model_dir`` the backbone, class count and clip
+size are the run's (its input contract: frames and evaluation crop), so the
+table fits the search's ``--latency_table``. Run it on the machine the model
+will be served on, with nothing else running.
+"""
+
+import sys
+
+from absl import flags
+
+from tf_stfusion.latency import RUNTIMES
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    flags.DEFINE_string("model_dir", None, "A training run: its backbone, classes and contract clip size.")
+    flags.DEFINE_string("backbone", None, "Without --model_dir: the backbone (e.g. tiny, densenet121).")
+    flags.DEFINE_integer("num_classes", 0, "Without --model_dir: classes of the head.")
+    flags.DEFINE_integer("num_frames", 0, "Frames per clip (default: the run's).")
+    flags.DEFINE_integer("size", 0, "Height and width of a clip (default: the run's evaluation crop).")
+    flags.DEFINE_enum("runtime", "tensorflow", list(RUNTIMES), "The runtime the table is for.")
+    flags.DEFINE_integer("repeats", 10, "Timed calls per part (the median is kept), after 2 warm-up calls.")
+    flags.DEFINE_string("output", None, "Where the JSON table goes.")
+
+
+def table_settings():
+    """``(backbone, num_classes, clip)`` of the command line; raises ``ValueError``
+    naming the flag."""
+    if not FLAGS.output:
+        raise ValueError("--output is required (where the JSON table goes)")
+    if FLAGS.repeats < 1 or FLAGS.num_frames < 0 or FLAGS.size < 0:
+        raise ValueError("need --repeats >= 1, --num_frames >= 0, --size >= 0")
+    if FLAGS.model_dir:
+        from tf_stfusion.run.folder import RunFolder
+
+        record = RunFolder(FLAGS.model_dir).record()
+        contract = record.contract
+        backbone, num_classes = record.config.backbone, len(contract.class_names)
+        frames, size = FLAGS.num_frames or contract.num_frames, FLAGS.size or contract.eval_size
+    else:
+        if not FLAGS.backbone or FLAGS.num_classes < 1 or not FLAGS.num_frames or not FLAGS.size:
+            raise ValueError("give --model_dir, or --backbone, --num_classes, --num_frames and --size")
+        backbone, num_classes, frames, size = FLAGS.backbone, FLAGS.num_classes, FLAGS.num_frames, FLAGS.size
+    from tf_stfusion.models import layer_names
+
+    layer_names(backbone)  # an unknown backbone: one line, before anything is timed
+    return backbone, num_classes, (frames, size, size, 3)
+
+
+def main(argv):
+    del argv  # run_app refuses positional arguments
+    try:
+        backbone, num_classes, clip = table_settings()
+        from tf_stfusion.fileio import atomic_write_json
+        from tf_stfusion.latency import build_table, predict, runtime_version
+        from tf_stfusion.machine import machine_line
+
+        print(machine_line(**{FLAGS.runtime: runtime_version(FLAGS.runtime)}))
+        table = build_table(backbone, num_classes, clip, FLAGS.runtime, FLAGS.repeats)
+        atomic_write_json(FLAGS.output, table)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    n = len(table["layers"])
+    print(f"latency: {backbone} at {'x'.join(map(str, clip[:3]))}, batch 1, {FLAGS.runtime} "
+          f"{table['runtime_version']}: fixed parts {sum(table['fixed'].values()):.2f} ms; predicted S "
+          f"{predict(table, ['S'] * n):.2f} ms, ST {predict(table, ['ST'] * n):.2f} ms -> {FLAGS.output}")
+    return 0
+
+
+def run():
+    """Console-script entry point (``stfusion-latency``)."""
+    from tf_stfusion.configs import run_app
+
+    run_app(main, define_flags)
+
+
+if __name__ == "__main__":
+    run()
