@@ -238,6 +238,10 @@ def test_ensemble_head_scales_and_abstains_by_hand():
     np.testing.assert_allclose(scaled.numpy(), [[0.75, 0.25], [0.550510, 0.449490]], atol=1e-5)
     np.testing.assert_allclose(entropy.numpy()[0], -(0.75 * np.log(0.75) + 0.25 * np.log(0.25)), atol=1e-5)
     assert abstain.numpy().tolist() == [False, True]
+    # A score right at the threshold is kept, as the hold-out fit kept it (calibration's
+    # choose_threshold: score >= t); equal logits give exactly 0.5 at T = 1.
+    at_threshold = EnsembleHead(temperature=1.0, threshold=0.5, info={}).apply(tf.constant([[0.5, 0.5]]))[2]
+    assert at_threshold.numpy().tolist() == [False]
 
 
 def test_ensemble_export_equals_the_evaluated_ensemble(trained_run, tmp_path):
