@@ -386,6 +386,10 @@ def test_clip_runtime_command_line_prints_the_top_classes_or_one_error_line(caps
         values(["client", *argv])
         return values
 
+    plain = flags.FlagValues()
+    client.define_clip_flags(flag_values=plain)  # the ONNX client's flags: no --num_threads by default
+    assert "num_threads" not in plain and "model" in plain
+
     def onnx_like(model, video):
         if video == "bad.mp4":
             raise VideoError("bad.mp4: no frames")
