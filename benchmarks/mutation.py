@@ -67,7 +67,10 @@ TARGETS = {
     "export/serving": ["tests/test_geometry.py", "tests/test_serving.py",
                        "tests/test_export.py::test_ensemble_head_scales_and_abstains_by_hand",
                        "tests/test_export.py::test_ensemble_export_equals_the_evaluated_ensemble"],
-    "export/client": ["tests/test_geometry.py", "tests/test_video.py", "tests/test_serving.py"],
+    "export/client": ["tests/test_geometry.py", "tests/test_video.py", "tests/test_serving.py",
+                      # the clip clients' command lines, run as a user runs them
+                      "tests/test_export.py::test_onnx_client_example_classifies_a_video",
+                      "tests/test_litert.py::test_litert_client_classifies_a_video"],
 }
 # only these functions of a module are mutated (None: every function)
 FUNCTIONS = {
