@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import av
 import numpy as np
@@ -219,9 +220,23 @@ def rotation_matrix(degrees):
     (-90, [("transpose", "cclock")]),  # theta 270, matrix[3] > 0
     (180, [("hflip", ""), ("vflip", "")]),
     (179, [("rotate", "179.0*PI/180")]),  # |179 - 180| = 1 is not "< 1"
+    (-89, [("rotate", "271.0*PI/180")]),  # |271 - 270| = 1: not the transpose
+    (89, [("rotate", "89.0*PI/180")]),  # |89 - 90| = 1: not the transpose
 ])
 def test_display_filters_follow_the_cli_rule_at_every_angle(degrees, filters):
     assert display_filters(rotation_matrix(degrees)) == filters
+
+
+def test_one_timestamp_has_the_guessed_frame_duration_or_none():
+    # A single frame lasts one frame at the stream's guessed rate; with no rate, nothing is
+    # claimed (duration and fps 0), not a made-up second.
+    from tf_stfusion.data.video import _Timing
+
+    for rate, duration, fps in ((25, 0.04, 25.0), (None, 0.0, 0.0)):
+        timing, stats = _Timing(), DecodeStats()
+        timing.add(types.SimpleNamespace(pts=7), 0)
+        timing.fill(stats, fractions.Fraction(1, 25), rate)
+        assert stats.duration == pytest.approx(duration) and stats.fps == pytest.approx(fps)
 
 
 def test_anamorphic_video_is_stretched_to_its_display_width(tmp_path):
