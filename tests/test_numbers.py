@@ -112,6 +112,13 @@ def test_every_group_of_strategies_is_scored_on_every_batch():
     assert not np.allclose(want[0], want[1], rtol=1e-3)  # the strategies score differently
     got = Evaluator(model, eval_clips=1, tiles=1).evaluate(lambda ctx: data, 6, strategies=strategies).probabilities
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    # Two groups (the first batch is not the only one that applies masks), and a last group of
+    # one strategy padded to the tile count (3 + 1 strategies, 3 per tile).
+    pair = Evaluator(model, eval_clips=1, tiles=1).evaluate(lambda ctx: data, 6, strategies=strategies[:2])
+    np.testing.assert_allclose(pair.probabilities, want[:2], rtol=1e-4, atol=1e-6)
+    four = Evaluator(model, eval_clips=1, tiles=3).evaluate(lambda ctx: data, 6, strategies=strategies + strategies[:1])
+    np.testing.assert_allclose(four.probabilities, want + want[:1], rtol=1e-4, atol=1e-6)
+    assert Evaluator(model, eval_clips=1).tiles == 1  # the plain model: one tile, no extra copies scored
 
 
 # -- parameters and FLOPs ---------------------------------------------------------------------

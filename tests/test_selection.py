@@ -143,6 +143,13 @@ def _probs(m_s, m_st):
     return {"gates": gates, "layers": layers}
 
 
+def test_a_split_fingerprint_is_the_first_16_hex_digits_of_sha256_of_its_ids():
+    # Written into metrics.json and compared across runs and versions: its length is part of it.
+    import hashlib
+
+    assert selection.fingerprint(["v1", "v2"]) == hashlib.sha256(b"v1\nv2").hexdigest()[:16]
+
+
 def test_a_tiny_marginal_difference_is_not_called_a_preference():
     # The case: mean marginals 0.298 vs 0.295.
     text = observations(_probs([0.300, 0.296], [0.296, 0.294]), [])[0]
