@@ -416,3 +416,18 @@ def test_a_one_frame_video_is_read_as_that_frame_and_an_empty_one_refused():
         np.testing.assert_array_equal(_contract(kind).frame_indices(1), np.zeros((2, 4), int))
         with pytest.raises(ValueError, match="at least one frame"):
             _contract(kind).frame_indices(0)
+
+
+def test_clip_runtimes_return_the_five_best_classes_of_a_larger_set():
+    # ONNX / LiteRT files (clip_function) answer with the top 5 class ids, best first, as
+    # serving_default does; fewer classes than 5 give all of them.
+    contract = InputContract(num_frames=2, frame_stride=1, sampler="dense", eval_clips=1, eval_size=S,
+                             class_names=tuple("abcdefgh"))
+    logits = tf.constant([[0.0, 7.0, 1.0, 6.0, 2.0, 5.0, 3.0, 4.0]])
+
+    def model(clips, training=False):
+        return tf.tile(logits, [tf.shape(clips)[0], 1])
+
+    fn, spec = serving.clip_function(model, contract)
+    out = fn(tf.zeros([1, *spec.shape[1:]], tf.uint8))
+    assert out["top_k"].numpy().tolist() == [[1, 3, 5, 7, 6]]
