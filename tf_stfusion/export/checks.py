@@ -29,7 +29,7 @@ from tf_stfusion.export.local_server import LocalServing
 from tf_stfusion.export.serving import clip_shape
 from tf_stfusion.fileio import size_on_disk
 from tf_stfusion.run.inputs import open_inputs
-from tf_stfusion.strategy import Strategy, apply_strategy
+from tf_stfusion.strategy import Strategy
 
 TOLERANCE = 1e-4  # relative to the output scale
 
@@ -94,8 +94,10 @@ def serving_check(template, run_config, contract, saved_model_dir, batch_size=8,
     if members is None:
         evaluated = Evaluator(template, contract.eval_clips).evaluate(lambda _: dataset, len(ids)).probabilities[0]
     else:
-        evaluated = apply_temperature(np.mean([evaluate_member(template, units, dataset, contract, len(ids))
-                                               for units in members], axis=0), temperature)
+        # One pass over the videos scores every member (the Evaluator applies each one's masks).
+        strategies = [Strategy.from_units(template.stf_spec.backbone, units) for units in members]
+        scores = Evaluator(template, contract.eval_clips).evaluate(lambda _: dataset, len(ids), strategies=strategies)
+        evaluated = apply_temperature(np.mean(scores.probabilities, axis=0), temperature)
     server = LocalServing(saved_model_dir)
     served = np.zeros_like(evaluated)
     labels = np.zeros(len(ids), np.int32)
@@ -113,12 +115,6 @@ def serving_check(template, run_config, contract, saved_model_dir, batch_size=8,
             "evaluation_top1": eval_top1["value"], "evaluation_top1_ci": eval_top1["ci"],
             "same_answer": float(np.mean(np.argmax(served, 1) == np.argmax(evaluated, 1))),
             "max_abs_diff_probabilities": float(np.max(np.abs(served - evaluated)))}
-
-
-def evaluate_member(template, units, dataset, contract, num_videos):
-    """One ensemble member's video scores ``[n, C]``: ``template`` in fixed mode."""
-    apply_strategy(template, Strategy.from_units(template.stf_spec.backbone, units))
-    return Evaluator(template, contract.eval_clips).evaluate(lambda _: dataset, num_videos).probabilities[0]
 
 
 def calibration_clips(run_config, contract, count):
