@@ -62,22 +62,28 @@ class DenseClipSampler:
 class UniformClipSampler:
     """TSN-style: the video cut into ``num_frames`` equal segments, one frame each.
 
-    Train: a random frame per segment. Eval: view ``v`` takes the point
-    ``(v + 0.5) / eval_clips`` of every segment.
+    Train: a random frame per segment, ``floor((k + u) L / T)`` for segment ``k``
+    and ``u`` uniform in [0, 1). Eval: view ``v`` takes the point
+    ``(v + 0.5) / eval_clips`` of every segment, ``floor((k + (v + 0.5) / V) L / T)``.
+
+    Computed exactly (integers in eval; float64 of a 24-bit ``u`` in training, exact
+    below 2**20 frames): float32 put a point that lands on a frame one frame early
+    (``L = 26``, ``T = 7``: segment 3's middle is frame 13; float32 gave 12).
     """
 
     num_frames: int
 
     def indices(self, length, eval_clips, training, seed):
-        seg = tf.cast(length, tf.float32) / self.num_frames
-        base = tf.range(self.num_frames, dtype=tf.float32) * seg
+        k = tf.range(self.num_frames, dtype=tf.int64)
+        length = tf.cast(length, tf.int64)
         if training:
-            pos = tf.random.stateless_uniform([1, self.num_frames], seed, 0.0, 1.0)
-        else:
-            pos = ((tf.range(eval_clips, dtype=tf.float32) + 0.5) / eval_clips)[:, None]
-            pos = tf.broadcast_to(pos, [eval_clips, self.num_frames])
-        idx = tf.cast(tf.floor(base[None, :] + pos * seg), tf.int32)
-        return tf.minimum(idx, length - 1)
+            u = tf.random.stateless_uniform([1, self.num_frames], seed, 0.0, 1.0)
+            point = (tf.cast(k, tf.float64) + tf.cast(u, tf.float64)) * tf.cast(length, tf.float64)
+            idx = tf.floor(point / self.num_frames)
+        else:  # (k + (2v + 1) / 2V) L / T with one integer division
+            v = tf.range(eval_clips, dtype=tf.int64)[:, None]
+            idx = (2 * eval_clips * k + 2 * v + 1) * length // (2 * eval_clips * self.num_frames)
+        return tf.cast(idx, tf.int32)
 
 
 SAMPLERS = {"dense": DenseClipSampler, "uniform": UniformClipSampler}
