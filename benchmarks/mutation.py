@@ -55,7 +55,8 @@ TARGETS = {
                 "tests/test_train.py::test_mirrored_two_devices_matches_one_device"],
     # the data and statistics modules (issue 29): the fast geometry / statistics tests first (-x stops at
     # the first failure), then the module's own tests
-    "data/pipeline": ["tests/test_geometry.py",
+    "data/pipeline": ["tests/test_pipeline_rules.py", "tests/test_geometry.py",
+                      "tests/test_data.py::test_pipeline_batches_are_the_exact_steps_rounded_to_the_replicas_only",
                       "tests/test_data.py::test_samplers_loop_short_videos_and_spread_views",
                       "tests/test_data.py::test_pipeline_is_deterministic_and_eval_views_fold_into_batch",
                       "tests/test_data.py::test_file_level_sharding_for_multiple_workers",
