@@ -347,6 +347,9 @@ def make_dataset(files, spec, *, training, batch_size=8, shuffle_buffer=256, rep
     the views of a video are consecutive in the batch (average their scores with
     ``average_clip_scores``) -- and labels ``[B]``. Float32, ImageNet-normalised.
     ``input_context`` (a ``tf.distribute.InputContext``) shards the files.
+    Records are read 4 files at a time, one from each in turn; training shuffles the
+    files every epoch and the records in a buffer of ``shuffle_buffer``; evaluation
+    keeps that reading order (no shuffle).
 
     ``video_index`` (a sequence of video ids): only these videos are read, and
     each batch carries a third element, every video's position in that
