@@ -13,7 +13,7 @@ import tensorflow as tf
 
 import tf_stfusion as stf
 from tf_stfusion.export import litert
-from tf_stfusion.export.deploy import DeployError, FrameConv3D, deploy_model
+from tf_stfusion.deploy import DeployError, FrameConv3D, deploy_model
 from tf_stfusion.export.main import ExportConfig, ExportError, export
 from tf_stfusion.models.prune import prune
 
