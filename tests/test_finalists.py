@@ -7,12 +7,17 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tf_stfusion import finalists
 from tf_stfusion.search import SearchConfig, read_results, run_search
+
+
+def _read(folder, name):
+    return json.loads((Path(folder) / name).read_text())
 
 
 def _entry(sid, int8_top1):
@@ -84,7 +89,7 @@ def test_int8_finalists_scored_on_the_selection_split_and_picked_by_int8(trained
     lines = []
     result = run_search(config, log=lines.append)
     out = os.path.join(model_dir, "strategies")
-    record = json.load(open(os.path.join(out, "finalists.json")))
+    record = _read(out, "finalists.json")
     rows = read_results(os.path.join(out, "strategies.jsonl"))
     expected = _hand_ranking(list(rows.values()), 2)
     entries = record["finalists"]
@@ -105,11 +110,11 @@ def test_int8_finalists_scored_on_the_selection_split_and_picked_by_int8(trained
     top1, n = _litert_top1(model_dir, entries[best]["units"], 4)
     assert (top1, n) == (entries[best]["int8"]["top1"], entries[best]["int8"]["num_videos"])
     assert record["pick"] == entries[best]["id"] == result.best["id"]
-    chosen = json.load(open(os.path.join(out, "best.json")))
+    chosen = _read(out, "best.json")
     assert chosen["provenance"]["id"] == record["pick"] and chosen["metrics"]["selected_on"] == "holdout"
     assert chosen["metrics"]["int8"]["top1"] == entries[best]["int8"]["top1"]
     assert chosen["metrics"]["split"] == "val"  # the report split's float numbers, as without int8
-    report = open(os.path.join(out, "report.md")).read()
+    report = (Path(out) / "report.md").read_text()
     assert "## Finalists in int8" in report and all(f"| `{e['id']}` |" in report for e in entries)
     assert any("picked by int8" in line for line in lines)
 
@@ -120,10 +125,10 @@ def test_int8_finalists_scored_on_the_selection_split_and_picked_by_int8(trained
 
     monkeypatch.setattr(finalists, "int8_correct", reversed_scores)
     again = run_search(config, log=lines.append)
-    record = json.load(open(os.path.join(out, "finalists.json")))
+    record = _read(out, "finalists.json")
     assert record["pick"] == again.best["id"] == entries[1]["id"] and record["float_pick"] == entries[0]["id"]
     assert again.comparison["strategies"]["Opt"]["units"] == entries[1]["units"]  # val: the int8 pick
-    assert json.load(open(os.path.join(out, "best.json")))["provenance"]["id"] == entries[1]["id"]
+    assert _read(out, "best.json")["provenance"]["id"] == entries[1]["id"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -103,14 +103,14 @@ def report_lines(result):
              f"`{result['float_pick']}`. Each finalist was pruned and converted as `stfusion-export "
              f"--quantize=int8` converts, calibrated on {result['calibration']['clips']} clips of "
              f"{result['calibration']['videos']}.", "",
-             "| Finalist | GFLOPs | float32 top-1 | int8 top-1 | int8 - float32 (paired) | |",
-             "|---|---|---|---|---|---|"]
+             "| Finalist | GFLOPs | float32 top-1 | int8 top-1 | int8 - float32 (paired) | right only in int8 / "
+             "only in float32 | |", "|---|---|---|---|---|---|---|"]
     for entry in result["finalists"]:
         d = entry["int8_minus_float32"]
         mark = "**pick**" if entry["id"] == result["pick"] else ""
         lines.append(f"| `{entry['id']}` | {entry['gflops']:.3f} | {_percent(entry['float32'])} | "
                      f"{_percent(entry['int8'])} | {100 * d['diff']:+.1f} [{100 * d['ci'][0]:+.1f}, "
-                     f"{100 * d['ci'][1]:+.1f}] ({d['verdict']}) | {mark} |")
+                     f"{100 * d['ci'][1]:+.1f}] ({d['verdict']}) | {d['only_a']} / {d['only_b']} videos | {mark} |")
     lines += ["", f"Top-1 intervals: {result['interval']}. Differences: int8 minus float32 on the same videos, "
               f"{result['paired']}.", ""]
     return lines

@@ -16,7 +16,10 @@ From the search-phase checkpoint of RUN:
    videos; those whose paired 95% upper bound lies below the leader are dropped,
    the best ``1/eta`` of the rest go on to a slice ``eta`` times larger, until
    the survivors have seen the whole split. ``--racing=off`` scores every
-   strategy on every video (the fixed strategies always are);
+   strategy on every video (the fixed strategies always are); with
+   ``--score_precision=int8`` the ``--int8_finalists`` best strategies are
+   converted to int8 LiteRT and scored again on the selection split, and Opt is
+   the best of them in int8 (``finalists.py``; ``finalists.json``);
 4. report Opt (the best sampled strategy) and S / ST / S+ST on the *report*
    split (val) with intervals and paired differences;
 5. write ``RUN/strategies/`` (``--output_dir``): ``rounds.jsonl`` (the journal:

@@ -40,8 +40,7 @@ import keras
 import tensorflow as tf
 
 from tf_stfusion.data import pipeline
-# serving.clip_function / clip_shape / clip_probabilities: the clip runtimes' function, shared with the search.
-from tf_stfusion.deploy import clip_function, clip_logits, clip_probabilities, clip_shape  # noqa: F401
+from tf_stfusion.deploy import clip_function, clip_logits, clip_probabilities, clip_shape  # noqa: F401 (re-exported)
 from tf_stfusion.evaluation import video_scores
 
 JPEG_MAGIC = b"\xff\xd8\xff"
