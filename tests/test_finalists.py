@@ -2,6 +2,7 @@
 finalists are, the pick by int8 top-1, the int8 scores against an independent
 LiteRT loop, the files, and the command line's refusals."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -94,7 +95,7 @@ def test_int8_finalists_scored_on_the_selection_split_and_picked_by_int8(trained
     expected = _hand_ranking(list(rows.values()), 2)
     entries = record["finalists"]
     assert [e["id"] for e in entries] == expected and record["float_pick"] == expected[0]
-    assert record["split"] == "holdout" and "not the hold-out" in record["calibration"]["videos"]
+    assert record["split"] == "holdout" and "the hold-out left out" in record["calibration"]["videos"]
     assert record["calibration"]["clips"] == 4
     for e in entries:
         row = rows[e["id"]]
@@ -129,6 +130,12 @@ def test_int8_finalists_scored_on_the_selection_split_and_picked_by_int8(trained
     assert record["pick"] == again.best["id"] == entries[1]["id"] and record["float_pick"] == entries[0]["id"]
     assert again.comparison["strategies"]["Opt"]["units"] == entries[1]["units"]  # val: the int8 pick
     assert _read(out, "best.json")["provenance"]["id"] == entries[1]["id"]
+
+    # float32 (the default) in the same folder: the float pick, and no finalists file left behind.
+    plain = run_search(dataclasses.replace(config, score_precision="float32"), log=lines.append)
+    assert plain.best["id"] == entries[0]["id"] and not os.path.exists(os.path.join(out, "finalists.json"))
+    assert "int8" not in _read(out, "best.json")["metrics"] and "Finalists in int8" not in (
+        Path(out) / "report.md").read_text()
 
 
 @pytest.mark.parametrize("args, message", [

@@ -21,7 +21,10 @@ The pick is the finalist best by int8 top-1, ties broken by the search's ranking
 (``pick_by_int8``).
 """
 
+import os
+
 from tf_stfusion import selection
+from tf_stfusion.fileio import atomic_write_json
 
 FINALISTS = "finalists.json"
 PRECISIONS = ("float32", "int8")
@@ -114,6 +117,19 @@ def report_lines(result):
     lines += ["", f"Top-1 intervals: {result['interval']}. Differences: int8 minus float32 on the same videos, "
               f"{result['paired']}.", ""]
     return lines
+
+
+def write_finalists(out_dir, result):
+    """``finalists.json`` of ``result`` (``record``'s dict) in ``out_dir``; for a
+    float search (``result`` None) an earlier int8 search's file is removed, as it
+    no longer describes the pick. Returns report.md's lines about it."""
+    path = os.path.join(out_dir, FINALISTS)
+    if result is None:
+        if os.path.exists(path):
+            os.remove(path)
+        return []
+    atomic_write_json(path, result)
+    return report_lines(result)
 
 
 def summary_metrics(result):

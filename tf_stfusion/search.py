@@ -833,9 +833,10 @@ def _best_strategy(search, plan, best, reported, int8=None):
 
 def _write_outputs(search, plan, result):
     """The chief's files: ``strategies.jsonl``, ``comparison.json``, ``best.json``,
-    ``marginals.json``, the plots, ``calibration.json`` and ``report.md``."""
+    ``marginals.json``, the plots, ``calibration.json``, ``finalists.json`` and ``report.md``."""
     from tf_stfusion import report
     from tf_stfusion.fileio import atomic_write_json, atomic_write_text
+    from tf_stfusion.finalists import write_finalists
     from tf_stfusion.strategy import marginals
 
     out_dir, rows, best, comparison = result.out_dir, result.rows, result.best, result.comparison
@@ -843,12 +844,7 @@ def _write_outputs(search, plan, result):
     atomic_write_json(os.path.join(out_dir, COMPARISON), comparison)
     _best_strategy(search, plan, best, comparison["strategies"]["Opt"], result.finalists).save(
         os.path.join(out_dir, BEST_STRATEGY))
-    sections = write_posterior(out_dir, result.posterior, search.log)
-    if result.finalists:
-        from tf_stfusion.finalists import FINALISTS, report_lines
-
-        atomic_write_json(os.path.join(out_dir, FINALISTS), result.finalists)
-        sections = report_lines(result.finalists) + sections
+    sections = write_finalists(out_dir, result.finalists) + write_posterior(out_dir, result.posterior, search.log)
     probs = marginals(search.context.model)
     atomic_write_json(os.path.join(out_dir, "marginals.json"), probs)
     report.fusion_plot(probs, best["units"], os.path.join(out_dir, "fusion.png"))

@@ -113,7 +113,7 @@ class RunInputs:
             where = f"hold-out of {data.train_split} ({len(candidates)} videos)"
         else:
             candidates = [v for v, _ in self.source.train_examples if v not in self.holdout and v not in self.lost]
-            why = "not the hold-out the search selects on" if self.holdout else f"the run selected on {data.val_split}"
+            why = "the hold-out left out" if self.holdout else f"the run selected on {data.val_split}"
             where = f"{data.train_split} ({len(candidates)} videos; {why})"
         chosen = selection.selection_order(candidates)[:count]
         views = pipeline.uint8_views(self.source.train_files, contract, chosen, eval_clips=1)
