@@ -13,7 +13,7 @@ import tensorflow as tf
 
 import tf_stfusion as stf
 from tf_stfusion.export import litert
-from tf_stfusion.export.deploy import DeployError, FrameConv3D, deploy_model
+from tf_stfusion.deploy import DeployError, FrameConv3D, deploy_model
 from tf_stfusion.export.main import ExportConfig, ExportError, export
 from tf_stfusion.models.prune import prune
 
@@ -227,6 +227,8 @@ def test_a_file_with_non_builtin_ops_is_refused(monkeypatch):
     stf.apply_strategy(template, strategy)
     contract = InputContract(num_frames=4, frame_stride=1, sampler="dense", eval_clips=1, eval_size=32,
                              class_names=("a", "b", "c"))
-    monkeypatch.setattr(litert, "builtin_ops", lambda flat: {"CONV_2D", "FlexAvgPool3D"})
+    from tf_stfusion import litert as converter  # convert's own module (the export re-exports it)
+
+    monkeypatch.setattr(converter, "builtin_ops", lambda flat: {"CONV_2D", "FlexAvgPool3D"})
     with pytest.raises(litert.LiteRTError, match=r"non-builtin ops \['FlexAvgPool3D'\]"):
         litert.convert(prune(template, strategy), contract)

@@ -16,7 +16,10 @@ From the search-phase checkpoint of RUN:
    videos; those whose paired 95% upper bound lies below the leader are dropped,
    the best ``1/eta`` of the rest go on to a slice ``eta`` times larger, until
    the survivors have seen the whole split. ``--racing=off`` scores every
-   strategy on every video (the fixed strategies always are);
+   strategy on every video (the fixed strategies always are); with
+   ``--score_precision=int8`` the ``--int8_finalists`` best strategies are
+   converted to int8 LiteRT and scored again on the selection split, and Opt is
+   the best of them in int8 (``finalists.py``; ``finalists.json``);
 4. report Opt (the best sampled strategy) and S / ST / S+ST on the *report*
    split (val) with intervals and paired differences;
 5. write ``RUN/strategies/`` (``--output_dir``): ``rounds.jsonl`` (the journal:
@@ -86,6 +89,9 @@ class SearchConfig:
     ensemble_sizes: tuple = (1, 2, 4, 8, 16)  # posterior-averaged ensembles reported (); (): none
     target_accuracy: float = 0.9  # the abstention threshold's target, chosen on the hold-out
     ensemble_from: str = "samples"  # samples: draws from the gates; survivors: those racing kept to the end
+    score_precision: str = "float32"  # int8: the finalists converted to int8 LiteRT, the pick by their int8 top-1
+    int8_finalists: int = 5  # finalists: the best distinct sampled strategies by the float ranking
+    calibration_clips: int = 100  # int8 calibration clips (as stfusion-export's), of videos trained on
 
     def folder(self):
         from tf_stfusion.run.folder import RunFolder
@@ -105,6 +111,7 @@ class SearchResult:
     strategy_videos: int  # (strategy, video) pairs scored on the selection split, this call and before
     exhaustive_videos: int  # what scoring every unique strategy on every video would take
     posterior: dict = None  # the posterior-averaged evaluation (calibration.json); None without ensembles
+    finalists: dict = None  # the int8 finalists (finalists.json); None with --score_precision=float32
 
 
 
@@ -171,17 +178,23 @@ def over_budget(gflops, latency_ms, max_gflops=0.0, max_latency_ms=0.0):
     return None
 
 
-def pick_best(rows, max_gflops=0.0, max_latency_ms=0.0):
-    """The best sampled strategy scored on the whole selection split (top-1, then
-    top-5, then fewer GFLOPs), within ``max_gflops`` and ``max_latency_ms`` (the
-    rows' predicted ``latency_ms``) if given."""
+def ranked(rows, max_gflops=0.0, max_latency_ms=0.0):
+    """The sampled strategies scored on the whole selection split, within
+    ``max_gflops`` and ``max_latency_ms`` (the rows' predicted ``latency_ms``) if
+    given, best first: top-1, then top-5, then fewer GFLOPs (a stable sort: equal
+    rows keep plan order)."""
     pool = [r for r in fully_scored(rows) if r["kind"] == "sampled"
             and not over_budget(r["gflops"], r.get("latency_ms", 0.0), max_gflops, max_latency_ms)]
     if not pool:
         budgets = " and ".join([f"costs <= {max_gflops} GFLOPs"] * bool(max_gflops)
                                + [f"is predicted to take <= {max_latency_ms} ms"] * bool(max_latency_ms))
         raise ValueError(f"no sampled strategy {budgets}" if budgets else "no sampled strategy was evaluated")
-    return max(pool, key=lambda r: (r["top1"], r["top5"], -r["gflops"]))
+    return sorted(pool, key=lambda r: (-r["top1"], -r["top5"], r["gflops"]))
+
+
+def pick_best(rows, max_gflops=0.0, max_latency_ms=0.0):
+    """The best of ``ranked(rows, max_gflops, max_latency_ms)``."""
+    return ranked(rows, max_gflops, max_latency_ms)[0]
 
 
 def result_row(sid, kind, strategy, videos, split, params, gflops):
@@ -728,6 +741,47 @@ def _race_selection(search, plan):
     return rows, seen, sum(evaluated)
 
 
+def _shipping_template(search):
+    """The search's template rebuilt at the contract's clip size (the export's
+    ``build_template`` at ``eval_size``), its weights copied: the deploy graph
+    needs static sizes."""
+    from tf_stfusion.models import build_template
+
+    spec, data = search.context.model.stf_spec, search.data
+    template = build_template(spec.backbone, num_classes=spec.num_classes, num_frames=data.num_frames,
+                              input_size=data.eval_size)
+    template.set_weights(search.context.model.get_weights())
+    return template
+
+
+def _score_finalists(search, rows):
+    """``--score_precision=int8``: the finalists (``ranked``'s first distinct
+    ``int8_finalists``) converted to int8 LiteRT and scored on the selection split
+    (``finalists`` module). Returns the pick's row and ``finalists.json``'s record."""
+    from tf_stfusion import finalists
+    from tf_stfusion.strategy import Strategy
+
+    config, context = search.config, search.context
+    chosen = finalists.distinct_first(ranked(rows, config.max_gflops, config.max_latency_ms), config.int8_finalists)
+    contract = context.contract()
+    clips, where = context.inputs.calibration_clips(contract, config.calibration_clips, trained_on=True)
+    search.log(f"search: {len(chosen)} finalist(s) to int8 LiteRT, calibrated on {len(clips)} clips of {where}; "
+               f"scored on the {len(search.select_videos)} videos of {search.select_name}")
+    template, entries = _shipping_template(search), []
+    dataset_fn = context.inputs.eval_dataset_fn(search.select_split, videos=search.select_videos)
+    for row in chosen:
+        strategy = Strategy.from_units(context.model.stf_spec.backbone, row["units"])
+        with context.inputs.reading(search.select_split):
+            correct, size = finalists.int8_correct(template, strategy, contract, clips, dataset_fn,
+                                                   len(search.select_videos), search.distribution)
+        entries.append(finalists.finalist_entry(row, row_correct(row), correct, size))
+        search.log(f"search: finalist {row['id']}: top-1 float32 {100 * row['top1']:.2f}%, int8 "
+                   f"{100 * entries[-1]['int8']['top1']:.2f}% ({size / 1e6:.2f} MB)")
+    pick = finalists.pick_by_int8(entries)
+    calibration = {"clips": len(clips), "videos": where, "view": "one evaluation clip per video"}
+    return chosen[pick], finalists.record(entries, pick, search.select_name, calibration)
+
+
 def _report(search, plan, rows, best, scored_videos):
     """Opt and S / ST / S+ST on the report split with the search's diagnostics
     (``comparison.json``), and the posterior-averaged evaluation: both from one pass
@@ -751,9 +805,11 @@ def _report(search, plan, rows, best, scored_videos):
     return comparison, posterior_evaluation(search, plan.planned, best, ensembles, val_scores)
 
 
-def _best_strategy(search, plan, best, reported):
+def _best_strategy(search, plan, best, reported, int8=None):
     """``best.json``: the chosen strategy, its numbers on the report split
-    (``reported``) and on the selection split, and where it came from."""
+    (``reported``) and on the selection split, and where it came from; ``int8``:
+    the finalists' record (``--score_precision=int8``)."""
+    from tf_stfusion.finalists import summary_metrics
     from tf_stfusion.selection import SAME_SPLIT_NOTE
     from tf_stfusion.strategy import Strategy
 
@@ -765,7 +821,8 @@ def _best_strategy(search, plan, best, reported):
                  "selection": {k: best[k] for k in metric_keys},
                  **({"note": SAME_SPLIT_NOTE} if search.select_split == "val" else {}),
                  "ci_method": reported["ci_method"], "params": best["params"], "gflops": best["gflops"],
-                 **({"latency_ms": best["latency_ms"]} if "latency_ms" in best else {})},
+                 **({"latency_ms": best["latency_ms"]} if "latency_ms" in best else {}),
+                 **(summary_metrics(int8) if int8 else {})},
         provenance={"kind": "search", "id": best["id"], "model_dir": os.path.abspath(config.model_dir),
                     "checkpoint": os.path.basename(search.checkpoint), "seed": config.seed,
                     "num_samples": config.num_samples, "eval_clips": search.data.eval_clips,
@@ -776,15 +833,18 @@ def _best_strategy(search, plan, best, reported):
 
 def _write_outputs(search, plan, result):
     """The chief's files: ``strategies.jsonl``, ``comparison.json``, ``best.json``,
-    ``marginals.json``, the plots, ``calibration.json`` and ``report.md``."""
+    ``marginals.json``, the plots, ``calibration.json``, ``finalists.json`` and ``report.md``."""
     from tf_stfusion import report
     from tf_stfusion.fileio import atomic_write_json, atomic_write_text
+    from tf_stfusion.finalists import write_finalists
     from tf_stfusion.strategy import marginals
 
     out_dir, rows, best, comparison = result.out_dir, result.rows, result.best, result.comparison
     atomic_write_text(os.path.join(out_dir, RESULTS), "".join(json.dumps(row) + "\n" for row in rows))
     atomic_write_json(os.path.join(out_dir, COMPARISON), comparison)
-    _best_strategy(search, plan, best, comparison["strategies"]["Opt"]).save(os.path.join(out_dir, BEST_STRATEGY))
+    _best_strategy(search, plan, best, comparison["strategies"]["Opt"], result.finalists).save(
+        os.path.join(out_dir, BEST_STRATEGY))
+    sections = write_finalists(out_dir, result.finalists) + write_posterior(out_dir, result.posterior, search.log)
     probs = marginals(search.context.model)
     atomic_write_json(os.path.join(out_dir, "marginals.json"), probs)
     report.fusion_plot(probs, best["units"], os.path.join(out_dir, "fusion.png"))
@@ -793,7 +853,7 @@ def _write_outputs(search, plan, result):
         report.pareto_plot(rows, pareto_front(rows, "latency_ms"), best, os.path.join(out_dir, "pareto_latency.png"),
                            cost="latency_ms")
     report.write_report(os.path.join(out_dir, "report.md"), rows, best, probs, plan.record, comparison,
-                        search.config.max_gflops, sections=write_posterior(out_dir, result.posterior, search.log),
+                        search.config.max_gflops, sections=sections,
                         latency=latency_budget(search) if search.config.max_latency_ms else None)
 
 
@@ -809,6 +869,12 @@ def _log_summary(search, result):
         f"{100 * reported['top1_ci'][1]:.1f}], {best['gflops']:.3f} GFLOPs"
         + (f", {best['latency_ms']:.2f} ms predicted ({search.latency['runtime']})" if "latency_ms" in best else "")
         + f" -> {os.path.join(result.out_dir, BEST_STRATEGY)}")
+    if result.finalists:
+        from tf_stfusion.finalists import FINALISTS
+
+        log(f"search: picked by int8 LiteRT top-1 on {result.finalists['split']} among "
+            f"{len(result.finalists['finalists'])} finalists (float pick {result.finalists['float_pick']}) -> "
+            f"{os.path.join(result.out_dir, FINALISTS)}")
     for warning in (comparison["chance_warning"] or comparison["prior"]["warning"], comparison["leakage_warning"]):
         if warning:
             log(f"search: warning: {warning}")
@@ -821,17 +887,22 @@ def run_search(config: SearchConfig, log=print, distribution=None):
     ``FileNotFoundError`` with a one-line message for a run or settings it cannot
     search."""
     from tf_stfusion import distribute as dist_lib
+    from tf_stfusion.finalists import check_settings
 
+    check_settings(config.score_precision, config.int8_finalists, config.calibration_clips)
     search = _open_search(config, distribution or dist_lib.make_distribution("one_device"), log)
     plan = _plan(search)
     start = time.time()
     rows, seen, evaluated = _race_selection(search, plan)
     best = pick_best(rows, config.max_gflops, config.max_latency_ms)
+    finalists = None  # --score_precision=int8: the pick is the finalist best in int8
+    if config.score_precision == "int8":
+        best, finalists = _score_finalists(search, rows)
     scored_videos = {"strategy_videos": sum(plan.slices[seen[key] - 1][1] for key in seen),
                      "exhaustive_videos": len(seen) * len(search.select_videos)}
     comparison, posterior = _report(search, plan, rows, best, scored_videos)
     result = SearchResult(rows, best, evaluated, search.evaluator.traces, time.time() - start, config.folder(),
-                          comparison, **scored_videos, posterior=posterior)
+                          comparison, **scored_videos, posterior=posterior, finalists=finalists)
     if search.chief:
         _write_outputs(search, plan, result)
         _log_summary(search, result)
@@ -874,6 +945,14 @@ def define_flags():
     flags.DEFINE_enum("ensemble_from", "samples", list(ENSEMBLE_FROM), "Ensemble members: samples (draws from the "
                       "learned gates: the posterior predictive) or survivors (the sampled strategies racing scored "
                       "on the whole selection split).")
+    flags.DEFINE_enum("score_precision", "float32", ["float32", "int8"], "The precision the pick is scored in: "
+                      "int8 converts the --int8_finalists best strategies to int8 LiteRT (as stfusion-export "
+                      "--quantize=int8), scores them on the selection split and picks the best in int8 "
+                      "(finalists.json).")
+    flags.DEFINE_integer("int8_finalists", 5, "--score_precision=int8: the best distinct sampled strategies by the "
+                         "float ranking (top-1, top-5, fewer GFLOPs; within the budgets) scored in int8.")
+    flags.DEFINE_integer("calibration_clips", 100, "--score_precision=int8: clips (one per video) of the training "
+                         "videos the template trained on (never the selection split) calibrating int8.")
     flags.DEFINE_float("target_accuracy", 0.9, "Abstention: the threshold on the (temperature-scaled) maximum "
                        "probability is the lowest at which the hold-out's kept videos reach this top-1.")
 
@@ -909,6 +988,12 @@ def config_from_flags():
         sizes = tuple(int(m) for m in FLAGS.ensemble_sizes)
     except ValueError:
         sizes = (0,)
+    for name in ("int8_finalists", "calibration_clips"):
+        if FLAGS[name].present and FLAGS.score_precision != "int8":
+            raise ValueError(f"--{name} applies to --score_precision=int8 only")
+    from tf_stfusion.finalists import check_settings
+
+    check_settings(FLAGS.score_precision, FLAGS.int8_finalists, FLAGS.calibration_clips)
     if any(m < 1 for m in sizes):
         raise ValueError(f"--ensemble_sizes takes whole numbers >= 1, got {','.join(FLAGS.ensemble_sizes)}")
     from tf_stfusion.layers.drop_path import MAX_TILES
@@ -924,6 +1009,8 @@ def config_from_flags():
         racing_eta=FLAGS.racing_eta, racing_min_videos=FLAGS.racing_min_videos, output_dir=FLAGS.output_dir or "",
         progress=FLAGS.progress, verify_data=FLAGS.verify_data, skip_corrupt_records=FLAGS.skip_corrupt_records,
         ensemble_sizes=sizes, target_accuracy=FLAGS.target_accuracy, ensemble_from=FLAGS.ensemble_from,
+        score_precision=FLAGS.score_precision, int8_finalists=FLAGS.int8_finalists,
+        calibration_clips=FLAGS.calibration_clips,
     )
 
 

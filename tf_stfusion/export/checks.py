@@ -118,23 +118,10 @@ def serving_check(template, run_config, contract, saved_model_dir, batch_size=8,
 
 
 def calibration_clips(run_config, contract, count):
-    """``count`` uint8 clips ``[T, S, S, 3]`` (one per video, the evaluation view)
-    of the run's hold-out videos -- trained on by no phase, not the report split --
-    or of its training videos when it selected on val; the videos are the first
-    ``count`` of the split in racing's pseudo-random order, so only they are read
-    and decoded. Returns ``(clips, where)``."""
-    data = run_config.data
-    inputs = open_inputs(run_config)
-    source = inputs.source
-    if data.select_split == "holdout":
-        candidates = sorted(inputs.holdout)
-        where = f"hold-out of {data.train_split} ({len(candidates)} videos)"
-    else:
-        candidates = [video_id for video_id, _ in source.train_examples]
-        where = f"{data.train_split} ({len(candidates)} videos; the run selected on {data.val_split})"
-    chosen = selection.selection_order(candidates)[:count]
-    views = pipeline.uint8_views(source.train_files, contract, chosen, eval_clips=1)
-    return [clips.numpy()[0] for clips, _, _ in views], where
+    """``count`` uint8 clips ``[T, S, S, 3]`` of the run's hold-out (its training
+    videos when it selected on val) and where they come from
+    (``RunInputs.calibration_clips``)."""
+    return open_inputs(run_config).calibration_clips(contract, count)
 
 
 def latencies(runners, files, folder, contract, repeats):

@@ -1,6 +1,8 @@
 """LiteRT (TFLite): the pruned network for phones and edge boxes, builtin ops only.
 
-``convert`` writes the deploy graph (``deploy.deploy_model``: every 3D conv and
+The converter and the runner live a floor down (``tf_stfusion.litert``), shared
+with the search's int8 finalists; this module adds the export's file names,
+metadata reader and op counts. ``convert`` writes the deploy graph (``deploy.deploy_model``: every 3D conv and
 pool as 2D ops) with the same function as the SavedModel's ``serving_default``
 -- ``video`` uint8 ``[1, T, S, S, 3]``, normalisation inside, outputs
 ``probabilities`` and ``top_k`` -- in one of three precisions:
@@ -17,97 +19,26 @@ are allowed (no Select TF ops, no custom ops): ``builtin_ops`` lists a file's
 ops and ``convert`` refuses anything else.
 """
 
-import json
-import os
-import shutil
-import tempfile
-import warnings
-
-import keras
 import numpy as np
-import tensorflow as tf
 
-from tf_stfusion.export.deploy import deploy_model
-from tf_stfusion.export.serving import clip_function
 from tf_stfusion.latency import median_latency  # noqa: F401  (litert.median_latency: the export's timer)
+from tf_stfusion.litert import (  # noqa: F401  (litert.convert, .Runner, ...: the export's names for them)
+    METADATA_KEY,
+    PRECISIONS,
+    LiteRTError,
+    Runner,
+    builtin_ops,
+    convert,
+    interpreter,
+    with_metadata,
+)
 
-PRECISIONS = ("float32", "float16", "int8")
 QUANTIZATIONS = PRECISIONS[1:]  # --quantize
-METADATA_KEY = "input_contract"
 SUFFIX = {"float32": "", "float16": "_fp16", "int8": "_int8"}
-
-
-class LiteRTError(ValueError):
-    pass
 
 
 def file_name(model_name, precision="float32"):
     return f"{model_name}{SUFFIX[precision]}.tflite"
-
-
-def convert(model, contract, precision="float32", calibration=None, top_k=5):
-    """The ``.tflite`` bytes of ``model`` (a pruned Keras network) at ``precision``.
-    ``calibration``: an iterable of uint8 clips ``[T, S, S, 3]`` (int8 only)."""
-    if precision not in PRECISIONS:
-        raise LiteRTError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
-    if precision == "int8" and calibration is None:
-        raise LiteRTError("int8 quantization needs calibration clips")
-    deployed = deploy_model(model)
-    serve, signature = clip_function(deployed, contract, top_k, batch=1)
-    work = tempfile.mkdtemp(prefix="stfusion-litert-")
-    try:
-        # Through a SavedModel written by Keras' ExportArchive: the converter then
-        # freezes every variable (a bare concrete function keeps them as resources).
-        archive = keras.export.ExportArchive()
-        archive.track(deployed)
-        archive.add_endpoint("serving_default", serve, input_signature=[signature])
-        archive.write_out(work, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(work)
-        converter.target_spec.supported_ops = {tf.lite.OpsSet.TFLITE_BUILTINS}
-        if precision == "float16":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.target_spec.supported_types = [tf.float16]
-        elif precision == "int8":
-            clips = [np.asarray(c, np.uint8) for c in calibration]
-            if not clips:
-                raise LiteRTError("int8 quantization needs at least one calibration clip")
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            # Builtin int8 kernels where they exist; an op without one (e.g. MEAN over
-            # 4 axes) stays float -- still a builtin op.
-            converter.target_spec.supported_ops = {tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                                   tf.lite.OpsSet.TFLITE_BUILTINS}
-            converter.representative_dataset = lambda: ({"video": clip[None]} for clip in clips)
-        try:
-            with warnings.catch_warnings():  # TF's own calibrator still uses the deprecated tf.lite.Interpreter
-                warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-                flat = converter.convert()
-        except Exception as e:  # ConverterError: its last lines name the unsupported ops
-            lines = [line.strip() for line in str(e).splitlines() if "op" in line and "error" in line.lower()]
-            raise LiteRTError(f"{precision} conversion to LiteRT builtin ops failed: "
-                              f"{(lines or [str(e)])[-1][:400]}") from None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    flat = with_metadata(flat, {METADATA_KEY: json.dumps(contract.to_dict())})
-    bad = sorted(op for op in builtin_ops(flat) if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE"))
-    if bad:
-        raise LiteRTError(f"{precision} LiteRT file needs non-builtin ops {bad}")
-    return flat
-
-
-def with_metadata(flat, entries):
-    """``flat`` with ``entries`` ({name: str}) added to the flatbuffer's metadata."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flat))
-    for name, text in entries.items():
-        buffer = schema.BufferT()
-        buffer.data = np.frombuffer(text.encode(), np.uint8)
-        model.buffers.append(buffer)
-        meta = schema.MetadataT()
-        meta.name, meta.buffer = name, len(model.buffers) - 1
-        model.metadata = (model.metadata or []) + [meta]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def read_metadata(path_or_bytes, name=METADATA_KEY):
@@ -131,27 +62,6 @@ def read_metadata(path_or_bytes, name=METADATA_KEY):
     return None
 
 
-def interpreter(path_or_bytes, num_threads=None, delegates=True):
-    """A LiteRT interpreter (``ai_edge_litert``, XNNPACK on CPU) with tensors allocated."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    kwargs = {"num_threads": num_threads or os.cpu_count()}
-    if not delegates:
-        kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    if isinstance(path_or_bytes, (bytes, bytearray)):
-        kwargs["model_content"] = bytes(path_or_bytes)
-    else:
-        kwargs["model_path"] = path_or_bytes
-    runner = Interpreter(**kwargs)
-    runner.allocate_tensors()
-    return runner
-
-
-def builtin_ops(path_or_bytes):
-    """The op names of a ``.tflite`` file, as written (no delegate applied)."""
-    return {op["op_name"] for op in interpreter(path_or_bytes, 1, delegates=False)._get_ops_details()}
-
-
 def int8_ops(path_or_bytes):
     """``(ops computing in int8, all ops)`` counts of a file (ops with an int8 input)."""
     runner = interpreter(path_or_bytes, 1, delegates=False)
@@ -161,13 +71,3 @@ def int8_ops(path_or_bytes):
     return quantized, len(ops)
 
 
-class Runner:
-    """Batch-1 LiteRT signature runner: ``runner(clips)`` -> outputs of every clip."""
-
-    def __init__(self, path_or_bytes, num_threads=None):
-        self.interpreter = interpreter(path_or_bytes, num_threads)
-        self.signature = self.interpreter.get_signature_runner("serving_default")
-
-    def __call__(self, clips):
-        outs = [self.signature(video=np.asarray(clip, np.uint8)[None]) for clip in clips]
-        return {name: np.concatenate([o[name] for o in outs]) for name in outs[0]}

@@ -40,6 +40,7 @@ import keras
 import tensorflow as tf
 
 from tf_stfusion.data import pipeline
+from tf_stfusion.deploy import clip_function, clip_logits, clip_probabilities, clip_shape  # noqa: F401 (re-exported)
 from tf_stfusion.evaluation import video_scores
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -88,16 +89,6 @@ def check_frames(frames, expected_count=None):
     return checks
 
 
-def clip_logits(model, video):
-    """The network's logits ``[batch, C]`` (float32) of uint8 clips ``[batch, T, S, S, 3]``."""
-    return tf.cast(model(pipeline.normalize(video), training=False), tf.float32)
-
-
-def clip_probabilities(model, video):
-    """Softmax scores ``[batch, C]`` of uint8 clips ``[batch, T, S, S, 3]``."""
-    return tf.nn.softmax(clip_logits(model, video))
-
-
 class Ensemble(keras.Model):
     """``M`` networks on one input: normalised clips ``[batch, T, S, S, 3]`` ->
     logits ``[batch, M, C]`` (float32)."""
@@ -131,28 +122,6 @@ def ensemble_video_scores(model, clips):
     logits = tf.cast(model(tf.reshape(clips, tf.concat([[-1], shape[2:]], 0)), training=False), tf.float32)
     probs = tf.nn.softmax(logits)  # [B*V, M, C]
     return tf.reduce_mean(tf.reshape(probs, [shape[0], -1, probs.shape[-1]]), axis=1)
-
-
-def clip_shape(contract):
-    """``(T, S, S, 3)``: one uint8 clip as the clip signatures take it (the
-    contract's ``num_frames`` and ``eval_size``)."""
-    return (contract.num_frames, contract.eval_size, contract.eval_size, 3)
-
-
-def clip_function(model, contract, top_k=5, batch=None):
-    """``(fn, input_signature)``: ``serving_default`` without the labels table --
-    uint8 clips ``video`` -> ``probabilities``, ``top_k``, ``logits`` -- for the
-    runtimes that take clips (ONNX; LiteRT with ``batch=1``)."""
-    top_k = min(top_k, len(contract.class_names))
-
-    def serve(video):
-        logits = clip_logits(model, video)
-        probs = tf.nn.softmax(logits)
-        ids = tf.math.top_k(probs, top_k).indices
-        return {"probabilities": tf.identity(probs, name="probabilities"), "top_k": tf.identity(ids, name="top_k"),
-                "logits": tf.identity(logits, name="logits")}
-
-    return serve, tf.TensorSpec([batch, *clip_shape(contract)], tf.uint8, name="video")
 
 
 def make_signatures(model, contract: pipeline.InputContract, lookup, top_k=5, head=None):

@@ -99,6 +99,26 @@ class RunInputs:
                              f"{self.config.data.val_split} split; ids must be unique")
         return ids
 
+    def calibration_clips(self, contract, count, trained_on=False):
+        """``count`` uint8 clips ``[T, S, S, 3]`` (one per video, the evaluation view,
+        as a LiteRT client sends it: ``pipeline.uint8_views``) calibrating int8
+        quantization, and where they come from. The videos are of the training split:
+        the hold-out -- trained on by no phase, not the report split -- or, with
+        ``trained_on`` (the search, which selects on the hold-out) or for a run that
+        selected on val, the training videos the template trained on; the first
+        ``count`` in racing's pseudo-random order, so only they are read."""
+        data = self.config.data
+        if self.holdout and not trained_on:
+            candidates = sorted(self.holdout - self.lost)
+            where = f"hold-out of {data.train_split} ({len(candidates)} videos)"
+        else:
+            candidates = [v for v, _ in self.source.train_examples if v not in self.holdout and v not in self.lost]
+            why = "the hold-out left out" if self.holdout else f"the run selected on {data.val_split}"
+            where = f"{data.train_split} ({len(candidates)} videos; {why})"
+        chosen = selection.selection_order(candidates)[:count]
+        views = pipeline.uint8_views(self.source.train_files, contract, chosen, eval_clips=1)
+        return [clips.numpy()[0] for clips, _, _ in views], where
+
     def split_name(self, split):
         """How outputs name a split: the val split's own name, or ``holdout``."""
         return "holdout" if split == "holdout" else self.config.data.val_split

@@ -26,7 +26,10 @@ checks numerically before writing anything.
 """
 
 import keras
+import tensorflow as tf
 from keras import ops
+
+from tf_stfusion.data import pipeline
 
 
 class DeployError(ValueError):
@@ -138,3 +141,36 @@ def deploy_model(model):
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return deployed
+
+
+# -- the function a clip runtime (ONNX, LiteRT) runs ------------------------------------
+def clip_logits(model, video):
+    """The network's logits ``[batch, C]`` (float32) of uint8 clips ``[batch, T, S, S, 3]``."""
+    return tf.cast(model(pipeline.normalize(video), training=False), tf.float32)
+
+
+def clip_probabilities(model, video):
+    """Softmax scores ``[batch, C]`` of uint8 clips ``[batch, T, S, S, 3]``."""
+    return tf.nn.softmax(clip_logits(model, video))
+
+
+def clip_shape(contract):
+    """``(T, S, S, 3)``: one uint8 clip as the clip signatures take it (the
+    contract's ``num_frames`` and ``eval_size``)."""
+    return (contract.num_frames, contract.eval_size, contract.eval_size, 3)
+
+
+def clip_function(model, contract, top_k=5, batch=None):
+    """``(fn, input_signature)``: ``serving_default`` without the labels table --
+    uint8 clips ``video`` -> ``probabilities``, ``top_k``, ``logits`` -- for the
+    runtimes that take clips (ONNX; LiteRT with ``batch=1``)."""
+    top_k = min(top_k, len(contract.class_names))
+
+    def serve(video):
+        logits = clip_logits(model, video)
+        probs = tf.nn.softmax(logits)
+        ids = tf.math.top_k(probs, top_k).indices
+        return {"probabilities": tf.identity(probs, name="probabilities"), "top_k": tf.identity(ids, name="top_k"),
+                "logits": tf.identity(logits, name="logits")}
+
+    return serve, tf.TensorSpec([batch, *clip_shape(contract)], tf.uint8, name="video")
