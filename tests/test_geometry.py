@@ -431,3 +431,84 @@ def test_clip_runtimes_return_the_five_best_classes_of_a_larger_set():
     fn, spec = serving.clip_function(model, contract)
     out = fn(tf.zeros([1, *spec.shape[1:]], tf.uint8))
     assert out["top_k"].numpy().tolist() == [[1, 3, 5, 7, 6]]
+
+
+# -- export/serving (issue 29, module export/serving): top 5, one frame, the ensemble head -----
+def _index_member(scale):
+    """A stand-in member: logits ``[scale * t, 0]``, ``t`` the mean frame index its clip shows
+    (the blue channel, 10 * index, read back through the ImageNet normalisation)."""
+    def member(clips, training=False):
+        index = (clips[..., 2] * pipeline.IMAGENET_STD[2] + pipeline.IMAGENET_MEAN[2]) * 25.5
+        t = tf.reduce_mean(index, axis=[1, 2, 3])
+        return tf.stack([scale * t, tf.zeros_like(t)], axis=1)
+    return member
+
+
+def test_serving_answers_the_five_best_of_eight_classes_and_takes_a_one_frame_video():
+    contract = dataclasses.replace(_contract(), class_names=tuple("abcdefgh"))
+    logits = tf.constant([[0.0, 7.0, 1.0, 6.0, 2.0, 5.0, 3.0, 4.0]])
+    names = tf.constant(list(contract.class_names))
+    signatures = serving.make_signatures(lambda clips, training=False: tf.tile(logits, [tf.shape(clips)[0], 1]),
+                                         contract, lambda ids: tf.gather(names, ids))
+    out = signatures["serving_default"][0](tf.zeros([1, 4, S, S, 3], tf.uint8))
+    assert out["top_k"].numpy().tolist() == [[1, 3, 5, 7, 6]] and out["labels"].numpy().tolist() == [
+        [b"b", b"d", b"f", b"h", b"g"]]
+    # one frame is a whole video: every view of the dense sampler is that frame (index 0)
+    recorded, model = _signatures(_contract())
+    recorded["serving_video"][0](tf.constant([png(position_frames(1)[0])]))
+    np.testing.assert_array_equal(frame_index(pixels(model.seen[-1])).reshape(2, 4), np.zeros((2, 4), int))
+
+
+def test_ensemble_signatures_average_views_and_members_then_scale_by_hand():
+    """Members of scale 0.1 and -0.05 on a 20-frame video, dense views [3, 5, 7, 9] and
+    [9, 11, 13, 15] (mean index 6 and 12): class 0 scores the mean of sigmoid(0.6),
+    sigmoid(1.2), sigmoid(-0.3), sigmoid(-0.6) = p; T = 2 scales [p, 1 - p] to
+    sqrt(p) / (sqrt(p) + sqrt(1 - p)); abstain below 0.6."""
+    sigmoid = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    p = np.mean(sigmoid(np.array([0.6, 1.2, -0.3, -0.6])))
+    q = np.sqrt(p) / (np.sqrt(p) + np.sqrt(1 - p))
+    entropy = -(q * np.log(q) + (1 - q) * np.log(1 - q))
+    contract = _contract("dense")
+    names = tf.constant(list(contract.class_names))
+    head = serving.EnsembleHead(temperature=2.0, threshold=0.6, info={"members": 2})
+    ensemble = serving.Ensemble([_index_member(0.1), _index_member(-0.05)])
+    signatures = serving.make_signatures(ensemble, contract, lambda ids: tf.gather(names, ids), head=head)
+    out = signatures["serving_video"][0](tf.constant([png(f) for f in position_frames(20)]))
+    np.testing.assert_allclose(out["probabilities"].numpy(), [[q, 1 - q]], atol=1e-4)
+    np.testing.assert_allclose(out["entropy"].numpy(), [entropy], atol=1e-4)
+    assert out["abstain"].numpy().tolist() == [q < 0.6] == [True]
+    # serving_default: one clip of frames 0..3 (mean index 1.5), the members' softmax averaged
+    clip = position_frames(4, (S, S))[None]
+    p = np.mean(sigmoid(np.array([0.15, -0.075])))
+    q = np.sqrt(p) / (np.sqrt(p) + np.sqrt(1 - p))
+    out = signatures["serving_default"][0](tf.constant(clip))
+    np.testing.assert_allclose(out["probabilities"].numpy(), [[q, 1 - q]], atol=1e-4)
+    np.testing.assert_allclose(out["logits"].numpy(), [[[0.15, 0.0], [-0.075, 0.0]]], atol=1e-4)
+    assert json.loads(signatures["input_contract"][0]()["ensemble"].numpy()) == {"members": 2}
+
+
+def test_an_ensemble_called_plainly_runs_its_members_in_inference_mode():
+    """A member with a BatchNormalization of moving mean 1 and variance 1 (eps 1e-3): in
+    inference x = 3 gives 2 / sqrt(1.001); the batch's own statistics would give +-1."""
+    import keras
+
+    norm = keras.layers.BatchNormalization(epsilon=1e-3)
+    member = keras.Sequential([keras.Input((1,)), norm])
+    norm.moving_mean.assign([1.0])
+    got = serving.Ensemble([member])(tf.constant([[3.0], [1.0]])).numpy()
+    np.testing.assert_allclose(got, np.array([2.0, 0.0]).reshape(2, 1, 1) / np.sqrt(1.001), atol=1e-5)
+
+
+# -- export/client (issue 29, module export/client): the contract's rate, the top five ---------
+def test_client_resamples_to_the_contract_rate_and_names_the_five_best(tmp_path):
+    """A 10 fps video of 20 grey frames (level 10 * i) under a 5 fps contract: FFmpeg's fps
+    filter keeps the frame nearest each 0.2 s, i.e. every second one, levels 0, 20, ..., 180
+    (H.264 and JPEG keep a flat grey within a few levels); top_classes' default is 5."""
+    from tf_stfusion.data.video import write_video
+
+    path = write_video(str(tmp_path / "ten.mp4"), _grey(10 * np.arange(20)), fps=10)
+    sent, indices = client.request_frames(path, dataclasses.replace(_contract(), fps=5.0), whole_video=True)
+    assert indices.tolist() == list(range(10))
+    np.testing.assert_allclose(_decoded_greys(sent), 20 * np.arange(10), atol=3)
+    best = client.top_classes([0.0, 0.7, 0.1, 0.6, 0.2, 0.5, 0.3, 0.4], list("abcdefgh"))
+    assert [name for _, name in best] == ["b", "d", "f", "h", "g"]
