@@ -434,10 +434,12 @@ def test_clip_runtimes_return_the_five_best_classes_of_a_larger_set():
 
 
 # -- export/serving (issue 29, module export/serving): top 5, one frame, the ensemble head -----
-def _index_member(scale):
+def _index_member(scale, modes):
     """A stand-in member: logits ``[scale * t, 0]``, ``t`` the mean frame index its clip shows
-    (the blue channel, 10 * index, read back through the ImageNet normalisation)."""
+    (the blue channel, 10 * index, read back through the ImageNet normalisation); appends
+    the ``training`` flag it is called with to ``modes``."""
     def member(clips, training=False):
+        modes.append(training)
         index = (clips[..., 2] * pipeline.IMAGENET_STD[2] + pipeline.IMAGENET_MEAN[2]) * 25.5
         t = tf.reduce_mean(index, axis=[1, 2, 3])
         return tf.stack([scale * t, tf.zeros_like(t)], axis=1)
@@ -460,18 +462,20 @@ def test_serving_answers_the_five_best_of_eight_classes_and_takes_a_one_frame_vi
 
 
 def test_ensemble_signatures_average_views_and_members_then_scale_by_hand():
-    """Members of scale 0.1 and -0.05 on a 20-frame video, dense views [3, 5, 7, 9] and
-    [9, 11, 13, 15] (mean index 6 and 12): class 0 scores the mean of sigmoid(0.6),
-    sigmoid(1.2), sigmoid(-0.3), sigmoid(-0.6) = p; T = 2 scales [p, 1 - p] to
+    """Members of scale 0.1, -0.05 and 0 (three members, two classes: no axis can stand in
+    for another) on a 20-frame video, dense views [3, 5, 7, 9] and [9, 11, 13, 15] (mean
+    index 6 and 12): class 0 scores the mean of sigmoid(0.6), sigmoid(1.2), sigmoid(-0.3),
+    sigmoid(-0.6) and twice sigmoid(0) = p; T = 2 scales [p, 1 - p] to
     sqrt(p) / (sqrt(p) + sqrt(1 - p)); abstain below 0.6."""
     sigmoid = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
-    p = np.mean(sigmoid(np.array([0.6, 1.2, -0.3, -0.6])))
+    p = np.mean(sigmoid(np.array([0.6, 1.2, -0.3, -0.6, 0.0, 0.0])))
     q = np.sqrt(p) / (np.sqrt(p) + np.sqrt(1 - p))
     entropy = -(q * np.log(q) + (1 - q) * np.log(1 - q))
     contract = _contract("dense")
     names = tf.constant(list(contract.class_names))
-    head = serving.EnsembleHead(temperature=2.0, threshold=0.6, info={"members": 2})
-    ensemble = serving.Ensemble([_index_member(0.1), _index_member(-0.05)])
+    head = serving.EnsembleHead(temperature=2.0, threshold=0.6, info={"members": 3})
+    modes = []
+    ensemble = serving.Ensemble([_index_member(s, modes) for s in (0.1, -0.05, 0.0)])
     signatures = serving.make_signatures(ensemble, contract, lambda ids: tf.gather(names, ids), head=head)
     out = signatures["serving_video"][0](tf.constant([png(f) for f in position_frames(20)]))
     np.testing.assert_allclose(out["probabilities"].numpy(), [[q, 1 - q]], atol=1e-4)
@@ -479,12 +483,16 @@ def test_ensemble_signatures_average_views_and_members_then_scale_by_hand():
     assert out["abstain"].numpy().tolist() == [q < 0.6] == [True]
     # serving_default: one clip of frames 0..3 (mean index 1.5), the members' softmax averaged
     clip = position_frames(4, (S, S))[None]
-    p = np.mean(sigmoid(np.array([0.15, -0.075])))
+    p = np.mean(sigmoid(np.array([0.15, -0.075, 0.0])))
     q = np.sqrt(p) / (np.sqrt(p) + np.sqrt(1 - p))
     out = signatures["serving_default"][0](tf.constant(clip))
     np.testing.assert_allclose(out["probabilities"].numpy(), [[q, 1 - q]], atol=1e-4)
-    np.testing.assert_allclose(out["logits"].numpy(), [[[0.15, 0.0], [-0.075, 0.0]]], atol=1e-4)
-    assert json.loads(signatures["input_contract"][0]()["ensemble"].numpy()) == {"members": 2}
+    np.testing.assert_allclose(out["logits"].numpy(), [[[0.15, 0.0], [-0.075, 0.0], [0.0, 0.0]]], atol=1e-4)
+    assert json.loads(signatures["input_contract"][0]()["ensemble"].numpy()) == {"members": 3}
+    assert modes and not any(modes)  # every member in inference mode (traced: Python bools)
+    plain = serving.make_signatures(_index_member(0.1, modes), contract, lambda ids: tf.gather(names, ids))
+    plain["serving_default"][0](tf.constant(clip))
+    assert modes and not any(modes)
 
 
 def test_an_ensemble_called_plainly_runs_its_members_in_inference_mode():
@@ -498,6 +506,26 @@ def test_an_ensemble_called_plainly_runs_its_members_in_inference_mode():
     got = serving.Ensemble([member])(tf.constant([[3.0], [1.0]])).numpy()
     np.testing.assert_allclose(got, np.array([2.0, 0.0]).reshape(2, 1, 1) / np.sqrt(1.001), atol=1e-5)
 
+
+def test_a_refused_video_names_its_first_eight_bad_frames():
+    """Ten frames that are not images, or ten whose size differs from frame 0's: the error
+    lists the first 8 indices and an ellipsis (the module docstring's contract)."""
+    signatures, _ = _signatures(_contract())
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"i =\W+0, 1, 2, 3, 4, 5, 6, 7, \.\.\."):
+        signatures["serving_video"][0](tf.constant([b"junk"] * 10))
+    sizes = [png(np.zeros((1 + i, 1, 3), np.uint8)) for i in range(11)]  # frames 1..10 differ from frame 0
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"differ:\W+1, 2, 3, 4, 5, 6, 7, 8, \.\.\."):
+        signatures["serving_video"][0](tf.constant(sizes))
+
+def test_the_ensemble_head_floors_probabilities_at_1e_12_as_calibration_does():
+    """A class given probability 0 enters the log as 1e-12 (calibration.EPS): at T = 100
+    ``[1, 0]`` scales to ``[1, r] / (1 + r)``, ``r = 1e-12 ** (1 / 100) = 10 ** -0.12``; at
+    T = 1 the entropy of ``[1, 1e-12]`` is ``1e-12 * ln(1e12) = 2.7631e-11`` nats."""
+    r = 10 ** -0.12
+    scaled, _, _ = serving.EnsembleHead(100.0, 0.5, {}).apply(tf.constant([[1.0, 0.0]]))
+    np.testing.assert_allclose(scaled.numpy(), [[1 / (1 + r), r / (1 + r)]], atol=1e-6)
+    _, entropy, _ = serving.EnsembleHead(1.0, 0.5, {}).apply(tf.constant([[1.0, 0.0]]))
+    np.testing.assert_allclose(entropy.numpy(), [1e-12 * np.log(1e12)], rtol=1e-3)
 
 # -- export/client (issue 29, module export/client): the contract's rate, the top five ---------
 def test_client_resamples_to_the_contract_rate_and_names_the_five_best(tmp_path):
