@@ -540,3 +540,22 @@ def test_client_resamples_to_the_contract_rate_and_names_the_five_best(tmp_path)
     np.testing.assert_allclose(_decoded_greys(sent), 20 * np.arange(10), atol=3)
     best = client.top_classes([0.0, 0.7, 0.1, 0.6, 0.2, 0.5, 0.3, 0.4], list("abcdefgh"))
     assert [name for _, name in best] == ["b", "d", "f", "h", "g"]
+
+
+def test_a_clip_client_command_line_runs_its_classify_with_the_flags_it_defined():
+    """``run_clip_client`` as ``export/onnx_client.py`` runs it (no ``--num_threads``; the
+    classify takes none) and as the LiteRT client does (``threads=True``), in a fresh process:
+    absl's flags are global. Expected lines: the fake classify's top classes, best first."""
+    import subprocess
+
+    script = ("import sys\nfrom tf_stfusion.export.client import run_clip_client, top_classes\n"
+              "if sys.argv[-1] == '--num_threads=3':\n"
+              "    run_clip_client(lambda model, video, num_threads: top_classes([0.1, 0.9], [model, str(num_threads)]),"
+              " threads=True)\n"
+              "run_clip_client(lambda model, video: top_classes([0.2, 0.8], [model, video]))\n")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    for argv, lines in ((["--model=m", "--video=v.mp4"], ["0.8000  v.mp4", "0.2000  m"]),
+                        (["--model=m", "--video=v.mp4", "--num_threads=3"], ["0.9000  3", "0.1000  m"])):
+        proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env,
+                              timeout=60)
+        assert (proc.returncode, proc.stdout.splitlines()) == (0, lines), proc.stderr[-500:]
