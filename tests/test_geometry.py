@@ -431,3 +431,131 @@ def test_clip_runtimes_return_the_five_best_classes_of_a_larger_set():
     fn, spec = serving.clip_function(model, contract)
     out = fn(tf.zeros([1, *spec.shape[1:]], tf.uint8))
     assert out["top_k"].numpy().tolist() == [[1, 3, 5, 7, 6]]
+
+
+# -- export/serving (issue 29, module export/serving): top 5, one frame, the ensemble head -----
+def _index_member(scale, modes):
+    """A stand-in member: logits ``[scale * t, 0]``, ``t`` the mean frame index its clip shows
+    (the blue channel, 10 * index, read back through the ImageNet normalisation); appends
+    the ``training`` flag it is called with to ``modes``."""
+    def member(clips, training=False):
+        modes.append(training)
+        index = (clips[..., 2] * pipeline.IMAGENET_STD[2] + pipeline.IMAGENET_MEAN[2]) * 25.5
+        t = tf.reduce_mean(index, axis=[1, 2, 3])
+        return tf.stack([scale * t, tf.zeros_like(t)], axis=1)
+    return member
+
+
+def test_serving_answers_the_five_best_of_eight_classes_and_takes_a_one_frame_video():
+    contract = dataclasses.replace(_contract(), class_names=tuple("abcdefgh"))
+    logits = tf.constant([[0.0, 7.0, 1.0, 6.0, 2.0, 5.0, 3.0, 4.0]])
+    names = tf.constant(list(contract.class_names))
+    signatures = serving.make_signatures(lambda clips, training=False: tf.tile(logits, [tf.shape(clips)[0], 1]),
+                                         contract, lambda ids: tf.gather(names, ids))
+    out = signatures["serving_default"][0](tf.zeros([1, 4, S, S, 3], tf.uint8))
+    assert out["top_k"].numpy().tolist() == [[1, 3, 5, 7, 6]] and out["labels"].numpy().tolist() == [
+        [b"b", b"d", b"f", b"h", b"g"]]
+    # one frame is a whole video: every view of the dense sampler is that frame (index 0)
+    recorded, model = _signatures(_contract())
+    recorded["serving_video"][0](tf.constant([png(position_frames(1)[0])]))
+    np.testing.assert_array_equal(frame_index(pixels(model.seen[-1])).reshape(2, 4), np.zeros((2, 4), int))
+
+
+def test_ensemble_signatures_average_views_and_members_then_scale_by_hand():
+    """Members of scale 0.1, -0.05 and 0 (three members, two classes: no axis can stand in
+    for another) on a 20-frame video, dense views [3, 5, 7, 9] and [9, 11, 13, 15] (mean
+    index 6 and 12): class 0 scores the mean of sigmoid(0.6), sigmoid(1.2), sigmoid(-0.3),
+    sigmoid(-0.6) and twice sigmoid(0) = p; T = 2 scales [p, 1 - p] to
+    sqrt(p) / (sqrt(p) + sqrt(1 - p)); abstain below 0.6."""
+    sigmoid = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    p = np.mean(sigmoid(np.array([0.6, 1.2, -0.3, -0.6, 0.0, 0.0])))
+    q = np.sqrt(p) / (np.sqrt(p) + np.sqrt(1 - p))
+    entropy = -(q * np.log(q) + (1 - q) * np.log(1 - q))
+    contract = _contract("dense")
+    names = tf.constant(list(contract.class_names))
+    head = serving.EnsembleHead(temperature=2.0, threshold=0.6, info={"members": 3})
+    modes = []
+    ensemble = serving.Ensemble([_index_member(s, modes) for s in (0.1, -0.05, 0.0)])
+    signatures = serving.make_signatures(ensemble, contract, lambda ids: tf.gather(names, ids), head=head)
+    out = signatures["serving_video"][0](tf.constant([png(f) for f in position_frames(20)]))
+    np.testing.assert_allclose(out["probabilities"].numpy(), [[q, 1 - q]], atol=1e-4)
+    np.testing.assert_allclose(out["entropy"].numpy(), [entropy], atol=1e-4)
+    assert out["abstain"].numpy().tolist() == [q < 0.6] == [True]
+    # serving_default: one clip of frames 0..3 (mean index 1.5), the members' softmax averaged
+    clip = position_frames(4, (S, S))[None]
+    p = np.mean(sigmoid(np.array([0.15, -0.075, 0.0])))
+    q = np.sqrt(p) / (np.sqrt(p) + np.sqrt(1 - p))
+    out = signatures["serving_default"][0](tf.constant(clip))
+    np.testing.assert_allclose(out["probabilities"].numpy(), [[q, 1 - q]], atol=1e-4)
+    np.testing.assert_allclose(out["logits"].numpy(), [[[0.15, 0.0], [-0.075, 0.0], [0.0, 0.0]]], atol=1e-4)
+    assert json.loads(signatures["input_contract"][0]()["ensemble"].numpy()) == {"members": 3}
+    assert modes and not any(modes)  # every member in inference mode (traced: Python bools)
+    plain = serving.make_signatures(_index_member(0.1, modes), contract, lambda ids: tf.gather(names, ids))
+    plain["serving_default"][0](tf.constant(clip))
+    assert modes and not any(modes)
+
+
+def test_an_ensemble_called_plainly_runs_its_members_in_inference_mode():
+    """A member with a BatchNormalization of moving mean 1 and variance 1 (eps 1e-3): in
+    inference x = 3 gives 2 / sqrt(1.001); the batch's own statistics would give +-1."""
+    import keras
+
+    norm = keras.layers.BatchNormalization(epsilon=1e-3)
+    member = keras.Sequential([keras.Input((1,)), norm])
+    norm.moving_mean.assign([1.0])
+    got = serving.Ensemble([member])(tf.constant([[3.0], [1.0]])).numpy()
+    np.testing.assert_allclose(got, np.array([2.0, 0.0]).reshape(2, 1, 1) / np.sqrt(1.001), atol=1e-5)
+
+
+def test_a_refused_video_names_its_first_eight_bad_frames():
+    """Ten frames that are not images, or ten whose size differs from frame 0's: the error
+    lists the first 8 indices and an ellipsis (the module docstring's contract)."""
+    signatures, _ = _signatures(_contract())
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"i =\W+0, 1, 2, 3, 4, 5, 6, 7, \.\.\."):
+        signatures["serving_video"][0](tf.constant([b"junk"] * 10))
+    sizes = [png(np.zeros((1 + i, 1, 3), np.uint8)) for i in range(11)]  # frames 1..10 differ from frame 0
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"differ:\W+1, 2, 3, 4, 5, 6, 7, 8, \.\.\."):
+        signatures["serving_video"][0](tf.constant(sizes))
+
+def test_the_ensemble_head_floors_probabilities_at_1e_12_as_calibration_does():
+    """A class given probability 0 enters the log as 1e-12 (calibration.EPS): at T = 100
+    ``[1, 0]`` scales to ``[1, r] / (1 + r)``, ``r = 1e-12 ** (1 / 100) = 10 ** -0.12``; at
+    T = 1 the entropy of ``[1, 1e-12]`` is ``1e-12 * ln(1e12) = 2.7631e-11`` nats."""
+    r = 10 ** -0.12
+    scaled, _, _ = serving.EnsembleHead(100.0, 0.5, {}).apply(tf.constant([[1.0, 0.0]]))
+    np.testing.assert_allclose(scaled.numpy(), [[1 / (1 + r), r / (1 + r)]], atol=1e-6)
+    _, entropy, _ = serving.EnsembleHead(1.0, 0.5, {}).apply(tf.constant([[1.0, 0.0]]))
+    np.testing.assert_allclose(entropy.numpy(), [1e-12 * np.log(1e12)], rtol=1e-3)
+
+# -- export/client (issue 29, module export/client): the contract's rate, the top five ---------
+def test_client_resamples_to_the_contract_rate_and_names_the_five_best(tmp_path):
+    """A 10 fps video of 20 grey frames (level 10 * i) under a 5 fps contract: FFmpeg's fps
+    filter keeps the frame nearest each 0.2 s, i.e. every second one, levels 0, 20, ..., 180
+    (H.264 and JPEG keep a flat grey within a few levels); top_classes' default is 5."""
+    from tf_stfusion.data.video import write_video
+
+    path = write_video(str(tmp_path / "ten.mp4"), _grey(10 * np.arange(20)), fps=10)
+    sent, indices = client.request_frames(path, dataclasses.replace(_contract(), fps=5.0), whole_video=True)
+    assert indices.tolist() == list(range(10))
+    np.testing.assert_allclose(_decoded_greys(sent), 20 * np.arange(10), atol=3)
+    best = client.top_classes([0.0, 0.7, 0.1, 0.6, 0.2, 0.5, 0.3, 0.4], list("abcdefgh"))
+    assert [name for _, name in best] == ["b", "d", "f", "h", "g"]
+
+
+def test_a_clip_client_command_line_runs_its_classify_with_the_flags_it_defined():
+    """``run_clip_client`` as ``export/onnx_client.py`` runs it (no ``--num_threads``; the
+    classify takes none) and as the LiteRT client does (``threads=True``), in a fresh process:
+    absl's flags are global. Expected lines: the fake classify's top classes, best first."""
+    import subprocess
+
+    script = ("import sys\nfrom tf_stfusion.export.client import run_clip_client, top_classes\n"
+              "if sys.argv[-1] == '--num_threads=3':\n"
+              "    run_clip_client(lambda model, video, num_threads: top_classes([0.1, 0.9], [model, str(num_threads)]),"
+              " threads=True)\n"
+              "run_clip_client(lambda model, video: top_classes([0.2, 0.8], [model, video]))\n")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    for argv, lines in ((["--model=m", "--video=v.mp4"], ["0.8000  v.mp4", "0.2000  m"]),
+                        (["--model=m", "--video=v.mp4", "--num_threads=3"], ["0.9000  3", "0.1000  m"])):
+        proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env,
+                              timeout=60)
+        assert (proc.returncode, proc.stdout.splitlines()) == (0, lines), proc.stderr[-500:]

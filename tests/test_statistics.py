@@ -252,3 +252,138 @@ def test_a_label_given_probability_zero_costs_the_floored_nll():
     outcomes = video_outcomes(probs, tf.constant([2, 1])).numpy()
     np.testing.assert_allclose(outcomes[:, 2], [27.631021115928547, 0.2876820724517809], rtol=1e-6)
     np.testing.assert_array_equal(outcomes[:, 0], [0.0, 1.0])
+
+
+# -- evaluation (issue 29, module evaluation): the network's mode, tiles, groups, the bar ---------
+def test_video_scores_run_the_network_in_inference_mode():
+    """A BatchNormalization with moving mean [1, 0] and variance [1, 1] (eps 1e-3): in
+    inference a video's views [3, 0] and [1, 0] become [2, 0] / sqrt(1.001) and [0, 0], so
+    class 0 scores (sigmoid(2 / sqrt(1.001)) + 0.5) / 2 = 0.69034; in training mode the
+    batch's own mean would make it exactly 0.5."""
+    import keras
+    import tensorflow as tf
+
+    from tf_stfusion.evaluation import video_scores
+
+    norm = keras.layers.BatchNormalization(epsilon=1e-3)
+    network = keras.Sequential([keras.Input((1, 1, 2, 1)), keras.layers.Reshape((2,)), norm])
+    norm.moving_mean.assign([1.0, 0.0])
+    norm.moving_variance.assign([1.0, 1.0])
+    clips = tf.constant([[3.0, 0.0], [1.0, 0.0]])[None, :, None, None, None, :, None]  # [B=1, V=2, 1, 1, 2, 1]
+    p0 = (1.0 / (1.0 + math.exp(-2.0 / math.sqrt(1.001))) + 0.5) / 2
+    np.testing.assert_allclose(video_scores(network, clips).numpy(), [[p0, 1.0 - p0]], atol=1e-6)
+
+
+class _ScaledStandIn:
+    """A stand-in for a gated network scored in ``K`` tiles: "applying" a group of strategies
+    (numbers ``s``) writes them into a variable, one per tile, and a clip of mean ``m`` in
+    tile ``k`` gets logits ``[s_k m, 0]``: class 0 scores ``sigmoid(s m)`` (by hand)."""
+
+    def __init__(self, tiles):
+        import tensorflow as tf
+
+        self.tiles, self.scales, self.applied = tiles, tf.Variable(tf.zeros([tiles])), []
+        self.rows = tf.Variable(0)  # clips the network was given, all calls together
+
+    def apply(self, model, group):
+        self.applied.append(list(group))
+        self.scales.assign(group)
+
+    def __call__(self, x, training=False):
+        import tensorflow as tf
+
+        self.rows.assign_add(tf.shape(x)[0])
+        scale = tf.repeat(self.scales, tf.shape(x)[0] // self.tiles)  # tile-major rows, as tf.tile lays them
+        mean = tf.reduce_mean(x, axis=[1, 2, 3, 4])
+        return tf.stack([scale * mean, tf.zeros_like(mean)], axis=1)
+
+
+def _five_videos_in_three_batches(size=2):
+    """Videos v = 0..4 of two views with means (v + 1) / 2 and -(v + 1) / 4, read as
+    positions [3, 0], [4, 1], [2, filler -1] (12 clips); the filler's clips are zeros.
+    ``size``: the clips' height and width (another size: another input signature)."""
+    import tensorflow as tf
+
+    means = {v: ((v + 1) / 2, -(v + 1) / 4) for v in range(5)}
+    batches = []
+    for positions in ([3, 0], [4, 1], [2, -1]):
+        views = [m for p in positions for m in (means[p] if p >= 0 else (0.0, 0.0))]
+        clips = np.array(views, np.float32)[:, None, None, None, None] * np.ones((1, 1, size, size, 3), np.float32)
+        labels = np.array([p % 2 if p >= 0 else 0 for p in positions])
+        batches.append((clips, labels, np.array(positions, np.int64)))
+    ds = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=(
+        tf.TensorSpec([4, 1, size, size, 3], tf.float32), tf.TensorSpec([2], tf.int64), tf.TensorSpec([2], tf.int64)))
+    return means, lambda ctx: ds
+
+
+def _by_hand(scale, means):
+    """[5, 2]: each video's class scores under a strategy of scale ``s``, averaged over its views."""
+    p0 = np.array([np.mean([1 / (1 + math.exp(-scale * m)) for m in means[v]]) for v in range(5)])
+    return np.stack([p0, 1 - p0], axis=1)
+
+
+class _Bar:
+    def __init__(self):
+        self.seen = []
+
+    def update(self, value):
+        self.seen.append(value)
+
+
+def test_groups_of_strategies_are_scored_tile_by_tile_with_their_own_masks(monkeypatch):
+    """Four strategies on three tiles: groups [1, -2, 3] and [0.5] padded with its last,
+    [0.5, 0.5, 0.5], each applied before every batch (two groups); one group is applied
+    once (its masks stay in place); the plain model applies none. The bar counts videos,
+    not fillers: 2, 4, 5."""
+    from tf_stfusion import strategy as strategy_lib
+    from tf_stfusion.evaluation import Evaluator
+
+    means, dataset_fn = _five_videos_in_three_batches()
+    stand_in = _ScaledStandIn(tiles=3)
+    monkeypatch.setattr(strategy_lib, "apply_strategies", stand_in.apply)
+    evaluator = Evaluator(stand_in, eval_clips=2, tiles=3, num_classes=2)
+    bar = _Bar()
+    got = evaluator.evaluate(dataset_fn, 5, strategies=[1.0, -2.0, 3.0, 0.5], bar=bar)
+    np.testing.assert_allclose(got.probabilities, [_by_hand(s, means) for s in (1.0, -2.0, 3.0, 0.5)], atol=1e-6)
+    assert stand_in.applied == [[1.0, -2.0, 3.0], [0.5, 0.5, 0.5]] * 3 and bar.seen == [2, 4, 5]
+    assert got.labels.tolist() == [0, 1, 0, 1, 0] and len(got.results) == 4
+    for s, result in zip((1.0, -2.0, 3.0, 0.5), got.results):  # class 0 wins where s m > 0 on average
+        right = (_by_hand(s, means)[:, 0] > 0.5) == (np.arange(5) % 2 == 0)
+        assert result.top1.tolist() == right.tolist() and result.top5.all()
+    # one evaluator, one input signature: traced once, however many passes and groups
+    assert evaluator.traces == 1 and int(stand_in.rows.numpy()) == 2 * 3 * 3 * 4  # groups x batches x K x clips
+    _, other_size = _five_videos_in_three_batches(size=3)
+    np.testing.assert_allclose(evaluator.evaluate(other_size, 5, strategies=[2.0]).probabilities,
+                               [_by_hand(2.0, means)], atol=1e-6)
+    assert evaluator.traces == 2  # a new input signature: traced again
+    pair = _ScaledStandIn(tiles=2)
+    monkeypatch.setattr(strategy_lib, "apply_strategies", pair.apply)
+    two = Evaluator(pair, eval_clips=2, tiles=2, num_classes=2)
+    one = two.evaluate(dataset_fn, 5, strategies=[-1.0, 2.0])
+    np.testing.assert_allclose(one.probabilities, [_by_hand(s, means) for s in (-1.0, 2.0)], atol=1e-6)
+    assert pair.applied == [[-1.0, 2.0]]  # one group: applied once, its masks stay in place
+    plain = two.evaluate(dataset_fn, 5)  # tile 0 as it is: scale -1
+    np.testing.assert_allclose(plain.probabilities, [_by_hand(-1.0, means)], atol=1e-6)
+    assert pair.applied == [[-1.0, 2.0]] and len(plain.results) == 1
+    alone = _ScaledStandIn(tiles=1)
+    alone.scales.assign([3.0])
+    Evaluator(alone, eval_clips=2, num_classes=2).evaluate(dataset_fn, 5)
+    assert int(alone.rows.numpy()) == 12  # the plain model by default: one tile, each clip once
+
+
+def test_video_results_refuse_outside_positions_and_report_a_one_video_split(capsys):
+    """Position 2 of a 2-video split is outside [0, 2); a split of one right video has
+    top-1 1 with the 95% Wilson interval [1 / (1 + z^2), 1] = [0.2065, 1]; none is refused.
+    ``videos`` shows a progress bar by default, headed "eval"."""
+    from tf_stfusion.evaluation import Evaluator
+
+    with pytest.raises(ValueError, match=r"video positions outside \[0, 2\)"):
+        VideoResults.from_outcomes(np.zeros((2, 3)), [0, 2], 2)
+    one = VideoResults(np.ones(1, bool), np.ones(1, bool), np.zeros(1)).metrics()
+    assert one["top1"] == 1.0 and one["top1_ci"] == pytest.approx([1 / (1 + Z[0.95] ** 2), 1.0], abs=1e-6)
+    with pytest.raises(ValueError, match="no videos"):
+        VideoResults(np.ones(0, bool), np.ones(0, bool), np.zeros(0)).metrics()
+    _, dataset_fn = _five_videos_in_three_batches()
+    Evaluator(_ScaledStandIn(tiles=1), eval_clips=2, num_classes=2).videos(dataset_fn, 5)
+    out = capsys.readouterr().out
+    assert out.startswith("eval\n") and "5/5" in out

@@ -28,8 +28,8 @@ by the search for its target accuracy; ``logits`` are the members'
 temperature, threshold, where they were fitted).
 
 Bad ``frames`` stop with an ``InvalidArgument`` error that names the problem:
-empty, not a JPEG/PNG string (its index), frames of different sizes, or the
-wrong count for ``serving_clips``. Sizes are read from the frames' headers
+empty, not a JPEG/PNG string, frames of different sizes (each naming the first 8
+offending indices, then ``...``), or the wrong count for ``serving_clips``. Sizes are read from the frames' headers
 (JPEG SOF, PNG IHDR), so the check decodes nothing.
 """
 
