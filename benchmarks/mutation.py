@@ -3,8 +3,8 @@ deliberate bugs the fast tests catch.
 
     python benchmarks/mutation.py                       # every module, a sample of mutants each
     python benchmarks/mutation.py --modules=accounting --max_per_module=0   # all mutants of one
-    python benchmarks/mutation.py --modules=data/pipeline,selection,evaluation,export/serving,export/client \
-        --max_per_module=5 --seed=29 --jobs=1                  # the data / statistics sample of issue 29
+    python benchmarks/mutation.py --modules=data/pipeline,data/video,selection,evaluation,export/serving,\
+export/client,deploy --max_per_module=5 --seed=37 --jobs=2       # the data / statistics sample of issue 29
 
 Each mutant changes one operator or constant in one function body of a module of
 ``TARGETS`` (``+``/``-``, ``*``/``/``, ``<``/``<=``, ``>``/``>=``, ``==``/``!=``,
@@ -68,6 +68,10 @@ TARGETS = {
     "export/serving": ["tests/test_geometry.py", "tests/test_serving.py",
                        "tests/test_export.py::test_ensemble_head_scales_and_abstains_by_hand",
                        "tests/test_export.py::test_ensemble_export_equals_the_evaluated_ensemble"],
+    # the clip runtimes' serving functions moved from export/serving into deploy (issue 26, so the search can
+    # score LiteRT files without importing the export): they stay in the data / statistics sample
+    "deploy": ["tests/test_geometry.py", "tests/test_serving.py",
+               "tests/test_export.py::test_ensemble_export_equals_the_evaluated_ensemble"],
     "export/client": ["tests/test_geometry.py", "tests/test_video.py", "tests/test_serving.py",
                       # the clip clients' command lines, run as a user runs them
                       "tests/test_export.py::test_onnx_client_example_classifies_a_video",
@@ -79,6 +83,7 @@ FUNCTIONS = {
     "models/densenet3d": {"count_densenet3d", "block_layout", "_bn_constants", "_copy_bn", "_copy_conv",
                           "copy_dense_blocks", "inflate_densenet"},
     "models/resnet3d": {"count_resnet3d", "inflate_resnet"},
+    "deploy": {"clip_logits", "clip_probabilities", "clip_shape", "clip_function"},
     "models/common": {"conv", "bn", "weights", "dense", "stem_count", "temporal", "_bn_weights", "has"},
 }
 
