@@ -333,3 +333,17 @@ def test_a_grouped_holdout_takes_groups_while_that_nears_the_target():
         held = selection.holdout_ids(examples, fraction, group_of)
         labels = sorted({label for _, label in examples})
         assert [sum(v in held for v, label in examples if label == c) for c in labels] == [per_class] * len(labels)
+
+
+def test_a_full_tie_goes_to_the_cheaper_candidate():
+    """Same hits and loss: fewer GFLOPs ranks first, so one round of eta 3 keeps the cheapest
+    of three (costs 3, 1, 2 GFLOPs)."""
+    hits = np.arange(30) < 15
+    scores = {name: selection.Score(hits, hits, 1.0, gflops) for name, gflops in (("a", 3.0), ("b", 1.0), ("c", 2.0))}
+    assert selection.eliminate(scores, eta=3)[0] == ["b"]
+
+
+def test_packed_bits_of_the_wrong_length_say_how_many_bits_they_hold():
+    """One byte (8 bits) for 20 videos, which need (20 + 7) // 8 = 3 bytes."""
+    with pytest.raises(ValueError, match="holds 8 bits, expected 20 videos"):
+        selection.unpack_bits(selection.pack_bits(np.ones(8, bool)), 20)
