@@ -343,7 +343,24 @@ def test_a_full_tie_goes_to_the_cheaper_candidate():
     assert selection.eliminate(scores, eta=3)[0] == ["b"]
 
 
+def test_a_candidate_wrong_wherever_the_leader_is_right_is_100_points_below():
+    """Leader right on all 10 videos, the other on none: every resample differs by -1 exactly,
+    so the upper bound is -100.0 points, printed as such."""
+    scores = {"leader": selection.Score(np.ones(10, bool), np.ones(10, bool), 0.0, 1.0),
+              "none": selection.Score(np.zeros(10, bool), np.zeros(10, bool), 0.0, 1.0)}
+    assert selection.eliminate(scores)[1] == {"none": "below the leader (paired 95% upper bound -100.0 points)"}
+
+
 def test_packed_bits_of_the_wrong_length_say_how_many_bits_they_hold():
     """One byte (8 bits) for 20 videos, which need (20 + 7) // 8 = 3 bytes."""
     with pytest.raises(ValueError, match="holds 8 bits, expected 20 videos"):
         selection.unpack_bits(selection.pack_bits(np.ones(8, bool)), 20)
+
+
+def test_racing_reads_the_split_in_salted_sha256_order():
+    """The documented order, by hashlib: sha256("stfusion-racing/1:" + id), hex digests ascending."""
+    import hashlib
+
+    ids = [f"video_{i}" for i in range(20)] + [7]
+    digest = {v: hashlib.sha256(f"stfusion-racing/1:{v}".encode()).hexdigest() for v in ids}
+    assert selection.selection_order(ids) == sorted(ids, key=digest.get)
