@@ -280,7 +280,8 @@ def test_racing_defaults_by_hand():
     """``racing_slices(n, m)``: eta 3, tiles 8, min_videos 10. 9 candidates > 8 tiles: one
     halving, slices ceil(90/3) = 30 and 90 (eta 4 would give 23; 9 tiles one round); 72
     candidates: 72 -> 24 -> 8, a first slice ceil(90/9) = 10 = min_videos, kept (11 would cut a
-    round); 8 videos, under min_videos: one round of all 8. ``eliminate``: the best ceil(10/3) = 4 of 10 (eta 4 would keep 3)."""
+    round); 8 videos, under min_videos: one round of all 8. ``eliminate``: the best
+    ceil(10/3) = 4 of 10 (eta 4 would keep 3)."""
     assert selection.racing_slices(90, 9) == [(0, 30), (30, 90)]
     assert selection.racing_slices(90, 72) == [(0, 10), (10, 30), (30, 90)]
     assert selection.racing_slices(8, 72) == [(0, 8)]  # fewer videos than min_videos: one round on all
@@ -339,7 +340,8 @@ def test_a_full_tie_goes_to_the_cheaper_candidate():
     """Same hits and loss: fewer GFLOPs ranks first, so one round of eta 3 keeps the cheapest
     of three (costs 3, 1, 2 GFLOPs)."""
     hits = np.arange(30) < 15
-    scores = {name: selection.Score(hits, hits, 1.0, gflops) for name, gflops in (("a", 3.0), ("b", 1.0), ("c", 2.0))}
+    costs = {"a": 3.0, "b": 1.0, "c": 2.0}
+    scores = {name: selection.Score(hits, hits, 1.0, gflops) for name, gflops in costs.items()}
     assert selection.eliminate(scores, eta=3)[0] == ["b"]
 
 
