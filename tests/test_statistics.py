@@ -18,6 +18,7 @@ under test:
   ``round``: halves to even), none of a class of one.
 """
 
+import inspect
 import math
 
 import numpy as np
@@ -387,3 +388,116 @@ def test_video_results_refuse_outside_positions_and_report_a_one_video_split(cap
     Evaluator(_ScaledStandIn(tiles=1), eval_clips=2, num_classes=2).videos(dataset_fn, 5)
     out = capsys.readouterr().out
     assert out.startswith("eval\n") and "5/5" in out
+
+
+# == selection (issue 29, every mutation point of selection.py): boundaries and defaults =========
+# Expected values by hand from the docstrings' rules; the public defaults are the search's
+# (--racing_eta=3, --tiles=8, --racing_min_videos=10; the bootstrap's 10,000 resamples, seed 0).
+def test_an_interval_needs_a_video_and_a_count_inside_the_split():
+    with pytest.raises(ValueError, match="at least one video"):  # n = 0, not a division by zero
+        selection.wilson_interval(0, 0)
+    for k in (-1, 6):
+        with pytest.raises(ValueError, match=r"successes must lie in \[0, 5\]"):
+            selection.wilson_interval(k, 5)
+
+
+def test_the_leakage_warning_needs_the_intervals_apart_not_touching():
+    """The selected lower bound equal to the reported upper bound is an overlap (no warning);
+    a bound above it warns, with both intervals in percent."""
+    held = {"top1": 0.6, "top1_ci": [0.5, 0.7], "split": "holdout"}
+    val = {"top1": 0.4, "top1_ci": [0.3, 0.5], "split": "val"}
+    assert selection.leakage_warning(held, val, selection.NO_GROUPS) is None
+    said = selection.leakage_warning({**held, "top1_ci": [0.501, 0.7]}, val, selection.NO_GROUPS)
+    assert "(60.0% [50.1, 70.0]) is above its top-1 on val (40.0% [30.0, 50.0])" in said
+
+
+def test_racing_defaults_by_hand():
+    """``racing_slices(n, m)``: eta 3, tiles 8, min_videos 10. 9 candidates > 8 tiles: one
+    halving, slices ceil(90/3) = 30 and 90 (eta 4 would give 23; 9 tiles one round); 72
+    candidates: 72 -> 24 -> 8, a first slice ceil(90/9) = 10 = min_videos, kept (11 would cut a
+    round); 8 videos, under min_videos: one round of all 8. ``eliminate``: the best
+    ceil(10/3) = 4 of 10 (eta 4 would keep 3)."""
+    assert selection.racing_slices(90, 9) == [(0, 30), (30, 90)]
+    assert selection.racing_slices(90, 72) == [(0, 10), (10, 30), (30, 90)]
+    assert selection.racing_slices(8, 72) == [(0, 8)]  # fewer videos than min_videos: one round on all
+    kept, dropped = selection.eliminate(_tied(10))
+    assert kept == ["c0", "c1", "c2", "c3"] and set(dropped.values()) == {"not in the best 1/3"}
+
+
+def _bootstrap_by_hand(only_a, only_b, n, resamples=10_000, seed=0):
+    """The documented bootstrap: each resample one multinomial draw of the (+1, -1, 0) counts."""
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, [only_a / n, only_b / n, 1 - (only_a + only_b) / n], size=resamples)
+    return (counts[:, 0] - counts[:, 1]) / n
+
+
+def test_the_paired_bootstrap_is_10000_resamples_of_seed_0_by_default(monkeypatch):
+    """The reports' intervals are reproducible: with n = 100,000 videos the 2.5% and 97.5%
+    points of two seeds' draws differ (the grid is 1e-5, the spread about 95 steps), so the
+    default seed and resample count are pinned, and racing passes the same seed 0."""
+    n, only_a, only_b = 100_000, 5000, 4000
+    draws = _bootstrap_by_hand(only_a, only_b, n)
+    np.testing.assert_array_equal(selection.bootstrap_differences(only_a, only_b, n), draws)
+    got = selection.paired_difference(*_pair(n, only_a, only_b))
+    low, high = np.quantile(draws, [0.025, 0.975])
+    assert got.low == pytest.approx(low, abs=1e-12) and got.high == pytest.approx(high, abs=1e-12)
+    other = np.quantile(_bootstrap_by_hand(only_a, only_b, n, seed=1), [0.025, 0.975])
+    assert (got.low, got.high) != tuple(other)  # the seed is visible at this n
+
+    seeds, paired = [], selection.paired_difference
+
+    def spy(*args, **kwargs):
+        bound = inspect.signature(paired).bind(*args, **kwargs)
+        bound.apply_defaults()
+        seeds.append(bound.arguments["seed"])
+        return paired(*args, **kwargs)
+
+    monkeypatch.setattr(selection, "paired_difference", spy)
+    selection.eliminate(_tied(3))
+    assert seeds == [0, 0]
+
+
+def test_a_grouped_holdout_takes_groups_while_that_nears_the_target():
+    """Equal groups, so the hash order does not change the counts. Per class: 6 groups of 2
+    (n = 12). f = 0.5: target 6, groups taken 2, 4, 6 (|8 - 6| = 2 >= 0: stop); f = 0.25:
+    target 3, 2 taken, then |4 - 3| = 1 >= |2 - 3| = 1: a tie stops. 4 groups of 3 at f = 0.05:
+    target max(1, round(0.6)) = 1, one group of 3 all the same (at least one group)."""
+    group_of = lambda v: v.rsplit("_c", 1)[0]
+    pairs = [(f"k{label}_g{g}_c{c}", label) for label in (0, 1) for g in range(6) for c in range(2)]
+    threes = [(f"t_g{g}_c{c}", 0) for g in range(4) for c in range(3)]
+    for examples, fraction, per_class in ((pairs, 0.5, 6), (pairs, 0.25, 2), (threes, 0.05, 3)):
+        held = selection.holdout_ids(examples, fraction, group_of)
+        labels = sorted({label for _, label in examples})
+        assert [sum(v in held for v, label in examples if label == c) for c in labels] == [per_class] * len(labels)
+
+
+def test_a_full_tie_goes_to_the_cheaper_candidate():
+    """Same hits and loss: fewer GFLOPs ranks first, so one round of eta 3 keeps the cheapest
+    of three (costs 3, 1, 2 GFLOPs)."""
+    hits = np.arange(30) < 15
+    costs = {"a": 3.0, "b": 1.0, "c": 2.0}
+    scores = {name: selection.Score(hits, hits, 1.0, gflops) for name, gflops in costs.items()}
+    assert selection.eliminate(scores, eta=3)[0] == ["b"]
+
+
+def test_a_candidate_wrong_wherever_the_leader_is_right_is_100_points_below():
+    """Leader right on all 10 videos, the other on none: every resample differs by -1 exactly,
+    so the upper bound is -100.0 points, printed as such."""
+    scores = {"leader": selection.Score(np.ones(10, bool), np.ones(10, bool), 0.0, 1.0),
+              "none": selection.Score(np.zeros(10, bool), np.zeros(10, bool), 0.0, 1.0)}
+    assert selection.eliminate(scores)[1] == {"none": "below the leader (paired 95% upper bound -100.0 points)"}
+
+
+def test_packed_bits_of_the_wrong_length_say_how_many_bits_they_hold():
+    """One byte (8 bits) for 20 videos, which need (20 + 7) // 8 = 3 bytes."""
+    with pytest.raises(ValueError, match="holds 8 bits, expected 20 videos"):
+        selection.unpack_bits(selection.pack_bits(np.ones(8, bool)), 20)
+
+
+def test_racing_reads_the_split_in_salted_sha256_order():
+    """The documented order, by hashlib: sha256("stfusion-racing/1:" + id), hex digests ascending."""
+    import hashlib
+
+    ids = [f"video_{i}" for i in range(20)] + [7]
+    digest = {v: hashlib.sha256(f"stfusion-racing/1:{v}".encode()).hexdigest() for v in ids}
+    assert selection.selection_order(ids) == sorted(ids, key=digest.get)
