@@ -110,7 +110,8 @@ def summary(table, p, m):
             "median_relative": round(float(np.median(relative)), 4), "spearman": round(spearman(p, m), 4),
             "strategies": int(len(m)), "measured": f"the exported {table['runtime']} file, batch 1, median of "
             f"{FLAGS.runs} calls (benchmarks/latency_table.py --seed={FLAGS.seed})",
-            "machine": machine_line(**{table["runtime"]: table["runtime_version"]}), "load_average": [round(x, 2) for x in os.getloadavg()],
+            "machine": machine_line(**{table["runtime"]: table["runtime_version"]}),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
@@ -141,8 +142,9 @@ def main(argv):
     print(machine_line(TensorFlow=tf.__version__))
     rng = np.random.default_rng(FLAGS.seed)
     for table, path in tables():
-        print(f"{table['runtime']} {table['runtime_version']}, batch 1, clip {'x'.join(map(str, table['clip'][:3]))}; "
-              f"table: {table['method']}; measured: the exported file, median of {FLAGS.runs} calls")
+        clip = "x".join(map(str, table["clip"][:3]))
+        print(f"{table['runtime']} {table['runtime_version']}, batch 1, clip {clip}; table: {table['method']}; "
+              f"measured: the exported file, median of {FLAGS.runs} calls")
         p, m = validate(table, rng)
         result = summary(table, p, m)
         print(f"{table['backbone']} ({table['runtime']}): {len(m)} strategies: median abs error "

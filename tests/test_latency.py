@@ -150,12 +150,11 @@ def test_export_fails_closed_beyond_the_tables_validated_error(monkeypatch, tmp_
     error = checks.budget_error(budget)
     assert (error is not None) == fails
     if fails:
-        limit = "11.00" if validated else "10.00"
+        allowed = ("10.0%", "the latency table's validated_error", "11.00") if validated else (
+            "0.0%", "none: the table was never validated", "10.00")
         assert error == (f"m.onnx: measured {1000 * seconds:.2f} ms (batch 1), over the search's latency budget of "
-                         f"10.0 ms by more than the allowed error {100 * (validated or 0):.1f}% ("
-                         f"{'the latency table' + chr(39) + 's validated_error' if validated else 'none: the table was never validated'}"
-                         f"; at most {limit} ms); nothing was written; choose a faster strategy, or pass "
-                         "--allow_over_budget")
+                         f"10.0 ms by more than the allowed error {allowed[0]} ({allowed[1]}; at most {allowed[2]} "
+                         "ms); nothing was written; choose a faster strategy, or pass --allow_over_budget")
 
 
 def test_export_refuses_a_budget_whose_runtime_file_it_does_not_write(tmp_path):
@@ -215,7 +214,7 @@ def test_racing_drops_strategies_over_the_latency_budget_after_the_first_round()
     assert max(seen[key] for key in within) == 2
 
 
-def test_search_under_a_latency_budget_picks_a_strategy_within_it(trained_run, tiny_table, tmp_path):
+def test_search_under_a_latency_budget_picks_a_strategy_within_it(trained_run, tiny_table, tmp_path, monkeypatch):
     import shutil
 
     model_dir = str(tmp_path / "run")
@@ -232,16 +231,28 @@ def test_search_under_a_latency_budget_picks_a_strategy_within_it(trained_run, t
     assert best.provenance["latency_runtime"].startswith("tensorflow ")
     assert f"at most {budget} ms" in (tmp_path / "run" / "strategies" / "report.md").read_text()
     assert (tmp_path / "run" / "strategies" / "pareto_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # The export times the file of the table's runtime (the SavedModel) against the search's budget.
-    from tf_stfusion.export.config import ExportConfig
+    # The export times the file of the table's runtime (the SavedModel) against the search's budget; the table
+    # was never validated, so a file timed (fake timing) at twice the budget fails it, nothing written ...
+    from tf_stfusion.export import checks
+    from tf_stfusion.export.config import ExportConfig, ExportError
     from tf_stfusion.export.exporter import export
 
-    report = export(ExportConfig(strategy_file=f"{model_dir}/strategies/best.json", model_dir=model_dir,
-                                 export_dir=str(tmp_path / "exported"), formats=("saved_model",)), log=lambda *a: None)
+    assert best.provenance["latency_validated_error"] is None
+    monkeypatch.setattr(checks.litert, "median_latency", lambda call, repeats: 2 * budget / 1000)
+    config = ExportConfig(strategy_file=f"{model_dir}/strategies/best.json", model_dir=model_dir,
+                          export_dir=str(tmp_path / "exported"), formats=("saved_model",))
+    with pytest.raises(ExportError, match=f"stfusion/1: measured {2 * budget:.2f} ms \\(batch 1\\), over the "
+                       f"search's latency budget of {budget} ms by more than the allowed error 0.0%"):
+        export(config, log=lambda *a: None)
+    assert not list((tmp_path / "exported").iterdir())
+    # ... unless --allow_over_budget: written, the miss in the report.
+    import dataclasses
+
+    report = export(dataclasses.replace(config, allow_over_budget=True), log=lambda *a: None)
     measured = report["latency_budget"]
-    assert measured["file"] == report["files"]["saved_model"] and measured["measured_ms"] > 0
+    assert measured["file"] == report["files"]["saved_model"] and measured["measured_ms"] == pytest.approx(2 * budget)
     assert measured["max_latency_ms"] == budget and measured["predicted_ms"] == best.metrics["latency_ms"]
-    assert measured["within_budget"] == (measured["measured_ms"] <= budget)
+    assert measured["within_budget"] is False and measured["within_allowed_error"] is False
     assert json.loads((tmp_path / "exported" / "export_report.json").read_text()
                       )["latency_budget"] == measured
     other = dict(table, clip=[16, 32, 32, 3])

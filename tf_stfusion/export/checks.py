@@ -192,7 +192,8 @@ def latency_budget(strategy, runners, files, folder, contract, repeats):
         return {**budget, "file": None, "measured_ms": None, "within_budget": None, "within_allowed_error": None,
                 "method": f"not measured: the {name} file was not written"}
     measured = latencies({name: runners[name]}, files, folder, contract, repeats)[name]["latency_ms_batch1"]
-    return {**budget, "file": files[name], "measured_ms": measured, "within_budget": measured <= budget["max_latency_ms"],
+    return {**budget, "file": files[name], "measured_ms": measured,
+            "within_budget": measured <= budget["max_latency_ms"],
             "within_allowed_error": measured <= budget["max_latency_ms"] * (1 + allowed),
             "method": latency_method(repeats)}
 
