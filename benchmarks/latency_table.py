@@ -1,21 +1,33 @@
 """A latency table's predictions against the measured latency of the real exported file.
 
-    python benchmarks/latency_table.py [--backbones=tiny,densenet121] [--strategies=20]
-        [--num_frames=16 --size=112] [--repeats=10] [--runs=10] [--seed=0]
+    python benchmarks/latency_table.py [--backbones=tiny,densenet121] [--runtime=tensorflow]
+        [--strategies=20] [--num_frames=16 --size=112] [--repeats=10] [--runs=10] [--seed=0]
+    python benchmarks/latency_table.py --table=RUN/latency_onnxruntime.json [--strategies=20] [--record_error]
 
-Per backbone: the table is built (``tf_stfusion.latency.build_table``, the
-``tensorflow`` runtime), then ``--strategies`` random strategies (every layer's
-unit drawn uniformly from S, ST, S+ST, none) are pruned, written as the
-exporter's SavedModel (``writers.write_saved_model``: uint8 input,
-normalisation inside) and timed end to end as a client calls it (batch 1,
-median of ``--runs`` calls after 2 warm-up calls). Prints every strategy's
-predicted and measured ms, the median absolute error (ms and % of measured) and
-Spearman's rank correlation. Random weights (latency does not depend on them).
-The issue's aim: median error <= 10%, rank correlation >= 0.9. Run it on a quiet
-machine: the table and the measurements are both wall-clock times.
+Per backbone: the table is built in ``--runtime`` (``tf_stfusion.latency.build_table``
+with ``export.part_runtimes.runtime``: ``tensorflow``, ``onnxruntime`` or ``litert``)
+-- or, with ``--table``, an existing table is read (its backbone, classes, clip and
+runtime) -- then ``--strategies`` random strategies (every layer's unit drawn
+uniformly from S, ST, S+ST, none) are pruned, written as the exporter writes the
+runtime's file (``writers.WRITERS``: the SavedModel, the ONNX file or the float32
+LiteRT file; uint8 input, normalisation inside) and timed end to end as the
+export's latency check times it (batch 1, median of ``--runs`` calls after 2
+warm-up calls). Prints every strategy's predicted and measured ms, the median
+absolute error (ms and % of measured), its 90th percentile and Spearman's rank
+correlation. Random weights (latency does not depend on them). The issue's aim:
+median error <= 10%, rank correlation >= 0.9.
+
+``--record_error`` (with ``--table``) writes the validation into the table as
+``validated_error``: ``relative`` = the 90th percentile of |predicted - measured| /
+measured, with how and where it was measured (the machine line, the load average).
+The export then allows the shipped file that much over the search's budget
+(``export.checks.budget_error``). Run it on a quiet machine, where the table was
+built: the table and the measurements are both wall-clock times.
 """
 
+import datetime
 import os
+import sys
 import tempfile
 
 from machine import machine_line  # benchmarks/machine.py
@@ -24,11 +36,14 @@ import tf_stfusion  # noqa: F401  (first: TensorFlow's environment defaults, see
 
 from absl import app, flags, logging
 
-flags.DEFINE_list("backbones", ["tiny", "densenet121"], "Backbones.")
+flags.DEFINE_list("backbones", ["tiny", "densenet121"], "Backbones (without --table).")
+flags.DEFINE_enum("runtime", "tensorflow", ["tensorflow", "onnxruntime", "litert"], "Runtime (without --table).")
+flags.DEFINE_string("table", None, "Validate this latency table (its backbone, classes, clip and runtime).")
+flags.DEFINE_bool("record_error", False, "With --table: write the result into it as validated_error.")
 flags.DEFINE_integer("strategies", 20, "Random strategies per backbone.")
-flags.DEFINE_integer("num_frames", 16, "Frames per clip.")
-flags.DEFINE_integer("size", 112, "Height and width.")
-flags.DEFINE_integer("num_classes", 400, "Classes of the head.")
+flags.DEFINE_integer("num_frames", 16, "Frames per clip (without --table).")
+flags.DEFINE_integer("size", 112, "Height and width (without --table).")
+flags.DEFINE_integer("num_classes", 400, "Classes of the head (without --table).")
 flags.DEFINE_integer("repeats", 10, "Timed calls per part of the table.")
 flags.DEFINE_integer("runs", 10, "Timed calls per exported strategy.")
 flags.DEFINE_integer("seed", 0, "Seed of the random strategies.")
@@ -43,23 +58,75 @@ def spearman(a, b):
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def measured_ms(units, backbone, contract, video):
-    """Batch-1 ms of the exported SavedModel of the pruned network of ``units``."""
-    import tensorflow as tf
-
+def measured_ms(units, table, contract, video):
+    """Batch-1 ms of the exported file of ``table``'s runtime of the pruned network of ``units``."""
     import tf_stfusion as stf
-    from tf_stfusion.export import writers
+    from tf_stfusion.export import checks, writers
     from tf_stfusion.latency import median_latency
 
-    pruned = stf.build_template(backbone, num_classes=FLAGS.num_classes, num_frames=FLAGS.num_frames,
-                                input_size=FLAGS.size, units=units)
+    frames, size = table["clip"][:2]
+    pruned = stf.build_template(table["backbone"], num_classes=table["num_classes"], num_frames=frames,
+                                input_size=size, units=units)
+    writer = writers.WRITERS[checks.RUNTIME_FILES[table["runtime"]]]
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "m", "1")
-        os.makedirs(os.path.dirname(path))
-        writers.write_saved_model(pruned, contract, path)
-        serve = tf.saved_model.load(path).signatures["serving_default"]
-        clip = tf.constant(video)
-        return 1000 * median_latency(lambda: serve(video=clip)["probabilities"].numpy(), FLAGS.runs)
+        path = os.path.join(tmp, writer.relative_path("m", 1))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        writer.write(pruned, contract, path, "m")
+        call = writer.load(path)
+        return 1000 * median_latency(lambda: call(video)["probabilities"], FLAGS.runs)
+
+
+def validate(table, rng):
+    """``(predicted, measured)`` ms of ``FLAGS.strategies`` random strategies, printed."""
+    import numpy as np
+
+    import tf_stfusion as stf
+    from tf_stfusion.data.pipeline import InputContract
+    from tf_stfusion.latency import predict
+
+    frames, size = table["clip"][:2]
+    contract = InputContract(num_frames=frames, frame_stride=1, sampler="dense", eval_clips=1, eval_size=size,
+                             class_names=tuple(str(i) for i in range(table["num_classes"])))
+    video = np.random.default_rng(0).integers(0, 256, (1, *table["clip"]), dtype=np.uint8)
+    n = len(table["layers"])
+    predicted, measured = [], []
+    for i in range(FLAGS.strategies):
+        units = list(rng.choice(stf.UNITS, n))
+        predicted.append(predict(table, units))
+        measured.append(measured_ms(units, table, contract, video))
+        kept = {u: units.count(u) for u in stf.UNITS}
+        print(f"{table['backbone']:<12} strategy {i:>2} {kept}: predicted {predicted[-1]:8.2f} ms, measured "
+              f"{measured[-1]:8.2f} ms")
+    return np.array(predicted), np.array(measured)
+
+
+def summary(table, p, m):
+    """The validation's numbers: ``validated_error`` as the table stores it."""
+    import numpy as np
+
+    relative = np.abs(p - m) / m
+    return {"relative": round(float(np.percentile(relative, 90)), 4),
+            "statistic": "90th percentile of |predicted - measured| / measured",
+            "median_relative": round(float(np.median(relative)), 4), "spearman": round(spearman(p, m), 4),
+            "strategies": int(len(m)), "measured": f"the exported {table['runtime']} file, batch 1, median of "
+            f"{FLAGS.runs} calls (benchmarks/latency_table.py --seed={FLAGS.seed})",
+            "machine": machine_line(**{table["runtime"]: table["runtime_version"]}),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def tables():
+    """``(table, path or None)`` to validate: ``--table``, else one built per ``--backbones``."""
+    from tf_stfusion.export.part_runtimes import runtime
+    from tf_stfusion.latency import build_table, read_table
+
+    if FLAGS.table:
+        yield read_table(FLAGS.table), FLAGS.table
+        return
+    clip = (FLAGS.num_frames, FLAGS.size, FLAGS.size, 3)
+    for backbone in FLAGS.backbones:
+        yield build_table(backbone, FLAGS.num_classes, clip, runtime(FLAGS.runtime), FLAGS.repeats,
+                          log=lambda *a: None), None
 
 
 def main(argv):
@@ -68,33 +135,25 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
-    import tf_stfusion as stf
-    from tf_stfusion.data.pipeline import InputContract
-    from tf_stfusion.latency import build_table, predict
+    from tf_stfusion.fileio import atomic_write_json
 
+    if FLAGS.record_error and not FLAGS.table:
+        sys.exit("error: --record_error writes into --table; give the table to validate")
     print(machine_line(TensorFlow=tf.__version__))
-    clip = (FLAGS.num_frames, FLAGS.size, FLAGS.size, 3)
-    print(f"batch 1, clip {'x'.join(map(str, clip[:3]))}; table: median of {FLAGS.repeats} calls per part; "
-          f"measured: the exported SavedModel, median of {FLAGS.runs} calls")
-    contract = InputContract(num_frames=FLAGS.num_frames, frame_stride=1, sampler="dense", eval_clips=1,
-                             eval_size=FLAGS.size, class_names=tuple(str(i) for i in range(FLAGS.num_classes)))
-    video = np.random.default_rng(0).integers(0, 256, (1, *clip), dtype=np.uint8)
     rng = np.random.default_rng(FLAGS.seed)
-    for backbone in FLAGS.backbones:
-        table = build_table(backbone, FLAGS.num_classes, clip, repeats=FLAGS.repeats, log=lambda *a: None)
-        n = len(stf.layer_names(backbone))
-        predicted, measured = [], []
-        for i in range(FLAGS.strategies):
-            units = list(rng.choice(stf.UNITS, n))
-            predicted.append(predict(table, units))
-            measured.append(measured_ms(units, backbone, contract, video))
-            kept = {u: units.count(u) for u in stf.UNITS}
-            print(f"{backbone:<12} strategy {i:>2} {kept}: predicted {predicted[-1]:8.2f} ms, measured "
-                  f"{measured[-1]:8.2f} ms")
-        p, m = np.array(predicted), np.array(measured)
-        print(f"{backbone}: {FLAGS.strategies} strategies: median abs error {np.median(np.abs(p - m)):.2f} ms "
-              f"({100 * np.median(np.abs(p - m) / m):.1f}% of measured), Spearman rank correlation "
-              f"{spearman(p, m):.3f}; measured {m.min():.2f}-{m.max():.2f} ms")
+    for table, path in tables():
+        clip = "x".join(map(str, table["clip"][:3]))
+        print(f"{table['runtime']} {table['runtime_version']}, batch 1, clip {clip}; table: {table['method']}; "
+              f"measured: the exported file, median of {FLAGS.runs} calls")
+        p, m = validate(table, rng)
+        result = summary(table, p, m)
+        print(f"{table['backbone']} ({table['runtime']}): {len(m)} strategies: median abs error "
+              f"{np.median(np.abs(p - m)):.2f} ms ({100 * result['median_relative']:.1f}% of measured; 90th percentile "
+              f"{100 * result['relative']:.1f}%), Spearman rank correlation {result['spearman']:.3f}; measured "
+              f"{m.min():.2f}-{m.max():.2f} ms; load average {result['load_average']}")
+        if FLAGS.record_error:
+            atomic_write_json(path, {**table, "validated_error": result})
+            print(f"validated_error {result['relative']} written into {path}")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,49 @@ def test_table_of_tiny_times_every_layer_unit_and_fixed_part(tiny_table):
     assert all(ms > 0 for ms in table["fixed"].values()) and table["call_overhead_ms"] > 0
 
 
+@pytest.mark.parametrize("runtime,package", [("onnxruntime", "onnxruntime"), ("litert", "ai-edge-litert")])
+def test_table_of_tiny_on_onnxruntime_and_litert(runtime, package, tmp_path):
+    """The CLI's table on another runtime: every part converted as that runtime's file and timed in it; the
+    table names the runtime, its package's version and the precision."""
+    from importlib.metadata import version
+
+    path = tmp_path / f"tiny_{runtime}.json"
+    proc = subprocess.run([sys.executable, "-m", "tf_stfusion.latency_table", "--backbone=tiny", "--num_classes=4",
+                           "--num_frames=4", "--size=32", "--repeats=1", f"--runtime={runtime}", f"--output={path}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = latency.read_table(path, runtime=runtime)
+    assert table["runtime"] == runtime and table["runtime_version"] == version(package)
+    assert table["precision"] == "float32" and f"{runtime} {version(package)}" in table["machine"]
+    assert table["clip"] == [4, 32, 32, 3] and sorted(table["fixed"]) == sorted(
+        ["head", "input", "stem", "transition1", "transition2", "transition3"])
+    assert all(entry[u] > 0 for entry in table["layers"] for u in ("S", "ST", "S+ST"))
+    assert ("tf2onnx" if runtime == "onnxruntime" else "deploy graph") in table["method"]
+    # A table of one runtime where another is expected: one line naming the file and both runtimes.
+    with pytest.raises(ValueError, match=f"a latency table of {runtime}, but tensorflow is expected here"):
+        latency.read_table(path, runtime="tensorflow")
+
+
+def test_a_part_runs_in_each_runtime_as_it_computes_in_keras():
+    """A cut part converted for ONNX Runtime and LiteRT (its deploy graph: the 3D convs as 2D ones) computes the
+    Keras part's function -- the timed call is the part's real work, not an empty or failed graph."""
+    import tensorflow as tf
+
+    from tf_stfusion.export.part_runtimes import runtime
+
+    model = stf.build_template("tiny", num_classes=4, num_frames=4, input_size=32, units=["S+ST"] * 8)
+    part = latency.cut(model, latency.fusion_parts(model, stf.layer_names("tiny"))["block1/layer2"])
+    x = np.random.default_rng(1).standard_normal((1, *part.inputs[0].shape[1:])).astype(np.float32)
+    expected = part(x, training=False).numpy()
+    spec = [tf.TensorSpec(x.shape, tf.float32, name="x0")]
+    for name in ("onnxruntime", "litert"):
+        out = runtime(name).compile(latency._part_outputs, spec, part)([x])
+        out = out["y0"] if isinstance(out, dict) else out[0]
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max(), err_msg=name)
+    with pytest.raises(ValueError, match="runtime 'tvm' has no latency tables"):
+        runtime("tvm")
+
+
 def test_every_layer_of_the_network_is_timed_in_exactly_one_part():
     import keras
 
@@ -72,6 +115,61 @@ def test_prediction_is_the_sum_of_the_parts_less_the_extra_calls():
     bad["layers"][2]["ST"] = -1.0
     with pytest.raises(ValueError, match="t.json: field 'layers.block2/layer1.ST' must be a number"):
         latency.check_table(bad, "t.json")
+    bad = dict(_hand_table(), runtime="tvm")
+    with pytest.raises(ValueError, match="t.json: field 'runtime': 'tvm' has no latency tables"):
+        latency.check_table(bad, "t.json")
+    bad = dict(_hand_table(), validated_error={"relative": "10%"})
+    with pytest.raises(ValueError, match="field 'validated_error.relative' must be a fraction"):
+        latency.check_table(bad, "t.json")
+
+
+def _budget_strategy(runtime="onnxruntime 1.32.0", validated=0.10):
+    """A strategy chosen under a 10 ms budget by a (hand-made) table of ``runtime``, validated to ``validated``."""
+    return stf.Strategy.from_units(
+        "tiny", ["S"] * 8, metrics={"latency_ms": 9.0}, provenance={"max_latency_ms": 10.0, "latency_runtime": runtime,
+                                                 "latency_machine": "machine: hand-made",
+                                                 "latency_validated_error": validated})
+
+
+@pytest.mark.parametrize("seconds,validated,fails", [(0.0105, 0.10, False), (0.0115, 0.10, True),
+                                                     (0.0095, None, False), (0.0101, None, True)])
+def test_export_fails_closed_beyond_the_tables_validated_error(monkeypatch, tmp_path, seconds, validated, fails):
+    """The export's check of the search's budget with a fake timing: 10 ms budget, a table validated to 10%:
+    10.5 ms passes, 11.5 ms fails; a table never validated allows nothing over (10.1 ms fails)."""
+    from tf_stfusion.data.pipeline import InputContract
+    from tf_stfusion.export import checks
+
+    monkeypatch.setattr(checks.litert, "median_latency", lambda call, repeats: seconds)
+    contract = InputContract(num_frames=4, frame_stride=1, sampler="dense", eval_clips=1, eval_size=16,
+                             class_names=("a", "b"))
+    (tmp_path / "m.onnx").write_bytes(b"not timed: the timing is faked")
+    budget = checks.latency_budget(_budget_strategy(validated=validated), {"onnx": lambda clip: None},
+                                   {"onnx": "m.onnx"}, str(tmp_path), contract, repeats=3)
+    assert budget["file"] == "m.onnx" and budget["measured_ms"] == pytest.approx(1000 * seconds)
+    assert budget["within_budget"] == (seconds <= 0.010) and budget["allowed_error"] == (validated or 0.0)
+    error = checks.budget_error(budget)
+    assert (error is not None) == fails
+    if fails:
+        allowed = ("10.0%", "the latency table's validated_error", "11.00") if validated else (
+            "0.0%", "none: the table was never validated", "10.00")
+        assert error == (f"m.onnx: measured {1000 * seconds:.2f} ms (batch 1), over the search's latency budget of "
+                         f"10.0 ms by more than the allowed error {allowed[0]} ({allowed[1]}; at most {allowed[2]} "
+                         "ms); nothing was written; choose a faster strategy, or pass --allow_over_budget")
+
+
+def test_export_refuses_a_budget_whose_runtime_file_it_does_not_write(tmp_path):
+    from tf_stfusion.export.config import ExportConfig, ExportError
+    from tf_stfusion.export.exporter import export
+
+    path = str(tmp_path / "best.json")
+    _budget_strategy("litert 2.3.0").save(path)
+    config = ExportConfig(strategy_file=path, model_dir=str(tmp_path), export_dir=str(tmp_path / "out"),
+                          formats=("saved_model", "onnx"))
+    with pytest.raises(ExportError, match="budget predicted for litert; add tflite to --formats"):
+        export(config, log=lambda *a: None)
+    _budget_strategy("tvm 0.1").save(path)
+    with pytest.raises(ExportError, match="predicted for runtime 'tvm', which no export file runs"):
+        export(config, log=lambda *a: None)
 
 
 def test_pick_best_keeps_to_the_latency_budget():
@@ -116,7 +214,7 @@ def test_racing_drops_strategies_over_the_latency_budget_after_the_first_round()
     assert max(seen[key] for key in within) == 2
 
 
-def test_search_under_a_latency_budget_picks_a_strategy_within_it(trained_run, tiny_table, tmp_path):
+def test_search_under_a_latency_budget_picks_a_strategy_within_it(trained_run, tiny_table, tmp_path, monkeypatch):
     import shutil
 
     model_dir = str(tmp_path / "run")
@@ -131,18 +229,31 @@ def test_search_under_a_latency_budget_picks_a_strategy_within_it(trained_run, t
     best = stf.Strategy.load(f"{model_dir}/strategies/best.json")
     assert best.provenance["max_latency_ms"] == budget and best.metrics["latency_ms"] <= budget
     assert best.provenance["latency_runtime"].startswith("tensorflow ")
-    assert f"at most {budget} ms" in (tmp_path / "run" / "strategies" / "report.md").read_text()
+    report_md = (tmp_path / "run" / "strategies" / "report.md").read_text()
+    assert f"at most {budget} ms" in report_md and "the export allows its file nothing over the budget" in report_md
     assert (tmp_path / "run" / "strategies" / "pareto_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # The export times the file of the table's runtime (the SavedModel) against the search's budget.
-    from tf_stfusion.export.config import ExportConfig
+    # The export times the file of the table's runtime (the SavedModel) against the search's budget; the table
+    # was never validated, so a file timed (fake timing) at twice the budget fails it, nothing written ...
+    from tf_stfusion.export import checks
+    from tf_stfusion.export.config import ExportConfig, ExportError
     from tf_stfusion.export.exporter import export
 
-    report = export(ExportConfig(strategy_file=f"{model_dir}/strategies/best.json", model_dir=model_dir,
-                                 export_dir=str(tmp_path / "exported"), formats=("saved_model",)), log=lambda *a: None)
+    assert best.provenance["latency_validated_error"] is None
+    monkeypatch.setattr(checks.litert, "median_latency", lambda call, repeats: 2 * budget / 1000)
+    config = ExportConfig(strategy_file=f"{model_dir}/strategies/best.json", model_dir=model_dir,
+                          export_dir=str(tmp_path / "exported"), formats=("saved_model",))
+    with pytest.raises(ExportError, match=f"stfusion/1: measured {2 * budget:.2f} ms \\(batch 1\\), over the "
+                       f"search's latency budget of {budget} ms by more than the allowed error 0.0%"):
+        export(config, log=lambda *a: None)
+    assert not list((tmp_path / "exported").iterdir())
+    # ... unless --allow_over_budget: written, the miss in the report.
+    import dataclasses
+
+    report = export(dataclasses.replace(config, allow_over_budget=True), log=lambda *a: None)
     measured = report["latency_budget"]
-    assert measured["file"] == report["files"]["saved_model"] and measured["measured_ms"] > 0
+    assert measured["file"] == report["files"]["saved_model"] and measured["measured_ms"] == pytest.approx(2 * budget)
     assert measured["max_latency_ms"] == budget and measured["predicted_ms"] == best.metrics["latency_ms"]
-    assert measured["within_budget"] == (measured["measured_ms"] <= budget)
+    assert measured["within_budget"] is False and measured["within_allowed_error"] is False
     assert json.loads((tmp_path / "exported" / "export_report.json").read_text()
                       )["latency_budget"] == measured
     other = dict(table, clip=[16, 32, 32, 3])

@@ -36,8 +36,12 @@ and a ``TemporalBias`` after each of their convs and the transition's (slower:
 not timed at all). ``benchmarks/latency_table.py`` measures the error of the
 sum against the real exported file.
 
-Runtimes: ``tensorflow`` (the SavedModel's runtime: each part a ``tf.function``).
-ONNX Runtime and LiteRT tables are not built yet.
+Runtimes: ``tensorflow`` (the SavedModel's: each part a ``tf.function``,
+``TensorFlowRuntime``), ``onnxruntime`` and ``litert``
+(``export.part_runtimes``: each part converted with the ONNX / LiteRT file's
+converter -- tf2onnx; the LiteRT converter on the deploy graph -- and timed in
+an ONNX Runtime session / a LiteRT interpreter with the export's thread
+settings). Converting needs TensorFlow; the calls timed are the runtime's alone.
 """
 
 import os
@@ -47,7 +51,7 @@ import time
 from tf_stfusion.units import UNITS  # no TensorFlow on import: the CLIs check flags first
 
 FORMAT = "stfusion-latency-table/1"
-RUNTIMES = ("tensorflow",)
+RUNTIMES = ("tensorflow", "onnxruntime", "litert")  # the runtimes of export.checks.RUNTIME_FILES
 UNIT_CHOICES = tuple(u for u in UNITS if u != "none")  # the units timed; "none" costs nothing
 
 
@@ -152,58 +156,89 @@ def fixed_parts(model, fusion_layers):
 
 
 # -- timing on a runtime --------------------------------------------------------------------
-def runtime_version(runtime):
-    """The version string of ``runtime``'s package."""
-    _check_runtime(runtime)
-    import tensorflow as tf
+class TensorFlowRuntime:
+    """The ``tensorflow`` runtime (the SavedModel's): a part is a ``tf.function``.
 
-    return tf.__version__
+    A runtime (this one, or ``export.part_runtimes``' ONNX Runtime and LiteRT) has
+    ``name``, ``version``, ``precision``, ``method`` (how a part is converted and
+    called, for the table) and ``compile(fn, input_signature, model=None)``: a
+    callable that runs ``fn(model, *inputs)`` (-> ``{name: tensor}``) on a list of
+    numpy inputs of ``input_signature`` (a list of named ``tf.TensorSpec``) in the
+    runtime; a runtime may hand ``fn`` its own form of ``model`` (LiteRT: the deploy graph)."""
+
+    name, precision = "tensorflow", "float32"
+    method = "each part a tf.function of the Keras sub-network (inference mode)"
+
+    @property
+    def version(self):
+        import tensorflow as tf
+
+        return tf.__version__
+
+    def compile(self, fn, input_signature, model=None):
+        import tensorflow as tf
+
+        call = tf.function(lambda *xs: fn(model, *xs), input_signature=input_signature)
+        return lambda feeds: call(*[tf.constant(x) for x in feeds])
 
 
-def _check_runtime(runtime):
+def _check_runtime(runtime, where="runtime"):
     if runtime not in RUNTIMES:
-        raise ValueError(f"runtime {runtime!r} has no latency tables; expected one of {RUNTIMES}")
+        raise ValueError(f"{where}: {runtime!r} has no latency tables; expected one of {RUNTIMES}")
 
 
-def time_part(part, repeats, seed=0):
-    """Milliseconds of one batch-1 call of the sub-network ``part`` on the
-    ``tensorflow`` runtime (a ``tf.function`` of it, inference mode) on random
-    inputs of its input shapes: ``median_latency`` of ``repeats`` calls."""
-    import numpy as np
+def _specs(shapes, dtype="float32"):
     import tensorflow as tf
 
+    return [tf.TensorSpec((1, *shape), dtype, name=f"x{i}") for i, shape in enumerate(shapes)]
+
+
+def time_part(part, runtime, repeats, seed=0):
+    """Milliseconds of one batch-1 call of the sub-network ``part`` in ``runtime``
+    (inference mode), converted as the runtime's file is, on random inputs of its
+    input shapes: ``median_latency`` of ``repeats`` calls."""
+    import numpy as np
+
+    shapes = [tuple(t.shape[1:]) for t in part.inputs]
+    call = runtime.compile(_part_outputs, _specs(shapes), part)
     rng = np.random.default_rng(seed)
-    feeds = [tf.constant(rng.standard_normal((1, *t.shape[1:])), tf.float32) for t in part.inputs]
-    call = tf.function(lambda xs: part(xs, training=False))
+    feeds = [rng.standard_normal((1, *shape)).astype(np.float32) for shape in shapes]
     return 1000 * median_latency(lambda: call(feeds), repeats=repeats)
 
 
-def time_input(clip, repeats):
-    """Milliseconds of the shipped file's input step on a ``[1, *clip]`` uint8 clip:
-    ``data.pipeline.normalize`` (uint8 -> float32, ImageNet mean and std)."""
+def _part_outputs(model, *inputs):
+    outputs = model(list(inputs), training=False)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return {f"y{i}": y for i, y in enumerate(outputs)}
+
+
+def time_input(clip, runtime, repeats):
+    """Milliseconds of the shipped file's input step on a ``[1, *clip]`` uint8 clip
+    in ``runtime``: ``data.pipeline.normalize`` (uint8 -> float32, ImageNet mean and std)."""
     import numpy as np
-    import tensorflow as tf
 
     from tf_stfusion.data.pipeline import normalize
 
-    video = tf.constant(np.random.default_rng(0).integers(0, 256, (1, *clip), dtype=np.uint8))
-    call = tf.function(normalize)
-    return 1000 * median_latency(lambda: call(video), repeats=repeats)
+    call = runtime.compile(lambda _, video: {"y0": normalize(video)}, _specs([clip], "uint8"))
+    video = np.random.default_rng(0).integers(0, 256, (1, *clip), dtype=np.uint8)
+    return 1000 * median_latency(lambda: call([video]), repeats=repeats)
 
 
-def call_overhead(clip, repeats):
-    """Milliseconds of a ``tf.function`` call that returns its ``[1, *clip]`` input."""
+def call_overhead(clip, runtime, repeats):
+    """Milliseconds of a call in ``runtime`` of a graph that returns its ``[1, *clip]``
+    float32 input (an identity)."""
+    import numpy as np
     import tensorflow as tf
 
-    x = tf.zeros((1, *clip), tf.float32)
-    call = tf.function(tf.identity)
-    return 1000 * median_latency(lambda: call(x), repeats=repeats)
+    call = runtime.compile(lambda _, x: {"y0": tf.identity(x)}, _specs([clip]))
+    x = np.zeros((1, *clip), np.float32)
+    return 1000 * median_latency(lambda: call([x]), repeats=repeats)
 
 
-def time_parts(backbone, num_classes, clip, repeats=10, log=print):
+def time_parts(backbone, num_classes, clip, runtime, repeats=10, log=print):
     """``(layers, fixed)`` of a table: per fusion layer ``{"name", "S", "ST", "S+ST",
-    "none"}`` (ms) and ``{part: ms}`` of the fixed parts, timed at ``clip``
-    ``(frames, height, width, 3)``, batch 1 (see the module's docstring)."""
+    "none"}`` (ms) and ``{part: ms}`` of the fixed parts, timed in ``runtime`` at
+    ``clip`` ``(frames, height, width, 3)``, batch 1 (see the module's docstring)."""
     from tf_stfusion.models import build_template, layer_names
 
     names = layer_names(backbone)
@@ -215,30 +250,31 @@ def time_parts(backbone, num_classes, clip, repeats=10, log=print):
         for entry, (name, part) in zip(layers, fusion_parts(model, names).items()):
             if not part:
                 raise ValueError(f"{backbone}: no Keras layer is named {keras_prefix(name)}*; cannot time {name}")
-            entry[unit] = time_part(cut(model, part), repeats)
+            entry[unit] = time_part(cut(model, part), runtime, repeats)
         log(f"latency: {backbone} {unit}: {len(names)} layers timed")
         if unit == "S":
-            fixed = {"input": time_input(clip, repeats)}
-            fixed.update({name: time_part(cut(model, part), repeats)
+            fixed = {"input": time_input(clip, runtime, repeats)}
+            fixed.update({name: time_part(cut(model, part), runtime, repeats)
                           for name, part in fixed_parts(model, names).items()})
     return layers, fixed
 
 
-def build_table(backbone, num_classes, clip, runtime="tensorflow", repeats=10, log=print):
+def build_table(backbone, num_classes, clip, runtime=None, repeats=10, log=print):
     """The latency table (a dict, ``FORMAT``) of ``backbone`` at ``clip``
-    ``(frames, height, width, 3)``, batch 1, on ``runtime``, with the machine line
-    and the runtime's version. Raises ``ValueError`` for a runtime without tables."""
+    ``(frames, height, width, 3)``, batch 1, in ``runtime`` (a runtime object, see
+    ``TensorFlowRuntime``; None: TensorFlow), with the machine line and the
+    runtime's name, version and precision."""
     from tf_stfusion.machine import machine_line
 
-    _check_runtime(runtime)
-    version = runtime_version(runtime)
-    layers, fixed = time_parts(backbone, num_classes, tuple(clip), repeats, log)
+    runtime = runtime or TensorFlowRuntime()
+    _check_runtime(runtime.name)
+    layers, fixed = time_parts(backbone, num_classes, tuple(clip), runtime, repeats, log)
     return {"format": FORMAT, "backbone": backbone, "num_classes": num_classes, "clip": list(clip), "batch": 1,
-            "runtime": runtime, "runtime_version": version, "threads": os.cpu_count(),
-            "machine": machine_line(**{runtime: version}),
-            "method": (f"each part a sub-network cut from the uniform pruned network, timed alone: median of "
-                       f"{repeats} calls after 2 warm-up calls (tf_stfusion.latency)"),
-            "call_overhead_ms": call_overhead(clip, repeats), "fixed": fixed, "layers": layers}
+            "runtime": runtime.name, "runtime_version": runtime.version, "precision": runtime.precision,
+            "threads": os.cpu_count(), "machine": machine_line(**{runtime.name: runtime.version}),
+            "method": (f"{runtime.method}; each part a sub-network cut from the uniform pruned network, timed "
+                       f"alone: median of {repeats} calls after 2 warm-up calls (tf_stfusion.latency)"),
+            "call_overhead_ms": call_overhead(clip, runtime, repeats), "fixed": fixed, "layers": layers}
 
 
 # -- reading and predicting ---------------------------------------------------------------------
@@ -249,6 +285,7 @@ def check_table(table, where="latency table"):
         raise ValueError(f"{where}: not a {FORMAT} file; build one with python -m tf_stfusion.latency_table")
     from tf_stfusion.models import layer_names
 
+    _check_runtime(table.get("runtime"), f"{where}: field 'runtime'")
     try:
         expected = layer_names(table["backbone"])
     except (KeyError, ValueError) as e:
@@ -265,11 +302,22 @@ def check_table(table, where="latency table"):
             raise ValueError(f"{where}: field {field!r} must be a number of milliseconds >= 0, got {value!r}")
     if not table.get("fixed"):
         raise ValueError(f"{where}: field 'fixed' is empty; rebuild the table")
+    _check_validated_error(table.get("validated_error"), where)
     return table
 
 
-def read_table(path):
-    """The latency table in the JSON file ``path`` (checked by ``check_table``)."""
+def _check_validated_error(validated, where):
+    if validated is None:
+        return
+    relative = validated.get("relative") if isinstance(validated, dict) else None
+    if isinstance(relative, bool) or not isinstance(relative, (int, float)) or not relative >= 0:
+        raise ValueError(f"{where}: field 'validated_error.relative' must be a fraction >= 0 (0.1: 10%), got "
+                         f"{relative!r}; validate the table again with benchmarks/latency_table.py --table")
+
+
+def read_table(path, runtime=None):
+    """The latency table in the JSON file ``path`` (checked by ``check_table``);
+    with ``runtime``, a one-line ``ValueError`` for a table of another runtime."""
     import json
 
     try:
@@ -280,7 +328,11 @@ def read_table(path):
                                 "tf_stfusion.latency_table") from None
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: unreadable latency table ({e})") from None
-    return check_table(table, path)
+    table = check_table(table, path)
+    if runtime is not None and table["runtime"] != runtime:
+        raise ValueError(f"{path}: a latency table of {table['runtime']}, but {runtime} is expected here; build "
+                         f"one with python -m tf_stfusion.latency_table --runtime={runtime}")
+    return table
 
 
 def predict(table, units):

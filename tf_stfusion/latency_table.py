@@ -6,7 +6,8 @@
 
 Times every fusion layer's units (S, ST, S+ST) in their place in the network and
 the fixed parts (stem, transitions, head), batch 1, on ``--runtime`` (how:
-``tf_stfusion.latency``), and writes the table as JSON with the machine line and
+``tf_stfusion.latency``; ``onnxruntime`` and ``litert``: each part converted as
+the export converts that file, ``export.part_runtimes``), and writes the table as JSON with the machine line and
 the runtime's version. With ``--model_dir`` the backbone, class count and clip
 size are the run's (its input contract: frames and evaluation crop), so the
 table fits the search's ``--latency_table``. Run it on the machine the model
@@ -28,7 +29,9 @@ def define_flags():
     flags.DEFINE_integer("num_classes", 0, "Without --model_dir: classes of the head.")
     flags.DEFINE_integer("num_frames", 0, "Frames per clip (default: the run's).")
     flags.DEFINE_integer("size", 0, "Height and width of a clip (default: the run's evaluation crop).")
-    flags.DEFINE_enum("runtime", "tensorflow", list(RUNTIMES), "The runtime the table is for.")
+    flags.DEFINE_enum("runtime", "tensorflow", list(RUNTIMES), "The runtime the table is for: tensorflow (the "
+                      "SavedModel), onnxruntime (the .onnx file) or litert (the float32 .tflite file). Each part is "
+                      "converted as the export converts that file (needs TensorFlow) and timed in the runtime.")
     flags.DEFINE_integer("repeats", 10, "Timed calls per part (the median is kept), after 2 warm-up calls.")
     flags.DEFINE_string("output", None, "Where the JSON table goes.")
 
@@ -61,13 +64,18 @@ def main(argv):
     del argv  # run_app refuses positional arguments
     try:
         backbone, num_classes, clip = table_settings()
+        from tf_stfusion.export.part_runtimes import runtime
         from tf_stfusion.fileio import atomic_write_json
-        from tf_stfusion.latency import build_table, predict, runtime_version
+        from tf_stfusion.latency import build_table, predict
         from tf_stfusion.machine import machine_line
 
-        print(machine_line(**{FLAGS.runtime: runtime_version(FLAGS.runtime)}))
-        table = build_table(backbone, num_classes, clip, FLAGS.runtime, FLAGS.repeats)
+        target = runtime(FLAGS.runtime)
+        print(machine_line(**{target.name: target.version}))
+        table = build_table(backbone, num_classes, clip, target, FLAGS.repeats)
         atomic_write_json(FLAGS.output, table)
+    except ImportError as e:  # the runtime's package
+        print(f"error: --runtime={FLAGS.runtime} needs its package ({e}); pip install it", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

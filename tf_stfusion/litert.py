@@ -51,13 +51,33 @@ def convert(model, contract, precision="float32", calibration=None, top_k=5):
         raise LiteRTError("int8 quantization needs calibration clips")
     deployed = deploy_model(model)
     serve, signature = clip_function(deployed, contract, top_k, batch=1)
+    representative = None
+    if precision == "int8":
+        clips = [np.asarray(c, np.uint8) for c in calibration]
+        if not clips:
+            raise LiteRTError("int8 quantization needs at least one calibration clip")
+        representative = lambda: ({"video": clip[None]} for clip in clips)
+    flat = convert_function(serve, [signature], deployed, precision, representative)
+    return with_metadata(flat, {METADATA_KEY: json.dumps(contract.to_dict())})
+
+
+def convert_function(fn, input_signature, tracked=None, precision="float32", representative=None):
+    """The ``.tflite`` bytes of ``fn`` over tensors of ``input_signature`` (a list of
+    named ``tf.TensorSpec``; they name the ``serving_default`` signature's inputs),
+    builtin ops only -- the LiteRT file's converter path, also the latency table's
+    for its parts. ``tracked``: the Keras network whose weights ``fn`` reads (frozen
+    into the file); ``representative``: int8 only, a function returning an iterable
+    of ``{input name: array}``. Raises ``LiteRTError`` naming the ops it cannot convert."""
+    if precision not in PRECISIONS:
+        raise LiteRTError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
     work = tempfile.mkdtemp(prefix="stfusion-litert-")
     try:
         # Through a SavedModel written by Keras' ExportArchive: the converter then
         # freezes every variable (a bare concrete function keeps them as resources).
         archive = keras.export.ExportArchive()
-        archive.track(deployed)
-        archive.add_endpoint("serving_default", serve, input_signature=[signature])
+        if tracked is not None:
+            archive.track(tracked)
+        archive.add_endpoint("serving_default", fn, input_signature=input_signature)
         archive.write_out(work, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(work)
         converter.target_spec.supported_ops = {tf.lite.OpsSet.TFLITE_BUILTINS}
@@ -65,15 +85,12 @@ def convert(model, contract, precision="float32", calibration=None, top_k=5):
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_types = [tf.float16]
         elif precision == "int8":
-            clips = [np.asarray(c, np.uint8) for c in calibration]
-            if not clips:
-                raise LiteRTError("int8 quantization needs at least one calibration clip")
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             # Builtin int8 kernels where they exist; an op without one (e.g. MEAN over
             # 4 axes) stays float -- still a builtin op.
             converter.target_spec.supported_ops = {tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                                    tf.lite.OpsSet.TFLITE_BUILTINS}
-            converter.representative_dataset = lambda: ({"video": clip[None]} for clip in clips)
+            converter.representative_dataset = representative
         try:
             with warnings.catch_warnings():  # TF's own calibrator still uses the deprecated tf.lite.Interpreter
                 warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
@@ -84,7 +101,6 @@ def convert(model, contract, precision="float32", calibration=None, top_k=5):
                               f"{(lines or [str(e)])[-1][:400]}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    flat = with_metadata(flat, {METADATA_KEY: json.dumps(contract.to_dict())})
     bad = sorted(op for op in builtin_ops(flat) if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE"))
     if bad:
         raise LiteRTError(f"{precision} LiteRT file needs non-builtin ops {bad}")

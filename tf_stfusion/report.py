@@ -189,6 +189,15 @@ def comparison_table(comparison):
     return lines
 
 
+def validated_line(latency):
+    """report.md's words on the latency table's validated error (what the export allows over the budget)."""
+    error = latency.get("latency_validated_error")
+    if error is None:
+        return ("the table was never validated (benchmarks/latency_table.py --table --record_error), so the export "
+                "allows its file nothing over the budget")
+    return f"the table's validated error is {100 * error:.1f}%, which the export allows its file over the budget"
+
+
 def write_report(path, rows, best, probs, plan, comparison, max_gflops=0.0, sections=(), latency=None):
     """``report.md``; ``sections``: more markdown lines, after the Table 2 part;
     ``latency``: the latency budget's record (``search.latency_budget``), if any."""
@@ -218,7 +227,7 @@ def write_report(path, rows, best, probs, plan, comparison, max_gflops=0.0, sect
     if latency:
         lines += [f"Opt is the best sampled strategy predicted to take at most {latency['max_latency_ms']} ms per clip "
                   f"(batch 1): {best['latency_ms']:.2f} ms predicted by `{latency['latency_table']}` "
-                  f"({latency['latency_runtime']}; {latency['latency_machine']}).", ""]
+                  f"({latency['latency_runtime']}; {latency['latency_machine']}); {validated_line(latency)}.", ""]
     lines += comparison_table(comparison)
     lines += ["", f"Top-1 intervals: {CI_METHOD}. Differences: Opt minus the fixed strategy on the same videos, "
               f"{PAIRED_METHOD}; a strategy is called better only when that interval excludes 0.", ""]

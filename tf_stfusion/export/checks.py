@@ -139,36 +139,73 @@ def latencies(runners, files, folder, contract, repeats):
 
 
 # The file each latency table's runtime runs (tf_stfusion.latency.RUNTIMES).
-RUNTIME_FILES = {"tensorflow": "saved_model"}
+RUNTIME_FILES = {"tensorflow": "saved_model", "onnxruntime": "onnx", "litert": "tflite"}
+
+
+def budget_file(strategy):
+    """``(runtime, format)`` of the latency budget ``strategy`` was chosen under
+    (its provenance's ``latency_runtime``), or ``None`` without a budget. Raises a
+    one-line ``ValueError`` for a runtime without a file."""
+    provenance = strategy.provenance or {}
+    if not provenance.get("max_latency_ms"):
+        return None
+    runtime = (provenance.get("latency_runtime") or "tensorflow").split()[0]
+    if runtime not in RUNTIME_FILES:
+        raise ValueError(f"the latency budget was predicted for runtime {runtime!r}, which no export file runs; "
+                         f"expected one of {sorted(RUNTIME_FILES)}")
+    return runtime, RUNTIME_FILES[runtime]
 
 
 def latency_budget(strategy, runners, files, folder, contract, repeats):
     """The measured batch-1 latency of the exported file against the latency budget
     the search chose ``strategy`` under (its provenance's ``max_latency_ms``, the
-    table's runtime): ``{"max_latency_ms", "predicted_ms", "runtime", "file",
-    "measured_ms", "within_budget", "method"}``; ``None`` when the search had no
-    such budget. Measured as ``latencies`` does, on this machine: compare with the
-    table's machine line (``latency_machine``)."""
-    provenance, metrics = strategy.provenance or {}, strategy.metrics or {}
-    if not provenance.get("max_latency_ms"):
+    table's runtime and validated relative error): ``{"max_latency_ms",
+    "predicted_ms", "runtime", "allowed_error", "file", "measured_ms",
+    "within_budget", "within_allowed_error", "method"}``; ``None`` when the search
+    had no such budget. Measured as ``latencies`` does, on this machine: compare
+    with the table's machine line (``table_machine``). ``allowed_error``: the
+    table's ``validated_error`` (relative), 0 when it was never validated."""
+    chosen = budget_file(strategy)
+    if chosen is None:
         return None
-    runtime = provenance.get("latency_runtime", "tensorflow").split()[0]
+    provenance, metrics = strategy.provenance, strategy.metrics or {}
+    allowed = provenance.get("latency_validated_error") or 0.0
     budget = {"max_latency_ms": provenance["max_latency_ms"], "predicted_ms": metrics.get("latency_ms"),
-              "runtime": provenance.get("latency_runtime"), "table_machine": provenance.get("latency_machine")}
-    name = RUNTIME_FILES.get(runtime)
+              "runtime": provenance.get("latency_runtime"), "table_machine": provenance.get("latency_machine"),
+              "allowed_error": allowed, "allowed_error_source": ("the latency table's validated_error" if allowed else
+                                                                "none: the table was never validated")}
+    name = chosen[1]
     if name not in runners:
-        return {**budget, "file": None, "measured_ms": None, "within_budget": None,
-                "method": f"not measured: the {name or runtime} file was not written"}
+        return {**budget, "file": None, "measured_ms": None, "within_budget": None, "within_allowed_error": None,
+                "method": f"not measured: the {name} file was not written"}
     measured = latencies({name: runners[name]}, files, folder, contract, repeats)[name]["latency_ms_batch1"]
     return {**budget, "file": files[name], "measured_ms": measured,
-            "within_budget": measured <= budget["max_latency_ms"], "method": latency_method(repeats)}
+            "within_budget": measured <= budget["max_latency_ms"],
+            "within_allowed_error": measured <= budget["max_latency_ms"] * (1 + allowed),
+            "method": latency_method(repeats)}
+
+
+def budget_error(budget):
+    """The one-line refusal of an export whose file misses the latency budget by
+    more than the table's validated error (or was not measured); None if it does not."""
+    if budget is None or budget["within_allowed_error"]:
+        return None
+    limit = budget["max_latency_ms"] * (1 + budget["allowed_error"])
+    if budget["measured_ms"] is None:
+        return (f"the search's {budget['max_latency_ms']} ms latency budget ({budget['runtime']}) cannot be checked: "
+                f"{budget['method']}; add it to --formats or pass --allow_over_budget")
+    return (f"{budget['file']}: measured {budget['measured_ms']:.2f} ms (batch 1), over the search's latency budget of "
+            f"{budget['max_latency_ms']} ms by more than the allowed error {100 * budget['allowed_error']:.1f}% "
+            f"({budget['allowed_error_source']}; at most {limit:.2f} ms); nothing was written; choose a faster "
+            "strategy, or pass --allow_over_budget")
 
 
 def budget_line(budget):
     """The export log's line on the latency budget."""
     if budget["measured_ms"] is None:
         return f"latency budget {budget['max_latency_ms']} ms ({budget['runtime']}): {budget['method']}"
-    verdict = "within" if budget["within_budget"] else "OVER"
+    verdict = "within" if budget["within_budget"] else (
+        f"within {100 * budget['allowed_error']:.1f}% of" if budget["within_allowed_error"] else "OVER")
     return (f"latency budget {budget['max_latency_ms']} ms ({budget['runtime']}): {budget['file']} measured "
             f"{budget['measured_ms']:.2f} ms here, {verdict} the budget (predicted {budget['predicted_ms']:.2f} ms)")
 

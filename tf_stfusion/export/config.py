@@ -34,4 +34,5 @@ class ExportConfig:
     quantize: tuple = ()  # with tflite: some of litert.QUANTIZATIONS (float16, int8)
     calibration_clips: int = 100  # int8: representative clips from the run's hold-out (else training) videos
     latency_repeats: int = 10  # with tflite: batch-1 latency, median of this many runs of every file
+    allow_over_budget: bool = False  # write the files even if they miss the search's latency budget
     ensemble: int = 0  # M > 0: the posterior-averaged ensemble of the search's first M sampled strategies

@@ -57,6 +57,8 @@ def export(config: ExportConfig, log=print):
         budget = _latency_budget(strategy, files, loaded, work, contract, config)
         if budget is not None:
             report["latency_budget"] = budget
+            if checks.budget_error(budget) and not config.allow_over_budget:
+                raise ExportError(checks.budget_error(budget))
         if failed:
             raise ExportError("parity check(s) failed: " + ", ".join(
                 f"{n} max abs diff {parity[n]['max_abs_diff']:.3g}" for n in failed) + "; nothing was written")
@@ -88,11 +90,25 @@ def _check_options(config):
     if config.check_serving and "saved_model" not in config.formats:
         raise ExportError("--check_serving needs the saved_model format")
     ensemble = read_ensemble(config) if config.ensemble else None
+    _check_budget_file(config, strategy)
     if config.calibration_clips < 1 or config.latency_repeats < 1:
         raise ExportError("--calibration_clips and the latency repeats must be >= 1")
     if not config.model_name or "/" in config.model_name or config.version < 1:
         raise ExportError("--model_name must be a plain name and --version >= 1")
     return strategy, ensemble
+
+
+def _check_budget_file(config, strategy):
+    """Refuses, before anything is built, a single-network export that cannot time
+    the file of the runtime the search's latency budget was predicted for."""
+    try:
+        chosen = checks.budget_file(strategy)
+    except ValueError as e:
+        raise ExportError(f"{config.strategy_file}: {e}") from None
+    if chosen and not config.ensemble and chosen[1] not in config.formats and not config.allow_over_budget:
+        raise ExportError(f"{config.strategy_file}: chosen under a {strategy.provenance['max_latency_ms']} ms latency "
+                          f"budget predicted for {chosen[0]}; add {chosen[1]} to --formats so that the export measures "
+                          "that file, or pass --allow_over_budget")
 
 
 def _open_run(config, strategy):

@@ -29,6 +29,7 @@ from tf_stfusion.litert import (  # noqa: F401  (litert.convert, .Runner, ...: t
     Runner,
     builtin_ops,
     convert,
+    convert_function,
     interpreter,
     with_metadata,
 )

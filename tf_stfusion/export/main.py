@@ -22,6 +22,10 @@ Everything is written into a temporary folder next to ``OUT`` and moved into
 place only when every parity check passed (max abs difference of the logits
 <= 1e-4 times their scale, the largest |logit| of the reference but at least 1;
 the served-vs-evaluation check compares view-averaged probabilities); otherwise nothing is left behind and the exit code is 1.
+A strategy chosen under a latency budget (``--max_latency_ms`` of the search) has
+the file of its table's runtime (SavedModel, ONNX or float LiteRT) timed here;
+the export fails the same way when it misses the budget by more than the table's
+validated error (``--allow_over_budget``: written anyway, the miss in the report).
 ``--ensemble=M`` writes instead one SavedModel of the search's ``ensemble-M`` (its
 members, temperature and threshold from ``calibration.json`` beside ``--strategy``):
 the M pruned networks on one input, returning temperature-scaled averaged
@@ -74,6 +78,9 @@ def define_flags():
     flags.DEFINE_integer("ensemble", 0, "Export the posterior-averaged ensemble of the search's first M sampled "
                          "strategies (RUN/strategies/calibration.json, beside --strategy) as one SavedModel: "
                          "averaged, temperature-scaled probabilities, predictive entropy and an abstain flag.")
+    flags.DEFINE_bool("allow_over_budget", False, "Write the files even when the file of the search's latency "
+                      "budget (--max_latency_ms; its table's runtime) measures over the budget by more than the "
+                      "table's validated error (without: the export fails, nothing written).")
     flags.DEFINE_bool("check_serving", False, "Feed every validation video (its stored JPEG frames) through the "
                       "SavedModel's serving_video signature as a REST request would arrive, and compare with the "
                       "run's evaluation of the strategy; a difference beyond 1e-4 fails the export.")
@@ -100,6 +107,7 @@ def main(argv):
         version=FLAGS.version, num_frames=FLAGS.num_frames, size=FLAGS.eval_size, overwrite=FLAGS.overwrite,
         check_serving=FLAGS.check_serving, verify_data=FLAGS.verify_data, quantize=tuple(FLAGS.quantize),
         calibration_clips=FLAGS.calibration_clips, ensemble=FLAGS.ensemble,
+        allow_over_budget=FLAGS.allow_over_budget,
     )
     if FLAGS.ensemble and not FLAGS["formats"].present:
         config = dataclasses.replace(config, formats=("saved_model",))

@@ -17,6 +17,7 @@ class names (``class_names``) and the contract (``input_contract``) in its
 metadata.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -116,19 +117,36 @@ def write_warmup_requests(path, contract, model_name):
 def write_onnx(model, contract, path, top_k=5):
     """ONNX (opset 17) of ``serving_default``, via tf2onnx; contract in the metadata."""
     import onnx
-    import tf2onnx
 
     fn, signature = clip_function(model, contract, top_k)
-    serve = tf.function(fn, input_signature=[signature])
-    with grouped_convs_split(model):  # tf2onnx cannot convert Keras' XLA grouped convolution
-        model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature,
-                                                       opset=ONNX_OPSET)
+    model_proto = onnx_proto(fn, [signature], model)
     for key, value in (("class_names", json.dumps(list(contract.class_names))),
                        ("input_contract", json.dumps(contract.to_dict()))):
         meta = model_proto.metadata_props.add()
         meta.key, meta.value = key, value
     onnx.save(model_proto, path)
     return path
+
+
+def onnx_proto(fn, input_signature, model):
+    """The ONNX ``ModelProto`` (opset ``ONNX_OPSET``) of ``fn`` (a Python function of
+    ``model`` over tensors of ``input_signature``, a list of ``tf.TensorSpec``), via
+    tf2onnx -- the ONNX file's converter path, also the latency table's for its parts."""
+    import tf2onnx
+
+    serve = tf.function(fn, input_signature=input_signature)
+    # tf2onnx cannot convert Keras' XLA grouped convolution (no model: a graph without layers).
+    with grouped_convs_split(model) if model is not None else contextlib.nullcontext():
+        proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=ONNX_OPSET)
+    return proto
+
+
+def onnx_session(path_or_bytes):
+    """An ONNX Runtime CPU session of a file (path or serialized bytes), default
+    session options: the export's latency check and the latency table's timing."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(path_or_bytes, providers=["CPUExecutionProvider"])
 
 
 def load_saved_model(path):
@@ -139,9 +157,7 @@ def load_saved_model(path):
 
 def load_onnx(path):
     """An ONNX Runtime session (CPU) of the file at ``path``: uint8 clips -> outputs."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
     names = [o.name for o in session.get_outputs()]
     video_input = session.get_inputs()[0].name
     return lambda video: dict(zip(names, session.run(None, {video_input: np.asarray(video, np.uint8)})))
