@@ -817,7 +817,7 @@ def test_announced_duration_the_stream_then_the_container_by_hand():
     assert _announced_duration(ns(duration=1_500_000), ns(duration=None, time_base=hundredth)) == 1.5
     assert _announced_duration(ns(duration=1_500_000), ns(duration=250, time_base=None)) == 1.5
     assert _announced_duration(ns(duration=1), ns(duration=None, time_base=None)) == 1e-6
-    for unknown in (None, 0, -5):  # FFmpeg's "no duration" (AV_NOPTS_VALUE is negative): 0
+    for unknown in (None, 0, -5):  # none, zero or negative (FFmpeg's AV_NOPTS_VALUE is negative): 0 s
         assert _announced_duration(ns(duration=unknown), ns(duration=None, time_base=None)) == 0.0
 
 
