@@ -760,3 +760,190 @@ def test_the_damage_sentence_counts_in_words():
         "3 of 60 packets do not decode and 1 frame is concealed"
     assert DecodeStats(packets=12, packets_dropped=0, frames_concealed=2).damage("frame images") == \
         "0 of 12 frame images do not decode and 2 frames are concealed"
+
+
+# -- data/video: boundaries, defaults and constants pinned by hand (issue 29) ------------------------
+# Each expected value below is worked out from the documented rule (the docstring, FFmpeg's code or
+# PIL's documented default), not by calling the function under test.
+def test_decode_stats_fraction_and_manifest_rounding_by_hand():
+    assert DecodeStats().dropped_fraction == 0.0  # no packet read yet: nothing lost
+    assert DecodeStats(packets=40, packets_dropped=6, frames_concealed=2).dropped_fraction == 0.2  # (6 + 2) / 40
+    assert DecodeStats(packets=10, packets_dropped=8, frames_concealed=5).dropped_fraction == 1.0  # 13 / 10, capped
+    # Every announced frame decoded: the 20 rejected packets were junk past the stream; only the
+    # 2 concealed frames count (2 / 50). One frame short: the lost packets count ((1 + 2) / 50).
+    assert DecodeStats(frames_announced=50, frames_decoded=50, packets=70, packets_dropped=20,
+                       frames_concealed=2).dropped_fraction == 0.04
+    assert DecodeStats(frames_announced=50, frames_decoded=49, packets=50, packets_dropped=1,
+                       frames_concealed=2).dropped_fraction == 0.06
+    # The manifest keeps times and rates to the millisecond / thousandth.
+    stats = DecodeStats(frames=3, fps=12.34567, duration=1.23456, duration_announced=2.00049)
+    assert stats.to_dict() == {"frames": 3, "frames_decoded": 0, "frames_announced": 0, "packets": 0,
+                               "packets_dropped": 0, "frames_concealed": 0, "fps": 12.346, "duration": 1.235,
+                               "duration_announced": 2.0, "variable_frame_rate": False}
+
+
+def _timed(pts, time_base):
+    from tf_stfusion.data.video import _Timing
+
+    timing, stats = _Timing(), DecodeStats()
+    for i, t in enumerate(pts):
+        timing.add(types.SimpleNamespace(pts=t), i)
+    timing.fill(stats, time_base, 25)
+    return stats
+
+
+def test_timing_of_two_frames_and_the_variable_rate_thresholds_by_hand():
+    # Two frames one tick apart last two ticks (the last frame lasts the median step), not the
+    # one frame at the guessed rate that a single timestamp gets.
+    stats = _timed([1, 0], fractions.Fraction(1, 25))
+    assert stats.duration == pytest.approx(0.08) and stats.fps == pytest.approx(25.0)
+    # "Variable": the steps differ by more than two ticks and by more than 10% of the median step.
+    ms = fractions.Fraction(1, 1000)
+    for pts, variable in (([0, 1, 2, 5], False),  # steps 1, 1, 3: a spread of 2 ticks is not more than 2
+                          ([0, 1, 2, 6], True),  # spread 3 ticks > 2 (and > 10% of 1)
+                          ([0, 100, 200, 310], False),  # spread 10 = 10% of the median 100: not more
+                          ([0, 100, 200, 315], True)):  # spread 15 > 10
+        assert _timed(pts, ms).variable_frame_rate is variable, pts
+    stats = _timed([0, 100, 200, 310], ms)
+    assert stats.duration == pytest.approx(0.41) and stats.fps == pytest.approx(4 / 0.41)  # (310 + 100) ms
+
+
+def test_announced_duration_the_stream_then_the_container_by_hand():
+    from tf_stfusion.data.video import _announced_duration
+
+    ns, hundredth = types.SimpleNamespace, fractions.Fraction(1, 100)
+    assert _announced_duration(ns(duration=9_000_000), ns(duration=250, time_base=hundredth)) == 2.5
+    # The stream states no duration (or no time base): the container's, in microseconds.
+    assert _announced_duration(ns(duration=1_500_000), ns(duration=None, time_base=hundredth)) == 1.5
+    assert _announced_duration(ns(duration=1_500_000), ns(duration=250, time_base=None)) == 1.5
+    assert _announced_duration(ns(duration=1), ns(duration=None, time_base=None)) == 1e-6
+    for unknown in (None, 0, -5):  # none, zero or negative (FFmpeg's AV_NOPTS_VALUE is negative): 0 s
+        assert _announced_duration(ns(duration=unknown), ns(duration=None, time_base=None)) == 0.0
+
+
+def flipped(matrix, column=0):
+    """``av_display_matrix_flip`` of libavutil/display.c: hflip negates the first column
+    (entries 0, 3, 6), vflip (``column=1``) the second (1, 4, 7)."""
+    return [-v if i % 3 == column else v for i, v in enumerate(matrix)]
+
+
+def test_display_geometry_edge_cases_by_hand():
+    from tf_stfusion.data.video import _display_size, display_rotation, resized_shape
+
+    # A matrix with a zero column has no angle (av_display_rotation_get's NaN), and the CLI's
+    # last case, "fabs(theta) < 1.0", is false for NaN and for exactly 1 degree: shown as stored,
+    # even where matrix[4] < 0 would flip it at 0 degrees.
+    for singular in ([0] * 8 + [1 << 30], [0, 1 << 16, 0, 0, 1 << 16, 0, 0, 0, 1 << 30],
+                     [0, 0, 0, 0, -(1 << 16), 0, 0, 0, 1 << 30]):
+        assert math.isnan(display_rotation(singular)) and display_filters(singular) == []
+    assert display_filters(flipped(rotation_matrix(0), column=1)) == [("vflip", "")]
+    one_degree_flipped = flipped(rotation_matrix(-1), column=1)  # [4] < 0 at theta = 1
+    assert display_rotation(one_degree_flipped) == 1.0 and display_filters(one_degree_flipped) == []
+    # A mirrored phone video: the transpose that also flips, by the sign of matrix[3]
+    # (ffmpeg_filter.c: "> 0 ? cclock_flip : clock" at 90, "< 0 ? clock_flip : cclock" at 270).
+    assert display_filters(flipped(rotation_matrix(90))) == [("transpose", "cclock_flip")]
+    assert display_filters(flipped(rotation_matrix(-90))) == [("transpose", "clock_flip")]
+    assert display_filters([0, 1 << 16, 0, 1, 0, 0, 0, 0, 1 << 30]) == [("transpose", "cclock_flip")]  # [3] = 1
+    # The short side scaled, the other side rounded: 4x8 -> 1x2, 8x4 -> 2x1; None keeps the size.
+    assert resized_shape(4, 8, 1) == (1, 2) and resized_shape(8, 4, 1) == (2, 1)
+    assert resized_shape(48, 64, 24) == (24, 32) and resized_shape(48, 64, None) == (48, 64)
+    # The sample aspect ratio stretches (2:1) or squeezes (1:2) the width; square pixels keep it;
+    # a width that rounds to 0 is 1 pixel; a transpose swaps the sides.
+    frame = types.SimpleNamespace(height=48, width=64)
+    assert _display_size(frame, fractions.Fraction(1, 2), [], None) == (48, 32)
+    assert _display_size(frame, fractions.Fraction(2, 1), [("transpose", "clock")], None) == (128, 48)
+    assert _display_size(frame, None, [], 24) == (24, 32)
+    assert _display_size(types.SimpleNamespace(height=2, width=1), fractions.Fraction(1, 3), [], None) == (2, 1)
+
+
+def test_jpeg_default_quality_and_resize_image_by_hand():
+    import io
+
+    from tf_stfusion.data.video import encode_jpeg, resize_image
+
+    frame = np.add.outer(np.arange(16), np.arange(24))[:, :, None].repeat(3, 2).astype(np.uint8) * 7
+    pil = {}
+    for quality in (75, 76):  # PIL's documented default is 75
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
+        pil[quality] = buf.getvalue()
+    assert pil[75] != pil[76] and encode_jpeg(frame) == pil[75]
+    assert resize_image(np.zeros((32, 48, 3), np.uint8), 16).shape == (16, 24, 3)
+    assert resize_image(Image.fromarray(frame), 16).shape == (16, 24, 3)
+    assert resize_image(frame, 16) is not frame and (resize_image(frame, 16) == frame).all()  # already 16
+
+
+def test_an_empty_file_is_named_as_such(tmp_path):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(VideoError, match=r"^empty file \(0 bytes\)$"):
+        decode(str(tmp_path / "empty.mp4"))
+
+
+def test_frame_folder_messages_name_the_frames_by_hand(tmp_path):
+    def refused(names):
+        folder = write_frame_folder(str(tmp_path / str(len(os.listdir(tmp_path)))), names)
+        with pytest.raises(VideoError) as error:
+            ordered_frame_names(folder)
+        return str(error.value).split(": ", 1)[1]
+
+    assert refused(["a1_b3.jpg", "a2_b2.jpg", "a3_b1.jpg"]) == \
+        "more than one number varies and they disagree ('a1_b3.jpg' ... 'a3_b1.jpg')"
+    # The varying number is the frame; the constant "v2" is not.
+    assert refused(["1_v2.jpg", "01_v2.jpg", "2_v2.jpg"]) == "'01_v2.jpg' and '1_v2.jpg' both are frame 1"
+    # No number varies: the last one is the frame.
+    assert refused(["clip2_1.jpg", "clip2_01.jpg"]) == "'clip2_01.jpg' and 'clip2_1.jpg' both are frame 1"
+    # Text after the number makes a pattern too; the message shows the first three.
+    assert refused(["1_a.jpg", "2_b.jpg", "3_c.jpg", "4_d.jpg"]) == \
+        "more than one naming pattern (<n>_a.jpg, <n>_b.jpg, <n>_c.jpg)"
+
+
+def test_a_folder_of_unreadable_images_names_the_first_error(tmp_path):
+    folder = tmp_path / "v"
+    folder.mkdir()
+    for name in ("1.jpg", "2.jpg"):
+        (folder / name).write_bytes(b"")
+    with pytest.raises(VideoError, match=r"^cannot read any frame \(2 of 2; e\.g\. 1\.jpg: "):
+        decode(str(folder))
+
+
+def test_a_wide_first_frame_sets_a_wide_size_by_hand(tmp_path):
+    # First frame 32 high x 48 wide, then one 48 x 64: both shown 16 x 24 (short side 16).
+    folder = write_frame_folder(str(tmp_path / "v"), ["1.png"])
+    Image.fromarray(numbered_frames(1, 32, 48)[0]).save(os.path.join(folder, "1.png"))
+    Image.fromarray(numbered_frames(2, 48, 64)[1]).save(os.path.join(folder, "2.png"))
+    frames = decode(folder, short_side=16)
+    assert frames.shape == (2, 16, 24, 3) and frame_numbers(frames) == [0, 1]
+
+
+def test_wide_greys_are_scaled_by_257_and_clipped_by_hand(tmp_path):
+    from tf_stfusion.data.video import read_image
+
+    # A 32-bit grey (mode I; a TIFF whatever its name): v / 257 rounded, clipped to [0, 255].
+    values = [-300, 0, 128, 129, 30000, 65535, 70000]
+    Image.fromarray(np.array([values], np.int32)).save(str(tmp_path / "grey.tif"))
+    grey = np.asarray(read_image(str(tmp_path / "grey.tif")))
+    assert grey[0, :, 0].tolist() == [0, 0, 0, 1, 117, 255, 255]  # 128 / 257 = 0.498, 129 / 257 = 0.502
+
+
+def test_a_rotated_video_that_changes_size_keeps_its_picture(tmp_path):
+    # A phone video (ROT90: shown turned 90 degrees clockwise) joined from 10 frames of 48x64
+    # and 10 of 64x96, the top half of each white: every frame is shown 64 high x 48 wide with
+    # its top half turned into the right half -- the second part too, scaled before it is turned.
+    parts = []
+    for i, (h, w) in enumerate(((H, W), (64, 96))):
+        with av.open(str(tmp_path / f"part{i}.webm"), "w") as container:
+            stream = container.add_stream("libvpx", rate=25)
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            stream.set_display_matrix(ROT90)
+            image = np.zeros((h, w, 3), np.uint8)
+            image[: h // 2] = 255
+            for frame in [av.VideoFrame.from_ndarray(image, format="rgb24")] * 10:
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        parts.append(str(tmp_path / f"part{i}.webm"))
+    frames = decode(concat_copy(str(tmp_path / "joined.webm"), parts))
+    assert frames.shape == (20, W, H, 3)
+    columns = frames[..., 0].mean(axis=1)  # [frame, column]
+    assert (columns[:, : H // 2 - 2] < 40).all() and (columns[:, H // 2 + 2:] > 215).all()

@@ -138,11 +138,12 @@ def encode_jpeg(frame, quality=75):
 def display_rotation(matrix):
     """The clockwise display angle in degrees, [0, 360), of an FFmpeg display matrix
     (9 ints, 16.16 fixed point): ``get_rotation`` of fftools/cmdutils.c over
-    ``av_display_rotation_get`` of libavutil/display.c."""
+    ``av_display_rotation_get`` of libavutil/display.c; NaN (no angle) for a matrix
+    with a zero column, as ``av_display_rotation_get`` returns."""
     scale0 = math.hypot(matrix[0], matrix[3])
     scale1 = math.hypot(matrix[1], matrix[4])
     if not scale0 or not scale1:
-        return 0.0
+        return math.nan
     theta = math.degrees(math.atan2(matrix[1] / scale1, matrix[0] / scale0))
     theta = math.copysign(math.floor(abs(theta) + 0.5), theta)  # C's round(): halves away from zero
     return theta - 360 * math.floor(theta / 360 + 0.9 / 360)
@@ -162,7 +163,8 @@ def display_filters(matrix):
         return [("transpose", "clock_flip" if matrix[3] < 0 else "cclock")]
     if abs(theta) > 1:
         return [("rotate", f"{theta}*PI/180")]
-    return [("vflip", "")] if matrix[4] < 0 else []
+    # The CLI's last case is "fabs(theta) < 1.0": exactly 1 degree, or no angle (NaN), shows as stored.
+    return [("vflip", "")] if abs(theta) < 1 and matrix[4] < 0 else []
 
 
 def _display_matrix(frame):
