@@ -128,6 +128,9 @@ def test_deploy_graph_reshapes_only_around_temporal_convs(lite_export):
         ops = litert.op_counts(str(out / name))
         assert ops["RESHAPE"] == 6 * 2 + 1 + 1, (name, ops)
         assert "AVERAGE_POOL_2D" not in ops  # no int8 kernel in XNNPACK: a depthwise conv instead
+        # Every BatchNorm folded into its conv or a 1x1 depthwise conv: the only MULs left
+        # are the input normalisation's two ((x / 255 - mean) / std).
+        assert ops["MUL"] == 2, (name, ops)
     # One XNNPACK partition in float; in int8 one more only for the softmax's tail (no int8
     # SOFTMAX in XNNPACK). The per-layer graph took 5.
     assert litert.delegate_partitions(str(out / "stfusion.tflite"), 1) == 1

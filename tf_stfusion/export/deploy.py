@@ -26,6 +26,11 @@ and mixes time only where a layer does. A tensor of the pruned network,
   over time works on it. Any layer without a 2D form here also runs on it
   (as the pruned network's own layer).
 
+A BatchNorm that follows a conv stays one (LiteRT's converter folds it into the
+conv once no reshape stands between them); any other -- DenseNet's pre-activation
+BatchNorms, reading a concatenation that later layers read too -- is a ``1 x 1``
+depthwise conv with bias: one op instead of a MUL and an ADD.
+
 A tensor is moved to another layout (one ``Relayout``: a RESHAPE) only when
 a layer needs it there, once per tensor and layout; an element-wise layer
 stays in the layout its inputs share. So the network is in frames from the
@@ -188,8 +193,24 @@ def _pool_step(layer, pool2d):
     return pool2d(size, strides=strides, padding=layer.padding, name=layer.name), FRAMES, FRAMES, []
 
 
+def _batchnorm_step(layer):
+    """A BatchNorm that LiteRT's converter cannot fold into a conv before it (DenseNet's
+    pre-activation ones read a concatenation) as a ``1 x 1`` depthwise conv with bias:
+    ``x * gamma / sqrt(var + eps) + beta - mean * gamma / sqrt(var + eps)`` in one op
+    (int8: per-channel scales) instead of a MUL and an ADD. None for the others."""
+    producer = layer.input._keras_history.operation
+    if isinstance(producer, (keras.layers.Conv3D, TemporalBias)) or layer.axis not in (-1, 4, [-1], [4]):
+        return None  # folded into the conv by the converter
+    gamma, beta, mean, var = (w.astype(np.float64) for w in layer.get_weights())
+    scale = gamma / np.sqrt(var + layer.epsilon)
+    conv = keras.layers.DepthwiseConv2D(1, use_bias=True, name=layer.name)
+    return conv, FRAMES, FRAMES, [scale[None, None, :, None].astype(np.float32), (beta - mean * scale).astype(np.float32)]
+
+
 def _step(layer):
     """How ``layer`` (reading a ``[B, T, H, W, C]`` tensor) runs in the deploy graph."""
+    if isinstance(layer, keras.layers.BatchNormalization) and layer.center and layer.scale:
+        return _batchnorm_step(layer) or (_copy(layer), SAME, SAME, layer.get_weights())
     if isinstance(layer, keras.layers.Conv3D):
         return _conv_step(layer)
     if isinstance(layer, keras.layers.MaxPooling3D):

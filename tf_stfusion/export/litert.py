@@ -1,7 +1,7 @@
 """LiteRT (TFLite): the pruned network for phones and edge boxes, builtin ops only.
 
 ``convert`` writes the deploy graph (``deploy.deploy_model``: every 3D conv and
-pool as 2D ops) with the same function as the SavedModel's ``serving_default``
+pool as 2D ops, tensors kept as a batch of frames between temporal convs) with the same function as the SavedModel's ``serving_default``
 -- ``video`` uint8 ``[1, T, S, S, 3]``, normalisation inside, outputs
 ``probabilities`` and ``top_k`` -- in one of three precisions:
 
