@@ -61,6 +61,9 @@ class DeployError(ValueError):
 def layout_shape(layout, shape):
     """The shape (batch -1) of a ``[B, T, H, W, C]`` tensor of static ``shape`` in ``layout``."""
     _, t, h, w, c = shape
+    if None in (t, h, w, c):
+        raise DeployError(f"the deploy graph needs a static clip size, got {tuple(shape)}; "
+                          "build the network with num_frames and input_size")
     return {FRAMES: (-1, h, w, c), TIME: (-1, t, h * w, c), CLIP: (-1, t, h, w, c)}[layout]
 
 
@@ -174,7 +177,8 @@ def _conv_step(layer):
     if layer.groups != 1:
         raise DeployError(f"{layer.name}: a grouped {kt}x{kh}x{kw} conv has no 2D form here")
     if (kh, kw) == (1, 1) and tuple(layer.strides) == (1, 1, 1):
-        return keras.layers.Conv2D(kernel_size=(kt, 1), padding=layer.padding, **args), TIME, TIME, [kernel[:, 0], *bias]
+        temporal = keras.layers.Conv2D(kernel_size=(kt, 1), padding=layer.padding, **args)
+        return temporal, TIME, TIME, [kernel[:, 0], *bias]
     stacked = kernel.transpose(1, 2, 0, 3, 4).reshape(kh, kw, -1, kernel.shape[-1])
     return (StackedFrameConv(kt, layer.padding, kernel_size=(kh, kw), strides=layer.strides[1:], padding=layer.padding,
                              **args), CLIP, FRAMES, [stacked, *bias])
@@ -204,7 +208,8 @@ def _batchnorm_step(layer):
     gamma, beta, mean, var = (w.astype(np.float64) for w in layer.get_weights())
     scale = gamma / np.sqrt(var + layer.epsilon)
     conv = keras.layers.DepthwiseConv2D(1, use_bias=True, name=layer.name)
-    return conv, FRAMES, FRAMES, [scale[None, None, :, None].astype(np.float32), (beta - mean * scale).astype(np.float32)]
+    weights = [scale[None, None, :, None], beta - mean * scale]
+    return conv, FRAMES, FRAMES, [w.astype(np.float32) for w in weights]
 
 
 def _step(layer):
@@ -220,8 +225,8 @@ def _step(layer):
     if isinstance(layer, keras.layers.ZeroPadding3D) and tuple(layer.padding[0]) == (0, 0):
         return keras.layers.ZeroPadding2D(layer.padding[1:], name=layer.name), FRAMES, FRAMES, []
     if isinstance(layer, TemporalBias):
-        bias = TimeBias.from_config(layer.get_config())
-        return (bias, SAME, SAME, layer.get_weights()) if layer.num_taps == 1 else (bias, TIME, TIME, layer.get_weights())
+        layout = SAME if layer.num_taps == 1 else TIME
+        return TimeBias.from_config(layer.get_config()), layout, layout, layer.get_weights()
     if isinstance(layer, keras.layers.GlobalAveragePooling3D) and not layer.keepdims:
         return TimeAveragePool(name=layer.name), TIME, None, []
     if isinstance(layer, keras.layers.Concatenate) and layer.axis in (-1, 4):

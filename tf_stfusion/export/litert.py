@@ -1,9 +1,10 @@
 """LiteRT (TFLite): the pruned network for phones and edge boxes, builtin ops only.
 
 ``convert`` writes the deploy graph (``deploy.deploy_model``: every 3D conv and
-pool as 2D ops, tensors kept as a batch of frames between temporal convs) with the same function as the SavedModel's ``serving_default``
--- ``video`` uint8 ``[1, T, S, S, 3]``, normalisation inside, outputs
-``probabilities`` and ``top_k`` -- in one of three precisions:
+pool as 2D ops, tensors kept as a batch of frames between temporal convs)
+with the same function as the SavedModel's ``serving_default`` -- ``video``
+uint8 ``[1, T, S, S, 3]``, normalisation inside, outputs ``probabilities`` and
+``top_k`` -- in one of three precisions:
 
 * ``float32``: the reference, held to the exporter's parity tolerance;
 * ``float16``: weights stored as float16 (half the file), computed in float32;
@@ -155,7 +156,8 @@ def builtin_ops(path_or_bytes):
 
 def op_counts(path_or_bytes):
     """``{op name: count}`` of a ``.tflite`` file as written (no delegate applied)."""
-    return collections.Counter(op["op_name"] for op in interpreter(path_or_bytes, 1, delegates=False)._get_ops_details())
+    ops = interpreter(path_or_bytes, 1, delegates=False)._get_ops_details()
+    return collections.Counter(op["op_name"] for op in ops)
 
 
 def delegate_partitions(path_or_bytes, num_threads=None):
