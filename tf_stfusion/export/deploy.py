@@ -36,9 +36,9 @@ a layer needs it there, once per tensor and layout; an element-wise layer
 stays in the layout its inputs share. So the network is in frames from the
 stem to the head, leaving them only around its temporal convolutions (two
 RESHAPEs each) and for the head's pool (one). The per-layer reshapes of an
-earlier deploy graph (245 RESHAPEs in DenseNet-121 S) cut XNNPACK's int8
-graph into 5 partitions and kept LiteRT's converter from folding a conv's
-BatchNorm into it (``docs/measurements.md``).
+earlier deploy graph (245 RESHAPEs in DenseNet-121 S) kept LiteRT's converter
+from folding a conv's BatchNorm into it; its int8 AVERAGE_POOL_2Ds (none in
+XNNPACK) cut XNNPACK's graph into 5 partitions (``docs/measurements.md``).
 
 ``deploy_model(pruned)`` builds this graph from the pruned Keras network (its
 layers' names, copied weights); it computes the same function, which the
