@@ -11,7 +11,11 @@ validation split). Batch 1, uint8 input, normalisation inside; every file is
 written by the exporter's own writers. LiteRT runs with ``ai_edge_litert``'s
 interpreter (XNNPACK) on all CPU threads, ONNX Runtime and TensorFlow with their
 defaults. Prints the median of ``--runs`` timed calls after 2 untimed ones, the
-float LiteRT file's max abs difference to the Keras network, and the machine.
+float LiteRT file's max abs difference to the Keras network, and the machine;
+then the structure of the float and int8 LiteRT files: ops computing in int8,
+the partitions XNNPACK takes each in (1: the whole graph), and the ops per kind.
+(Time per op kind is not printed: ``ai_edge_litert`` 2.3's Python interpreter
+has no op profiler -- the C++ ``benchmark_model --enable_op_profiling`` has.)
 """
 
 import os
@@ -92,16 +96,22 @@ def main(argv):
                 mb = {name: size_on_disk(paths[name]) / 1e6 for name in header}
                 diff = float(np.abs(runners["LiteRT f32"](video)["probabilities"] - reference).max())
                 quantized, total = litert.int8_ops(paths["LiteRT int8"])
-                ops = [op["op_name"] for op in litert.interpreter(paths["LiteRT int8"], 1, False)._get_ops_details()]
-                partitions = {name: sum(op["op_name"] == "DELEGATE" for op in litert.interpreter(paths[name])
-                                        ._get_ops_details()) for name in ("LiteRT f32", "LiteRT int8")}
+                counts = {name: litert.op_counts(paths[name]) for name in ("LiteRT f32", "LiteRT int8")}
+                partitions = {name: litert.delegate_partitions(paths[name]) for name in counts}
             print(f"{backbone:<13} {unit:<8} {'MB':<8} " + " ".join(f"{mb[h]:>11.2f}" for h in header))
             print(f"{'':<13} {'':<8} {'ms':<8} " + " ".join(f"{ms[h]:>11.1f}" for h in header)
                   + f" {ms['LiteRT int8'] / ms['SavedModel']:>14.2f}x {diff:>12.2e}")
-            print(f"{'':<13} {'':<8} int8 file: {quantized} of {total} ops in int8 ({ops.count('CONV_2D')} CONV_2D, "
-                  f"{ops.count('CONCATENATION')} CONCATENATION, {ops.count('MUL')} MUL, {ops.count('RESHAPE')} "
-                  f"RESHAPE); XNNPACK partitions: f32 {partitions['LiteRT f32']}, int8 {partitions['LiteRT int8']}")
+            print(f"{'':<13} {'':<8} int8 file: {quantized} of {total} ops in int8; XNNPACK partitions: "
+                  f"f32 {partitions['LiteRT f32']}, int8 {partitions['LiteRT int8']}")
+            print_op_counts(counts)
 
+
+def print_op_counts(counts):
+    """Ops per kind of each file ``{file: Counter}``, most frequent first."""
+    kinds = sorted(set().union(*counts.values()), key=lambda k: (-max(c[k] for c in counts.values()), k))
+    print(f"{'':<22} {'ops':<20} " + " ".join(f"{name:>11}" for name in counts))
+    for kind in kinds:
+        print(f"{'':<22} {kind:<20} " + " ".join(f"{c[kind]:>11}" for c in counts.values()))
 
 if __name__ == "__main__":
     app.run(main)

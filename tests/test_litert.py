@@ -13,7 +13,7 @@ import tensorflow as tf
 
 import tf_stfusion as stf
 from tf_stfusion.export import litert
-from tf_stfusion.deploy import DeployError, FrameConv3D, deploy_model
+from tf_stfusion.deploy import DeployError, Relayout, deploy_model
 from tf_stfusion.export.main import ExportConfig, ExportError, export
 from tf_stfusion.models.prune import prune
 
@@ -40,18 +40,17 @@ def _random_stats(model, seed=0):
     ((1, 3, 3), (1, 1, 1), "same", 4),  # grouped (ResNeXt)
     ((1, 1, 1), (1, 2, 2), "same", 1),  # a strided projection shortcut
 ])
-def test_frame_conv_is_the_3d_conv(kernel, strides, padding, groups):
+def test_deployed_conv_is_the_3d_conv(kernel, strides, padding, groups):
     x = tf.random.stateless_normal((2, 6, 9, 10, 8), seed=(1, 2))
+    inputs = keras.Input(x.shape[1:])
     conv3d = keras.layers.Conv3D(8, kernel, strides=strides, padding=padding, groups=groups, use_bias=True)
-    expected = conv3d(x)  # XLA-compiled for groups > 1, the reference all the same
+    model = keras.Model(inputs, conv3d(inputs))
     conv3d.bias.assign(tf.random.stateless_normal(conv3d.bias.shape, seed=(3, 4)))
-    expected = conv3d(x).numpy()
-    frame = FrameConv3D.from_config(conv3d.get_config())
-    frame.build(x.shape)
-    frame.set_weights(conv3d.get_weights())
-    np.testing.assert_allclose(frame(x).numpy(), expected, atol=2e-5, rtol=1e-5)
+    expected = model(x).numpy()  # XLA-compiled for groups > 1, the reference all the same
+    deployed = deploy_model(model)
+    np.testing.assert_allclose(deployed(x).numpy(), expected, atol=2e-5, rtol=1e-5)
     # And it writes no 3D op: what LiteRT's builtin set and int8 kernels need.
-    graph = tf.function(frame).get_concrete_function(tf.TensorSpec(x.shape)).graph.as_graph_def()
+    graph = tf.function(deployed).get_concrete_function(tf.TensorSpec(x.shape)).graph.as_graph_def()
     assert not {n.op for n in graph.node} & {"Conv3D", "MaxPool3D", "AvgPool3D"}
 
 
@@ -76,7 +75,8 @@ def test_deploy_graph_computes_the_pruned_network(backbone, units):
     stf.apply_strategy(template, strategy)
     pruned = prune(template, strategy)
     deployed = deploy_model(pruned)
-    assert [layer.name for layer in deployed.layers] == [layer.name for layer in pruned.layers]
+    names = {layer.name for layer in deployed.layers if not isinstance(layer, Relayout)}
+    assert names == {layer.name for layer in pruned.layers}  # every layer, under its own name
     x = tf.random.stateless_normal((2, 4, 32, 32, 3), seed=(5, 6))
     reference = pruned(x, training=False).numpy()
     scale = max(1.0, float(np.abs(reference).max()))
@@ -116,6 +116,25 @@ def test_tflite_files_are_builtin_and_match_keras(lite_export):
     assert report["litert"]["int8_ops"]["int8"] > 0
     assert report["litert"]["calibration"]["clips"] == 8
     assert "hold-out" in report["litert"]["calibration"]["videos"]
+
+
+def test_deploy_graph_reshapes_only_around_temporal_convs(lite_export):
+    # tiny's MIXED strategy, worked out by hand: ST paths in layers 3, 4 (S+ST) and 7,
+    # one 3x1x1 conv in each of the 3 transitions -> 6 temporal convs, 2 RESHAPEs each
+    # (frames -> [B, T, H*W, C] and back); the stem's stacked frames -> frames: 1; the
+    # head's pool reads [B, T, H*W, C]: 1. Per-layer reshaping (the old graph) made 45+.
+    out, _, _ = lite_export
+    for name in ("stfusion.tflite", "stfusion_int8.tflite"):
+        ops = litert.op_counts(str(out / name))
+        assert ops["RESHAPE"] == 6 * 2 + 1 + 1, (name, ops)
+        assert "AVERAGE_POOL_2D" not in ops  # no int8 kernel in XNNPACK: a depthwise conv instead
+        # Every BatchNorm folded into its conv or a 1x1 depthwise conv: the only MULs left
+        # are the input normalisation's two ((x / 255 - mean) / std).
+        assert ops["MUL"] == 2, (name, ops)
+    # One XNNPACK partition in float; in int8 one more only for the softmax's tail (no int8
+    # SOFTMAX in XNNPACK). The per-layer graph took 5.
+    assert litert.delegate_partitions(str(out / "stfusion.tflite"), 1) == 1
+    assert litert.delegate_partitions(str(out / "stfusion_int8.tflite"), 1) <= 2
 
 
 def test_quantized_top1_is_reported_paired_with_the_float_model(lite_export, trained_run):

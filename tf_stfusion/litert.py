@@ -21,6 +21,7 @@ Every file carries its input contract as the flatbuffer metadata entry
 anything else (``builtin_ops`` lists a file's ops).
 """
 
+import collections
 import json
 import os
 import shutil
@@ -141,7 +142,19 @@ def interpreter(path_or_bytes, num_threads=None, delegates=True):
 
 def builtin_ops(path_or_bytes):
     """The op names of a ``.tflite`` file, as written (no delegate applied)."""
-    return {op["op_name"] for op in interpreter(path_or_bytes, 1, delegates=False)._get_ops_details()}
+    return set(op_counts(path_or_bytes))
+
+
+def op_counts(path_or_bytes):
+    """``{op name: count}`` of a ``.tflite`` file as written (no delegate applied)."""
+    ops = interpreter(path_or_bytes, 1, delegates=False)._get_ops_details()
+    return collections.Counter(op["op_name"] for op in ops)
+
+
+def delegate_partitions(path_or_bytes, num_threads=None):
+    """How many partitions XNNPACK (the default CPU delegate) takes a file in: its
+    DELEGATE ops once applied (1: the whole graph in one)."""
+    return sum(op["op_name"] == "DELEGATE" for op in interpreter(path_or_bytes, num_threads)._get_ops_details())
 
 
 class Runner:

@@ -1,11 +1,12 @@
 """LiteRT (TFLite): the pruned network for phones and edge boxes, builtin ops only.
 
 The converter and the runner live a floor down (``tf_stfusion.litert``), shared
-with the search's int8 finalists; this module adds the export's file names,
-metadata reader and op counts. ``convert`` writes the deploy graph (``deploy.deploy_model``: every 3D conv and
-pool as 2D ops) with the same function as the SavedModel's ``serving_default``
--- ``video`` uint8 ``[1, T, S, S, 3]``, normalisation inside, outputs
-``probabilities`` and ``top_k`` -- in one of three precisions:
+with the search's int8 finalists; this module adds the export's file names and
+metadata reader. ``convert`` writes the deploy graph (``deploy.deploy_model``: every
+3D conv and pool as 2D ops, tensors kept as a batch of frames between temporal
+convs) with the same function as the SavedModel's ``serving_default`` -- ``video``
+uint8 ``[1, T, S, S, 3]``, normalisation inside, outputs ``probabilities`` and
+``top_k`` -- in one of three precisions:
 
 * ``float32``: the reference, held to the exporter's parity tolerance;
 * ``float16``: weights stored as float16 (half the file), computed in float32;
@@ -30,7 +31,9 @@ from tf_stfusion.litert import (  # noqa: F401  (litert.convert, .Runner, ...: t
     builtin_ops,
     convert,
     convert_function,
+    delegate_partitions,
     interpreter,
+    op_counts,
     with_metadata,
 )
 

@@ -31,13 +31,15 @@ class TemporalBias(keras.layers.Layer):
     def build(self, input_shape):
         self.taps = self.add_weight(name="taps", shape=(self.num_taps, input_shape[-1]), initializer="zeros")
 
-    def call(self, inputs):
-        frames = tf.shape(inputs)[1]
+    def bias(self, frames, dtype):
+        """``[T, C]``: what frame ``t`` of a clip of ``frames`` gets added."""
         t = tf.range(frames)[:, None]
         source = t + tf.range(self.num_taps)[None, :] - (self.num_taps - 1) // 2
-        valid = tf.cast((source >= 0) & (source < frames), inputs.dtype)  # [T, K]
-        bias = tf.matmul(valid, tf.cast(self.taps, inputs.dtype))  # [T, C]
-        return inputs + bias[None, :, None, None, :]
+        valid = tf.cast((source >= 0) & (source < frames), dtype)  # [T, K]
+        return tf.matmul(valid, tf.cast(self.taps, dtype))
+
+    def call(self, inputs):
+        return inputs + self.bias(tf.shape(inputs)[1], inputs.dtype)[None, :, None, None, :]
 
     def compute_output_shape(self, input_shape):
         return input_shape
