@@ -173,3 +173,15 @@ def test_pipeline_batches_rounds_to_whole_steps_of_the_replicas_a_pipeline_feeds
         ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker, num_replicas_in_sync=4)
         got = pipeline.pipeline_batches(["a", "b"], shard_videos, ["v1", "v2", "v3", "v4", "v5"], 8, ctx)
         assert got == expected and all(type(n) is int for n in got)
+
+
+def test_the_library_shuffles_as_the_command_line_does_by_default():
+    """``make_dataset``'s default shuffle buffer is the run config's (``DataConfig``, the
+    ``--shuffle_buffer`` default, 256): a script calling the library shuffles its training
+    records as ``stfusion-train`` does (seed-37 survivor, data/pipeline l.338)."""
+    import inspect
+
+    from tf_stfusion.run.config import DataConfig
+
+    default = inspect.signature(pipeline.make_dataset).parameters["shuffle_buffer"].default
+    assert default == DataConfig().shuffle_buffer == 256
