@@ -35,6 +35,9 @@ class ONNXRuntime:
 
         return onnxruntime.__version__
 
+    def prepare(self, feeds):
+        return feeds  # numpy is what its session / signature runner takes
+
     def compile(self, fn, input_signature, model=None):
         proto = writers.onnx_proto(lambda *xs: fn(model, *xs), input_signature, model)
         session = writers.onnx_session(proto.SerializeToString())
@@ -54,6 +57,9 @@ class LiteRTRuntime:
         from importlib.metadata import version
 
         return version("ai-edge-litert")
+
+    def prepare(self, feeds):
+        return feeds  # numpy is what its session / signature runner takes
 
     def compile(self, fn, input_signature, model=None):
         deployed = deploy_model(model) if model is not None else None
