@@ -1,6 +1,7 @@
 """Latency tables (tf_stfusion.latency) and selection by latency (search --max_latency_ms)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -121,6 +122,13 @@ def test_prediction_is_the_sum_of_the_parts_less_the_extra_calls():
     bad = dict(_hand_table(), validated_error={"relative": "10%"})
     with pytest.raises(ValueError, match="field 'validated_error.relative' must be a fraction"):
         latency.check_table(bad, "t.json")
+    # a scale fitted on measured files multiplies the sum (9.25 x 0.8 = 7.4), unless asked for the sum itself
+    scaled = latency.check_table(dict(_hand_table(), calibration={"scale": 0.8}))
+    assert latency.predict(scaled, units) == pytest.approx(7.4)
+    assert latency.predict(scaled, units, calibrated=False) == pytest.approx(9.25)
+    for scale in (0, -1.0, "0.8", True):
+        with pytest.raises(ValueError, match="t.json: field 'calibration.scale' must be a number > 0"):
+            latency.check_table(dict(_hand_table(), calibration={"scale": scale}), "t.json")
 
 
 def _budget_strategy(runtime="onnxruntime 1.32.0", validated=0.10):
@@ -263,3 +271,19 @@ def test_search_under_a_latency_budget_picks_a_strategy_within_it(trained_run, t
     with pytest.raises(ValueError, match="at clip \\[16, 32, 32, 3\\], but the run is tiny at \\[8, 32, 32, 3\\]"):
         run_search(SearchConfig(model_dir=model_dir, num_samples=2, output_dir=str(tmp_path / "o"), progress=False,
                                 ensemble_sizes=(), max_latency_ms=1.0, latency_table=str(tmp_path / "other.json")))
+
+
+def test_the_validation_fits_a_scale_and_scores_it_on_strategies_it_never_saw():
+    """benchmarks/latency_table.py's calibration, by hand: sums [1, 2, 3] measured [2, 4, 6] -> scale 2, and
+    each held-out prediction exact; sums [1, 1] measured [1, 3] -> scale 2 on both, but held out each is
+    predicted by the other's scale: 3 for 1 (error 2.0) and 1 for 3 (error 2/3); sums [1, 2] measured [1, 3]:
+    least squares through the origin (1 + 6) / (1 + 4) = 1.4, not the ratio of the totals 4/3."""
+    code = ("import sys; sys.path.insert(0, 'benchmarks'); import numpy as np; import latency_table as b; "
+            "a = np.array([1., 2, 3]); c = np.array([1., 1]); "
+            "print(b.fit_scale(a, 2 * a), b.held_out_scaled(a, 2 * a).tolist(), b.fit_scale(c, np.array([1., 3])), "
+            "b.held_out_scaled(c, np.array([1., 3])).tolist(), b.errors(b.held_out_scaled(c, np.array([1., 3])), "
+            "np.array([1., 3]))['median_relative'], b.fit_scale(np.array([1., 2]), np.array([1., 3])))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["2.0", "[2.0,", "4.0,", "6.0]", "2.0", "[3.0,", "1.0]", "1.3333", "1.4"]

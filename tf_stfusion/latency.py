@@ -314,7 +314,17 @@ def check_table(table, where="latency table"):
     if not table.get("fixed"):
         raise ValueError(f"{where}: field 'fixed' is empty; rebuild the table")
     _check_validated_error(table.get("validated_error"), where)
+    _check_calibration(table.get("calibration"), where)
     return table
+
+
+def _check_calibration(calibration, where):
+    if calibration is None:
+        return
+    scale = calibration.get("scale") if isinstance(calibration, dict) else None
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise ValueError(f"{where}: field 'calibration.scale' must be a number > 0, got {scale!r}; validate the "
+                         "table again with benchmarks/latency_table.py --table --record_error")
 
 
 def _check_validated_error(validated, where):
@@ -346,11 +356,15 @@ def read_table(path, runtime=None):
     return table
 
 
-def predict(table, units):
+def predict(table, units, calibrated=True):
     """Predicted batch-1 milliseconds of the strategy ``units`` (one unit per fusion
     layer, in order): every fixed part + each kept layer's entry for its unit,
-    less ``call_overhead_ms`` for every part but one. Raises ``ValueError`` for a
-    strategy of another length or an unknown unit."""
+    less ``call_overhead_ms`` for every part but one; times the table's
+    ``calibration.scale`` when it has one and ``calibrated`` (a scale fitted on
+    measured files of random strategies by ``benchmarks/latency_table.py
+    --record_error``: parts timed alone over-predict whole networks, e.g.
+    DenseNet-121's, whose skipped layers leave later ones fewer channels). Raises
+    ``ValueError`` for a strategy of another length or an unknown unit."""
     layers = table["layers"]
     if len(units) != len(layers):
         raise ValueError(f"a strategy of {len(units)} layers against a {table['backbone']} latency table of "
@@ -361,4 +375,5 @@ def predict(table, units):
             raise ValueError(f"unknown unit {unit!r} for {entry['name']}; expected one of {UNITS}")
         if unit != "none":
             parts.append(entry[unit])
-    return sum(parts) - (len(parts) - 1) * table["call_overhead_ms"]
+    total = sum(parts) - (len(parts) - 1) * table["call_overhead_ms"]
+    return total * table["calibration"]["scale"] if calibrated and table.get("calibration") else total
