@@ -160,7 +160,10 @@ def tables():
     from tf_stfusion.latency import build_table, read_table
 
     if FLAGS.table:
-        yield read_table(FLAGS.table), FLAGS.table
+        try:
+            yield read_table(FLAGS.table), FLAGS.table
+        except (OSError, ValueError) as e:  # read_table's one-line errors name the file and the field
+            sys.exit(f"error: {e}")
         return
     clip = (FLAGS.num_frames, FLAGS.size, FLAGS.size, 3)
     for backbone in FLAGS.backbones:
@@ -178,6 +181,9 @@ def main(argv):
 
     if FLAGS.record_error and not FLAGS.table:
         sys.exit("error: --record_error writes into --table; give the table to validate")
+    if FLAGS.strategies < 5:
+        sys.exit(f"error: --strategies={FLAGS.strategies}: a validation needs at least 5 random strategies (20 for "
+                 "the README's figures)")
     print(machine_line(TensorFlow=tf.__version__))
     rng = np.random.default_rng(FLAGS.seed)
     for table, path in tables():
@@ -195,6 +201,10 @@ def main(argv):
               f"fitted without it): median error {100 * result['median_relative']:.1f}%, 90th percentile "
               f"{100 * result['relative']:.1f}%, Spearman {result['spearman']:.3f}")
         if FLAGS.record_error:
+            if table.get("validated_error"):
+                old = table["validated_error"]
+                print(f"replacing the table's earlier validation ({old.get('strategies')} strategies, "
+                      f"{old.get('date')}, error {old.get('relative')})")
             atomic_write_json(path, {**table, "calibration": calibration(table, p, m), "validated_error": result})
             print(f"calibration scale {scale:.4f} and validated_error {result['relative']} written into {path}")
 

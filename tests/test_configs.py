@@ -75,9 +75,13 @@ _RUN_AND_REPORT = ("import runpy, sys\n"
      "error: --init=imagenet is available for ['densenet121', 'resnet50'], not tiny"),
     ("tf_stfusion.search", ["--model_dir=run", "--tiles=0"], "error: need --num_samples >= 1, --tiles >= 1, "
      "--max_gflops >= 0, --racing_eta >= 2, --racing_min_videos >= 1, 0 < --target_accuracy <= 1"),
-    ("tf_stfusion.search", ["--model_dir=run", "--max_latency_ms=5"], "error: need --max_latency_ms >= 0, and a "
+    ("tf_stfusion.search", ["--model_dir=run", "--max_latency_ms=5"], "error: --max_latency_ms needs a "
      "--latency_table to predict it (python -m tf_stfusion.latency_table --model_dir=RUN)"),
+    ("tf_stfusion.search", ["--model_dir=run", "--max_latency_ms=-1", "--latency_table=t.json"],
+     "error: --max_latency_ms=-1.0: a budget is a positive number of milliseconds (0: no latency budget)"),
     ("tf_stfusion.latency_table", ["--backbone=tiny"], "error: --output is required (where the JSON table goes)"),
+    ("tf_stfusion.latency_table", ["--backbone=tiny", "--output=/no-such-folder/t.json"],
+     "error: --output=/no-such-folder/t.json: no folder /no-such-folder; create it first"),
     ("tf_stfusion.export.main", ["--strategy=s.json"], "error: --model_dir, --export_dir required"),
     ("tf_stfusion.compare", ["--model_dir=run", "stray"], "error: unexpected arguments ['stray']; every setting "
                                                           "is a --flag"),

@@ -126,6 +126,12 @@ def test_prediction_is_the_sum_of_the_parts_less_the_extra_calls():
     scaled = latency.check_table(dict(_hand_table(), calibration={"scale": 0.8}))
     assert latency.predict(scaled, units) == pytest.approx(7.4)
     assert latency.predict(scaled, units, calibrated=False) == pytest.approx(9.25)
+    for field in ("clip", "backbone", "runtime"):
+        bad = {k: v for k, v in _hand_table().items() if k != field}
+        with pytest.raises(ValueError, match=f"t.json: field\\(s\\) \\['{field}'\\] missing; rebuild the table"):
+            latency.check_table(bad, "t.json")
+    with pytest.raises(ValueError, match="t.json: field 'clip' must be \\[frames, height, width, 3\\], got \\[8, 32\\]"):
+        latency.check_table(dict(_hand_table(), clip=[8, 32]), "t.json")
     for scale in (0, -1.0, "0.8", True):
         with pytest.raises(ValueError, match="t.json: field 'calibration.scale' must be a number > 0"):
             latency.check_table(dict(_hand_table(), calibration={"scale": scale}), "t.json")
@@ -271,6 +277,13 @@ def test_search_under_a_latency_budget_picks_a_strategy_within_it(trained_run, t
     with pytest.raises(ValueError, match="at clip \\[16, 32, 32, 3\\], but the run is tiny at \\[8, 32, 32, 3\\]"):
         run_search(SearchConfig(model_dir=model_dir, num_samples=2, output_dir=str(tmp_path / "o"), progress=False,
                                 ensemble_sizes=(), max_latency_ms=1.0, latency_table=str(tmp_path / "other.json")))
+    # A budget below every sampled strategy's prediction is refused before anything is scored or written.
+    fastest = min(latency.predict(table, s.units) for s in (stf.Strategy.uniform(u, "tiny") for u in ("S", "ST")))
+    with pytest.raises(ValueError, match="--max_latency_ms=0.001: no sampled strategy is predicted to take that "
+                                         "little \\(the fastest: "):
+        run_search(SearchConfig(model_dir=model_dir, num_samples=6, output_dir=str(tmp_path / "low"), progress=False,
+                                ensemble_sizes=(), max_latency_ms=0.001, latency_table=str(tiny_table)))
+    assert fastest > 0.001 and not (tmp_path / "low").exists()
 
 
 def test_the_validation_fits_a_scale_and_scores_it_on_strategies_it_never_saw():
@@ -287,3 +300,14 @@ def test_the_validation_fits_a_scale_and_scores_it_on_strategies_it_never_saw():
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["2.0", "[2.0,", "4.0,", "6.0]", "2.0", "[3.0,", "1.0]", "1.3333", "1.4"]
+
+
+def test_the_report_names_a_wide_validated_error():
+    """report.md's words on the budget's allowed error: none, a 10% one as is, a 40% one flagged as wide (> 25%)."""
+    from tf_stfusion.report import validated_line
+
+    assert "never validated" in validated_line({"latency_validated_error": None})
+    assert validated_line({"latency_validated_error": 0.10}).endswith("is 10.0%, which the export allows its file "
+                                                                      "over the budget")
+    assert "**a wide error**" in validated_line({"latency_validated_error": 0.40})
+    assert "wide" not in validated_line({"latency_validated_error": 0.25})

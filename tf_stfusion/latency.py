@@ -296,10 +296,18 @@ def check_table(table, where="latency table"):
         raise ValueError(f"{where}: not a {FORMAT} file; build one with python -m tf_stfusion.latency_table")
     from tf_stfusion.models import layer_names
 
-    _check_runtime(table.get("runtime"), f"{where}: field 'runtime'")
+    missing = [k for k in ("backbone", "clip", "runtime", "runtime_version", "machine", "call_overhead_ms", "fixed",
+                           "layers") if k not in table]
+    if missing:
+        raise ValueError(f"{where}: field(s) {missing} missing; rebuild the table with python -m "
+                         "tf_stfusion.latency_table")
+    clip = table["clip"]
+    if not (isinstance(clip, list) and len(clip) == 4 and all(isinstance(n, int) and n > 0 for n in clip)):
+        raise ValueError(f"{where}: field 'clip' must be [frames, height, width, 3], got {clip!r}")
+    _check_runtime(table["runtime"], f"{where}: field 'runtime'")
     try:
         expected = layer_names(table["backbone"])
-    except (KeyError, ValueError) as e:
+    except ValueError as e:
         raise ValueError(f"{where}: field 'backbone': {e}") from None
     layers = table.get("layers")
     if not isinstance(layers, list) or [e.get("name") for e in layers if isinstance(e, dict)] != expected:

@@ -14,6 +14,7 @@ table fits the search's ``--latency_table``. Run it on the machine the model
 will be served on, with nothing else running.
 """
 
+import os
 import sys
 
 from absl import flags
@@ -41,6 +42,9 @@ def table_settings():
     naming the flag."""
     if not FLAGS.output:
         raise ValueError("--output is required (where the JSON table goes)")
+    folder = os.path.dirname(os.path.abspath(FLAGS.output))
+    if not os.path.isdir(folder):  # before minutes of timing, not after
+        raise ValueError(f"--output={FLAGS.output}: no folder {folder}; create it first")
     if FLAGS.repeats < 1 or FLAGS.num_frames < 0 or FLAGS.size < 0:
         raise ValueError("need --repeats >= 1, --num_frames >= 0, --size >= 0")
     if FLAGS.model_dir:

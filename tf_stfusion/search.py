@@ -659,6 +659,18 @@ def _open_search(config, distribution, log):
                   latency=open_latency_table(config, context))
 
 
+def _check_latency_budget(search, planned):
+    """Refuses, before anything is scored or written, a latency budget that no
+    sampled strategy is predicted to meet (the predictions need only the table)."""
+    if not search.config.max_latency_ms:
+        return
+    fastest = min(search.latency_of(s) for _, kind, s in planned if kind == "sampled")
+    if fastest > search.config.max_latency_ms:
+        raise ValueError(f"--max_latency_ms={search.config.max_latency_ms}: no sampled strategy is predicted to "
+                         f"take that little (the fastest: {fastest:.2f} ms by {search.config.latency_table}); raise "
+                         "the budget or sample more strategies (--num_samples)")
+
+
 def _plan(search):
     """The strategies and racing slices of the search; the chief claims its folder
     with ``plan.json`` (a folder holding another plan is refused, not mixed in)."""
@@ -668,6 +680,7 @@ def _plan(search):
 
     config, data, log, out_dir = search.config, search.data, search.log, search.config.folder()
     planned = plan_strategies(search.context.model, config)
+    _check_latency_budget(search, planned)
     sampled = len({unit_key(s) for _, kind, s in planned if kind == "sampled"})
     distinct = len({unit_key(s) for _, _, s in planned})
     racing = use_racing(config, len(planned))
@@ -983,8 +996,11 @@ def config_from_flags():
             or FLAGS.racing_min_videos < 1 or not 0 < FLAGS.target_accuracy <= 1):
         raise ValueError("need --num_samples >= 1, --tiles >= 1, --max_gflops >= 0, --racing_eta >= 2, "
                          "--racing_min_videos >= 1, 0 < --target_accuracy <= 1")
-    if FLAGS.max_latency_ms < 0 or (FLAGS.max_latency_ms and not FLAGS.latency_table):
-        raise ValueError("need --max_latency_ms >= 0, and a --latency_table to predict it (python -m "
+    if FLAGS.max_latency_ms < 0:
+        raise ValueError(f"--max_latency_ms={FLAGS.max_latency_ms}: a budget is a positive number of milliseconds "
+                         "(0: no latency budget)")
+    if FLAGS.max_latency_ms and not FLAGS.latency_table:
+        raise ValueError("--max_latency_ms needs a --latency_table to predict it (python -m "
                          "tf_stfusion.latency_table --model_dir=RUN)")
     try:
         sizes = tuple(int(m) for m in FLAGS.ensemble_sizes)
