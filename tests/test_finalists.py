@@ -109,7 +109,10 @@ def test_int8_finalists_scored_on_the_selection_split_and_picked_by_int8(trained
     # The int8 scores equal an independent LiteRT loop over the hold-out (the pick's strategy).
     best = max(range(len(entries)), key=lambda i: (entries[i]["int8"]["top1"], -i))
     top1, n = _litert_top1(model_dir, entries[best]["units"], 4)
-    assert (top1, n) == (entries[best]["int8"]["top1"], entries[best]["int8"]["num_videos"])
+    # (seen once to differ in a full parallel run, not alone: the message says by how much, for the next one)
+    assert (top1, n) == (entries[best]["int8"]["top1"], entries[best]["int8"]["num_videos"]), (
+        f"independent LiteRT loop {top1:.4f} of {n} videos vs the finalists' {entries[best]['int8']['top1']:.4f} of "
+        f"{entries[best]['int8']['num_videos']} ({entries[best]['id']}, units {entries[best]['units']})")
     assert record["pick"] == entries[best]["id"] == result.best["id"]
     chosen = _read(out, "best.json")
     assert chosen["provenance"]["id"] == record["pick"] and chosen["metrics"]["selected_on"] == "holdout"
