@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 
 import keras
@@ -182,15 +183,19 @@ class ClipModel:
 
     def __init__(self, path_or_bytes, num_threads=None):
         self.runner = Runner(path_or_bytes, num_threads)
+        # One interpreter, and LiteRT's interpreter is not thread-safe: TensorFlow may run two
+        # numpy_function calls of a graph at once, so each call holds the interpreter alone.
+        self._lock = threading.Lock()
 
     def _logits(self, clips):
         pixels = (clips * np.float32(pipeline.IMAGENET_STD) + np.float32(pipeline.IMAGENET_MEAN)) * 255.0
         video = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
         if not len(video):
             return np.zeros((0, self.runner.num_classes), np.float32)
-        return self.runner(video)["logits"].astype(np.float32)
+        with self._lock:
+            return self.runner(video)["logits"].astype(np.float32)
 
     def __call__(self, clips, training=False):
         del training  # a converted file has no training mode
-        logits = tf.numpy_function(self._logits, [clips], tf.float32, stateful=False)
+        logits = tf.numpy_function(self._logits, [clips], tf.float32, stateful=True)
         return tf.ensure_shape(logits, [None, self.runner.num_classes])
