@@ -189,6 +189,9 @@ def comparison_table(comparison):
     return lines
 
 
+WIDE_LATENCY_ERROR = 0.25  # a validated error above this makes the budget a loose one (report.md says so)
+
+
 def validated_line(latency):
     """report.md's words on the latency table's validated error (what the export allows over the budget)."""
     error = latency.get("latency_validated_error")
@@ -201,8 +204,6 @@ def validated_line(latency):
                  "on a quiet machine with more strategies (benchmarks/latency_table.py --strategies=20)")
     return line
 
-
-WIDE_LATENCY_ERROR = 0.25  # a validated error above this makes the budget a loose one (report.md says so)
 
 
 def write_report(path, rows, best, probs, plan, comparison, max_gflops=0.0, sections=(), latency=None):

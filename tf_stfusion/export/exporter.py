@@ -57,8 +57,9 @@ def export(config: ExportConfig, log=print):
         budget = _latency_budget(strategy, files, loaded, work, contract, config)
         if budget is not None:
             report["latency_budget"] = budget
-            if checks.budget_error(budget) and not config.allow_over_budget:
-                raise ExportError(checks.budget_error(budget))
+            error = checks.budget_error(budget)
+            if error and not config.allow_over_budget:
+                raise ExportError(error)
         if failed:
             raise ExportError("parity check(s) failed: " + ", ".join(
                 f"{n} max abs diff {parity[n]['max_abs_diff']:.3g}" for n in failed) + "; nothing was written")

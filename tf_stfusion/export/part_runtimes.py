@@ -22,7 +22,15 @@ from tf_stfusion.export import litert, writers
 from tf_stfusion.latency import RUNTIMES, TensorFlowRuntime
 
 
-class ONNXRuntime:
+class _NumpyFed:
+    """A runtime whose compiled call takes the numpy inputs themselves (its session or
+    signature runner copies them in): nothing to prepare before timing."""
+
+    def prepare(self, feeds):
+        return feeds
+
+
+class ONNXRuntime(_NumpyFed):
     """ONNX Runtime (CPU): parts converted by tf2onnx as ``writers.write_onnx`` converts."""
 
     name, precision = "onnxruntime", "float32"
@@ -35,9 +43,6 @@ class ONNXRuntime:
 
         return onnxruntime.__version__
 
-    def prepare(self, feeds):
-        return feeds  # numpy is what its session / signature runner takes
-
     def compile(self, fn, input_signature, model=None):
         proto = writers.onnx_proto(lambda *xs: fn(model, *xs), input_signature, model)
         session = writers.onnx_session(proto.SerializeToString())
@@ -45,7 +50,7 @@ class ONNXRuntime:
         return lambda feeds: session.run(None, dict(zip(names, feeds)))
 
 
-class LiteRTRuntime:
+class LiteRTRuntime(_NumpyFed):
     """LiteRT (XNNPACK on CPU): parts' deploy graphs converted as ``litert.convert`` converts."""
 
     name, precision = "litert", "float32"
@@ -57,9 +62,6 @@ class LiteRTRuntime:
         from importlib.metadata import version
 
         return version("ai-edge-litert")
-
-    def prepare(self, feeds):
-        return feeds  # numpy is what its session / signature runner takes
 
     def compile(self, fn, input_signature, model=None):
         deployed = deploy_model(model) if model is not None else None
