@@ -3,6 +3,8 @@
     python benchmarks/latency_table.py [--backbones=tiny,densenet121] [--runtime=tensorflow]
         [--strategies=20] [--num_frames=16 --size=112] [--repeats=10] [--runs=10] [--seed=0]
     python benchmarks/latency_table.py --table=RUN/latency_onnxruntime.json [--strategies=20] [--record_error]
+        [--retest] [--save_measurements=FILE]
+    python benchmarks/latency_table.py --measurements=docs/latency-validation/densenet121_tensorflow.json
 
 Per backbone: the table is built in ``--runtime`` (``tf_stfusion.latency.build_table``
 with ``export.part_runtimes.runtime``: ``tensorflow``, ``onnxruntime`` or ``litert``)
@@ -12,23 +14,34 @@ uniformly from S, ST, S+ST, none) are pruned, written as the exporter writes the
 runtime's file (``writers.WRITERS``: the SavedModel, the ONNX file or the float32
 LiteRT file; uint8 input, normalisation inside) and timed end to end as the
 export's latency check times it (batch 1, median of ``--runs`` calls after 2
-warm-up calls). Prints every strategy's predicted (the sum of parts) and measured
-ms, the median absolute error (ms and % of measured), its 90th percentile and
-Spearman's rank correlation; then the same for the sum times a scale fitted on
-measured strategies (``measured = b x sum``, least squares through the origin),
-each strategy predicted by the scale fitted on the others (leave-one-out), so the
-error is that on strategies the scale never saw. Random weights (latency does not
-depend on them). The issue's aim: median error <= 10%, rank correlation >= 0.9.
+warm-up calls). Random weights (latency does not depend on them). Prints every
+strategy's predictions and measured ms, then per model the median absolute error
+(ms and % of measured), its 90th percentile and Spearman's rank correlation:
+
+* the plain sum of parts (``latency.predict(..., widths=False)``);
+* the width-scaled sum (``predict``'s default: each part's work times its FLOPs in
+  the strategy over its FLOPs where it was timed);
+* the width-scaled sum times a scale fitted on measured strategies (``measured =
+  b x sum``, least squares through the origin), each strategy predicted by the
+  scale fitted on the others (leave-one-out): the error on strategies the scale
+  never saw. The issue's aim: median error <= 10%, rank correlation >= 0.9.
+
+``--retest`` times every file a second time after all the first measurements and
+prints how well the measurement ranks the strategies against itself (a ceiling
+for any prediction). ``--save_measurements`` writes the table and every
+strategy's units and measured ms to a JSON file (``{backbone}`` in the path: one
+per backbone); ``--measurements`` reads such a file and scores the models on it
+without timing anything (``docs/latency-validation/`` holds the README's).
 
 ``--record_error`` (with ``--table``) writes into the table the ``calibration``
 (the scale fitted on all the strategies, which ``tf_stfusion.latency.predict``
 then applies) and ``validated_error``: ``relative`` = the 90th percentile of the
-calibrated prediction's leave-one-out |predicted - measured| / measured (the plain
-sum's errors under ``uncalibrated``), with how and where it was measured (the
-machine line, the load average).
-The export then allows the shipped file that much over the search's budget
-(``export.checks.budget_error``). Run it on a quiet machine, where the table was
-built: the table and the measurements are both wall-clock times.
+calibrated prediction's leave-one-out |predicted - measured| / measured (the
+width-scaled sum's errors under ``uncalibrated``, the plain sum's under
+``plain_sum``), with how and where it was measured (the machine line, the load
+average). The export then allows the shipped file that much over the search's
+budget (``export.checks.budget_error``). Run it on a quiet machine, where the
+table was built: the table and the measurements are both wall-clock times.
 """
 
 import datetime
@@ -54,6 +67,13 @@ flags.DEFINE_integer("num_classes", 400, "Classes of the head (without --table).
 flags.DEFINE_integer("repeats", 10, "Timed calls per part of the table.")
 flags.DEFINE_integer("runs", 10, "Timed calls per exported strategy.")
 flags.DEFINE_integer("seed", 0, "Seed of the random strategies.")
+flags.DEFINE_bool("retest", False, "Measure every strategy's file a second time, after all the first "
+                  "measurements: how well the measurement ranks the strategies against itself bounds what any "
+                  "prediction can reach.")
+flags.DEFINE_string("save_measurements", None, "Also write every strategy's units and measured ms to this JSON "
+                    "file.")
+flags.DEFINE_string("measurements", None, "Read the table and its strategies' measured ms from this file "
+                    "(--save_measurements) instead of timing anything again.")
 FLAGS = flags.FLAGS
 
 
@@ -83,28 +103,93 @@ def measured_ms(units, table, contract, video):
         return 1000 * median_latency(lambda: call(video)["probabilities"], FLAGS.runs)
 
 
-def validate(table, rng):
-    """``(predicted, measured)`` ms of ``FLAGS.strategies`` random strategies, printed."""
+def measure(table, rng):
+    """``[{"units", "measured_ms"}]`` of ``FLAGS.strategies`` random strategies'
+    exported files, printed as they come."""
     import numpy as np
 
     import tf_stfusion as stf
     from tf_stfusion.data.pipeline import InputContract
-    from tf_stfusion.latency import predict
 
     frames, size = table["clip"][:2]
     contract = InputContract(num_frames=frames, frame_stride=1, sampler="dense", eval_clips=1, eval_size=size,
                              class_names=tuple(str(i) for i in range(table["num_classes"])))
     video = np.random.default_rng(0).integers(0, 256, (1, *table["clip"]), dtype=np.uint8)
     n = len(table["layers"])
-    predicted, measured = [], []
+    measured = []
     for i in range(FLAGS.strategies):
-        units = list(rng.choice(stf.UNITS, n))
-        predicted.append(predict(table, units, calibrated=False))  # the sum of parts; the scale is fitted below
-        measured.append(measured_ms(units, table, contract, video))
+        units = [str(u) for u in rng.choice(stf.UNITS, n)]
+        measured.append({"units": units, "measured_ms": measured_ms(units, table, contract, video)})
         kept = {u: units.count(u) for u in stf.UNITS}
-        print(f"{table['backbone']:<12} strategy {i:>2} {kept}: predicted {predicted[-1]:8.2f} ms, measured "
-              f"{measured[-1]:8.2f} ms")
-    return np.array(predicted), np.array(measured)
+        print(f"{table['backbone']:<12} strategy {i:>2} {kept}: measured {measured[-1]['measured_ms']:8.2f} ms")
+    for i, row in enumerate(measured if FLAGS.retest else []):  # a second pass, after all the first ones
+        row["retest_ms"] = measured_ms(row["units"], table, contract, video)
+        print(f"{table['backbone']:<12} strategy {i:>2} measured again: {row['retest_ms']:8.2f} ms")
+    return measured
+
+
+def measurements(table, rng):
+    """The strategies measured now (``measure``), saved with the table to
+    ``--save_measurements`` (``{backbone}`` in the path: one file per backbone), or
+    the ones ``--measurements`` holds (then nothing is timed again: a model of
+    the table is refitted on the same measured files)."""
+    if FLAGS.measurements:
+        return read_measurements()[1]
+    measured = measure(table, rng)
+    if FLAGS.save_measurements:
+        from tf_stfusion.fileio import atomic_write_json
+
+        atomic_write_json(FLAGS.save_measurements.format(backbone=table["backbone"]), {
+            "table": table, "runs": FLAGS.runs, "seed": FLAGS.seed, "strategies": measured,
+            "machine": machine_line(**{table["runtime"]: table["runtime_version"]}),
+            "load_average": [round(x, 2) for x in os.getloadavg()], "date": now()})
+    return measured
+
+
+def read_measurements():
+    """``(table, strategies, everything)`` of the ``--measurements`` file; exits with one line if it cannot be read."""
+    import json
+
+    from tf_stfusion.latency import check_table
+
+    try:
+        with open(FLAGS.measurements) as f:
+            saved = json.load(f)
+        return check_table(saved["table"], f"{FLAGS.measurements}: field 'table'"), saved["strategies"], saved
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f"error: {FLAGS.measurements}: not a file --save_measurements wrote ({e})")
+
+
+def retest(rows):
+    """Prints the measurement against itself when the strategies were measured twice
+    (``--retest``): the median relative difference of the two passes and their
+    Spearman rank correlation, the ceiling of any prediction's."""
+    import numpy as np
+
+    if not rows or any("retest_ms" not in r for r in rows):
+        return
+    a, b = (np.array([r[k] for r in rows]) for k in ("measured_ms", "retest_ms"))
+    print(f"the measurement against itself ({len(rows)} strategies, two passes): median |first - second| / first "
+          f"{100 * np.median(np.abs(a - b) / a):.1f}%, Spearman {spearman(a, b):.3f}")
+
+
+def validate(table, rng):
+    """``(plain sum, width-scaled sum, measured)`` ms of the measured strategies
+    (``measurements``): the sum of parts without and with each part's work
+    scaled by its FLOPs in the strategy (``latency.predict(widths=...)``)."""
+    import numpy as np
+
+    from tf_stfusion.latency import predict
+
+    rows = measurements(table, rng)
+    retest(rows)
+    plain = np.array([predict(table, r["units"], calibrated=False, widths=False) for r in rows])
+    scaled = np.array([predict(table, r["units"], calibrated=False) for r in rows])
+    measured = np.array([r["measured_ms"] for r in rows])
+    for i, (a, b, m) in enumerate(zip(plain, scaled, measured)):
+        print(f"{table['backbone']:<12} strategy {i:>2}: sum of parts {a:8.2f} ms, width-scaled {b:8.2f} ms, "
+              f"measured {m:8.2f} ms")
+    return plain, scaled, measured
 
 
 def fit_scale(p, m):
@@ -135,23 +220,55 @@ def errors(p, m):
 def calibration(table, p, m):
     """The table's ``calibration``: the scale of the sum of parts fitted on all ``m``."""
     return {"scale": round(fit_scale(p, m), 4), "fitted_on": len(m),
-            "model": "measured = scale x the sum of parts, least squares through the origin, on random strategies' "
+            "model": "measured = scale x the width-scaled sum of parts (latency.predict), least squares through the "
+                     "origin, on random strategies' "
                      f"exported {table['runtime']} files (benchmarks/latency_table.py --seed={FLAGS.seed})"}
 
 
-def summary(table, p, m):
+def summary(table, plain, p, m):
     """The validation's numbers: ``validated_error`` as the table stores it -- the
-    errors of the calibrated prediction, each strategy's scale fitted without it --
-    and the plain sum of parts' errors (``uncalibrated``)."""
+    errors of the calibrated prediction (the width-scaled sum ``p`` times a scale,
+    each strategy's fitted without it) -- the width-scaled sum's (``uncalibrated``)
+    and the plain sum of parts' (``plain_sum``)."""
     return {**errors(held_out_scaled(p, m), m),
-            "statistic": "90th percentile of |predicted - measured| / measured, predicted = the sum of parts times "
-                         "a scale fitted on the other strategies (leave-one-out)",
-            "uncalibrated": errors(p, m),
+            "statistic": "90th percentile of |predicted - measured| / measured, predicted = the width-scaled sum of "
+                         "parts times a scale fitted on the other strategies (leave-one-out)",
+            "uncalibrated": errors(p, m), "plain_sum": errors(plain, m),
             "strategies": int(len(m)), "measured": f"the exported {table['runtime']} file, batch 1, median of "
-            f"{FLAGS.runs} calls (benchmarks/latency_table.py --seed={FLAGS.seed})",
-            "machine": machine_line(**{table["runtime"]: table["runtime_version"]}),
-            "load_average": [round(x, 2) for x in os.getloadavg()],
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            f"{FLAGS.runs} calls (benchmarks/latency_table.py --seed={FLAGS.seed})" if not FLAGS.measurements else
+            f"read from {FLAGS.measurements} (benchmarks/latency_table.py --save_measurements)",
+            **measured_on(table)}
+
+
+def measured_on(table):
+    """Where and when the strategies were measured: now, or as ``--measurements`` records it."""
+    if FLAGS.measurements:
+        saved = read_measurements()[2]
+        return {key: saved.get(key) for key in ("machine", "load_average", "date")}
+    return {"machine": machine_line(**{table["runtime"]: table["runtime_version"]}),
+            "load_average": [round(x, 2) for x in os.getloadavg()], "date": now()}
+
+
+def now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def report(table, plain, p, m, result):
+    """Prints the three models' errors: the plain sum, the width-scaled sum, times a fitted scale."""
+    import numpy as np
+
+    name = f"{table['backbone']} ({table['runtime']}): {len(m)} strategies, measured {m.min():.2f}-{m.max():.2f} ms"
+    print(f"{name}; load average {result['load_average']}")
+    for label, pred, e in (("sum of parts", plain, result["plain_sum"]), ("width-scaled sum", p, result["uncalibrated"])):
+        print(f"  {label}: median abs error {np.median(np.abs(pred - m)):.2f} ms ({100 * e['median_relative']:.1f}% "
+              f"of measured; 90th percentile {100 * e['relative']:.1f}%), Spearman {e['spearman']:.3f}")
+    print(f"  width-scaled sum times a fitted scale ({fit_scale(p, m):.3f} on all; each strategy's fitted without it): "
+          f"median error {100 * result['median_relative']:.1f}%, 90th percentile {100 * result['relative']:.1f}%, "
+          f"Spearman {result['spearman']:.3f}")
+
+
+def _timings(table):
+    return [table[k] for k in ("backbone", "clip", "runtime", "call_overhead_ms", "fixed", "layers")]
 
 
 def tables():
@@ -159,6 +276,13 @@ def tables():
     from tf_stfusion.export.part_runtimes import runtime
     from tf_stfusion.latency import build_table, read_table
 
+    if FLAGS.measurements:
+        saved = read_measurements()[0]
+        if FLAGS.table and _timings(read_table(FLAGS.table)) != _timings(saved):
+            sys.exit(f"error: {FLAGS.measurements} was measured against another table than {FLAGS.table} (their "
+                     "timings differ); give that table, or measure this one's strategies")
+        yield saved, FLAGS.table
+        return
     if FLAGS.table:
         try:
             yield read_table(FLAGS.table), FLAGS.table
@@ -179,6 +303,9 @@ def main(argv):
 
     from tf_stfusion.fileio import atomic_write_json
 
+    if FLAGS.save_measurements and len(FLAGS.backbones) > 1 and not FLAGS.table and "{backbone}" not in \
+            FLAGS.save_measurements:
+        sys.exit("error: --save_measurements: put {backbone} in the path to save each backbone's measurements")
     if FLAGS.record_error and not FLAGS.table:
         sys.exit("error: --record_error writes into --table; give the table to validate")
     if FLAGS.strategies < 5:
@@ -188,25 +315,20 @@ def main(argv):
     rng = np.random.default_rng(FLAGS.seed)
     for table, path in tables():
         clip = "x".join(map(str, table["clip"][:3]))
-        print(f"{table['runtime']} {table['runtime_version']}, batch 1, clip {clip}; table: {table['method']}; "
-              f"measured: the exported file, median of {FLAGS.runs} calls")
-        p, m = validate(table, rng)
-        result = summary(table, p, m)
-        raw, scale = result["uncalibrated"], fit_scale(p, m)
-        print(f"{table['backbone']} ({table['runtime']}): {len(m)} strategies: sum of parts: median abs error "
-              f"{np.median(np.abs(p - m)):.2f} ms ({100 * raw['median_relative']:.1f}% of measured; 90th percentile "
-              f"{100 * raw['relative']:.1f}%), Spearman rank correlation {raw['spearman']:.3f}; measured "
-              f"{m.min():.2f}-{m.max():.2f} ms; load average {result['load_average']}")
-        print(f"{table['backbone']} ({table['runtime']}): times a fitted scale ({scale:.3f} on all; each strategy's "
-              f"fitted without it): median error {100 * result['median_relative']:.1f}%, 90th percentile "
-              f"{100 * result['relative']:.1f}%, Spearman {result['spearman']:.3f}")
+        measured = f"read from {FLAGS.measurements}" if FLAGS.measurements else \
+            f"the exported file, median of {FLAGS.runs} calls"
+        print(f"{table['runtime']} {table['runtime_version']}, batch 1, clip {clip}; table: "
+              f"{table.get('method', 'how not recorded')}; measured: {measured}")
+        plain, p, m = validate(table, rng)
+        result = summary(table, plain, p, m)
+        report(table, plain, p, m, result)
         if FLAGS.record_error:
             if table.get("validated_error"):
                 old = table["validated_error"]
                 print(f"replacing the table's earlier validation ({old.get('strategies')} strategies, "
                       f"{old.get('date')}, error {old.get('relative')})")
             atomic_write_json(path, {**table, "calibration": calibration(table, p, m), "validated_error": result})
-            print(f"calibration scale {scale:.4f} and validated_error {result['relative']} written into {path}")
+            print(f"calibration scale {fit_scale(p, m):.4f} and validated_error {result['relative']} written into {path}")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@
 Times every fusion layer's units (S, ST, S+ST) in their place in the network and
 the fixed parts (stem, transitions, head), batch 1, on ``--runtime`` (how:
 ``tf_stfusion.latency``; ``onnxruntime`` and ``litert``: each part converted as
-the export converts that file, ``export.part_runtimes``), and writes the table as JSON with the machine line and
-the runtime's version. With ``--model_dir`` the backbone, class count and clip
+the export converts that file, ``export.part_runtimes``), and writes the table as JSON with the machine line,
+the runtime's version and each timed part's FLOPs (``predict`` scales a part by its FLOPs in a strategy).
+Then validate it where it was built: ``python benchmarks/latency_table.py --table=T --record_error``
+fits the calibration scale and records the validated error that the export allows. With ``--model_dir`` the backbone, class count and clip
 size are the run's (its input contract: frames and evaluation crop), so the
 table fits the search's ``--latency_table``. Run it on the machine the model
 will be served on, with nothing else running.

@@ -142,18 +142,27 @@ class GateFactory:
 
 @dataclasses.dataclass
 class Tally:
-    """Parameters (trainable, all) and FLOPs (2 per multiply-add) being added up."""
+    """Parameters (trainable, all) and FLOPs (2 per multiply-add) being added up;
+    ``flops_by_part`` splits the FLOPs by the ``part`` being counted (a count
+    function names them: fusion layers by their names, ``stem``, ``transition1``,
+    ``head``, as ``latency.fixed_parts`` names a network's pieces)."""
 
     params: int = 0
     params_with_bn_stats: int = 0
     flops: int = 0
+    part: str = "other"
+    flops_by_part: dict = dataclasses.field(default_factory=dict)
+
+    def _add_flops(self, flops):
+        self.flops += flops
+        self.flops_by_part[self.part] = self.flops_by_part.get(self.part, 0) + flops
 
     def conv(self, kernel, c_in, c_out, positions, groups=1):
         """A bias-free conv of kernel volume ``kernel`` with ``positions`` outputs per channel."""
         weights = kernel * (c_in // groups) * c_out
         self.params += weights
         self.params_with_bn_stats += weights
-        self.flops += 2 * positions * c_out * kernel * (c_in // groups)
+        self._add_flops(2 * positions * c_out * kernel * (c_in // groups))
 
     def bn(self, channels):
         """BatchNorm: gamma, beta trainable; moving mean and variance not."""
@@ -167,7 +176,7 @@ class Tally:
 
     def dense(self, c_in, c_out):
         self.weights(c_in * c_out + c_out)
-        self.flops += 2 * c_in * c_out
+        self._add_flops(2 * c_in * c_out)
 
 
 def stem_count(tally, input_shape, filters, kernel):

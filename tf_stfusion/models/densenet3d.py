@@ -167,8 +167,9 @@ def count_densenet3d(config, units, num_classes, input_shape):
     taps once an earlier layer of the block was skipped), then BN(4k) and the
     ``1x3x3`` conv ``4k -> k``. Transitions keep the template's width; the head
     BN and classifier read the kept channels."""
-    tally = Tally()
+    tally = Tally(part="stem")
     t, h, w = stem_count(tally, input_shape, config.stem_filters, config.stem_kernel)
+    names = config.layer_names()
     width, growth = config.bottleneck_width, config.growth_rate
     kept = template = config.stem_filters
     index = 0
@@ -176,7 +177,7 @@ def count_densenet3d(config, units, num_classes, input_shape):
         positions = t * h * w
         skipped = False
         for _ in range(num_layers):
-            unit = units[index]
+            unit, tally.part = units[index], names[index]
             index += 1
             template += growth
             if unit == "none":
@@ -193,6 +194,7 @@ def count_densenet3d(config, units, num_classes, input_shape):
             kept += growth
         if b < len(config.block_sizes):
             template = int(template * config.compression)
+            tally.part = f"transition{b}"
             tally.bn(kept)
             for taps in (1, 3):
                 tally.conv(taps, kept, template, positions)
@@ -200,6 +202,7 @@ def count_densenet3d(config, units, num_classes, input_shape):
                     tally.weights(taps * template)
             kept = template
             h, w = h // 2, w // 2
+    tally.part = "head"
     tally.bn(kept)
     tally.dense(kept, num_classes)
     return tally
