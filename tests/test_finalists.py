@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import tf_stfusion as stf
 from tf_stfusion import finalists
 from tf_stfusion.search import SearchConfig, read_results, run_search
 
@@ -117,6 +118,8 @@ def test_int8_finalists_scored_on_the_selection_split_and_picked_by_int8(trained
     chosen = _read(out, "best.json")
     assert chosen["provenance"]["id"] == record["pick"] and chosen["metrics"]["selected_on"] == "holdout"
     assert chosen["metrics"]["int8"]["top1"] == entries[best]["int8"]["top1"]
+    # what the export needs to calibrate the shipped int8 file as the scored one was
+    assert chosen["provenance"]["score_precision"] == "int8" and chosen["provenance"]["calibration_clips"] == 4
     assert chosen["metrics"]["split"] == "val"  # the report split's float numbers, as without int8
     report = (Path(out) / "report.md").read_text()
     assert "## Finalists in int8" in report and all(f"| `{e['id']}` |" in report for e in entries)
@@ -151,3 +154,24 @@ def test_cli_refuses_bad_precision_settings(tmp_path, args, message):
     proc = subprocess.run([sys.executable, "-m", "tf_stfusion.search", f"--model_dir={tmp_path}", *args],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_export_calibrates_an_int8_pick_on_the_videos_its_finalists_were_calibrated_on(monkeypatch):
+    """A strategy picked by its int8 score ships an int8 file calibrated on the training videos the finalists
+    were (``trained_on``); any other strategy's on the run's hold-out."""
+    from tf_stfusion.export import checks
+
+    asked = []
+
+    class Inputs:
+        def calibration_clips(self, contract, count, trained_on=False):
+            asked.append((count, trained_on))
+            return [], "somewhere"
+
+    monkeypatch.setattr(checks, "open_inputs", lambda run_config: Inputs())
+    picked = stf.Strategy.from_units("tiny", ["S"] * 8, provenance={"score_precision": "int8",
+                                                                    "calibration_clips": 7})
+    plain = stf.Strategy.from_units("tiny", ["S"] * 8, provenance={"kind": "search"})
+    for strategy in (picked, plain, None):
+        checks.calibration_clips(None, None, 7, strategy)
+    assert asked == [(7, True), (7, False), (7, False)]

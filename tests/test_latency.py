@@ -37,6 +37,9 @@ def test_table_of_tiny_times_every_layer_unit_and_fixed_part(tiny_table):
     # tiny (DenseNet, 4 blocks): the input step, the stem, 3 transitions and the head are what no strategy removes.
     assert sorted(table["fixed"]) == ["head", "input", "stem", "transition1", "transition2", "transition3"]
     assert all(ms > 0 for ms in table["fixed"].values()) and table["call_overhead_ms"] > 0
+    # every timed part's FLOPs where it was timed; the input step has none (no conv), so it is never scaled
+    assert all(sorted(e["flops"]) == ["S", "S+ST", "ST"] and min(e["flops"].values()) > 0 for e in table["layers"])
+    assert sorted(table["fixed_flops"]) == ["head", "stem", "transition1", "transition2", "transition3"]
 
 
 @pytest.mark.parametrize("runtime,package", [("onnxruntime", "onnxruntime"), ("litert", "ai-edge-litert")])
@@ -137,12 +140,83 @@ def test_prediction_is_the_sum_of_the_parts_less_the_extra_calls():
             latency.check_table(dict(_hand_table(), calibration={"scale": scale}), "t.json")
 
 
-def _budget_strategy(runtime="onnxruntime 1.32.0", validated=0.10):
-    """A strategy chosen under a 10 ms budget by a (hand-made) table of ``runtime``, validated to ``validated``."""
+def test_a_densenets_flops_are_split_by_the_parts_the_table_times():
+    """The count names each part's FLOPs as the table names the part; they add up to the network's FLOPs."""
+    from tf_stfusion.models import backbone_config
+
+    names = stf.layer_names("densenet121")
+    tally = backbone_config("densenet121").count(["S+ST"] * len(names), 400, (16, 112, 112, 3))
+    fixed = ["stem", "transition1", "transition2", "transition3", "head"]
+    assert list(tally.flops_by_part) == ["stem", *names[:6], "transition1", *names[6:18], "transition2",
+                                         *names[18:42], "transition3", *names[42:], "head"]
+    assert sum(tally.flops_by_part.values()) == tally.flops and all(tally.flops_by_part[n] > 0 for n in fixed)
+
+
+def test_a_part_is_scaled_by_its_flops_in_the_strategy():
+    """tiny at 8x32x32 (stem 16 channels, growth 8, bottleneck 32; block 1 at 8x8x8 = 512 positions):
+    block1/layer2 as S reads 24 channels when block1/layer1 is kept -- 2 x 512 x (24 x 32 + 9 x 32 x 8) FLOPs,
+    what the table records -- and 16 when it is skipped: 2 x 512 x (16 x 32 + 9 x 32 x 8), 2816/3072 of it.
+    Its 1.0-ms entry less the 0.25-ms call is 0.75 ms of work, so 0.6875 ms; with stem 3 and head 1 (no FLOPs
+    recorded: not scaled) one call of 0.25 + 2.75 + 0.75 + 0.6875 = 4.4375 ms. A part timed under one empty
+    call (noise) adds no work rather than negative work."""
+    table = _hand_table()
+    table["num_classes"] = 4
+    table["layers"][1]["flops"] = {"S": 2 * 512 * (24 * 32 + 9 * 32 * 8)}
+    table = latency.check_table(table)
+    units = ["none", "S"] + ["none"] * 6
+    assert latency.predict(table, units) == pytest.approx(4.4375)
+    assert latency.predict(table, units, widths=False) == pytest.approx(4.5)  # the plain sum: 3 + 1 + 1 - 2 x 0.25
+    assert latency.predict(table, ["S"] * 2 + ["none"] * 6) == pytest.approx(4.5 + 0.75)  # layer1 kept: 24 channels
+    table["layers"][1]["S"] = 0.1  # under the 0.25-ms empty call
+    assert latency.predict(table, units) == pytest.approx(0.25 + 2.75 + 0.75)
+    for bad in (0, -5, 1.5, "3"):
+        broken = _hand_table()
+        broken["num_classes"] = 4
+        broken["layers"][1]["flops"] = {"S": bad}
+        with pytest.raises(ValueError, match="t.json: field 'layers.block1/layer2.flops.S' must be a FLOP count"):
+            latency.check_table(broken, "t.json")
+    broken = _hand_table()
+    broken["fixed_flops"] = {"stem": 10}
+    with pytest.raises(ValueError, match="t.json: field 'num_classes' must be the head's class count"):
+        latency.check_table(broken, "t.json")
+
+
+def test_the_validation_refits_saved_measurements_without_timing(tmp_path):
+    """``--measurements`` reads a table and its strategies' measured ms back and scores the models on them:
+    5 strategies of the hand table measured at exactly 2x the width-scaled sum give a fitted scale of 2.000,
+    0.0% error and Spearman 1 (the plain sum is the same here: the hand table has no FLOPs)."""
+    units = [["S"] * 8, ["ST"] * 8, ["S+ST"] * 8, ["none"] * 8, ["S", "ST"] * 4]
+    table = dict(_hand_table(), num_classes=4)
+    saved = {"table": table, "runs": 10, "seed": 0,
+             "strategies": [{"units": u, "measured_ms": 2 * latency.predict(table, u)} for u in units]}
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(saved))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "benchmarks/latency_table.py", f"--measurements={path}"],
+                          capture_output=True, text=True, timeout=300, cwd=repo)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "strategy  4: sum of parts" in proc.stdout and "measured" in proc.stdout
+    assert "times a fitted scale (2.000 on all; each strategy's fitted without it): median error 0.0%" in proc.stdout
+    assert "Spearman 1.000" in proc.stdout
+    path.write_text("{}")
+    proc = subprocess.run([sys.executable, "benchmarks/latency_table.py", f"--measurements={path}"],
+                          capture_output=True, text=True, timeout=300, cwd=repo)
+    assert proc.returncode != 0 and f"error: {path}: not a file --save_measurements wrote" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def _budget_strategy(runtime=None, validated=0.10, machine=None):
+    """A strategy chosen under a 10 ms budget by a (hand-made) table of ``runtime`` (default: this ONNX Runtime),
+    validated to ``validated``, built on ``machine`` (default: this one)."""
+    import onnxruntime
+
+    from tf_stfusion.machine import machine_line
+
+    runtime = runtime or f"onnxruntime {onnxruntime.__version__}"
+    machine = machine or machine_line(onnxruntime=onnxruntime.__version__)
     return stf.Strategy.from_units(
         "tiny", ["S"] * 8, metrics={"latency_ms": 9.0}, provenance={"max_latency_ms": 10.0, "latency_runtime": runtime,
-                                                 "latency_machine": "machine: hand-made",
-                                                 "latency_validated_error": validated})
+                                                 "latency_machine": machine, "latency_validated_error": validated})
 
 
 @pytest.mark.parametrize("seconds,validated,fails", [(0.0105, 0.10, False), (0.0115, 0.10, True),
@@ -169,6 +243,31 @@ def test_export_fails_closed_beyond_the_tables_validated_error(monkeypatch, tmp_
         assert error == (f"m.onnx: measured {1000 * seconds:.2f} ms (batch 1), over the search's latency budget of "
                          f"10.0 ms by more than the allowed error {allowed[0]} ({allowed[1]}; at most {allowed[2]} "
                          "ms); nothing was written; choose a faster strategy, or pass --allow_over_budget")
+
+
+def test_the_budget_check_names_a_table_built_on_another_machine_or_runtime_version(monkeypatch, tmp_path):
+    """A table's budget measured on another machine checks nothing about the table's: the report, the log line
+    and the refusal say how the machines differ (hardware; the runtime's version)."""
+    from tf_stfusion.data.pipeline import InputContract
+    from tf_stfusion.export import checks
+
+    monkeypatch.setattr(checks.litert, "median_latency", lambda call, repeats: 0.0115)
+    contract = InputContract(num_frames=4, frame_stride=1, sampler="dense", eval_clips=1, eval_size=16,
+                             class_names=("a", "b"))
+    (tmp_path / "m.onnx").write_bytes(b"not timed: the timing is faked")
+    version = __import__("onnxruntime").__version__
+    here = checks.latency_budget(_budget_strategy(), {"onnx": lambda clip: None}, {"onnx": "m.onnx"},
+                                 str(tmp_path), contract, repeats=3, runtime_version=version)
+    assert here["other_machine"] is None and "table's machine" not in checks.budget_error(here)
+    other = _budget_strategy("onnxruntime 0.9.0", machine="machine: 64 CPU cores (Ampere Altra, aarch64); Python 3")
+    budget = checks.latency_budget(other, {"onnx": lambda clip: None}, {"onnx": "m.onnx"}, str(tmp_path), contract,
+                                   repeats=3, runtime_version=version)
+    assert budget["other_machine"].startswith("the table was timed on 'machine: 64 CPU cores (Ampere Altra, "
+                                              "aarch64)', this is 'machine: ")
+    assert budget["other_machine"].endswith(f"; the table's onnxruntime is 0.9.0, this one's {version}")
+    assert f"({budget['other_machine']}: export on the table's machine, or build a table here)" in \
+        checks.budget_error(budget)
+    assert checks.budget_line(budget).endswith(f"; not the table's machine: {budget['other_machine']}")
 
 
 def test_export_refuses_a_budget_whose_runtime_file_it_does_not_write(tmp_path):
@@ -311,3 +410,48 @@ def test_the_report_names_a_wide_validated_error():
                                                                       "over the budget")
     assert "**a wide error**" in validated_line({"latency_validated_error": 0.40})
     assert "wide" not in validated_line({"latency_validated_error": 0.25})
+
+
+def test_an_int8_pick_under_a_float_latency_table_says_whose_latency_the_budget_is():
+    """The tables time float32 files; with --score_precision=int8 best.json and report.md say the budget and its
+    export check are the float file's, not the int8 file's; a float32 pick says nothing of it."""
+    from types import SimpleNamespace
+
+    from tf_stfusion.report import write_report  # noqa: F401  (the section below is write_report's)
+    from tf_stfusion.search import latency_budget, precision_note
+
+    table = dict(_hand_table(), runtime="litert")
+    config = SimpleNamespace(score_precision="int8", max_latency_ms=10.0, latency_table="t.json")
+    search = SimpleNamespace(config=config, latency=table)
+    note = precision_note(search)
+    assert note.startswith("the latency table times the float32 litert file, not the int8 LiteRT file")
+    assert latency_budget(search)["latency_precision_note"] == note
+    config.score_precision = "float32"
+    assert precision_note(search) is None and "latency_precision_note" not in latency_budget(search)
+
+
+def test_the_report_counts_the_strategies_dropped_for_each_budget_and_the_plot_draws_the_budget(monkeypatch):
+    """report.md says how many sampled strategies racing dropped per budget; the Pareto plot draws the budget
+    as a vertical line at its value (none without a budget)."""
+    from tf_stfusion import report
+    from tf_stfusion.search import over_budget
+
+    rows = [{"kind": "sampled", "dropped_because": over_budget(1.0, 12.0, 0.0, 10.0)},
+            {"kind": "sampled", "dropped_because": over_budget(1.0, 13.5, 0.0, 10.0)},
+            {"kind": "sampled", "dropped_because": over_budget(3.0, 1.0, 2.0, 10.0)},
+            {"kind": "sampled", "dropped_because": "below the leader"}, {"kind": "sampled"},
+            {"kind": "fixed", "dropped_because": over_budget(1.0, 12.0, 0.0, 10.0)}]
+    assert report.budget_drops(rows) == ["Racing dropped 1 for the GFLOPs budget and 2 for the latency budget of the "
+                                         "5 sampled strategies after its first round (`dropped_because` in "
+                                         "`strategies.jsonl`).", ""]
+    assert report.budget_drops(rows[3:]) == []
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig))
+    scored = [{"kind": "sampled", "num_videos": 10, "latency_ms": ms, "top1": top1, "split": "holdout"}
+              for ms, top1 in ((4.0, 0.5), (6.0, 0.7), (9.0, 0.8))]
+    for budget, lines in ((7.5, [7.5]), (0.0, [])):
+        report.pareto_plot(scored, scored, scored[1], "unused.png", cost="latency_ms", budget=budget)
+        ax = figures[-1].axes[0]
+        vertical = [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert vertical == lines
+        assert any(t.get_text() == "budget: 7.5 ms" for t in ax.get_legend().get_texts()) == bool(lines)

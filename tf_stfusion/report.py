@@ -68,12 +68,13 @@ ROUND_MARKERS = ("^", "v", "D", "P", "X")  # raced-out strategies: one per sampl
 PARETO_AXES = {"gflops": "GFLOPs per clip", "latency_ms": "predicted latency per clip, batch 1 (ms)"}
 
 
-def pareto_plot(rows, front, best, path, cost="gflops"):
+def pareto_plot(rows, front, best, path, cost="gflops", budget=0.0):
     """Top-1 on the selection split against ``cost`` (a key of ``PARETO_AXES``:
     GFLOPs, or the latency table's predicted ms). Racing scores most strategies
     on a prefix of the split only, so each sample size gets its own marker (the
     legend says how many videos); the Pareto front is drawn over the strategies
-    scored on the whole split only (``front``), as a step line with its points."""
+    scored on the whole split only (``front``), as a step line with its points;
+    ``budget`` (same unit as ``cost``; 0: none) as a dashed vertical line."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     sampled = [r for r in rows if r["kind"] == "sampled"]
     sizes = sorted({r["num_videos"] for r in sampled})
@@ -93,6 +94,9 @@ def pareto_plot(rows, front, best, path, cost="gflops"):
             ax.annotate(unit, (r[cost], 100 * r["top1"]), textcoords="offset points", xytext=(5, 4))
     ax.scatter([best[cost]], [100 * best["top1"]], marker="*", s=160, color="#C44E52", label="best (Opt)",
                zorder=5)
+    if budget:
+        unit = "ms" if cost == "latency_ms" else "GFLOPs"
+        ax.axvline(budget, color="#C44E52", ls="--", lw=1, label=f"budget: {budget} {unit}")
     ax.set_xlabel(PARETO_AXES[cost])
     ax.set_ylabel(f"top-1 on {rows[0].get('split', 'the selection split')} (%)")
     ax.legend(fontsize=7)
@@ -206,6 +210,18 @@ def validated_line(latency):
 
 
 
+def budget_drops(rows):
+    """report.md's line on the strategies racing dropped for a budget (their
+    ``dropped_because`` names it: ``search.over_budget``), or no lines."""
+    reasons = [r.get("dropped_because") or "" for r in rows if r["kind"] == "sampled"]
+    counts = {kind: sum(f"{kind} budget" in why for why in reasons) for kind in ("GFLOPs", "latency")}
+    if not any(counts.values()):
+        return []
+    said = [f"{n} for the {kind} budget" for kind, n in counts.items() if n]
+    return [f"Racing dropped {' and '.join(said)} of the {len(reasons)} sampled strategies after its first round "
+            "(`dropped_because` in `strategies.jsonl`).", ""]
+
+
 def write_report(path, rows, best, probs, plan, comparison, max_gflops=0.0, sections=(), latency=None):
     """``report.md``; ``sections``: more markdown lines, after the Table 2 part;
     ``latency``: the latency budget's record (``search.latency_budget``), if any."""
@@ -232,10 +248,13 @@ def write_report(path, rows, best, probs, plan, comparison, max_gflops=0.0, sect
         lines += [f"**Warning:** {comparison['leakage_warning']}.", ""]
     if max_gflops:
         lines += [f"Opt is the best sampled strategy within {max_gflops} GFLOPs.", ""]
+    lines += budget_drops(rows)
     if latency:
         lines += [f"Opt is the best sampled strategy predicted to take at most {latency['max_latency_ms']} ms per clip "
                   f"(batch 1): {best['latency_ms']:.2f} ms predicted by `{latency['latency_table']}` "
                   f"({latency['latency_runtime']}; {latency['latency_machine']}); {validated_line(latency)}.", ""]
+        if latency.get("latency_precision_note"):
+            lines += [f"**Note:** {latency['latency_precision_note']}.", ""]
     lines += comparison_table(comparison)
     lines += ["", f"Top-1 intervals: {CI_METHOD}. Differences: Opt minus the fixed strategy on the same videos, "
               f"{PAIRED_METHOD}; a strategy is called better only when that interval excludes 0.", ""]

@@ -582,7 +582,19 @@ def latency_budget(search):
     return {"max_latency_ms": search.config.max_latency_ms,
             "latency_table": os.path.abspath(search.config.latency_table),
             "latency_runtime": f"{table['runtime']} {table['runtime_version']}", "latency_machine": table["machine"],
-            "latency_validated_error": (table.get("validated_error") or {}).get("relative")}
+            "latency_validated_error": (table.get("validated_error") or {}).get("relative"),
+            **({"latency_precision_note": precision_note(search)} if precision_note(search) else {})}
+
+
+def precision_note(search):
+    """What the budget means when the pick is scored in int8 (``--score_precision=int8``),
+    else None: the tables time float32 files only."""
+    if search.config.score_precision != "int8" or not search.latency:
+        return None
+    runtime = search.latency["runtime"]
+    return (f"the latency table times the float32 {runtime} file, not the int8 LiteRT file the pick was scored as: "
+            "the budget, the predictions and the export's check of them are the float file's (there are no int8 "
+            "latency tables yet)")
 
 
 def open_latency_table(config, context):
@@ -664,6 +676,8 @@ def _check_latency_budget(search, planned):
     sampled strategy is predicted to meet (the predictions need only the table)."""
     if not search.config.max_latency_ms:
         return
+    if precision_note(search):
+        search.log(f"warning: {precision_note(search)}")
     fastest = min(search.latency_of(s) for _, kind, s in planned if kind == "sampled")
     if fastest > search.config.max_latency_ms:
         raise ValueError(f"--max_latency_ms={search.config.max_latency_ms}: no sampled strategy is predicted to "
@@ -842,7 +856,8 @@ def _best_strategy(search, plan, best, reported, int8=None):
                     "checkpoint": os.path.basename(search.checkpoint), "seed": config.seed,
                     "num_samples": config.num_samples, "eval_clips": search.data.eval_clips,
                     "racing": plan.racing, **({"max_gflops": config.max_gflops} if config.max_gflops else {}),
-                    **(latency_budget(search) if config.max_latency_ms else {})},
+                    **(latency_budget(search) if config.max_latency_ms else {}),
+                    **({"score_precision": "int8", "calibration_clips": int8["calibration"]["clips"]} if int8 else {})},
     )
 
 
@@ -863,10 +878,11 @@ def _write_outputs(search, plan, result):
     probs = marginals(search.context.model)
     atomic_write_json(os.path.join(out_dir, "marginals.json"), probs)
     report.fusion_plot(probs, best["units"], os.path.join(out_dir, "fusion.png"))
-    report.pareto_plot(rows, pareto_front(rows), best, os.path.join(out_dir, "pareto.png"))
+    report.pareto_plot(rows, pareto_front(rows), best, os.path.join(out_dir, "pareto.png"),
+                       budget=search.config.max_gflops)
     if search.latency is not None:
         report.pareto_plot(rows, pareto_front(rows, "latency_ms"), best, os.path.join(out_dir, "pareto_latency.png"),
-                           cost="latency_ms")
+                           cost="latency_ms", budget=search.config.max_latency_ms)
     report.write_report(os.path.join(out_dir, "report.md"), rows, best, probs, plan.record, comparison,
                         search.config.max_gflops, sections=sections,
                         latency=latency_budget(search) if search.config.max_latency_ms else None)

@@ -117,11 +117,15 @@ def serving_check(template, run_config, contract, saved_model_dir, batch_size=8,
             "max_abs_diff_probabilities": float(np.max(np.abs(served - evaluated)))}
 
 
-def calibration_clips(run_config, contract, count):
-    """``count`` uint8 clips ``[T, S, S, 3]`` of the run's hold-out (its training
-    videos when it selected on val) and where they come from
-    (``RunInputs.calibration_clips``)."""
-    return open_inputs(run_config).calibration_clips(contract, count)
+def calibration_clips(run_config, contract, count, strategy=None):
+    """``count`` uint8 clips ``[T, S, S, 3]`` and where they come from
+    (``RunInputs.calibration_clips``): the run's hold-out (its training videos
+    when it selected on val) -- or, for a ``strategy`` the search picked by its
+    int8 score (provenance ``score_precision: int8``), the training videos its
+    finalists were calibrated on, so the int8 file shipped is calibrated as the
+    one that was scored."""
+    picked_in_int8 = ((strategy.provenance or {}).get("score_precision") == "int8") if strategy else False
+    return open_inputs(run_config).calibration_clips(contract, count, trained_on=picked_in_int8)
 
 
 def latencies(runners, files, folder, contract, repeats):
@@ -156,15 +160,17 @@ def budget_file(strategy):
     return runtime, RUNTIME_FILES[runtime]
 
 
-def latency_budget(strategy, runners, files, folder, contract, repeats):
+def latency_budget(strategy, runners, files, folder, contract, repeats, runtime_version=None):
     """The measured batch-1 latency of the exported file against the latency budget
     the search chose ``strategy`` under (its provenance's ``max_latency_ms``, the
     table's runtime and validated relative error): ``{"max_latency_ms",
     "predicted_ms", "runtime", "allowed_error", "file", "measured_ms",
     "within_budget", "within_allowed_error", "method"}``; ``None`` when the search
     had no such budget. Measured as ``latencies`` does, on this machine: compare
-    with the table's machine line (``table_machine``). ``allowed_error``: the
-    table's ``validated_error`` (relative), 0 when it was never validated."""
+    with the table's machine line (``table_machine``; ``other_machine``: how this
+    one, or ``runtime_version`` -- this machine's version of the table's runtime
+    -- differs, else None). ``allowed_error``: the table's ``validated_error``
+    (relative), 0 when it was never validated."""
     chosen = budget_file(strategy)
     if chosen is None:
         return None
@@ -174,6 +180,7 @@ def latency_budget(strategy, runners, files, folder, contract, repeats):
               "runtime": provenance.get("latency_runtime"), "table_machine": provenance.get("latency_machine"),
               "allowed_error": allowed, "allowed_error_source": ("the latency table's validated_error" if allowed else
                                                                 "none: the table was never validated")}
+    budget["other_machine"] = other_machine(provenance.get("latency_machine"), budget["runtime"], runtime_version)
     name = chosen[1]
     if name not in runners:
         return {**budget, "file": None, "measured_ms": None, "within_budget": None, "within_allowed_error": None,
@@ -185,6 +192,25 @@ def latency_budget(strategy, runners, files, folder, contract, repeats):
             "method": latency_method(repeats)}
 
 
+def other_machine(table_machine, runtime, here_version=None):
+    """How the table's machine (its ``machine:`` line) or runtime version (``runtime``:
+    ``"onnxruntime 1.32.0"``) differs from this one's (``here_version``: this
+    machine's version of that runtime; None: not compared), or None when they
+    agree: the export measures its file here, which checks the budget only where
+    the table was built (the CPU, cores and GPUs; the runtime's version)."""
+    from tf_stfusion.machine import machine_line
+
+    name, _, version = (runtime or "tensorflow").partition(" ")
+    here = machine_line()
+    differs = []
+    if (table_machine or "").split(";")[0] != here.split(";")[0]:
+        differs.append(f"the table was timed on {(table_machine or 'an unrecorded machine').split(';')[0]!r}, "
+                       f"this is {here.split(';')[0]!r}")
+    if version and here_version and version != here_version:
+        differs.append(f"the table's {name} is {version}, this one's {here_version}")
+    return "; ".join(differs) or None
+
+
 def budget_error(budget):
     """The one-line refusal of an export whose file misses the latency budget by
     more than the table's validated error (or was not measured); None if it does not."""
@@ -194,10 +220,12 @@ def budget_error(budget):
     if budget["measured_ms"] is None:
         return (f"the search's {budget['max_latency_ms']} ms latency budget ({budget['runtime']}) cannot be checked: "
                 f"{budget['method']}; add it to --formats or pass --allow_over_budget")
+    elsewhere = (f" ({budget['other_machine']}: export on the table's machine, or build a table here)"
+                 if budget.get("other_machine") else "")
     return (f"{budget['file']}: measured {budget['measured_ms']:.2f} ms (batch 1), over the search's latency budget of "
             f"{budget['max_latency_ms']} ms by more than the allowed error {100 * budget['allowed_error']:.1f}% "
-            f"({budget['allowed_error_source']}; at most {limit:.2f} ms); nothing was written; choose a faster "
-            "strategy, or pass --allow_over_budget")
+            f"({budget['allowed_error_source']}; at most {limit:.2f} ms){elsewhere}; nothing was written; choose a "
+            "faster strategy, or pass --allow_over_budget")
 
 
 def budget_line(budget):
@@ -206,8 +234,10 @@ def budget_line(budget):
         return f"latency budget {budget['max_latency_ms']} ms ({budget['runtime']}): {budget['method']}"
     verdict = "within" if budget["within_budget"] else (
         f"within {100 * budget['allowed_error']:.1f}% of" if budget["within_allowed_error"] else "OVER")
+    elsewhere = f"; not the table's machine: {budget['other_machine']}" if budget.get("other_machine") else ""
     return (f"latency budget {budget['max_latency_ms']} ms ({budget['runtime']}): {budget['file']} measured "
-            f"{budget['measured_ms']:.2f} ms here, {verdict} the budget (predicted {budget['predicted_ms']:.2f} ms)")
+            f"{budget['measured_ms']:.2f} ms here, {verdict} the budget (predicted {budget['predicted_ms']:.2f} ms)"
+            f"{elsewhere}")
 
 
 def latency_method(repeats, runtime=""):

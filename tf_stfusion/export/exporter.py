@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from tf_stfusion.accounting import cost
 from tf_stfusion.data.pipeline import normalize
-from tf_stfusion.export import checks, litert, staging, writers
+from tf_stfusion.export import checks, litert, part_runtimes, staging, writers
 from tf_stfusion.export.config import FORMATS, ExportConfig, ExportError
 from tf_stfusion.export.ensemble import export_ensemble, read_ensemble
 from tf_stfusion.export.serving import clip_shape
@@ -48,7 +48,7 @@ def export(config: ExportConfig, log=print):
     with staging.work_folder(config.export_dir, log) as (parent, work):
         files, loaded = _write_formats(pruned, contract, config, work, video, pruned_logits, parity)
         if "tflite" in files:
-            lite = _litert(pruned, run_config, contract, config, work, files, loaded, log)
+            lite = _litert(pruned, run_config, contract, config, work, files, loaded, log, strategy)
         if config.check_serving:
             served = checks.check_served(template, run_config, contract, os.path.join(work, files["saved_model"]),
                                          parity, log, verify=config.verify_data)
@@ -194,15 +194,17 @@ def _latency_budget(strategy, files, loaded, work, contract, config):
     """The report's ``latency_budget`` (``checks.latency_budget``): the written file
     of the search's latency table's runtime, timed against the search's budget."""
     runners = {name: lambda x, call=call: call(x)["probabilities"] for name, call in loaded.items()}
-    return checks.latency_budget(strategy, runners, files, work, contract, config.latency_repeats)
+    chosen = checks.budget_file(strategy)
+    version = part_runtimes.runtime(chosen[0]).version if chosen else None
+    return checks.latency_budget(strategy, runners, files, work, contract, config.latency_repeats, version)
 
 
-def _litert(pruned, run_config, contract, config, work, files, loaded, log):
+def _litert(pruned, run_config, contract, config, work, files, loaded, log, strategy=None):
     """The report's ``litert``: the float LiteRT file's ops, the ``--quantize`` files
     (written, added to ``files`` and ``loaded``), every file's size and batch-1
     latency and, with ``--quantize``, every precision's top-1 on the validation split."""
     lite = {"calibration": None, "builtin_ops": sorted(litert.builtin_ops(os.path.join(work, files["tflite"])))}
-    lite["calibration"] = _write_quantized(pruned, run_config, contract, config, work, files, loaded, log)
+    lite["calibration"] = _write_quantized(pruned, run_config, contract, config, work, files, loaded, log, strategy)
     runners = {name: lambda x, call=call: call(x)["probabilities"] for name, call in loaded.items()}
     lite["files"] = checks.latencies(runners, files, work, contract, config.latency_repeats)
     if "int8" in config.quantize:
@@ -213,15 +215,21 @@ def _litert(pruned, run_config, contract, config, work, files, loaded, log):
     return lite
 
 
-def _write_quantized(pruned, run_config, contract, config, work, files, loaded, log):
+def _write_quantized(pruned, run_config, contract, config, work, files, loaded, log, strategy=None):
     """The ``--quantize`` LiteRT files, written into ``work`` and loaded (added to
-    ``files`` and ``loaded``); int8 calibrated on ``calibration_clips``. Returns
-    the calibration's description (None without int8)."""
+    ``files`` and ``loaded``); int8 calibrated on ``calibration_clips`` (those of
+    ``strategy``'s int8 finalists when the search picked it in int8). Returns the
+    calibration's description (None without int8)."""
     calibration, clips = None, None
     if "int8" in config.quantize:
-        clips, where = checks.calibration_clips(run_config, contract, config.calibration_clips)
+        clips, where = checks.calibration_clips(run_config, contract, config.calibration_clips, strategy)
         calibration = {"clips": len(clips), "videos": where, "view": "one evaluation clip per video"}
         log(f"export: int8 calibration on {len(clips)} clips of the {where}")
+        scored = ((strategy.provenance or {}) if strategy else {}).get("calibration_clips")
+        if scored and scored != len(clips):
+            log(f"export: warning: the search scored this strategy's int8 file calibrated on {scored} clips, this "
+                f"one is calibrated on {len(clips)} (--calibration_clips={config.calibration_clips}); pass "
+                f"--calibration_clips={scored} to ship the file that was scored")
     for precision in config.quantize:
         name = f"tflite_{precision}"
         files[name] = litert.file_name(config.model_name, precision)

@@ -9,7 +9,9 @@ training run and writes, under ``OUT``:
                                  deploy graph: 3D convs and pools as 2D ops); ``--quantize=
                                  float16,int8`` adds ``<model_name>_fp16.tflite`` and
                                  ``<model_name>_int8.tflite`` (int8 calibrated on
-                                 ``--calibration_clips`` clips of the run's hold-out videos)
+                                 ``--calibration_clips`` clips of the run's hold-out videos;
+                                 of the finalists' training videos for a strategy the
+                                 search picked by its int8 score)
     export_report.json           params / GFLOPs of template and pruned network, and the
                                  measured parity: (a) pruned Keras vs template in fixed mode,
                                  (b) SavedModel vs pruned Keras, (c) ONNX Runtime vs pruned Keras,
@@ -68,7 +70,8 @@ def define_flags():
     flags.DEFINE_list("quantize", [], "With tflite: also float16 (weights) and/or int8 (post-training, calibrated) "
                       "LiteRT files, with their top-1 on the validation split next to the float model's.")
     flags.DEFINE_integer("calibration_clips", 100, "int8: clips (one per video) of the run's hold-out videos "
-                         "(training videos if it had none) that calibrate the activation ranges.")
+                         "(training videos if it had none, or if the search picked the strategy in int8: its "
+                         "finalists' videos) that calibrate the activation ranges.")
     flags.DEFINE_string("model_name", "stfusion", "Model name (TF Serving's model folder).")
     flags.DEFINE_integer("version", 1, "Model version folder.")
     flags.DEFINE_integer("num_frames", 0, "Frames per input clip (0: the run's).")
