@@ -125,7 +125,23 @@ def test_int8_finalists_scored_on_the_selection_split_and_picked_by_int8(trained
     assert "## Finalists in int8" in report and all(f"| `{e['id']}` |" in report for e in entries)
     assert any("picked by int8" in line for line in lines)
 
-    # When int8 reverses the ranking, the second finalist is the pick (the race resumes from its journal).
+    # Run again in the same folder: the race resumes from rounds.jsonl and the finalists from finalists.jsonl --
+    # nothing is converted again, and the record is the same.
+    def not_again(*args, **kwargs):
+        raise AssertionError("a journaled finalist was converted and scored again")
+
+    monkeypatch.setattr(finalists, "int8_correct", not_again)
+    resumed = run_search(config, log=lines.append)
+    assert _read(out, "finalists.json") == record and resumed.best["id"] == record["pick"]
+    assert sum("(scored earlier: finalists.jsonl)" in line for line in lines) == len(entries)
+    # another calibration is another finalist's file: not taken from the journal
+    with pytest.raises(AssertionError, match="converted and scored again"):
+        run_search(dataclasses.replace(config, calibration_clips=3), log=lines.append)
+
+    # When int8 reverses the ranking, the second finalist is the pick (the race resumes from its journal; the
+    # finalists' journal is removed so that they are scored again).
+    os.remove(os.path.join(out, finalists.JOURNAL))
+
     def reversed_scores(template, strategy, contract, calibration, dataset_fn, num_videos, distribution=None):
         second = list(strategy.units) == entries[1]["units"]
         return np.full(num_videos, second), 1000

@@ -1,6 +1,7 @@
 """File helpers. Atomic writes: a temporary name in the same folder, then a
 rename -- a reader (or a resumed run) never sees a half-written file under its
-final name; and the size of an export on disk.
+final name; journals read back to their last complete line; and the size of an
+export on disk.
 """
 
 import json
@@ -18,6 +19,26 @@ def atomic_write_text(path, text):
 
 def atomic_write_json(path, data, indent=2):
     return atomic_write_text(path, json.dumps(data, indent=indent) + "\n")
+
+
+def read_jsonl(path):
+    """Complete lines of a JSON-lines file (a torn last line, being written when the
+    process was killed, is dropped); ``[]`` when there is no file."""
+    rows = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return rows
+
+
+def append_jsonl(path, row):
+    """Appends ``row`` as one line of the JSON-lines file ``path``."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def claim_settings(path, settings, refusal, renamed=None):

@@ -18,16 +18,47 @@ is the first of them -- are each
    (``selection.paired_difference``: int8 minus float, paired bootstrap 95%).
 
 The pick is the finalist best by int8 top-1, ties broken by the search's ranking
-(``pick_by_int8``).
+(``pick_by_int8``). Each finalist's int8 scores are journaled as they come
+(``Journal``, ``finalists.jsonl``): a search killed among its conversions --
+minutes each for a DenseNet-121 -- resumes with the finalists still to score.
 """
 
 import os
 
 from tf_stfusion import selection
-from tf_stfusion.fileio import atomic_write_json
+from tf_stfusion.fileio import append_jsonl, atomic_write_json, read_jsonl
 
 FINALISTS = "finalists.json"
+JOURNAL = "finalists.jsonl"
 PRECISIONS = ("float32", "int8")
+
+
+class Journal:
+    """``finalists.jsonl`` in the search's folder: per finalist (its units) scored
+    under ``calibration`` (``{"clips", "videos"}``: how its int8 file was
+    calibrated), the packed per-video int8 top-1 bits on the selection split and
+    the file's bytes. The folder's ``plan.json`` fixes the checkpoint and the
+    selection videos, so an entry of the same units and calibration is that
+    finalist's score; entries of another calibration are ignored."""
+
+    def __init__(self, folder, calibration, chief=True):
+        self.path, self.calibration, self.chief = os.path.join(folder, JOURNAL), calibration, chief
+        self.entries = {tuple(row["units"]): row for row in read_jsonl(self.path)
+                        if row.get("calibration") == calibration}
+
+    def get(self, units, num_videos):
+        """``(per-video correctness, bytes)`` journaled for ``units``, or None."""
+        row = self.entries.get(tuple(units))
+        if row is None or row["num_videos"] != num_videos:
+            return None
+        return selection.unpack_bits(row["correct"], num_videos), row["bytes"]
+
+    def add(self, units, correct, file_bytes):
+        row = {"units": list(units), "calibration": self.calibration, "num_videos": int(len(correct)),
+               "correct": selection.pack_bits(correct), "bytes": int(file_bytes)}
+        self.entries[tuple(units)] = row
+        if self.chief:
+            append_jsonl(self.path, row)
 
 
 def check_settings(score_precision, finalists, calibration_clips):

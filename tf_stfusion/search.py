@@ -52,6 +52,7 @@ import time
 
 from absl import flags
 
+from tf_stfusion.fileio import append_jsonl, read_jsonl
 from tf_stfusion.run.folder import BEST_STRATEGY
 from tf_stfusion.units import FIXED_STRATEGIES
 
@@ -129,20 +130,6 @@ def plan_strategies(model, config):
     sampled = sample_strategies(model, config.num_samples, seed=config.seed)
     planned += [(f"sample-{i:04d}", "sampled", s) for i, s in enumerate(sampled)]
     return planned
-
-
-def read_jsonl(path):
-    """Complete lines of a JSON-lines file (a torn last line, being written when the
-    process was killed, is dropped)."""
-    rows = []
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    return rows
 
 
 def read_results(path):
@@ -233,8 +220,7 @@ class Journal:
                "top5": pack_bits(videos.top5), "nll": float(videos.nll.sum())}
         self.entries[(key, round_)] = row
         if self.chief:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_jsonl(self.path, row)
 
     def videos(self, key, rounds):
         """``VideoResults`` of ``key`` over ``rounds`` (consecutive from 0), concatenated."""
@@ -788,7 +774,6 @@ def _score_finalists(search, rows):
     ``int8_finalists``) converted to int8 LiteRT and scored on the selection split
     (``finalists`` module). Returns the pick's row and ``finalists.json``'s record."""
     from tf_stfusion import finalists
-    from tf_stfusion.strategy import Strategy
 
     config, context = search.config, search.context
     chosen = finalists.distinct_first(ranked(rows, config.max_gflops, config.max_latency_ms), config.int8_finalists)
@@ -796,19 +781,35 @@ def _score_finalists(search, rows):
     clips, where = context.inputs.calibration_clips(contract, config.calibration_clips, trained_on=True)
     search.log(f"search: {len(chosen)} finalist(s) to int8 LiteRT, calibrated on {len(clips)} clips of {where}; "
                f"scored on the {len(search.select_videos)} videos of {search.select_name}")
-    template, entries = _shipping_template(search), []
-    dataset_fn = context.inputs.eval_dataset_fn(search.select_split, videos=search.select_videos)
+    journal = finalists.Journal(config.folder(), {"clips": len(clips), "videos": where}, search.chief)
+    entries, num_videos, template = [], len(search.select_videos), None
     for row in chosen:
-        strategy = Strategy.from_units(context.model.stf_spec.backbone, row["units"])
-        with context.inputs.reading(search.select_split):
-            correct, size = finalists.int8_correct(template, strategy, contract, clips, dataset_fn,
-                                                   len(search.select_videos), search.distribution)
+        scored, note = journal.get(row["units"], num_videos), f" (scored earlier: {finalists.JOURNAL})"
+        if scored is None:
+            template = _shipping_template(search) if template is None else template  # only if one is left
+            scored, note = _int8_scores(search, template, row["units"], contract, clips), ""
+            journal.add(row["units"], *scored)
+        correct, size = scored
         entries.append(finalists.finalist_entry(row, row_correct(row), correct, size))
         search.log(f"search: finalist {row['id']}: top-1 float32 {100 * row['top1']:.2f}%, int8 "
-                   f"{100 * entries[-1]['int8']['top1']:.2f}% ({size / 1e6:.2f} MB)")
+                   f"{100 * entries[-1]['int8']['top1']:.2f}% ({size / 1e6:.2f} MB){note}")
     pick = finalists.pick_by_int8(entries)
     calibration = {"clips": len(clips), "videos": where, "view": "one evaluation clip per video"}
     return chosen[pick], finalists.record(entries, pick, search.select_name, calibration)
+
+
+def _int8_scores(search, template, units, contract, clips):
+    """``(per-video int8 top-1 on the selection split, bytes)`` of ``units``'
+    int8 LiteRT file pruned from ``template``, calibrated on ``clips``."""
+    from tf_stfusion import finalists
+    from tf_stfusion.strategy import Strategy
+
+    context = search.context
+    strategy = Strategy.from_units(context.model.stf_spec.backbone, units)
+    dataset_fn = context.inputs.eval_dataset_fn(search.select_split, videos=search.select_videos)
+    with context.inputs.reading(search.select_split):
+        return finalists.int8_correct(template, strategy, contract, clips, dataset_fn, len(search.select_videos),
+                                      search.distribution)
 
 
 def _report(search, plan, rows, best, scored_videos):
