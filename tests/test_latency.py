@@ -42,27 +42,73 @@ def test_table_of_tiny_times_every_layer_unit_and_fixed_part(tiny_table):
     assert sorted(table["fixed_flops"]) == ["head", "stem", "transition1", "transition2", "transition3"]
 
 
+NO_TENSORFLOW = """
+import runpy, sys
+
+class NoTensorFlow:  # a device with only the runtime: TensorFlow, Keras and tf2onnx are not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras", "tf_keras", "tf2onnx"):
+            raise ImportError(f"No module named {name!r} (not installed on this device)")
+
+sys.meta_path.insert(0, NoTensorFlow())
+sys.argv = ["latency_device", *sys.argv[1:]]
+runpy.run_module("tf_stfusion.latency_device", run_name="__main__")
+"""
+
+
 @pytest.mark.parametrize("runtime,package", [("onnxruntime", "onnxruntime"), ("litert", "ai-edge-litert")])
-def test_table_of_tiny_on_onnxruntime_and_litert(runtime, package, tmp_path):
-    """The CLI's table on another runtime: every part converted as that runtime's file and timed in it; the
-    table names the runtime, its package's version and the precision."""
+def test_table_of_tiny_on_onnxruntime_and_litert_timed_on_a_device_without_tensorflow(runtime, package, tmp_path):
+    """The table of another runtime, built as a device without TensorFlow builds it: the parts converted where
+    TensorFlow is (``latency_table --parts_dir``), then timed by ``latency_device`` in a process that cannot
+    import TensorFlow, Keras or tf2onnx. The table names the runtime, its package's version and the precision,
+    and carries the FLOPs the prediction scales by."""
     from importlib.metadata import version
 
-    path = tmp_path / f"tiny_{runtime}.json"
+    parts, path = tmp_path / "parts", tmp_path / f"tiny_{runtime}.json"
     proc = subprocess.run([sys.executable, "-m", "tf_stfusion.latency_table", "--backbone=tiny", "--num_classes=4",
-                           "--num_frames=4", "--size=32", "--repeats=1", f"--runtime={runtime}", f"--output={path}"],
+                           "--num_frames=4", "--size=32", f"--runtime={runtime}", f"--parts_dir={parts}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"latency_device --parts={parts}" in proc.stdout
+    device = tmp_path / "device.py"
+    device.write_text(NO_TENSORFLOW)
+    proc = subprocess.run([sys.executable, str(device), f"--parts={parts}", f"--output={path}", "--repeats=1"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = latency.read_table(path, runtime=runtime)
     assert table["runtime"] == runtime and table["runtime_version"] == version(package)
     assert table["precision"] == "float32" and f"{runtime} {version(package)}" in table["machine"]
+    assert "tensorflow" not in table["machine"] and "timed here" in table["method"]
     assert table["clip"] == [4, 32, 32, 3] and sorted(table["fixed"]) == sorted(
         ["head", "input", "stem", "transition1", "transition2", "transition3"])
     assert all(entry[u] > 0 for entry in table["layers"] for u in ("S", "ST", "S+ST"))
     assert ("tf2onnx" if runtime == "onnxruntime" else "deploy graph") in table["method"]
+    names = stf.layer_names("tiny")
+    assert ([e["flops"] for e in table["layers"]], table["fixed_flops"]) == latency.table_flops(
+        "tiny", 4, (4, 32, 32, 3), names, list(table["fixed"]))
     # A table of one runtime where another is expected: one line naming the file and both runtimes.
     with pytest.raises(ValueError, match=f"a latency table of {runtime}, but tensorflow is expected here"):
         latency.read_table(path, runtime="tensorflow")
+    # A part lost on the way: one line naming it and what to do.
+    (parts / "part003" ).with_suffix(".onnx" if runtime == "onnxruntime" else ".tflite").unlink()
+    proc = subprocess.run([sys.executable, str(device), f"--parts={parts}", f"--output={path}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "file 'part003" in proc.stderr and "copy the whole folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_the_device_timing_and_parts_export_refuse_what_they_cannot_do(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tf_stfusion.latency_device", f"--parts={tmp_path}",
+                           f"--output={tmp_path / 't.json'}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and f"{tmp_path / 'parts.json'}: no such parts manifest" in proc.stderr
+    (tmp_path / "parts.json").write_text(json.dumps({"format": "stfusion-latency-parts/1", "runtime": "tensorflow"}))
+    proc = subprocess.run([sys.executable, "-m", "tf_stfusion.latency_device", f"--parts={tmp_path}",
+                           f"--output={tmp_path / 't.json'}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "field 'runtime' must be one of ('onnxruntime', 'litert')" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "tf_stfusion.latency_table", "--backbone=tiny", "--num_classes=4",
+                           "--num_frames=4", "--size=32", "--runtime=tensorflow", f"--parts_dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--parts_dir converts parts for onnxruntime or litert" in proc.stderr
 
 
 def test_a_part_runs_in_each_runtime_as_it_computes_in_keras():
@@ -259,6 +305,11 @@ def test_the_budget_check_names_a_table_built_on_another_machine_or_runtime_vers
     here = checks.latency_budget(_budget_strategy(), {"onnx": lambda clip: None}, {"onnx": "m.onnx"},
                                  str(tmp_path), contract, repeats=3, runtime_version=version)
     assert here["other_machine"] is None and "table's machine" not in checks.budget_error(here)
+    # a table timed on a device without TensorFlow names no GPUs: the same CPU is the same machine
+    cpu_only = _budget_strategy(machine=_budget_strategy().provenance["latency_machine"].split(", GPUs:")[0]
+                                + "; Python 3")
+    assert checks.latency_budget(cpu_only, {"onnx": lambda clip: None}, {"onnx": "m.onnx"}, str(tmp_path),
+                                 contract, repeats=3, runtime_version=version)["other_machine"] is None
     other = _budget_strategy("onnxruntime 0.9.0", machine="machine: 64 CPU cores (Ampere Altra, aarch64); Python 3")
     budget = checks.latency_budget(other, {"onnx": lambda clip: None}, {"onnx": "m.onnx"}, str(tmp_path), contract,
                                    repeats=3, runtime_version=version)

@@ -50,6 +50,7 @@ an ONNX Runtime session / a LiteRT interpreter with the export's thread
 settings). Converting needs TensorFlow; the calls timed are the runtime's alone.
 """
 
+import collections
 import os
 import statistics
 import time
@@ -211,17 +212,10 @@ def _specs(shapes, dtype="float32"):
     return [tf.TensorSpec((1, *shape), dtype, name=f"x{i}") for i, shape in enumerate(shapes)]
 
 
-def time_part(part, runtime, repeats, seed=0):
-    """Milliseconds of one batch-1 call of the sub-network ``part`` in ``runtime``
-    (inference mode), converted as the runtime's file is, on random inputs of its
-    input shapes: ``median_latency`` of ``repeats`` calls."""
-    import numpy as np
-
-    shapes = [tuple(t.shape[1:]) for t in part.inputs]
-    call = runtime.compile(_part_outputs, _specs(shapes), part)
-    rng = np.random.default_rng(seed)
-    feeds = runtime.prepare([rng.standard_normal((1, *shape)).astype(np.float32) for shape in shapes])
-    return 1000 * median_latency(lambda: call(feeds), repeats=repeats)
+class Part(collections.namedtuple("Part", "label fn shapes dtype model")):
+    """One timed call of a table: ``label`` (``layer:<fusion layer>:<unit>``,
+    ``fixed:<piece>`` or ``call_overhead``), ``fn(model, *inputs) -> {name: tensor}``
+    on batch-1 inputs of ``shapes`` (without the batch) and ``dtype``."""
 
 
 def _part_outputs(model, *inputs):
@@ -230,54 +224,80 @@ def _part_outputs(model, *inputs):
     return {f"y{i}": y for i, y in enumerate(outputs)}
 
 
-def time_input(clip, runtime, repeats):
-    """Milliseconds of the shipped file's input step on a ``[1, *clip]`` uint8 clip
-    in ``runtime``: ``data.pipeline.normalize`` (uint8 -> float32, ImageNet mean and std)."""
-    import numpy as np
-
+def _normalize(_, video):
     from tf_stfusion.data.pipeline import normalize
 
-    call = runtime.compile(lambda _, video: {"y0": normalize(video)}, _specs([clip], "uint8"))
-    video = np.random.default_rng(0).integers(0, 256, (1, *clip), dtype=np.uint8)
-    return 1000 * median_latency(lambda: call([video]), repeats=repeats)
+    return {"y0": normalize(video)}
 
 
-def call_overhead(clip, runtime, repeats):
-    """Milliseconds of a call in ``runtime`` of a graph that returns its ``[1, *clip]``
-    float32 input (an identity), median of at least ``OVERHEAD_REPEATS`` calls:
-    ``predict`` subtracts it once per part (dozens), so a noisy estimate moves a
-    prediction by dozens of times its error (median of 5 calls on a busy machine:
-    0.99 ms against 0.16 ms quiet, a ``tiny`` prediction of -6 ms)."""
-    import numpy as np
+def _identity(_, x):
     import tensorflow as tf
 
-    call = runtime.compile(lambda _, x: {"y0": tf.identity(x)}, _specs([clip]))
-    feeds = runtime.prepare([np.zeros((1, *clip), np.float32)])
-    return 1000 * median_latency(lambda: call(feeds), repeats=max(repeats, OVERHEAD_REPEATS))
+    return {"y0": tf.identity(x)}
 
 
-def time_parts(backbone, num_classes, clip, runtime, repeats=10, log=print):
-    """``(layers, fixed)`` of a table: per fusion layer ``{"name", "S", "ST", "S+ST",
-    "none"}`` (ms) and ``{part: ms}`` of the fixed parts, timed in ``runtime`` at
-    ``clip`` ``(frames, height, width, 3)``, batch 1 (see the module's docstring)."""
+def _sub_network(label, model, layers):
+    part = cut(model, layers)
+    return Part(label, _part_outputs, [tuple(t.shape[1:]) for t in part.inputs], "float32", part)
+
+
+def table_parts(backbone, num_classes, clip):
+    """Every ``Part`` of a table of ``backbone`` at ``clip`` ``(frames, height, width,
+    3)``, in order: per unit u of ``UNIT_CHOICES``, each fusion layer cut out of the
+    uniform pruned network of u (``cut``: the feature maps that feed it, true shapes
+    and channels); after S's layers the shipped file's input step (uint8 ->
+    normalised floats, ``data.pipeline.normalize``) and the fixed pieces of that
+    network (``fixed_parts``); last, the runtime's empty call (an identity)."""
     from tf_stfusion.models import build_template, layer_names
 
     names = layer_names(backbone)
-    layers = [{"name": name, "none": 0.0} for name in names]
-    fixed = {}
     for unit in UNIT_CHOICES:
         model = build_template(backbone, num_classes=num_classes, num_frames=clip[0], input_size=clip[1:3],
                                units=[unit] * len(names))
-        for entry, (name, part) in zip(layers, fusion_parts(model, names).items()):
-            if not part:
+        for name, layers in fusion_parts(model, names).items():
+            if not layers:
                 raise ValueError(f"{backbone}: no Keras layer is named {keras_prefix(name)}*; cannot time {name}")
-            entry[unit] = time_part(cut(model, part), runtime, repeats)
-        log(f"latency: {backbone} {unit}: {len(names)} layers timed")
+            yield _sub_network(f"layer:{name}:{unit}", model, layers)
         if unit == "S":
-            fixed = {"input": time_input(clip, runtime, repeats)}
-            fixed.update({name: time_part(cut(model, part), runtime, repeats)
-                          for name, part in fixed_parts(model, names).items()})
-    return layers, fixed
+            yield Part("fixed:input", _normalize, [tuple(clip)], "uint8", None)
+            for name, layers in fixed_parts(model, names).items():
+                yield _sub_network(f"fixed:{name}", model, layers)
+    yield Part("call_overhead", _identity, [tuple(clip)], "float32", None)
+
+
+def part_feeds(shapes, dtype, seed=0):
+    """Random batch-1 numpy inputs of ``shapes`` (uint8 clips: 0-255; floats: normal)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    if dtype == "uint8":
+        return [rng.integers(0, 256, (1, *shape), dtype=np.uint8) for shape in shapes]
+    return [rng.standard_normal((1, *shape)).astype(np.float32) for shape in shapes]
+
+
+def time_call(label, call, feeds, repeats):
+    """Milliseconds of ``call(feeds)``: ``median_latency`` of ``repeats`` calls, of at
+    least ``OVERHEAD_REPEATS`` for the empty call (``predict`` subtracts it once
+    per part -- dozens -- so a noisy estimate moves a prediction by dozens of times
+    its error: a 5-call median on a busy machine was 0.99 ms against 0.16 ms quiet,
+    a ``tiny`` prediction of -6 ms)."""
+    repeats = max(repeats, OVERHEAD_REPEATS) if label == "call_overhead" else repeats
+    return 1000 * median_latency(lambda: call(feeds), repeats=repeats)
+
+
+def time_parts(backbone, num_classes, clip, runtime, repeats=10, log=print):
+    """``{label: ms}`` of every ``table_parts`` part compiled in ``runtime`` (each
+    converted as the runtime's file is) and timed on ``part_feeds``."""
+    from tf_stfusion.models import layer_names
+
+    last, timings = layer_names(backbone)[-1], {}
+    for part in table_parts(backbone, num_classes, tuple(clip)):
+        call = runtime.compile(part.fn, _specs(part.shapes, part.dtype), part.model)
+        timings[part.label] = time_call(part.label, call, runtime.prepare(part_feeds(part.shapes, part.dtype)),
+                                        repeats)
+        if part.label.startswith(f"layer:{last}:"):
+            log(f"latency: {backbone} {part.label.rsplit(':', 1)[1]}: every layer timed ({len(timings)} parts)")
+    return timings
 
 
 def strategy_flops(backbone, num_classes, clip, units):
@@ -300,27 +320,80 @@ def table_flops(backbone, num_classes, clip, layer_names, fixed):
     return layers, {name: uniform["S"][name] for name in fixed if name in uniform["S"]}
 
 
-def build_table(backbone, num_classes, clip, runtime=None, repeats=10, log=print):
-    """The latency table (a dict, ``FORMAT``) of ``backbone`` at ``clip``
-    ``(frames, height, width, 3)``, batch 1, in ``runtime`` (a runtime object, see
-    ``TensorFlowRuntime``; None: TensorFlow), with the machine line and the
-    runtime's name, version and precision."""
+def assemble_table(backbone, num_classes, clip, timings, flops, runtime, repeats):
+    """The latency table (a dict, ``FORMAT``) of ``timings`` (``{label: ms}`` of every
+    ``table_parts`` label) and ``flops`` (``table_flops``' pair), with the machine
+    line and ``runtime``'s ``name``, ``version``, ``precision`` and ``method``.
+    Raises ``ValueError`` naming a part without a timing."""
     from tf_stfusion.machine import machine_line
 
-    runtime = runtime or TensorFlowRuntime()
-    _check_runtime(runtime.name)
-    layers, fixed = time_parts(backbone, num_classes, tuple(clip), runtime, repeats, log)
-    flops, fixed_flops = table_flops(backbone, num_classes, tuple(clip), [e["name"] for e in layers], fixed)
-    for entry, entry_flops in zip(layers, flops):
-        if entry_flops:
-            entry["flops"] = entry_flops
+    layer_flops, fixed_flops = flops
+    names = _layer_names_of(timings)
+    missing = [f"layer:{n}:{u}" for n in names for u in UNIT_CHOICES if f"layer:{n}:{u}" not in timings]
+    if missing or "call_overhead" not in timings or "fixed:input" not in timings:
+        raise ValueError(f"no timing for part(s) {(missing or ['call_overhead or fixed:input'])[:3]}")
+    layers = [{"name": n, "none": 0.0, **{u: timings[f"layer:{n}:{u}"] for u in UNIT_CHOICES},
+               **({"flops": f} if f else {})} for n, f in zip(names, layer_flops)]
+    fixed = {label.split(":", 1)[1]: ms for label, ms in timings.items() if label.startswith("fixed:")}
     return {"format": FORMAT, "backbone": backbone, "num_classes": num_classes, "clip": list(clip), "batch": 1,
             "runtime": runtime.name, "runtime_version": runtime.version, "precision": runtime.precision,
             "threads": os.cpu_count(), "machine": machine_line(**{runtime.name: runtime.version}),
             "method": (f"{runtime.method}; each part a sub-network cut from the uniform pruned network, timed "
                        f"alone: median of {repeats} calls after 2 warm-up calls (tf_stfusion.latency)"),
-            "call_overhead_ms": call_overhead(clip, runtime, repeats), "fixed": fixed,
+            "call_overhead_ms": timings["call_overhead"], "fixed": fixed,
             **({"fixed_flops": fixed_flops} if fixed_flops else {}), "layers": layers}
+
+
+def _layer_names_of(timings):
+    """The fusion layers of ``timings``' labels, in order of first appearance."""
+    return list(dict.fromkeys(label.split(":")[1] for label in timings if label.startswith("layer:")))
+
+
+def build_table(backbone, num_classes, clip, runtime=None, repeats=10, log=print):
+    """The latency table (a dict, ``FORMAT``) of ``backbone`` at ``clip``
+    ``(frames, height, width, 3)``, batch 1, timed here in ``runtime`` (a runtime
+    object, see ``TensorFlowRuntime``; None: TensorFlow)."""
+    runtime = runtime or TensorFlowRuntime()
+    _check_runtime(runtime.name)
+    clip = tuple(clip)
+    timings = time_parts(backbone, num_classes, clip, runtime, repeats, log)
+    fixed = [label.split(":", 1)[1] for label in timings if label.startswith("fixed:")]
+    flops = table_flops(backbone, num_classes, clip, _layer_names_of(timings), fixed)
+    return assemble_table(backbone, num_classes, clip, timings, flops, runtime, repeats)
+
+
+# -- parts converted here, timed on a device ----------------------------------------------------
+PARTS_FORMAT = "stfusion-latency-parts/1"
+PARTS_MANIFEST = "parts.json"
+
+
+def export_parts(backbone, num_classes, clip, runtime, folder, log=print):
+    """Converts every ``table_parts`` part for ``runtime`` (an object with
+    ``convert`` and ``extension``: ``export.part_runtimes``' ONNX Runtime and
+    LiteRT) into ``folder``, with ``parts.json``: the backbone, classes, clip,
+    runtime, each part's label, file, input names, shapes and dtype, and the
+    timed parts' FLOPs. ``latency_device`` times them where only the runtime is
+    installed and writes the table. Needs TensorFlow (the conversion)."""
+    from tf_stfusion.fileio import atomic_write_json
+    from tf_stfusion.machine import machine_line
+
+    os.makedirs(folder, exist_ok=True)
+    clip, entries = tuple(clip), []
+    for i, part in enumerate(table_parts(backbone, num_classes, clip)):
+        specs = _specs(part.shapes, part.dtype)
+        name = f"part{i:03d}{runtime.extension}"
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(runtime.convert(part.fn, specs, part.model))
+        entries.append({"label": part.label, "file": name, "inputs": [s.name for s in specs],
+                        "shapes": [list(shape) for shape in part.shapes], "dtype": part.dtype})
+    log(f"latency: {backbone}: {len(entries)} parts converted for {runtime.name} into {folder}")
+    labels = [e["label"] for e in entries]
+    fixed = [label.split(":", 1)[1] for label in labels if label.startswith("fixed:")]
+    layer_flops, fixed_flops = table_flops(backbone, num_classes, clip, _layer_names_of(labels), fixed)
+    atomic_write_json(os.path.join(folder, PARTS_MANIFEST), {
+        "format": PARTS_FORMAT, "backbone": backbone, "num_classes": num_classes, "clip": list(clip),
+        "runtime": runtime.name, "precision": runtime.precision, "method": runtime.method,
+        "converted_on": machine_line(), "layer_flops": layer_flops, "fixed_flops": fixed_flops, "parts": entries})
 
 
 # -- reading and predicting ---------------------------------------------------------------------
@@ -397,20 +470,25 @@ def _check_validated_error(validated, where):
                          f"{relative!r}; validate the table again with benchmarks/latency_table.py --table")
 
 
-def read_table(path, runtime=None):
-    """The latency table in the JSON file ``path`` (checked by ``check_table``);
-    with ``runtime``, a one-line ``ValueError`` for a table of another runtime."""
+def read_json_file(path, what, make):
+    """The JSON in ``path``, or one-line errors naming it and ``what`` it should be:
+    ``FileNotFoundError`` (saying ``make``: how to make one), ``ValueError``."""
     import json
 
     try:
         with open(path) as f:
-            table = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such latency table; build one with python -m "
-                                "tf_stfusion.latency_table") from None
+        raise FileNotFoundError(f"{path}: no such {what}; {make}") from None
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: unreadable latency table ({e})") from None
-    table = check_table(table, path)
+        raise ValueError(f"{path}: unreadable {what} ({e})") from None
+
+
+def read_table(path, runtime=None):
+    """The latency table in the JSON file ``path`` (checked by ``check_table``);
+    with ``runtime``, a one-line ``ValueError`` for a table of another runtime."""
+    table = check_table(read_json_file(path, "latency table", "build one with python -m tf_stfusion.latency_table"),
+                        path)
     if runtime is not None and table["runtime"] != runtime:
         raise ValueError(f"{path}: a latency table of {table['runtime']}, but {runtime} is expected here; build "
                          f"one with python -m tf_stfusion.latency_table --runtime={runtime}")

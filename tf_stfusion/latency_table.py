@@ -9,7 +9,9 @@ the fixed parts (stem, transitions, head), batch 1, on ``--runtime`` (how:
 ``tf_stfusion.latency``; ``onnxruntime`` and ``litert``: each part converted as
 the export converts that file, ``export.part_runtimes``), and writes the table as JSON with the machine line,
 the runtime's version and each timed part's FLOPs (``predict`` scales a part by its FLOPs in a strategy).
-Then validate it where it was built: ``python benchmarks/latency_table.py --table=T --record_error``
+For a device without TensorFlow, ``--parts_dir=DIR`` converts the parts here instead and
+``python -m tf_stfusion.latency_device --parts=DIR --output=T`` times them there with the
+runtime alone. Then validate it where it was built: ``python benchmarks/latency_table.py --table=T --record_error``
 fits the calibration scale and records the validated error that the export allows. With ``--model_dir`` the backbone, class count and clip
 size are the run's (its input contract: frames and evaluation crop), so the
 table fits the search's ``--latency_table``. Run it on the machine the model
@@ -37,16 +39,24 @@ def define_flags():
                       "converted as the export converts that file (needs TensorFlow) and timed in the runtime.")
     flags.DEFINE_integer("repeats", 10, "Timed calls per part (the median is kept), after 2 warm-up calls.")
     flags.DEFINE_string("output", None, "Where the JSON table goes.")
+    flags.DEFINE_string("parts_dir", None, "Instead of timing here: convert every part for --runtime "
+                        "(onnxruntime or litert) into this folder, to be timed on the device that has only the "
+                        "runtime: python -m tf_stfusion.latency_device --parts=DIR --output=T.")
 
 
 def table_settings():
     """``(backbone, num_classes, clip)`` of the command line; raises ``ValueError``
     naming the flag."""
-    if not FLAGS.output:
+    if FLAGS.parts_dir:
+        if FLAGS.runtime == "tensorflow":
+            raise ValueError("--parts_dir converts parts for onnxruntime or litert; a tensorflow table is built "
+                             "where TensorFlow is: without --parts_dir")
+    elif not FLAGS.output:
         raise ValueError("--output is required (where the JSON table goes)")
-    folder = os.path.dirname(os.path.abspath(FLAGS.output))
-    if not os.path.isdir(folder):  # before minutes of timing, not after
-        raise ValueError(f"--output={FLAGS.output}: no folder {folder}; create it first")
+    else:
+        folder = os.path.dirname(os.path.abspath(FLAGS.output))
+        if not os.path.isdir(folder):  # before minutes of timing, not after
+            raise ValueError(f"--output={FLAGS.output}: no folder {folder}; create it first")
     if FLAGS.repeats < 1 or FLAGS.num_frames < 0 or FLAGS.size < 0:
         raise ValueError("need --repeats >= 1, --num_frames >= 0, --size >= 0")
     if FLAGS.model_dir:
@@ -76,6 +86,13 @@ def main(argv):
         from tf_stfusion.machine import machine_line
 
         target = runtime(FLAGS.runtime)
+        if FLAGS.parts_dir:
+            from tf_stfusion.latency import export_parts
+
+            export_parts(backbone, num_classes, clip, target, FLAGS.parts_dir)
+            print(f"now, on the device: python -m tf_stfusion.latency_device --parts={FLAGS.parts_dir} "
+                  f"--output=latency_{FLAGS.runtime}.json")
+            return 0
         print(machine_line(**{target.name: target.version}))
         table = build_table(backbone, num_classes, clip, target, FLAGS.repeats)
         atomic_write_json(FLAGS.output, table)

@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from tf_stfusion.data import pipeline
 from tf_stfusion.deploy import clip_function, deploy_model
+from tf_stfusion.runtimes import litert_interpreter
 
 PRECISIONS = ("float32", "float16", "int8")
 METADATA_KEY = "input_contract"
@@ -126,19 +127,9 @@ def with_metadata(flat, entries):
 
 
 def interpreter(path_or_bytes, num_threads=None, delegates=True):
-    """A LiteRT interpreter (``ai_edge_litert``, XNNPACK on CPU) with tensors allocated."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    kwargs = {"num_threads": num_threads or os.cpu_count()}
-    if not delegates:
-        kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    if isinstance(path_or_bytes, (bytes, bytearray)):
-        kwargs["model_content"] = bytes(path_or_bytes)
-    else:
-        kwargs["model_path"] = path_or_bytes
-    runner = Interpreter(**kwargs)
-    runner.allocate_tensors()
-    return runner
+    """A LiteRT interpreter (``ai_edge_litert``, XNNPACK on CPU) with tensors allocated
+    (``runtimes.litert_interpreter``)."""
+    return litert_interpreter(path_or_bytes, num_threads, delegates)
 
 
 def builtin_ops(path_or_bytes):

@@ -202,13 +202,21 @@ def other_machine(table_machine, runtime, here_version=None):
 
     name, _, version = (runtime or "tensorflow").partition(" ")
     here = machine_line()
+    (cpu, gpus), (cpu_here, gpus_here) = _hardware(table_machine or ""), _hardware(here)
     differs = []
-    if (table_machine or "").split(";")[0] != here.split(";")[0]:
+    if cpu != cpu_here or (gpus is not None and gpus_here is not None and gpus != gpus_here):
         differs.append(f"the table was timed on {(table_machine or 'an unrecorded machine').split(';')[0]!r}, "
                        f"this is {here.split(';')[0]!r}")
     if version and here_version and version != here_version:
         differs.append(f"the table's {name} is {version}, this one's {here_version}")
     return "; ".join(differs) or None
+
+
+def _hardware(line):
+    """``(CPU part, GPU part or None)`` of a ``machine:`` line; the GPUs are named only
+    where TensorFlow was imported (a table timed on a device without it has none)."""
+    cpu, _, gpus = line.split(";")[0].partition(", GPUs:")
+    return cpu, (gpus or None)
 
 
 def budget_error(budget):

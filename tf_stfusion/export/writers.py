@@ -33,6 +33,7 @@ from tf_stfusion.data.video import encode_jpeg
 from tf_stfusion.layers.group_conv import grouped_convs_split
 from tf_stfusion.export import litert
 from tf_stfusion.export.serving import clip_function, clip_shape, make_signatures
+from tf_stfusion.runtimes import onnx_session
 
 ONNX_OPSET = 17
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -139,14 +140,6 @@ def onnx_proto(fn, input_signature, model):
     with grouped_convs_split(model) if model is not None else contextlib.nullcontext():
         proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=ONNX_OPSET)
     return proto
-
-
-def onnx_session(path_or_bytes):
-    """An ONNX Runtime CPU session of a file (path or serialized bytes), default
-    session options: the export's latency check and the latency table's timing."""
-    import onnxruntime as ort
-
-    return ort.InferenceSession(path_or_bytes, providers=["CPUExecutionProvider"])
 
 
 def load_saved_model(path):
