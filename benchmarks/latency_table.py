@@ -155,9 +155,31 @@ def read_measurements():
     try:
         with open(FLAGS.measurements) as f:
             saved = json.load(f)
-        return check_table(saved["table"], f"{FLAGS.measurements}: field 'table'"), saved["strategies"], saved
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        missing = [k for k in ("table", "strategies") if k not in saved]
+        if missing:
+            raise ValueError(f"field(s) {missing} missing")
+        table = check_table(saved["table"], f"{FLAGS.measurements}: field 'table'")
+        return table, _checked_strategies(saved["strategies"], table), saved
+    except (OSError, ValueError, TypeError) as e:
         sys.exit(f"error: {FLAGS.measurements}: not a file --save_measurements wrote ({e})")
+
+
+def _checked_strategies(rows, table):
+    """The saved ``strategies``, each ``{"units": one unit per layer of table, "measured_ms": > 0}``;
+    a ``ValueError`` naming the first bad row."""
+    from tf_stfusion.latency import predict
+
+    if not isinstance(rows, list) or not rows:
+        raise ValueError("field 'strategies' must be a non-empty list")
+    for i, row in enumerate(rows):
+        ms = row.get("measured_ms") if isinstance(row, dict) else None
+        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not ms > 0:
+            raise ValueError(f"field 'strategies[{i}].measured_ms' must be milliseconds > 0, got {ms!r}")
+        try:
+            predict(table, row.get("units") or [])
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"field 'strategies[{i}].units': {e}") from None
+    return rows
 
 
 def retest(rows):
@@ -278,7 +300,11 @@ def tables():
 
     if FLAGS.measurements:
         saved = read_measurements()[0]
-        if FLAGS.table and _timings(read_table(FLAGS.table)) != _timings(saved):
+        try:
+            given = read_table(FLAGS.table) if FLAGS.table else saved
+        except (OSError, ValueError) as e:  # read_table's one-line errors name the file and the field
+            sys.exit(f"error: {e}")
+        if _timings(given) != _timings(saved):
             sys.exit(f"error: {FLAGS.measurements} was measured against another table than {FLAGS.table} (their "
                      "timings differ); give that table, or measure this one's strategies")
         yield saved, FLAGS.table
@@ -303,12 +329,15 @@ def main(argv):
 
     from tf_stfusion.fileio import atomic_write_json
 
+    if FLAGS.measurements and (FLAGS.save_measurements or FLAGS.retest):
+        sys.exit("error: --measurements times nothing: --save_measurements and --retest apply to a run that measures "
+                 "(drop them, or drop --measurements)")
     if FLAGS.save_measurements and len(FLAGS.backbones) > 1 and not FLAGS.table and "{backbone}" not in \
             FLAGS.save_measurements:
         sys.exit("error: --save_measurements: put {backbone} in the path to save each backbone's measurements")
     if FLAGS.record_error and not FLAGS.table:
         sys.exit("error: --record_error writes into --table; give the table to validate")
-    if FLAGS.strategies < 5:
+    if FLAGS.strategies < 5 and not FLAGS.measurements:
         sys.exit(f"error: --strategies={FLAGS.strategies}: a validation needs at least 5 random strategies (20 for "
                  "the README's figures)")
     print(machine_line(TensorFlow=tf.__version__))

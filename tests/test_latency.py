@@ -205,6 +205,28 @@ def test_the_validation_refits_saved_measurements_without_timing(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_the_validation_refuses_bad_measurements_use_in_one_line(tmp_path):
+    """``--measurements`` with a --table that is missing or not a table, with flags that time something, or with a
+    saved strategy whose units do not fit the table: one line naming the file (and the row), no traceback."""
+    table = dict(_hand_table(), num_classes=4)
+    rows = [{"units": ["S"] * 8, "measured_ms": 5.0}] * 5
+    path, bad = tmp_path / "m.json", tmp_path / "bad.json"
+    path.write_text(json.dumps({"table": table, "strategies": rows}))
+    bad.write_text(json.dumps({"table": table, "strategies": rows[:4] + [{"units": ["S"] * 7, "measured_ms": 5.0}]}))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cases = [([f"--table={tmp_path / 'none.json'}"], f"error: {tmp_path / 'none.json'}: no such latency table"),
+             ([f"--table={path}"], f"error: {path}: not a stfusion-latency-table/1 file"),
+             (["--retest"], "error: --measurements times nothing: --save_measurements and --retest"),
+             ([f"--save_measurements={tmp_path / 'again.json'}"], "error: --measurements times nothing"),
+             ([f"--measurements={bad}"], f"error: {bad}: not a file --save_measurements wrote (field "
+                                           "'strategies[4].units': a strategy of 7 layers")]
+    for flags, message in cases:
+        proc = subprocess.run([sys.executable, "benchmarks/latency_table.py", f"--measurements={path}", *flags],
+                              capture_output=True, text=True, timeout=300, cwd=repo)
+        assert proc.returncode != 0 and message in proc.stderr, (flags, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr
+
+
 def _budget_strategy(runtime=None, validated=0.10, machine=None):
     """A strategy chosen under a 10 ms budget by a (hand-made) table of ``runtime`` (default: this ONNX Runtime),
     validated to ``validated``, built on ``machine`` (default: this one)."""
