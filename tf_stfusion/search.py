@@ -609,12 +609,14 @@ def open_latency_table(config, context):
                              "tf_stfusion.latency_table --model_dir=RUN)")
         return None
     table = read_table(config.latency_table)
-    data, backbone = context.config.data, context.model.stf_spec.backbone
+    data, spec = context.config.data, context.model.stf_spec
     clip = [data.num_frames, data.eval_size, data.eval_size, 3]
-    if table["backbone"] != backbone or list(table["clip"]) != clip:
-        raise ValueError(f"{config.latency_table}: a table of {table['backbone']} at clip {table['clip']}, but the run "
-                         f"is {backbone} at {clip}; build it with python -m tf_stfusion.latency_table "
-                         f"--model_dir={config.model_dir}")
+    # the head was timed (and its FLOPs counted) at the table's class count; an older table may not record it
+    classes = table.get("num_classes", spec.num_classes)
+    if table["backbone"] != spec.backbone or list(table["clip"]) != clip or classes != spec.num_classes:
+        raise ValueError(f"{config.latency_table}: a table of {table['backbone']} at clip {table['clip']} with "
+                         f"{classes} classes, but the run is {spec.backbone} at {clip} with {spec.num_classes}; build "
+                         f"it with python -m tf_stfusion.latency_table --model_dir={config.model_dir}")
     return table
 
 
