@@ -175,3 +175,8 @@ def test_the_export_calibrates_an_int8_pick_on_the_videos_its_finalists_were_cal
     for strategy in (picked, plain, None):
         checks.calibration_clips(None, None, 7, strategy)
     assert asked == [(7, True), (7, False), (7, False)]
+    # --calibration_clips left at 0: as many as the finalists were calibrated on (7), else 100
+    asked.clear()
+    for strategy in (picked, plain, None):
+        checks.calibration_clips(None, None, 0, strategy)
+    assert asked == [(7, True), (100, False), (100, False)]
