@@ -234,6 +234,18 @@ def test_the_validation_refits_saved_measurements_without_timing(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_table_without_flops_is_flagged_where_its_backbone_counts_them():
+    """A DenseNet table built before the width scaling (no FLOPs) predicts the plain sum: the search warns; a
+    table with FLOPs, or of a backbone whose count is not split by part (resnet50), has nothing to warn of."""
+    old = dict(_hand_table(), num_classes=4)
+    assert "records no FLOPs" in latency.unscaled_note(old) and "rebuild it" in latency.unscaled_note(old)
+    old["layers"][1]["flops"] = {"S": 2 * 512 * (24 * 32 + 9 * 32 * 8)}
+    assert latency.unscaled_note(old) is None
+    resnet = {"backbone": "resnet50", "clip": [8, 32, 32, 3], "num_classes": 4, "fixed": {"stem": 1.0},
+              "layers": [{"name": n} for n in stf.layer_names("resnet50")]}
+    assert latency.unscaled_note(resnet) is None
+
+
 def test_the_validation_refuses_bad_measurements_use_in_one_line(tmp_path):
     """``--measurements`` with a --table that is missing or not a table, with flags that time something, or with a
     saved strategy whose units do not fit the table: one line naming the file (and the row), no traceback."""

@@ -597,11 +597,12 @@ def precision_note(search):
             "latency tables yet)")
 
 
-def open_latency_table(config, context):
+def open_latency_table(config, context, log=print):
     """The ``--latency_table`` of ``config`` (None without one), checked against the
-    run: its backbone and the search's clip (frames, evaluation crop). Raises
-    ``ValueError`` naming the file and what differs."""
-    from tf_stfusion.latency import read_table
+    run: its backbone, classes and the search's clip (frames, evaluation crop).
+    Raises ``ValueError`` naming the file and what differs; logs a warning for a
+    table without FLOPs (``latency.unscaled_note``)."""
+    from tf_stfusion.latency import read_table, unscaled_note
 
     if not config.latency_table:
         if config.max_latency_ms:
@@ -617,6 +618,8 @@ def open_latency_table(config, context):
         raise ValueError(f"{config.latency_table}: a table of {table['backbone']} at clip {table['clip']} with "
                          f"{classes} classes, but the run is {spec.backbone} at {clip} with {spec.num_classes}; build "
                          f"it with python -m tf_stfusion.latency_table --model_dir={config.model_dir}")
+    if unscaled_note(table):
+        log(f"warning: {config.latency_table}: {unscaled_note(table)}")
     return table
 
 
@@ -668,9 +671,9 @@ def _open_search(config, distribution, log):
     chief = dist_lib.is_chief(distribution)
     context, checkpoint, select_split = _open_run(config, distribution)
     evaluator = Evaluator(context.model, context.config.data.eval_clips, tiles=config.tiles, distribution=distribution)
+    log = log if chief else (lambda *a, **k: None)
     return Search(config, context, checkpoint, select_split, selection_order(context.inputs.split_videos(select_split)),
-                  distribution, evaluator, chief, log if chief else (lambda *a, **k: None),
-                  latency=open_latency_table(config, context))
+                  distribution, evaluator, chief, log, latency=open_latency_table(config, context, log))
 
 
 def _check_latency_budget(search, planned):
