@@ -321,6 +321,25 @@ def tables():
                           log=lambda *a: None), None
 
 
+TABLE_FLAGS = ("backbones", "runtime", "num_frames", "size", "num_classes", "repeats")  # what builds a table
+TIMING_FLAGS = ("strategies", "runs", "seed", "retest", "save_measurements")  # what measures its strategies
+
+
+def check_unused_flags():
+    """Exits with one line for flags given that would do nothing: the table's with
+    ``--table`` (it has its backbone, clip, classes and runtime), and every timing
+    flag with ``--measurements`` (nothing is timed)."""
+    if FLAGS.measurements:
+        unused, why = TABLE_FLAGS + TIMING_FLAGS, "--measurements times nothing"
+    elif FLAGS.table:
+        unused, why = TABLE_FLAGS, "--table has its backbone, clip, classes and runtime"
+    else:
+        return
+    given = [f"--{name}" for name in unused if FLAGS[name].present]
+    if given:
+        sys.exit(f"error: {', '.join(given)} would do nothing: {why}; drop them")
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -329,9 +348,7 @@ def main(argv):
 
     from tf_stfusion.fileio import atomic_write_json
 
-    if FLAGS.measurements and (FLAGS.save_measurements or FLAGS.retest):
-        sys.exit("error: --measurements times nothing: --save_measurements and --retest apply to a run that measures "
-                 "(drop them, or drop --measurements)")
+    check_unused_flags()
     if FLAGS.save_measurements and len(FLAGS.backbones) > 1 and not FLAGS.table and "{backbone}" not in \
             FLAGS.save_measurements:
         sys.exit("error: --save_measurements: put {backbone} in the path to save each backbone's measurements")

@@ -247,22 +247,28 @@ def test_a_table_without_flops_is_flagged_where_its_backbone_counts_them():
 
 
 def test_the_validation_refuses_bad_measurements_use_in_one_line(tmp_path):
-    """``--measurements`` with a --table that is missing or not a table, with flags that time something, or with a
-    saved strategy whose units do not fit the table: one line naming the file (and the row), no traceback."""
+    """``--measurements`` with a --table that is missing or not a table, with flags that would do nothing (it times
+    nothing; a --table has its own backbone and clip), or with a saved strategy whose units do not fit the table:
+    one line naming the file (and the row), no traceback."""
     table = dict(_hand_table(), num_classes=4)
     rows = [{"units": ["S"] * 8, "measured_ms": 5.0}] * 5
-    path, bad = tmp_path / "m.json", tmp_path / "bad.json"
+    path, bad, missing = tmp_path / "m.json", tmp_path / "bad.json", tmp_path / "none.json"
     path.write_text(json.dumps({"table": table, "strategies": rows}))
     bad.write_text(json.dumps({"table": table, "strategies": rows[:4] + [{"units": ["S"] * 7, "measured_ms": 5.0}]}))
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cases = [([f"--table={tmp_path / 'none.json'}"], f"error: {tmp_path / 'none.json'}: no such latency table"),
-             ([f"--table={path}"], f"error: {path}: not a stfusion-latency-table/1 file"),
-             (["--retest"], "error: --measurements times nothing: --save_measurements and --retest"),
-             ([f"--save_measurements={tmp_path / 'again.json'}"], "error: --measurements times nothing"),
+    (tmp_path / "t.json").write_text(json.dumps(table))
+    measured = f"--measurements={path}"
+    cases = [([measured, f"--table={missing}"], f"error: {missing}: no such latency table"),
+             ([measured, f"--table={path}"], f"error: {path}: not a stfusion-latency-table/1 file"),
+             ([measured, "--retest", "--runtime=litert"], "error: --runtime, --retest would do nothing: "
+                                                          "--measurements times nothing; drop them"),
+             ([measured, f"--save_measurements={tmp_path / 'again.json'}"], "error: --save_measurements would do"),
+             ([f"--table={tmp_path / 't.json'}", "--num_frames=16"], "error: --num_frames would do nothing: --table "
+                                                                     "has its backbone, clip, classes and runtime"),
              ([f"--measurements={bad}"], f"error: {bad}: not a file --save_measurements wrote (field "
-                                           "'strategies[4].units': a strategy of 7 layers")]
+                                         "'strategies[4].units': a strategy of 7 layers")]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for flags, message in cases:
-        proc = subprocess.run([sys.executable, "benchmarks/latency_table.py", f"--measurements={path}", *flags],
+        proc = subprocess.run([sys.executable, "benchmarks/latency_table.py", *flags],
                               capture_output=True, text=True, timeout=300, cwd=repo)
         assert proc.returncode != 0 and message in proc.stderr, (flags, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr
