@@ -340,6 +340,25 @@ def check_unused_flags():
         sys.exit(f"error: {', '.join(given)} would do nothing: {why}; drop them")
 
 
+def check_machine(table, path):
+    """A ``--table`` built on another machine or runtime version
+    (``export.checks.other_machine``) is measured here against timings made there:
+    a warning, and with ``--record_error`` an exit before anything is timed (its
+    calibration and validated error would mix the two machines)."""
+    from tf_stfusion.export.checks import other_machine
+    from tf_stfusion.export.part_runtimes import runtime
+
+    if FLAGS.measurements or path is None:
+        return
+    elsewhere = other_machine(table["machine"], f"{table['runtime']} {table['runtime_version']}",
+                              runtime(table["runtime"]).version)
+    if elsewhere and FLAGS.record_error:
+        sys.exit(f"error: {path}: {elsewhere}; --record_error would write this machine's measurements into it: "
+                 "validate it where it was built, or build a table here")
+    if elsewhere:
+        print(f"warning: {path}: {elsewhere}: the errors below compare that machine's table with this one's files")
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -360,6 +379,7 @@ def main(argv):
     print(machine_line(TensorFlow=tf.__version__))
     rng = np.random.default_rng(FLAGS.seed)
     for table, path in tables():
+        check_machine(table, path)
         clip = "x".join(map(str, table["clip"][:3]))
         measured = f"read from {FLAGS.measurements}" if FLAGS.measurements else \
             f"the exported file, median of {FLAGS.runs} calls"

@@ -248,8 +248,9 @@ def test_a_table_without_flops_is_flagged_where_its_backbone_counts_them():
 
 def test_the_validation_refuses_bad_measurements_use_in_one_line(tmp_path):
     """``--measurements`` with a --table that is missing or not a table, with flags that would do nothing (it times
-    nothing; a --table has its own backbone and clip), or with a saved strategy whose units do not fit the table:
-    one line naming the file (and the row), no traceback."""
+    nothing; a --table has its own backbone and clip), or with a saved strategy whose units do not fit the table;
+    ``--record_error`` into a table built on another machine: one line naming the file (and the row), no
+    traceback, before anything is timed."""
     table = dict(_hand_table(), num_classes=4)
     rows = [{"units": ["S"] * 8, "measured_ms": 5.0}] * 5
     path, bad, missing = tmp_path / "m.json", tmp_path / "bad.json", tmp_path / "none.json"
@@ -264,6 +265,8 @@ def test_the_validation_refuses_bad_measurements_use_in_one_line(tmp_path):
              ([measured, f"--save_measurements={tmp_path / 'again.json'}"], "error: --save_measurements would do"),
              ([f"--table={tmp_path / 't.json'}", "--num_frames=16"], "error: --num_frames would do nothing: --table "
                                                                      "has its backbone, clip, classes and runtime"),
+             ([f"--table={tmp_path / 't.json'}", "--record_error"], f"error: {tmp_path / 't.json'}: the table was "
+                                                                   "timed on 'machine: hand-made', this is"),
              ([f"--measurements={bad}"], f"error: {bad}: not a file --save_measurements wrote (field "
                                          "'strategies[4].units': a strategy of 7 layers")]
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
