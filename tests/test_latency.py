@@ -117,8 +117,13 @@ def test_prediction_is_the_sum_of_the_parts_less_the_extra_calls():
         latency.predict(table, units[:7])
     bad = _hand_table()
     bad["layers"][2]["ST"] = -1.0
-    with pytest.raises(ValueError, match="t.json: field 'layers.block2/layer1.ST' must be a number"):
+    with pytest.raises(ValueError, match="t.json: field 'layers.block2/layer1.ST' must be a measured time"):
         latency.check_table(bad, "t.json")
+    # a time of 0 was never measured (a hand edit): it would predict the part, or the whole strategy, free
+    for field, edit in (("call_overhead_ms", {"call_overhead_ms": 0}), ("fixed.stem", {"fixed": {"stem": 0.0}})):
+        with pytest.raises(ValueError, match=f"t.json: field '{field}' must be a measured time in milliseconds "
+                                             "\\(> 0\\), got 0"):
+            latency.check_table(dict(_hand_table(), **edit), "t.json")
     bad = dict(_hand_table(), runtime="tvm")
     with pytest.raises(ValueError, match="t.json: field 'runtime': 'tvm' has no latency tables"):
         latency.check_table(bad, "t.json")

@@ -349,12 +349,14 @@ def check_table(table, where="latency table"):
         raise ValueError(f"{where}: field 'layers' must list {table['backbone']}'s {len(expected)} fusion layers "
                          "in order; rebuild the table")
     _check_mappings(table, where)
+    # every part was timed: a time of 0 (hand-edited) would predict a strategy free, within any budget
     numbers = [("call_overhead_ms", table.get("call_overhead_ms"))]
     numbers += [(f"fixed.{k}", v) for k, v in (table.get("fixed") or {}).items()]
-    numbers += [(f"layers.{e['name']}.{u}", e.get(u)) for e in layers for u in UNITS]
+    numbers += [(f"layers.{e['name']}.{u}", e.get(u)) for e in layers for u in UNIT_CHOICES]
     for field, value in numbers:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError(f"{where}: field {field!r} must be a number of milliseconds >= 0, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{where}: field {field!r} must be a measured time in milliseconds (> 0), got {value!r}; "
+                             "rebuild the table")
     if not table.get("fixed"):
         raise ValueError(f"{where}: field 'fixed' is empty; rebuild the table")
     _check_flops(table, where)
