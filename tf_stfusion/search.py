@@ -813,7 +813,10 @@ def _score_finalists(search, rows):
                    f"{100 * entries[-1]['int8']['top1']:.2f}% ({size / 1e6:.2f} MB)")
     pick = finalists.pick_by_int8(entries)
     calibration = {"clips": len(clips), "videos": where, "view": "one evaluation clip per video"}
-    return chosen[pick], finalists.record(entries, pick, search.select_name, calibration)
+    result = finalists.record(entries, pick, search.select_name, calibration, config.int8_finalists)
+    if "shortfall" in result:
+        search.log(f"search: warning: only {result['shortfall']}")
+    return chosen[pick], result
 
 
 def _report(search, plan, rows, best, scored_videos):
