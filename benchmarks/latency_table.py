@@ -359,6 +359,23 @@ def check_machine(table, path):
         print(f"warning: {path}: {elsewhere}: the errors below compare that machine's table with this one's files")
 
 
+def check_save_path():
+    """Exits with one line, before anything is timed, for a ``--save_measurements``
+    path that could not be written after it: one file for several backbones, braces
+    other than ``{backbone}``, a folder that does not exist."""
+    path = FLAGS.save_measurements
+    if not path:
+        return
+    if len(FLAGS.backbones) > 1 and not FLAGS.table and "{backbone}" not in path:
+        sys.exit("error: --save_measurements: put {backbone} in the path to save each backbone's measurements")
+    try:
+        folder = os.path.dirname(os.path.abspath(path.format(backbone="b")))
+    except (KeyError, IndexError, ValueError) as e:
+        sys.exit(f"error: --save_measurements={path}: {{backbone}} is the only name it may hold in braces ({e!r})")
+    if not os.path.isdir(folder):
+        sys.exit(f"error: --save_measurements={path}: no folder {folder}; create it first")
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -368,9 +385,7 @@ def main(argv):
     from tf_stfusion.fileio import atomic_write_json
 
     check_unused_flags()
-    if FLAGS.save_measurements and len(FLAGS.backbones) > 1 and not FLAGS.table and "{backbone}" not in \
-            FLAGS.save_measurements:
-        sys.exit("error: --save_measurements: put {backbone} in the path to save each backbone's measurements")
+    check_save_path()
     if FLAGS.record_error and not FLAGS.table:
         sys.exit("error: --record_error writes into --table; give the table to validate")
     if FLAGS.strategies < 5 and not FLAGS.measurements:

@@ -270,6 +270,10 @@ def test_the_validation_refuses_bad_measurements_use_in_one_line(tmp_path):
              ([measured, f"--save_measurements={tmp_path / 'again.json'}"], "error: --save_measurements would do"),
              ([f"--table={tmp_path / 't.json'}", "--num_frames=16"], "error: --num_frames would do nothing: --table "
                                                                      "has its backbone, clip, classes and runtime"),
+             ([f"--table={tmp_path / 't.json'}", "--save_measurements=/no-such-folder/m.json"],
+              "error: --save_measurements=/no-such-folder/m.json: no folder /no-such-folder; create it first"),
+             ([f"--table={tmp_path / 't.json'}", f"--save_measurements={tmp_path}/{{table}}.json"],
+              "{backbone} is the only name it may hold in braces (KeyError('table'))"),
              ([f"--table={tmp_path / 't.json'}", "--record_error"], f"error: {tmp_path / 't.json'}: the table was "
                                                                    "timed on 'machine: hand-made', this is"),
              ([f"--measurements={bad}"], f"error: {bad}: not a file --save_measurements wrote (field "
