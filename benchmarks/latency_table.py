@@ -155,9 +155,31 @@ def read_measurements():
     try:
         with open(FLAGS.measurements) as f:
             saved = json.load(f)
-        return check_table(saved["table"], f"{FLAGS.measurements}: field 'table'"), saved["strategies"], saved
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        missing = [k for k in ("table", "strategies") if k not in saved]
+        if missing:
+            raise ValueError(f"field(s) {missing} missing")
+        table = check_table(saved["table"], f"{FLAGS.measurements}: field 'table'")
+        return table, _checked_strategies(saved["strategies"], table), saved
+    except (OSError, ValueError, TypeError) as e:
         sys.exit(f"error: {FLAGS.measurements}: not a file --save_measurements wrote ({e})")
+
+
+def _checked_strategies(rows, table):
+    """The saved ``strategies``, each ``{"units": one unit per layer of table, "measured_ms": > 0}``;
+    a ``ValueError`` naming the first bad row."""
+    from tf_stfusion.latency import predict
+
+    if not isinstance(rows, list) or not rows:
+        raise ValueError("field 'strategies' must be a non-empty list")
+    for i, row in enumerate(rows):
+        ms = row.get("measured_ms") if isinstance(row, dict) else None
+        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not ms > 0:
+            raise ValueError(f"field 'strategies[{i}].measured_ms' must be milliseconds > 0, got {ms!r}")
+        try:
+            predict(table, row.get("units") or [])
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"field 'strategies[{i}].units': {e}") from None
+    return rows
 
 
 def retest(rows):
@@ -278,7 +300,11 @@ def tables():
 
     if FLAGS.measurements:
         saved = read_measurements()[0]
-        if FLAGS.table and _timings(read_table(FLAGS.table)) != _timings(saved):
+        try:
+            given = read_table(FLAGS.table) if FLAGS.table else saved
+        except (OSError, ValueError) as e:  # read_table's one-line errors name the file and the field
+            sys.exit(f"error: {e}")
+        if _timings(given) != _timings(saved):
             sys.exit(f"error: {FLAGS.measurements} was measured against another table than {FLAGS.table} (their "
                      "timings differ); give that table, or measure this one's strategies")
         yield saved, FLAGS.table
@@ -295,6 +321,61 @@ def tables():
                           log=lambda *a: None), None
 
 
+TABLE_FLAGS = ("backbones", "runtime", "num_frames", "size", "num_classes", "repeats")  # what builds a table
+TIMING_FLAGS = ("strategies", "runs", "seed", "retest", "save_measurements")  # what measures its strategies
+
+
+def check_unused_flags():
+    """Exits with one line for flags given that would do nothing: the table's with
+    ``--table`` (it has its backbone, clip, classes and runtime), and every timing
+    flag with ``--measurements`` (nothing is timed)."""
+    if FLAGS.measurements:
+        unused, why = TABLE_FLAGS + TIMING_FLAGS, "--measurements times nothing"
+    elif FLAGS.table:
+        unused, why = TABLE_FLAGS, "--table has its backbone, clip, classes and runtime"
+    else:
+        return
+    given = [f"--{name}" for name in unused if FLAGS[name].present]
+    if given:
+        sys.exit(f"error: {', '.join(given)} would do nothing: {why}; drop them")
+
+
+def check_machine(table, path):
+    """A ``--table`` built on another machine or runtime version
+    (``export.checks.other_machine``) is measured here against timings made there:
+    a warning, and with ``--record_error`` an exit before anything is timed (its
+    calibration and validated error would mix the two machines)."""
+    from tf_stfusion.export.checks import other_machine
+    from tf_stfusion.export.part_runtimes import runtime
+
+    if FLAGS.measurements or path is None:
+        return
+    elsewhere = other_machine(table["machine"], f"{table['runtime']} {table['runtime_version']}",
+                              runtime(table["runtime"]).version)
+    if elsewhere and FLAGS.record_error:
+        sys.exit(f"error: {path}: {elsewhere}; --record_error would write this machine's measurements into it: "
+                 "validate it where it was built, or build a table here")
+    if elsewhere:
+        print(f"warning: {path}: {elsewhere}: the errors below compare that machine's table with this one's files")
+
+
+def check_save_path():
+    """Exits with one line, before anything is timed, for a ``--save_measurements``
+    path that could not be written after it: one file for several backbones, braces
+    other than ``{backbone}``, a folder that does not exist."""
+    path = FLAGS.save_measurements
+    if not path:
+        return
+    if len(FLAGS.backbones) > 1 and not FLAGS.table and "{backbone}" not in path:
+        sys.exit("error: --save_measurements: put {backbone} in the path to save each backbone's measurements")
+    try:
+        folder = os.path.dirname(os.path.abspath(path.format(backbone="b")))
+    except (KeyError, IndexError, ValueError) as e:
+        sys.exit(f"error: --save_measurements={path}: {{backbone}} is the only name it may hold in braces ({e!r})")
+    if not os.path.isdir(folder):
+        sys.exit(f"error: --save_measurements={path}: no folder {folder}; create it first")
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -303,17 +384,17 @@ def main(argv):
 
     from tf_stfusion.fileio import atomic_write_json
 
-    if FLAGS.save_measurements and len(FLAGS.backbones) > 1 and not FLAGS.table and "{backbone}" not in \
-            FLAGS.save_measurements:
-        sys.exit("error: --save_measurements: put {backbone} in the path to save each backbone's measurements")
+    check_unused_flags()
+    check_save_path()
     if FLAGS.record_error and not FLAGS.table:
         sys.exit("error: --record_error writes into --table; give the table to validate")
-    if FLAGS.strategies < 5:
+    if FLAGS.strategies < 5 and not FLAGS.measurements:
         sys.exit(f"error: --strategies={FLAGS.strategies}: a validation needs at least 5 random strategies (20 for "
                  "the README's figures)")
     print(machine_line(TensorFlow=tf.__version__))
     rng = np.random.default_rng(FLAGS.seed)
     for table, path in tables():
+        check_machine(table, path)
         clip = "x".join(map(str, table["clip"][:3]))
         measured = f"read from {FLAGS.measurements}" if FLAGS.measurements else \
             f"the exported file, median of {FLAGS.runs} calls"

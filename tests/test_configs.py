@@ -82,6 +82,8 @@ _RUN_AND_REPORT = ("import runpy, sys\n"
     ("tf_stfusion.latency_table", ["--backbone=tiny"], "error: --output is required (where the JSON table goes)"),
     ("tf_stfusion.latency_table", ["--backbone=tiny", "--output=/no-such-folder/t.json"],
      "error: --output=/no-such-folder/t.json: no folder /no-such-folder; create it first"),
+    ("tf_stfusion.latency_table", ["--backbone=tiny", "--output=."],
+     "error: --output=.: a folder; give the JSON file's path (e.g. ./latency_tensorflow.json)"),
     ("tf_stfusion.export.main", ["--strategy=s.json"], "error: --model_dir, --export_dir required"),
     ("tf_stfusion.compare", ["--model_dir=run", "stray"], "error: unexpected arguments ['stray']; every setting "
                                                           "is a --flag"),

@@ -42,6 +42,20 @@ def test_finalists_are_the_first_distinct_strategies():
     assert [r["id"] for r in finalists.distinct_first(rows, 9)] == ["s1", "s3", "s4"]
 
 
+def test_fewer_finalists_than_asked_are_said_so():
+    """Two finalists where five were asked (the budgets left no more): finalists.json and report.md say so; one
+    finalist: int8 chose nothing; as many as asked: no note."""
+    entry = finalists.finalist_entry({"id": "a", "units": ["S"], "gflops": 0.1}, [True, False], [True, True], 10)
+    two = finalists.record([entry, dict(entry, id="b")], 0, "holdout", {"clips": 5, "videos": "train"}, asked=5)
+    assert two["shortfall"].startswith("2 of the 5 finalists asked (--int8_finalists)")
+    assert "int8 chose nothing" not in two["shortfall"]
+    assert f"**Only {two['shortfall']}.**" in "\n".join(finalists.report_lines(two))
+    one = finalists.record([entry], 0, "holdout", {"clips": 5, "videos": "train"}, asked=5)
+    assert one["shortfall"].endswith("; int8 chose nothing")
+    full = finalists.record([entry, dict(entry, id="b")], 0, "holdout", {"clips": 5, "videos": "train"}, asked=2)
+    assert "shortfall" not in full and "Only" not in "\n".join(finalists.report_lines(full))
+
+
 def _hand_ranking(rows, count):
     """The finalists worked out by hand: sampled rows on the whole split, by top-1,
     top-5, then fewer GFLOPs, plan order on ties, one per distinct unit list."""
@@ -191,3 +205,8 @@ def test_the_export_calibrates_an_int8_pick_on_the_videos_its_finalists_were_cal
     for strategy in (picked, plain, None):
         checks.calibration_clips(None, None, 7, strategy)
     assert asked == [(7, True), (7, False), (7, False)]
+    # --calibration_clips left at 0: as many as the finalists were calibrated on (7), else 100
+    asked.clear()
+    for strategy in (picked, plain, None):
+        checks.calibration_clips(None, None, 0, strategy)
+    assert asked == [(7, True), (100, False), (100, False)]

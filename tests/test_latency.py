@@ -163,8 +163,13 @@ def test_prediction_is_the_sum_of_the_parts_less_the_extra_calls():
         latency.predict(table, units[:7])
     bad = _hand_table()
     bad["layers"][2]["ST"] = -1.0
-    with pytest.raises(ValueError, match="t.json: field 'layers.block2/layer1.ST' must be a number"):
+    with pytest.raises(ValueError, match="t.json: field 'layers.block2/layer1.ST' must be a measured time"):
         latency.check_table(bad, "t.json")
+    # a time of 0 was never measured (a hand edit): it would predict the part, or the whole strategy, free
+    for field, edit in (("call_overhead_ms", {"call_overhead_ms": 0}), ("fixed.stem", {"fixed": {"stem": 0.0}})):
+        with pytest.raises(ValueError, match=f"t.json: field '{field}' must be a measured time in milliseconds "
+                                             "\\(> 0\\), got 0"):
+            latency.check_table(dict(_hand_table(), **edit), "t.json")
     bad = dict(_hand_table(), runtime="tvm")
     with pytest.raises(ValueError, match="t.json: field 'runtime': 'tvm' has no latency tables"):
         latency.check_table(bad, "t.json")
@@ -227,6 +232,35 @@ def test_a_part_is_scaled_by_its_flops_in_the_strategy():
         latency.check_table(broken, "t.json")
 
 
+def test_a_table_whose_flops_are_not_the_backbones_count_or_not_objects_is_refused():
+    """Each recorded FLOP count is the backbone's own at the table's clip and classes (tiny's block1/layer2 as S
+    at 8x32x32: 2 x 512 x (24 x 32 + 9 x 32 x 8), worked out by hand above); a hand-edited clip, class count or
+    count -- which would scale every part by a wrong ratio -- and parts or FLOPs that are not objects are refused
+    in one line naming the field."""
+    def table(**edits):
+        t = dict(_hand_table(), num_classes=4, **edits)
+        t["layers"][1]["flops"] = {"S": 2 * 512 * (24 * 32 + 9 * 32 * 8)}
+        return t
+
+    latency.check_table(table())
+    # at 8x48x48 block 1 has 8 x 12 x 12 = 1152 positions, 9/4 of 512: 2 x 1152 x 3072 = 7077888
+    count = "field 'layers.block1/layer2.flops.S' is 3145728, but tiny's count at the table's clip"
+    with pytest.raises(ValueError, match=f"t.json: {count} \\[8, 48, 48, 3\\] and 4 classes is 7077888: its clip"):
+        latency.check_table(table(clip=[8, 48, 48, 3]), "t.json")
+    broken = table()
+    broken["layers"][1]["flops"]["X"] = 5
+    with pytest.raises(ValueError, match="field 'layers.block1/layer2.flops.X' is 5, but .* names no such part"):
+        latency.check_table(broken, "t.json")
+    with pytest.raises(ValueError, match="t.json: field 'fixed_flops.stem' is 7, but .* is [0-9]+: its clip"):
+        latency.check_table(table(fixed_flops={"stem": 7}), "t.json")
+    broken = table()
+    broken["layers"][0]["flops"] = 5
+    for bad, field in ((table(fixed=[3.0, 1.0]), "fixed"), (table(fixed_flops=[7]), "fixed_flops"),
+                       (broken, "layers.block1/layer1.flops")):
+        with pytest.raises(ValueError, match=f"t.json: field '{field}' must be an object \\{{part: number\\}}"):
+            latency.check_table(bad, "t.json")
+
+
 def test_the_validation_refits_saved_measurements_without_timing(tmp_path):
     """``--measurements`` reads a table and its strategies' measured ms back and scores the models on them:
     5 strategies of the hand table measured at exactly 2x the width-scaled sum give a fitted scale of 2.000,
@@ -249,6 +283,53 @@ def test_the_validation_refits_saved_measurements_without_timing(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=repo)
     assert proc.returncode != 0 and f"error: {path}: not a file --save_measurements wrote" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_table_without_flops_is_flagged_where_its_backbone_counts_them():
+    """A DenseNet table built before the width scaling (no FLOPs) predicts the plain sum: the search warns; a
+    table with FLOPs, or of a backbone whose count is not split by part (resnet50), has nothing to warn of."""
+    old = dict(_hand_table(), num_classes=4)
+    assert "records no FLOPs" in latency.unscaled_note(old) and "rebuild it" in latency.unscaled_note(old)
+    old["layers"][1]["flops"] = {"S": 2 * 512 * (24 * 32 + 9 * 32 * 8)}
+    assert latency.unscaled_note(old) is None
+    resnet = {"backbone": "resnet50", "clip": [8, 32, 32, 3], "num_classes": 4, "fixed": {"stem": 1.0},
+              "layers": [{"name": n} for n in stf.layer_names("resnet50")]}
+    assert latency.unscaled_note(resnet) is None
+
+
+def test_the_validation_refuses_bad_measurements_use_in_one_line(tmp_path):
+    """``--measurements`` with a --table that is missing or not a table, with flags that would do nothing (it times
+    nothing; a --table has its own backbone and clip), or with a saved strategy whose units do not fit the table;
+    ``--record_error`` into a table built on another machine: one line naming the file (and the row), no
+    traceback, before anything is timed."""
+    table = dict(_hand_table(), num_classes=4)
+    rows = [{"units": ["S"] * 8, "measured_ms": 5.0}] * 5
+    path, bad, missing = tmp_path / "m.json", tmp_path / "bad.json", tmp_path / "none.json"
+    path.write_text(json.dumps({"table": table, "strategies": rows}))
+    bad.write_text(json.dumps({"table": table, "strategies": rows[:4] + [{"units": ["S"] * 7, "measured_ms": 5.0}]}))
+    (tmp_path / "t.json").write_text(json.dumps(table))
+    measured = f"--measurements={path}"
+    cases = [([measured, f"--table={missing}"], f"error: {missing}: no such latency table"),
+             ([measured, f"--table={path}"], f"error: {path}: not a stfusion-latency-table/1 file"),
+             ([measured, "--retest", "--runtime=litert"], "error: --runtime, --retest would do nothing: "
+                                                          "--measurements times nothing; drop them"),
+             ([measured, f"--save_measurements={tmp_path / 'again.json'}"], "error: --save_measurements would do"),
+             ([f"--table={tmp_path / 't.json'}", "--num_frames=16"], "error: --num_frames would do nothing: --table "
+                                                                     "has its backbone, clip, classes and runtime"),
+             ([f"--table={tmp_path / 't.json'}", "--save_measurements=/no-such-folder/m.json"],
+              "error: --save_measurements=/no-such-folder/m.json: no folder /no-such-folder; create it first"),
+             ([f"--table={tmp_path / 't.json'}", f"--save_measurements={tmp_path}/{{table}}.json"],
+              "{backbone} is the only name it may hold in braces (KeyError('table'))"),
+             ([f"--table={tmp_path / 't.json'}", "--record_error"], f"error: {tmp_path / 't.json'}: the table was "
+                                                                   "timed on 'machine: hand-made', this is"),
+             ([f"--measurements={bad}"], f"error: {bad}: not a file --save_measurements wrote (field "
+                                         "'strategies[4].units': a strategy of 7 layers")]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for flags, message in cases:
+        proc = subprocess.run([sys.executable, "benchmarks/latency_table.py", *flags],
+                              capture_output=True, text=True, timeout=300, cwd=repo)
+        assert proc.returncode != 0 and message in proc.stderr, (flags, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr
 
 
 def _budget_strategy(runtime=None, validated=0.10, machine=None):
@@ -422,11 +503,19 @@ def test_search_under_a_latency_budget_picks_a_strategy_within_it(trained_run, t
     assert measured["within_budget"] is False and measured["within_allowed_error"] is False
     assert json.loads((tmp_path / "exported" / "export_report.json").read_text()
                       )["latency_budget"] == measured
-    other = dict(table, clip=[16, 32, 32, 3])
-    (tmp_path / "other.json").write_text(json.dumps(other))
-    with pytest.raises(ValueError, match="at clip \\[16, 32, 32, 3\\], but the run is tiny at \\[8, 32, 32, 3\\]"):
-        run_search(SearchConfig(model_dir=model_dir, num_samples=2, output_dir=str(tmp_path / "o"), progress=False,
-                                ensemble_sizes=(), max_latency_ms=1.0, latency_table=str(tmp_path / "other.json")))
+    # A table of another clip or class count (without FLOPs: with them, check_table's recount refuses the edit).
+    plain = {k: v for k, v in table.items() if k != "fixed_flops"}
+    plain["layers"] = [{k: v for k, v in e.items() if k != "flops"} for e in table["layers"]]
+    classes = table["num_classes"]
+    for edit, message in (({"clip": [16, 32, 32, 3]}, f"at clip \\[16, 32, 32, 3\\] with {classes} classes, but "
+                                                      f"the run is tiny at \\[8, 32, 32, 3\\] with {classes}"),
+                          ({"num_classes": classes + 1}, f"with {classes + 1} classes, but the run is tiny at "
+                                                         f"\\[8, 32, 32, 3\\] with {classes};")):
+        (tmp_path / "other.json").write_text(json.dumps(dict(plain, **edit)))
+        with pytest.raises(ValueError, match=message):
+            run_search(SearchConfig(model_dir=model_dir, num_samples=2, output_dir=str(tmp_path / "o"),
+                                    progress=False, ensemble_sizes=(), max_latency_ms=1.0,
+                                    latency_table=str(tmp_path / "other.json")))
     # A budget below every sampled strategy's prediction is refused before anything is scored or written.
     fastest = min(latency.predict(table, s.units) for s in (stf.Strategy.uniform(u, "tiny") for u in ("S", "ST")))
     with pytest.raises(ValueError, match="--max_latency_ms=0.001: no sampled strategy is predicted to take that "

@@ -115,13 +115,19 @@ def int8_correct(template, strategy, contract, calibration, dataset_fn, num_vide
     return evaluator.evaluate(dataset_fn, num_videos).results[0].top1, len(flat)
 
 
-def record(entries, pick, split, calibration):
-    """``finalists.json``: the finalists, the pick, and how they were scored."""
-    return {"split": split, "precision": "int8", "pick": entries[pick]["id"], "float_pick": entries[0]["id"],
-            "rule": "the finalist best by int8 top-1 on the selection split (ties: top-1, top-5, fewer GFLOPs in "
-                    "float32); finalists: the best distinct sampled strategies scored on the whole split",
-            "calibration": calibration, "interval": selection.CI_METHOD, "paired": selection.PAIRED_METHOD,
-            "finalists": entries}
+def record(entries, pick, split, calibration, asked=None):
+    """``finalists.json``: the finalists, the pick, and how they were scored; with
+    ``asked`` (``--int8_finalists``) more than there are, a ``shortfall`` note."""
+    out = {"split": split, "precision": "int8", "pick": entries[pick]["id"], "float_pick": entries[0]["id"],
+           "rule": "the finalist best by int8 top-1 on the selection split (ties: top-1, top-5, fewer GFLOPs in "
+                   "float32); finalists: the best distinct sampled strategies scored on the whole split",
+           "calibration": calibration, "interval": selection.CI_METHOD, "paired": selection.PAIRED_METHOD,
+           "finalists": entries}
+    if asked and len(entries) < asked:
+        out["shortfall"] = (f"{len(entries)} of the {asked} finalists asked (--int8_finalists): no other distinct "
+                            "sampled strategy was scored on the whole split within the budgets (racing drops the "
+                            "rest); raise --num_samples or the budget" + ("; int8 chose nothing" * (len(entries) == 1)))
+    return out
 
 
 def _percent(entry):
@@ -136,7 +142,8 @@ def report_lines(result):
              f" ({result['finalists'][0]['float32']['num_videos']} videos); the float pick was "
              f"`{result['float_pick']}`. Each finalist was pruned and converted as `stfusion-export "
              f"--quantize=int8` converts, calibrated on {result['calibration']['clips']} clips of "
-             f"{result['calibration']['videos']}.", "",
+             f"{result['calibration']['videos']}." + (f" **Only {result['shortfall']}.**" if "shortfall" in result
+                                                       else ""), "",
              "| Finalist | GFLOPs | float32 top-1 | int8 top-1 | int8 - float32 (paired) | right only in int8 / "
              "only in float32 | |", "|---|---|---|---|---|---|---|"]
     for entry in result["finalists"]:

@@ -421,12 +421,15 @@ def check_table(table, where="latency table"):
     if not isinstance(layers, list) or [e.get("name") for e in layers if isinstance(e, dict)] != expected:
         raise ValueError(f"{where}: field 'layers' must list {table['backbone']}'s {len(expected)} fusion layers "
                          "in order; rebuild the table")
+    _check_mappings(table, where)
+    # every part was timed: a time of 0 (hand-edited) would predict a strategy free, within any budget
     numbers = [("call_overhead_ms", table.get("call_overhead_ms"))]
     numbers += [(f"fixed.{k}", v) for k, v in (table.get("fixed") or {}).items()]
-    numbers += [(f"layers.{e['name']}.{u}", e.get(u)) for e in layers for u in UNITS]
+    numbers += [(f"layers.{e['name']}.{u}", e.get(u)) for e in layers for u in UNIT_CHOICES]
     for field, value in numbers:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError(f"{where}: field {field!r} must be a number of milliseconds >= 0, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{where}: field {field!r} must be a measured time in milliseconds (> 0), got {value!r}; "
+                             "rebuild the table")
     if not table.get("fixed"):
         raise ValueError(f"{where}: field 'fixed' is empty; rebuild the table")
     _check_flops(table, where)
@@ -435,9 +438,21 @@ def check_table(table, where="latency table"):
     return table
 
 
+def _check_mappings(table, where):
+    """``fixed``, ``fixed_flops`` and each layer's ``flops`` are ``{name: number}`` objects (when present)."""
+    fields = [("fixed", table["fixed"]), ("fixed_flops", table.get("fixed_flops", {}))]
+    fields += [(f"layers.{e['name']}.flops", e.get("flops", {})) for e in table["layers"]]
+    for field, value in fields:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: field {field!r} must be an object {{part: number}}, got {value!r}; rebuild "
+                             "the table")
+
+
 def _check_flops(table, where):
-    """The optional FLOPs of the timed parts (``table_flops``): counts > 0, and the
-    ``num_classes`` a strategy's FLOPs are counted with."""
+    """The optional FLOPs of the timed parts: counts > 0, the ``num_classes`` a
+    strategy's FLOPs are counted with, and each the backbone's own count at the
+    table's clip and classes (``table_flops``): a table whose clip, classes or
+    FLOPs were edited by hand would scale every part by a wrong ratio."""
     counts = [(f"fixed_flops.{k}", v) for k, v in (table.get("fixed_flops") or {}).items()]
     counts += [(f"layers.{e['name']}.flops.{u}", v) for e in table["layers"] for u, v in (e.get("flops") or {}).items()]
     if not counts:
@@ -450,6 +465,16 @@ def _check_flops(table, where):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{where}: field {field!r} must be a FLOP count (an integer > 0), got {value!r}; "
                              "rebuild the table")
+    layers, fixed = table_flops(table["backbone"], classes, tuple(table["clip"]), [e["name"] for e in table["layers"]],
+                                table["fixed"])
+    counted = {f"fixed_flops.{k}": v for k, v in fixed.items()}
+    counted.update({f"layers.{e['name']}.flops.{u}": v for e, f in zip(table["layers"], layers) for u, v in f.items()})
+    for field, value in counts:
+        if counted.get(field) != value:
+            count = f"is {counted[field]}" if field in counted else "names no such part"
+            raise ValueError(f"{where}: field {field!r} is {value}, but {table['backbone']}'s count at the table's "
+                             f"clip {table['clip']} and {classes} classes {count}: its clip, classes or FLOPs were "
+                             "edited, or another version built it; rebuild the table")
 
 
 def _check_calibration(calibration, where):
@@ -493,6 +518,21 @@ def read_table(path, runtime=None):
         raise ValueError(f"{path}: a latency table of {table['runtime']}, but {runtime} is expected here; build "
                          f"one with python -m tf_stfusion.latency_table --runtime={runtime}")
     return table
+
+
+def unscaled_note(table):
+    """A one-line note when ``table`` records no FLOPs although its backbone's count
+    splits them by part (a table built before the width scaling), else None: its
+    predictions are the plain sum of parts, which over-predicts a DenseNet strategy
+    that skips layers (35% median error against 21% scaled on DenseNet-121, README)."""
+    if table.get("fixed_flops") or any("flops" in e for e in table["layers"]):
+        return None
+    layers, fixed = table_flops(table["backbone"], table.get("num_classes") or 1, tuple(table["clip"]),
+                                [e["name"] for e in table["layers"]], table["fixed"])
+    if not fixed and not any(layers):
+        return None
+    return ("the latency table records no FLOPs (built before parts were scaled by their width): its predictions "
+            "are the plain sum of parts; rebuild it with python -m tf_stfusion.latency_table")
 
 
 def _work_scales(table, units):

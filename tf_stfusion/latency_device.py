@@ -82,6 +82,8 @@ def main(argv):
     try:
         if not FLAGS.parts or not FLAGS.output or FLAGS.repeats < 1:
             raise ValueError("give --parts (a folder of latency_table --parts_dir), --output and --repeats >= 1")
+        if os.path.isdir(FLAGS.output):
+            raise ValueError(f"--output={FLAGS.output}: a folder; give the JSON file's path")
         folder = os.path.dirname(os.path.abspath(FLAGS.output))
         if not os.path.isdir(folder):
             raise ValueError(f"--output={FLAGS.output}: no folder {folder}; create it first")

@@ -54,6 +54,9 @@ def table_settings():
     elif not FLAGS.output:
         raise ValueError("--output is required (where the JSON table goes)")
     else:
+        if os.path.isdir(FLAGS.output):  # else the table is timed, then cannot be written
+            raise ValueError(f"--output={FLAGS.output}: a folder; give the JSON file's path (e.g. "
+                             f"{os.path.join(FLAGS.output, 'latency_' + FLAGS.runtime + '.json')})")
         folder = os.path.dirname(os.path.abspath(FLAGS.output))
         if not os.path.isdir(folder):  # before minutes of timing, not after
             raise ValueError(f"--output={FLAGS.output}: no folder {folder}; create it first")

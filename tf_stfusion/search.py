@@ -583,11 +583,12 @@ def precision_note(search):
             "latency tables yet)")
 
 
-def open_latency_table(config, context):
+def open_latency_table(config, context, log=print):
     """The ``--latency_table`` of ``config`` (None without one), checked against the
-    run: its backbone and the search's clip (frames, evaluation crop). Raises
-    ``ValueError`` naming the file and what differs."""
-    from tf_stfusion.latency import read_table
+    run: its backbone, classes and the search's clip (frames, evaluation crop).
+    Raises ``ValueError`` naming the file and what differs; logs a warning for a
+    table without FLOPs (``latency.unscaled_note``)."""
+    from tf_stfusion.latency import read_table, unscaled_note
 
     if not config.latency_table:
         if config.max_latency_ms:
@@ -595,12 +596,16 @@ def open_latency_table(config, context):
                              "tf_stfusion.latency_table --model_dir=RUN)")
         return None
     table = read_table(config.latency_table)
-    data, backbone = context.config.data, context.model.stf_spec.backbone
+    data, spec = context.config.data, context.model.stf_spec
     clip = [data.num_frames, data.eval_size, data.eval_size, 3]
-    if table["backbone"] != backbone or list(table["clip"]) != clip:
-        raise ValueError(f"{config.latency_table}: a table of {table['backbone']} at clip {table['clip']}, but the run "
-                         f"is {backbone} at {clip}; build it with python -m tf_stfusion.latency_table "
-                         f"--model_dir={config.model_dir}")
+    # the head was timed (and its FLOPs counted) at the table's class count; an older table may not record it
+    classes = table.get("num_classes", spec.num_classes)
+    if table["backbone"] != spec.backbone or list(table["clip"]) != clip or classes != spec.num_classes:
+        raise ValueError(f"{config.latency_table}: a table of {table['backbone']} at clip {table['clip']} with "
+                         f"{classes} classes, but the run is {spec.backbone} at {clip} with {spec.num_classes}; build "
+                         f"it with python -m tf_stfusion.latency_table --model_dir={config.model_dir}")
+    if unscaled_note(table):
+        log(f"warning: {config.latency_table}: {unscaled_note(table)}")
     return table
 
 
@@ -652,9 +657,9 @@ def _open_search(config, distribution, log):
     chief = dist_lib.is_chief(distribution)
     context, checkpoint, select_split = _open_run(config, distribution)
     evaluator = Evaluator(context.model, context.config.data.eval_clips, tiles=config.tiles, distribution=distribution)
+    log = log if chief else (lambda *a, **k: None)
     return Search(config, context, checkpoint, select_split, selection_order(context.inputs.split_videos(select_split)),
-                  distribution, evaluator, chief, log if chief else (lambda *a, **k: None),
-                  latency=open_latency_table(config, context))
+                  distribution, evaluator, chief, log, latency=open_latency_table(config, context, log))
 
 
 def _check_latency_budget(search, planned):
@@ -795,7 +800,10 @@ def _score_finalists(search, rows):
                    f"{100 * entries[-1]['int8']['top1']:.2f}% ({size / 1e6:.2f} MB){note}")
     pick = finalists.pick_by_int8(entries)
     calibration = {"clips": len(clips), "videos": where, "view": "one evaluation clip per video"}
-    return chosen[pick], finalists.record(entries, pick, search.select_name, calibration)
+    result = finalists.record(entries, pick, search.select_name, calibration, config.int8_finalists)
+    if "shortfall" in result:
+        search.log(f"search: warning: only {result['shortfall']}")
+    return chosen[pick], result
 
 
 def _int8_scores(search, template, units, contract, clips):

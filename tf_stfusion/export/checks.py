@@ -117,14 +117,20 @@ def serving_check(template, run_config, contract, saved_model_dir, batch_size=8,
             "max_abs_diff_probabilities": float(np.max(np.abs(served - evaluated)))}
 
 
+DEFAULT_CALIBRATION_CLIPS = 100  # --calibration_clips=0 for a strategy not picked in int8
+
+
 def calibration_clips(run_config, contract, count, strategy=None):
     """``count`` uint8 clips ``[T, S, S, 3]`` and where they come from
     (``RunInputs.calibration_clips``): the run's hold-out (its training videos
     when it selected on val) -- or, for a ``strategy`` the search picked by its
     int8 score (provenance ``score_precision: int8``), the training videos its
     finalists were calibrated on, so the int8 file shipped is calibrated as the
-    one that was scored."""
-    picked_in_int8 = ((strategy.provenance or {}).get("score_precision") == "int8") if strategy else False
+    one that was scored. ``count`` 0: as many as the finalists were calibrated
+    on (provenance ``calibration_clips``), else ``DEFAULT_CALIBRATION_CLIPS``."""
+    provenance = (strategy.provenance or {}) if strategy else {}
+    picked_in_int8 = provenance.get("score_precision") == "int8"
+    count = count or (picked_in_int8 and provenance.get("calibration_clips")) or DEFAULT_CALIBRATION_CLIPS
     return open_inputs(run_config).calibration_clips(contract, count, trained_on=picked_in_int8)
 
 

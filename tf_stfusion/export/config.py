@@ -32,7 +32,9 @@ class ExportConfig:
     check_serving: bool = False  # feed every validation video through serving_video and compare
     verify_data: bool = False  # with check_serving: the shards' CRC32C too, not only their sizes
     quantize: tuple = ()  # with tflite: some of litert.QUANTIZATIONS (float16, int8)
-    calibration_clips: int = 100  # int8: representative clips from the run's hold-out (else training) videos
+    # int8: representative clips from the run's hold-out (else training) videos; 0: as many as the search
+    # calibrated an int8 pick's finalists on, else checks.DEFAULT_CALIBRATION_CLIPS
+    calibration_clips: int = 0
     latency_repeats: int = 10  # with tflite: batch-1 latency, median of this many runs of every file
     allow_over_budget: bool = False  # write the files even if they miss the search's latency budget
     ensemble: int = 0  # M > 0: the posterior-averaged ensemble of the search's first M sampled strategies

@@ -92,8 +92,8 @@ def _check_options(config):
         raise ExportError("--check_serving needs the saved_model format")
     ensemble = read_ensemble(config) if config.ensemble else None
     _check_budget_file(config, strategy)
-    if config.calibration_clips < 1 or config.latency_repeats < 1:
-        raise ExportError("--calibration_clips and the latency repeats must be >= 1")
+    if config.calibration_clips < 0 or config.latency_repeats < 1:
+        raise ExportError("--calibration_clips must be >= 0 (0: the default) and the latency repeats >= 1")
     if not config.model_name or "/" in config.model_name or config.version < 1:
         raise ExportError("--model_name must be a plain name and --version >= 1")
     return strategy, ensemble
@@ -229,7 +229,7 @@ def _write_quantized(pruned, run_config, contract, config, work, files, loaded, 
         if scored and scored != len(clips):
             log(f"export: warning: the search scored this strategy's int8 file calibrated on {scored} clips, this "
                 f"one is calibrated on {len(clips)} (--calibration_clips={config.calibration_clips}); pass "
-                f"--calibration_clips={scored} to ship the file that was scored")
+                f"--calibration_clips={scored} or 0 to ship the file that was scored")
     for precision in config.quantize:
         name = f"tflite_{precision}"
         files[name] = litert.file_name(config.model_name, precision)

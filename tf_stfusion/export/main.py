@@ -69,9 +69,10 @@ def define_flags():
                       "only).")
     flags.DEFINE_list("quantize", [], "With tflite: also float16 (weights) and/or int8 (post-training, calibrated) "
                       "LiteRT files, with their top-1 on the validation split next to the float model's.")
-    flags.DEFINE_integer("calibration_clips", 100, "int8: clips (one per video) of the run's hold-out videos "
+    flags.DEFINE_integer("calibration_clips", 0, "int8: clips (one per video) of the run's hold-out videos "
                          "(training videos if it had none, or if the search picked the strategy in int8: its "
-                         "finalists' videos) that calibrate the activation ranges.")
+                         "finalists' videos) that calibrate the activation ranges (0: as many as the search "
+                         "calibrated the finalists on, else 100).")
     flags.DEFINE_string("model_name", "stfusion", "Model name (TF Serving's model folder).")
     flags.DEFINE_integer("version", 1, "Model version folder.")
     flags.DEFINE_integer("num_frames", 0, "Frames per input clip (0: the run's).")
