@@ -595,3 +595,53 @@ def test_the_report_counts_the_strategies_dropped_for_each_budget_and_the_plot_d
         vertical = [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"]
         assert vertical == lines
         assert any(t.get_text() == "budget: 7.5 ms" for t in ax.get_legend().get_texts()) == bool(lines)
+
+
+def _hand_parts(folder):
+    """A parts folder as ``export_parts`` writes it, by hand: one fusion layer of three units, the empty call and
+    the input step; the part files are placeholders (``read_parts`` checks the manifest before any runtime)."""
+    clip, labels = [4, 32, 32, 3], ["layer:block1/layer1:S", "layer:block1/layer1:ST", "layer:block1/layer1:S+ST",
+                                     "fixed:input", "call_overhead"]
+    parts = [{"label": label, "file": f"part{i:03d}.tflite", "inputs": ["x"], "shapes": [clip],
+              "dtype": "uint8" if label == "fixed:input" else "float32"} for i, label in enumerate(labels)]
+    for part in parts:
+        (folder / part["file"]).write_bytes(b"")
+    return {"format": "stfusion-latency-parts/1", "backbone": "tiny", "num_classes": 4, "clip": clip,
+            "runtime": "litert", "precision": "float32", "method": "m", "converted_on": "machine: x",
+            "layer_flops": [{"S": 1, "ST": 2, "S+ST": 3}], "fixed_flops": {}, "parts": parts}
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: m.pop("method"), r"field\(s\) \['method'\] missing"),
+    (lambda m: m.update(parts=[]), "field 'parts' must be a non-empty list"),
+    (lambda m: m["parts"].__setitem__(0, "x"), r"parts\[0\]: must be an object"),
+    (lambda m: m["parts"][1].pop("label"), r"parts\[1\]: must be an object with strings 'label'"),
+    (lambda m: m["parts"][0].update(shapes=5), r"parts\[0\] \(layer:block1/layer1:S\): field 'shapes' must be"),
+    (lambda m: m["parts"][0].update(shapes=[[4, "32"]]), "field 'shapes' must be a list of"),
+    (lambda m: m["parts"][0].update(inputs=["x", "y"]), "field 'inputs' must name one input per shape"),
+    (lambda m: m["parts"][0].update(dtype="float99"), "field 'dtype' must be one of"),
+    (lambda m: m["parts"][0].update(label="bogus"), "label 'bogus' is not a part of a latency table"),
+    (lambda m: m["parts"][0].update(label="layer:block1/layer1:T"), "label 'layer:block1/layer1:T' is not a part"),
+    (lambda m: m["parts"][1].update(label="layer:block1/layer1:S"), r"\['layer:block1/layer1:S'\] repeated"),
+    (lambda m: m["parts"].pop(3), r"\['fixed:input'\] missing"),
+    (lambda m: m["parts"][1].update(label="layer:zzz:ST"), r"\['layer:block1/layer1:ST', 'layer:zzz:S', 'layer:zzz:S\+ST'\] missing"),
+])
+def test_a_hand_edited_parts_manifest_is_refused_in_one_line_before_any_timing(edit, message, tmp_path):
+    from tf_stfusion.latency_device import read_parts
+
+    manifest = _hand_parts(tmp_path)
+    (tmp_path / "parts.json").write_text(json.dumps(manifest))
+    assert read_parts(str(tmp_path))["parts"] == manifest["parts"]  # the untouched manifest reads
+    edit(manifest)
+    (tmp_path / "parts.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=f"{tmp_path / 'parts.json'}: .*{message}"):
+        read_parts(str(tmp_path))
+
+
+def test_a_part_its_runtime_cannot_run_is_refused_in_one_line_naming_its_file(tmp_path):
+    from tf_stfusion.latency_device import time_exported_parts
+
+    (tmp_path / "parts.json").write_text(json.dumps(_hand_parts(tmp_path)))  # empty files: not a LiteRT model
+    with pytest.raises(ValueError, match=f"{tmp_path / 'part000.tflite'}: part 'layer:block1/layer1:S' does not run "
+                                         r"in litert on inputs \[\[4, 32, 32, 3\]\] float32 \(\w+: .*\); write the"):
+        time_exported_parts(str(tmp_path), repeats=1)

@@ -59,6 +59,7 @@ from tf_stfusion.units import UNITS  # no TensorFlow on import: the CLIs check f
 
 FORMAT = "stfusion-latency-table/1"
 RUNTIMES = ("tensorflow", "onnxruntime", "litert")  # the runtimes of export.checks.RUNTIME_FILES
+PART_DTYPES = ("float32", "uint8")  # a part's inputs: the clip as decoded (fixed:input), else activations
 UNIT_CHOICES = tuple(u for u in UNITS if u != "none")  # the units timed; "none" costs nothing
 OVERHEAD_REPEATS = 200  # the empty call takes well under a millisecond: many calls cost nothing
 
