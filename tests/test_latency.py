@@ -645,3 +645,29 @@ def test_a_part_its_runtime_cannot_run_is_refused_in_one_line_naming_its_file(tm
     with pytest.raises(ValueError, match=f"{tmp_path / 'part000.tflite'}: part 'layer:block1/layer1:S' does not run "
                                          r"in litert on inputs \[\[4, 32, 32, 3\]\] float32 \(\w+: .*\); write the"):
         time_exported_parts(str(tmp_path), repeats=1)
+
+
+def test_parts_written_into_an_earlier_export_replace_it_and_a_foreign_folder_is_refused(tmp_path, monkeypatch):
+    """An earlier export's files (more parts, the other runtime's) must not outlive the new one: a device would
+    otherwise copy them along, and an interrupted export would leave the old manifest naming new files."""
+    class Runtime:  # converts nothing: the folder's bookkeeping is under test, not the conversion
+        name, extension, precision, method = "litert", ".tflite", "float32", "m"
+
+        def convert(self, fn, specs, model):
+            return b"new"
+
+    monkeypatch.setattr(latency, "table_parts", lambda *a: [latency.Part("call_overhead", None, [(4, 8, 8, 3)],
+                                                                         "float32", None)])
+    monkeypatch.setattr(latency, "table_flops", lambda *a: ([], {}))
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for name in ("parts.json", "part000.tflite", "part030.tflite", "part001.onnx"):
+        (folder / name).write_text("old")
+    latency.export_parts("tiny", 4, (4, 8, 8, 3), Runtime(), str(folder), log=lambda _: None)
+    assert sorted(p.name for p in folder.iterdir()) == ["part000.tflite", "parts.json"]
+    assert (folder / "part000.tflite").read_bytes() == b"new"
+    assert json.loads((folder / "parts.json").read_text())["parts"][0]["file"] == "part000.tflite"
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"--parts_dir=.*parts: holds \['notes.txt'\], not an earlier parts export"):
+        latency.export_parts("tiny", 4, (4, 8, 8, 3), Runtime(), str(folder), log=lambda _: None)
+    assert (folder / "notes.txt").read_text() == "mine" and (folder / "parts.json").exists()
