@@ -671,3 +671,20 @@ def test_parts_written_into_an_earlier_export_replace_it_and_a_foreign_folder_is
     with pytest.raises(ValueError, match=r"--parts_dir=.*parts: holds \['notes.txt'\], not an earlier parts export"):
         latency.export_parts("tiny", 4, (4, 8, 8, 3), Runtime(), str(folder), log=lambda _: None)
     assert (folder / "notes.txt").read_text() == "mine" and (folder / "parts.json").exists()
+
+
+@pytest.mark.parametrize("runtime,package", [("onnxruntime", "onnxruntime"), ("litert", "ai-edge-litert")])
+def test_parts_of_a_runtime_not_installed_name_the_package_to_install(runtime, package, tmp_path, monkeypatch):
+    import importlib.metadata
+
+    from tf_stfusion.latency_device import time_exported_parts
+
+    def not_installed(name):  # what importlib.metadata says on a device without the package
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    (tmp_path / "parts.json").write_text(json.dumps({**_hand_parts(tmp_path), "runtime": runtime}))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # importing it fails, as where it is not installed
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    with pytest.raises(ValueError, match=f"the parts are for {runtime}, whose package {package} is not installed "
+                                         f"here .*; pip install {package}$"):
+        time_exported_parts(str(tmp_path), repeats=1)

@@ -106,7 +106,12 @@ class DeviceRuntime:
         from tf_stfusion import runtimes
 
         self.name, self.precision = manifest["runtime"], manifest["precision"]
-        self.version = runtimes.version(self.name)
+        try:
+            self.version = runtimes.version(self.name)
+        except ImportError as e:  # before any part is loaded: name the pip package, not the module
+            package = runtimes.PACKAGES[self.name]
+            raise ValueError(f"the parts are for {self.name}, whose package {package} is not installed here ({e}); "
+                             f"pip install {package}") from None
         self.method = f"{manifest['method']}; converted on {manifest['converted_on']}, timed here"
 
 
@@ -123,8 +128,6 @@ def time_exported_parts(folder, repeats=10, log=print):
             call = runtimes.load_part(runtime.name, path, part["inputs"])
             timings[part["label"]] = time_call(part["label"], call, part_feeds(part["shapes"], part["dtype"]),
                                                repeats)
-        except ImportError:
-            raise
         except Exception as e:  # the runtime's own errors (a file or shapes that do not fit): one line, not its trace
             reason = " ".join(str(e).split())[:300]
             raise ValueError(f"{path}: part {part['label']!r} does not run in {runtime.name} on inputs "
@@ -148,9 +151,6 @@ def main(argv):
         if not os.path.isdir(folder):
             raise ValueError(f"--output={FLAGS.output}: no folder {folder}; create it first")
         table = time_exported_parts(FLAGS.parts, FLAGS.repeats)
-    except ImportError as e:
-        print(f"error: the parts' runtime needs its package ({e}); pip install it", file=sys.stderr)
-        return 2
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
