@@ -671,6 +671,8 @@ def test_parts_written_into_an_earlier_export_replace_it_and_a_foreign_folder_is
     with pytest.raises(ValueError, match=r"--parts_dir=.*parts: holds \['notes.txt'\], not an earlier parts export"):
         latency.export_parts("tiny", 4, (4, 8, 8, 3), Runtime(), str(folder), log=lambda _: None)
     assert (folder / "notes.txt").read_text() == "mine" and (folder / "parts.json").exists()
+    with pytest.raises(ValueError, match=r"--parts_dir=.*notes.txt: a file, not a folder"):
+        latency.export_parts("tiny", 4, (4, 8, 8, 3), Runtime(), str(folder / "notes.txt"), log=lambda _: None)
 
 
 @pytest.mark.parametrize("runtime,package", [("onnxruntime", "onnxruntime"), ("litert", "ai-edge-litert")])

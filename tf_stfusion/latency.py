@@ -403,6 +403,8 @@ def _clear_parts_folder(folder):
     files); a one-line ``ValueError`` for a folder holding anything else."""
     import re
 
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"--parts_dir={folder}: a file, not a folder; give an empty or new folder")
     os.makedirs(folder, exist_ok=True)
     ours = re.compile(r"part\d{3}\.(tflite|onnx)|" + re.escape(PARTS_MANIFEST))
     others = sorted(name for name in os.listdir(folder) if not ours.fullmatch(name))
