@@ -131,7 +131,8 @@ def time_exported_parts(folder, repeats=10, log=print):
         except Exception as e:  # the runtime's own errors (a file or shapes that do not fit): one line, not its trace
             reason = " ".join(str(e).split())[:300]
             raise ValueError(f"{path}: part {part['label']!r} does not run in {runtime.name} on inputs "
-                             f"{part['shapes']} {part['dtype']} ({type(e).__name__}: {reason}); {REWRITE}") from None
+                             f"{part['shapes']} {part['dtype']} ({type(e).__name__}: {reason}); copy the folder again (a "
+                             f"file cut short) or {REWRITE}") from None
     log(f"latency: {manifest['backbone']}: {len(timings)} parts timed in {runtime.name} {runtime.version}")
     flops = (manifest["layer_flops"], manifest["fixed_flops"])
     return assemble_table(manifest["backbone"], manifest["num_classes"], manifest["clip"], timings, flops, runtime,
