@@ -109,6 +109,12 @@ def test_the_device_timing_and_parts_export_refuse_what_they_cannot_do(tmp_path)
                            "--num_frames=4", "--size=32", "--runtime=tensorflow", f"--parts_dir={tmp_path}"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--parts_dir converts parts for onnxruntime or litert" in proc.stderr
+    # --output and --repeats with --parts_dir did nothing (the device times and writes the table): refused.
+    proc = subprocess.run([sys.executable, "-m", "tf_stfusion.latency_table", "--backbone=tiny", "--runtime=litert",
+                           f"--parts_dir={tmp_path / 'p'}", f"--output={tmp_path / 't.json'}", "--repeats=3"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--parts_dir converts, it times nothing: give --output and --repeats to python " \
+        "-m tf_stfusion.latency_device" in proc.stderr and not (tmp_path / "p").exists()
 
 
 def test_a_part_runs_in_each_runtime_as_it_computes_in_keras():
@@ -643,7 +649,7 @@ def test_a_part_its_runtime_cannot_run_is_refused_in_one_line_naming_its_file(tm
 
     (tmp_path / "parts.json").write_text(json.dumps(_hand_parts(tmp_path)))  # empty files: not a LiteRT model
     with pytest.raises(ValueError, match=f"{tmp_path / 'part000.tflite'}: part 'layer:block1/layer1:S' does not run "
-                                         r"in litert on inputs \[\[4, 32, 32, 3\]\] float32 \(\w+: .*\); write the"):
+                                         r"in litert on inputs \[\[4, 32, 32, 3\]\] float32 \(\w+: .*\); copy the folder again"):
         time_exported_parts(str(tmp_path), repeats=1)
 
 
