@@ -630,6 +630,9 @@ def _hand_parts(folder):
     (lambda m: m["parts"][0].update(label="layer:block1/layer1:T"), "label 'layer:block1/layer1:T' is not a part"),
     (lambda m: m["parts"][1].update(label="layer:block1/layer1:S"), r"\['layer:block1/layer1:S'\] repeated"),
     (lambda m: m["parts"].pop(3), r"\['fixed:input'\] missing"),
+    (lambda m: m.update(clip=[4, 32, 32]), r"field 'clip' must be \[frames, height, width, 3\]"),
+    (lambda m: m.update(num_classes="4"), "field 'num_classes' must be an integer >= 1"),
+    (lambda m: m.update(layer_flops=[]), "field 'layer_flops' must list the 1 timed layers' FLOPs"),
     (lambda m: m["parts"][1].update(label="layer:zzz:ST"), r"\['layer:block1/layer1:ST', 'layer:zzz:S', 'layer:zzz:S\+ST'\] missing"),
 ])
 def test_a_hand_edited_parts_manifest_is_refused_in_one_line_before_any_timing(edit, message, tmp_path):

@@ -55,7 +55,23 @@ def read_parts(folder):
             raise ValueError(f"{path}: part {part['label']!r}: file {part['file']!r} missing from {folder}; "
                              "copy the whole folder")
     _check_labels([part["label"] for part in manifest["parts"]], path)
+    _check_network(manifest, path)
     return manifest
+
+
+def _check_network(manifest, path):
+    """One-line ``ValueError`` unless the manifest's class count, clip and FLOPs are
+    what ``export_parts`` writes: the table would carry them, and the search refuse it."""
+    clip, classes, layer_flops = manifest["clip"], manifest["num_classes"], manifest["layer_flops"]
+    layers = {label.split(":")[1] for label in (part["label"] for part in manifest["parts"]) if
+              label.startswith("layer:")}
+    if not (isinstance(clip, list) and len(clip) == 4 and all(isinstance(d, int) and d > 0 for d in clip)):
+        raise ValueError(f"{path}: field 'clip' must be [frames, height, width, 3], got {clip!r}; {REWRITE}")
+    if not isinstance(classes, int) or classes < 1:
+        raise ValueError(f"{path}: field 'num_classes' must be an integer >= 1, got {classes!r}; {REWRITE}")
+    if not isinstance(layer_flops, list) or len(layer_flops) != len(layers):
+        raise ValueError(f"{path}: field 'layer_flops' must list the {len(layers)} timed layers' FLOPs, got "
+                         f"{str(layer_flops)[:80]}; {REWRITE}")
 
 
 def _check_part(part, where):
