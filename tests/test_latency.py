@@ -101,6 +101,9 @@ def test_the_device_timing_and_parts_export_refuse_what_they_cannot_do(tmp_path)
     proc = subprocess.run([sys.executable, "-m", "tf_stfusion.latency_device", f"--parts={tmp_path}",
                            f"--output={tmp_path / 't.json'}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and f"{tmp_path / 'parts.json'}: no such parts manifest" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "tf_stfusion.latency_device", f"--parts={tmp_path}",
+                           f"--output={tmp_path / 't.json'}", "--repeats=0"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--repeats=0: need at least 1 timed call per part" in proc.stderr
     (tmp_path / "parts.json").write_text(json.dumps({"format": "stfusion-latency-parts/1", "runtime": "tensorflow"}))
     proc = subprocess.run([sys.executable, "-m", "tf_stfusion.latency_device", f"--parts={tmp_path}",
                            f"--output={tmp_path / 't.json'}"], capture_output=True, text=True, timeout=300)

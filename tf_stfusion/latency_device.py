@@ -160,8 +160,10 @@ def main(argv):
     from tf_stfusion.fileio import atomic_write_json
 
     try:
-        if not FLAGS.parts or not FLAGS.output or FLAGS.repeats < 1:
-            raise ValueError("give --parts (a folder of latency_table --parts_dir), --output and --repeats >= 1")
+        if not FLAGS.parts or not FLAGS.output:
+            raise ValueError("give --parts (a folder of latency_table --parts_dir) and --output (the table's path)")
+        if FLAGS.repeats < 1:
+            raise ValueError(f"--repeats={FLAGS.repeats}: need at least 1 timed call per part (default 10)")
         if os.path.isdir(FLAGS.output):
             raise ValueError(f"--output={FLAGS.output}: a folder; give the JSON file's path")
         folder = os.path.dirname(os.path.abspath(FLAGS.output))
