@@ -101,6 +101,9 @@ def test_the_device_timing_and_parts_export_refuse_what_they_cannot_do(tmp_path)
     proc = subprocess.run([sys.executable, "-m", "tf_stfusion.latency_device", f"--parts={tmp_path}",
                            f"--output={tmp_path / 't.json'}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and f"{tmp_path / 'parts.json'}: no such parts manifest" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "tf_stfusion.latency_device", f"--parts={tmp_path}",
+                           f"--output={tmp_path / 't.json'}", "--repeats=0"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--repeats=0: need at least 1 timed call per part" in proc.stderr
     (tmp_path / "parts.json").write_text(json.dumps({"format": "stfusion-latency-parts/1", "runtime": "tensorflow"}))
     proc = subprocess.run([sys.executable, "-m", "tf_stfusion.latency_device", f"--parts={tmp_path}",
                            f"--output={tmp_path / 't.json'}"], capture_output=True, text=True, timeout=300)
@@ -109,6 +112,12 @@ def test_the_device_timing_and_parts_export_refuse_what_they_cannot_do(tmp_path)
                            "--num_frames=4", "--size=32", "--runtime=tensorflow", f"--parts_dir={tmp_path}"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--parts_dir converts parts for onnxruntime or litert" in proc.stderr
+    # --output and --repeats with --parts_dir did nothing (the device times and writes the table): refused.
+    proc = subprocess.run([sys.executable, "-m", "tf_stfusion.latency_table", "--backbone=tiny", "--runtime=litert",
+                           f"--parts_dir={tmp_path / 'p'}", f"--output={tmp_path / 't.json'}", "--repeats=3"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--parts_dir converts, it times nothing: give --output and --repeats to python " \
+        "-m tf_stfusion.latency_device" in proc.stderr and not (tmp_path / "p").exists()
 
 
 def test_a_part_runs_in_each_runtime_as_it_computes_in_keras():
@@ -595,3 +604,101 @@ def test_the_report_counts_the_strategies_dropped_for_each_budget_and_the_plot_d
         vertical = [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"]
         assert vertical == lines
         assert any(t.get_text() == "budget: 7.5 ms" for t in ax.get_legend().get_texts()) == bool(lines)
+
+
+def _hand_parts(folder):
+    """A parts folder as ``export_parts`` writes it, by hand: one fusion layer of three units, the empty call and
+    the input step; the part files are placeholders (``read_parts`` checks the manifest before any runtime)."""
+    clip, labels = [4, 32, 32, 3], ["layer:block1/layer1:S", "layer:block1/layer1:ST", "layer:block1/layer1:S+ST",
+                                     "fixed:input", "call_overhead"]
+    parts = [{"label": label, "file": f"part{i:03d}.tflite", "inputs": ["x"], "shapes": [clip],
+              "dtype": "uint8" if label == "fixed:input" else "float32"} for i, label in enumerate(labels)]
+    for part in parts:
+        (folder / part["file"]).write_bytes(b"")
+    return {"format": "stfusion-latency-parts/1", "backbone": "tiny", "num_classes": 4, "clip": clip,
+            "runtime": "litert", "precision": "float32", "method": "m", "converted_on": "machine: x",
+            "layer_flops": [{"S": 1, "ST": 2, "S+ST": 3}], "fixed_flops": {}, "parts": parts}
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: m.pop("method"), r"field\(s\) \['method'\] missing"),
+    (lambda m: m.update(parts=[]), "field 'parts' must be a non-empty list"),
+    (lambda m: m["parts"].__setitem__(0, "x"), r"parts\[0\]: must be an object"),
+    (lambda m: m["parts"][1].pop("label"), r"parts\[1\]: must be an object with strings 'label'"),
+    (lambda m: m["parts"][0].update(shapes=5), r"parts\[0\] \(layer:block1/layer1:S\): field 'shapes' must be"),
+    (lambda m: m["parts"][0].update(shapes=[[4, "32"]]), "field 'shapes' must be a list of"),
+    (lambda m: m["parts"][0].update(inputs=["x", "y"]), "field 'inputs' must name one input per shape"),
+    (lambda m: m["parts"][0].update(dtype="float99"), "field 'dtype' must be one of"),
+    (lambda m: m["parts"][0].update(label="bogus"), "label 'bogus' is not a part of a latency table"),
+    (lambda m: m["parts"][0].update(label="layer:block1/layer1:T"), "label 'layer:block1/layer1:T' is not a part"),
+    (lambda m: m["parts"][1].update(label="layer:block1/layer1:S"), r"\['layer:block1/layer1:S'\] repeated"),
+    (lambda m: m["parts"].pop(3), r"\['fixed:input'\] missing"),
+    (lambda m: m.update(clip=[4, 32, 32]), r"field 'clip' must be \[frames, height, width, 3\]"),
+    (lambda m: m.update(num_classes="4"), "field 'num_classes' must be an integer >= 1"),
+    (lambda m: m.update(layer_flops=[]), "field 'layer_flops' must list the 1 timed layers' FLOPs"),
+    (lambda m: m["parts"][1].update(label="layer:zzz:ST"), r"\['layer:block1/layer1:ST', 'layer:zzz:S', 'layer:zzz:S\+ST'\] missing"),
+])
+def test_a_hand_edited_parts_manifest_is_refused_in_one_line_before_any_timing(edit, message, tmp_path):
+    from tf_stfusion.latency_device import read_parts
+
+    manifest = _hand_parts(tmp_path)
+    (tmp_path / "parts.json").write_text(json.dumps(manifest))
+    assert read_parts(str(tmp_path))["parts"] == manifest["parts"]  # the untouched manifest reads
+    edit(manifest)
+    (tmp_path / "parts.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=f"{tmp_path / 'parts.json'}: .*{message}"):
+        read_parts(str(tmp_path))
+
+
+def test_a_part_its_runtime_cannot_run_is_refused_in_one_line_naming_its_file(tmp_path):
+    from tf_stfusion.latency_device import time_exported_parts
+
+    (tmp_path / "parts.json").write_text(json.dumps(_hand_parts(tmp_path)))  # empty files: not a LiteRT model
+    with pytest.raises(ValueError, match=f"{tmp_path / 'part000.tflite'}: part 'layer:block1/layer1:S' does not run "
+                                         r"in litert on inputs \[\[4, 32, 32, 3\]\] float32 \(\w+: .*\); copy the folder again"):
+        time_exported_parts(str(tmp_path), repeats=1)
+
+
+def test_parts_written_into_an_earlier_export_replace_it_and_a_foreign_folder_is_refused(tmp_path, monkeypatch):
+    """An earlier export's files (more parts, the other runtime's) must not outlive the new one: a device would
+    otherwise copy them along, and an interrupted export would leave the old manifest naming new files."""
+    class Runtime:  # converts nothing: the folder's bookkeeping is under test, not the conversion
+        name, extension, precision, method = "litert", ".tflite", "float32", "m"
+
+        def convert(self, fn, specs, model):
+            return b"new"
+
+    monkeypatch.setattr(latency, "table_parts", lambda *a: [latency.Part("call_overhead", None, [(4, 8, 8, 3)],
+                                                                         "float32", None)])
+    monkeypatch.setattr(latency, "table_flops", lambda *a: ([], {}))
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for name in ("parts.json", "part000.tflite", "part030.tflite", "part001.onnx"):
+        (folder / name).write_text("old")
+    latency.export_parts("tiny", 4, (4, 8, 8, 3), Runtime(), str(folder), log=lambda _: None)
+    assert sorted(p.name for p in folder.iterdir()) == ["part000.tflite", "parts.json"]
+    assert (folder / "part000.tflite").read_bytes() == b"new"
+    assert json.loads((folder / "parts.json").read_text())["parts"][0]["file"] == "part000.tflite"
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"--parts_dir=.*parts: holds \['notes.txt'\], not an earlier parts export"):
+        latency.export_parts("tiny", 4, (4, 8, 8, 3), Runtime(), str(folder), log=lambda _: None)
+    assert (folder / "notes.txt").read_text() == "mine" and (folder / "parts.json").exists()
+    with pytest.raises(ValueError, match=r"--parts_dir=.*notes.txt: a file, not a folder"):
+        latency.export_parts("tiny", 4, (4, 8, 8, 3), Runtime(), str(folder / "notes.txt"), log=lambda _: None)
+
+
+@pytest.mark.parametrize("runtime,package", [("onnxruntime", "onnxruntime"), ("litert", "ai-edge-litert")])
+def test_parts_of_a_runtime_not_installed_name_the_package_to_install(runtime, package, tmp_path, monkeypatch):
+    import importlib.metadata
+
+    from tf_stfusion.latency_device import time_exported_parts
+
+    def not_installed(name):  # what importlib.metadata says on a device without the package
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    (tmp_path / "parts.json").write_text(json.dumps({**_hand_parts(tmp_path), "runtime": runtime}))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # importing it fails, as where it is not installed
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    with pytest.raises(ValueError, match=f"the parts are for {runtime}, whose package {package} is not installed "
+                                         f"here .*; pip install {package}$"):
+        time_exported_parts(str(tmp_path), repeats=1)

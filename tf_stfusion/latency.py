@@ -59,6 +59,7 @@ from tf_stfusion.units import UNITS  # no TensorFlow on import: the CLIs check f
 
 FORMAT = "stfusion-latency-table/1"
 RUNTIMES = ("tensorflow", "onnxruntime", "litert")  # the runtimes of export.checks.RUNTIME_FILES
+PART_DTYPES = ("float32", "uint8")  # a part's inputs: the clip as decoded (fixed:input), else activations
 UNIT_CHOICES = tuple(u for u in UNITS if u != "none")  # the units timed; "none" costs nothing
 OVERHEAD_REPEATS = 200  # the empty call takes well under a millisecond: many calls cost nothing
 
@@ -377,7 +378,7 @@ def export_parts(backbone, num_classes, clip, runtime, folder, log=print):
     from tf_stfusion.fileio import atomic_write_json
     from tf_stfusion.machine import machine_line
 
-    os.makedirs(folder, exist_ok=True)
+    _clear_parts_folder(folder)
     clip, entries = tuple(clip), []
     for i, part in enumerate(table_parts(backbone, num_classes, clip)):
         specs = _specs(part.shapes, part.dtype)
@@ -394,6 +395,24 @@ def export_parts(backbone, num_classes, clip, runtime, folder, log=print):
         "format": PARTS_FORMAT, "backbone": backbone, "num_classes": num_classes, "clip": list(clip),
         "runtime": runtime.name, "precision": runtime.precision, "method": runtime.method,
         "converted_on": machine_line(), "layer_flops": layer_flops, "fixed_flops": fixed_flops, "parts": entries})
+
+
+def _clear_parts_folder(folder):
+    """Makes ``folder``, or empties it of an earlier ``export_parts`` (its manifest
+    first: an interrupted export must never leave an old ``parts.json`` naming new
+    files); a one-line ``ValueError`` for a folder holding anything else."""
+    import re
+
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"--parts_dir={folder}: a file, not a folder; give an empty or new folder")
+    os.makedirs(folder, exist_ok=True)
+    ours = re.compile(r"part\d{3}\.(tflite|onnx)|" + re.escape(PARTS_MANIFEST))
+    others = sorted(name for name in os.listdir(folder) if not ours.fullmatch(name))
+    if others:
+        raise ValueError(f"--parts_dir={folder}: holds {others[:3]}, not an earlier parts export; give an empty "
+                         "or new folder")
+    for name in sorted(os.listdir(folder), key=lambda n: n != PARTS_MANIFEST):
+        os.remove(os.path.join(folder, name))
 
 
 # -- reading and predicting ---------------------------------------------------------------------

@@ -51,6 +51,10 @@ def table_settings():
         if FLAGS.runtime == "tensorflow":
             raise ValueError("--parts_dir converts parts for onnxruntime or litert; a tensorflow table is built "
                              "where TensorFlow is: without --parts_dir")
+        ignored = [f"--{name}" for name in ("output", "repeats") if FLAGS[name].present]
+        if ignored:  # nothing is timed here: the device's latency_device takes them
+            raise ValueError(f"--parts_dir converts, it times nothing: give {' and '.join(ignored)} to python -m "
+                             "tf_stfusion.latency_device on the device instead")
     elif not FLAGS.output:
         raise ValueError("--output is required (where the JSON table goes)")
     else:

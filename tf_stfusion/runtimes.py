@@ -36,6 +36,9 @@ def litert_interpreter(path_or_bytes, num_threads=None, delegates=True):
     return runner
 
 
+PACKAGES = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert"}  # each runtime's pip package
+
+
 def version(runtime):
     """The installed version of ``runtime`` (``onnxruntime`` or ``litert``)."""
     if runtime == "onnxruntime":
@@ -44,7 +47,7 @@ def version(runtime):
         return onnxruntime.__version__
     from importlib.metadata import version as installed
 
-    return installed("ai-edge-litert")
+    return installed(PACKAGES["litert"])
 
 
 def load_part(runtime, path_or_bytes, input_names):
