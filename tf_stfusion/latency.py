@@ -363,6 +363,14 @@ def build_table(backbone, num_classes, clip, runtime=None, repeats=10, log=print
     return assemble_table(backbone, num_classes, clip, timings, flops, runtime, repeats)
 
 
+def table_line(table):
+    """The CLIs' one-line summary of a table: ``latency: <backbone> at <clip>, batch 1,
+    <runtime> <version>: fixed parts <ms> ms``."""
+    clip = "x".join(map(str, table["clip"][:3]))
+    return (f"latency: {table['backbone']} at {clip}, batch 1, {table['runtime']} {table['runtime_version']}: "
+            f"fixed parts {sum(table['fixed'].values()):.2f} ms")
+
+
 # -- parts converted here, timed on a device ----------------------------------------------------
 PARTS_FORMAT = "stfusion-latency-parts/1"
 PARTS_MANIFEST = "parts.json"

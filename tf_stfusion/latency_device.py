@@ -158,6 +158,7 @@ def time_exported_parts(folder, repeats=10, log=print):
 def main(argv):
     del argv
     from tf_stfusion.fileio import atomic_write_json
+    from tf_stfusion.latency import table_line
 
     try:
         if not FLAGS.parts or not FLAGS.output:
@@ -174,9 +175,7 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return 2
     atomic_write_json(FLAGS.output, table)
-    print(f"{table['machine']}\nlatency: {table['backbone']} at {'x'.join(map(str, table['clip'][:3]))}, batch 1, "
-          f"{table['runtime']} {table['runtime_version']}: fixed parts {sum(table['fixed'].values()):.2f} ms -> "
-          f"{FLAGS.output}")
+    print(f"{table['machine']}\n{table_line(table)} -> {FLAGS.output}")
     return 0
 
 

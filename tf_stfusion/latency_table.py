@@ -89,7 +89,7 @@ def main(argv):
         backbone, num_classes, clip = table_settings()
         from tf_stfusion.export.part_runtimes import runtime
         from tf_stfusion.fileio import atomic_write_json
-        from tf_stfusion.latency import build_table, predict
+        from tf_stfusion.latency import build_table, predict, table_line
         from tf_stfusion.machine import machine_line
 
         target = runtime(FLAGS.runtime)
@@ -110,9 +110,8 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return 2
     n = len(table["layers"])
-    print(f"latency: {backbone} at {'x'.join(map(str, clip[:3]))}, batch 1, {FLAGS.runtime} "
-          f"{table['runtime_version']}: fixed parts {sum(table['fixed'].values()):.2f} ms; predicted S "
-          f"{predict(table, ['S'] * n):.2f} ms, ST {predict(table, ['ST'] * n):.2f} ms -> {FLAGS.output}")
+    print(f"{table_line(table)}; predicted S {predict(table, ['S'] * n):.2f} ms, ST "
+          f"{predict(table, ['ST'] * n):.2f} ms -> {FLAGS.output}")
     return 0
 
 
