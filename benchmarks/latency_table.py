@@ -45,6 +45,7 @@ table was built: the table and the measurements are both wall-clock times.
 """
 
 import datetime
+import functools
 import os
 import sys
 import tempfile
@@ -140,12 +141,11 @@ def measurements(table, rng):
         from tf_stfusion.fileio import atomic_write_json
 
         atomic_write_json(FLAGS.save_measurements.format(backbone=table["backbone"]), {
-            "table": table, "runs": FLAGS.runs, "seed": FLAGS.seed, "strategies": measured,
-            "machine": machine_line(**{table["runtime"]: table["runtime_version"]}),
-            "load_average": [round(x, 2) for x in os.getloadavg()], "date": now()})
+            "table": table, "runs": FLAGS.runs, "seed": FLAGS.seed, "strategies": measured, **here_and_now(table)})
     return measured
 
 
+@functools.cache  # the table, the strategies and where they were measured: one read of the file
 def read_measurements():
     """``(table, strategies, everything)`` of the ``--measurements`` file; exits with one line if it cannot be read."""
     import json
@@ -267,12 +267,14 @@ def measured_on(table):
     if FLAGS.measurements:
         saved = read_measurements()[2]
         return {key: saved.get(key) for key in ("machine", "load_average", "date")}
+    return here_and_now(table)
+
+
+def here_and_now(table):
+    """This machine's line (with the table's runtime), its load average and the time."""
     return {"machine": machine_line(**{table["runtime"]: table["runtime_version"]}),
-            "load_average": [round(x, 2) for x in os.getloadavg()], "date": now()}
-
-
-def now():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def report(table, plain, p, m, result):

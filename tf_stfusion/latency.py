@@ -329,10 +329,9 @@ def assemble_table(backbone, num_classes, clip, timings, flops, runtime, repeats
     from tf_stfusion.machine import machine_line
 
     layer_flops, fixed_flops = flops
-    names = _layer_names_of(timings)
-    missing = [f"layer:{n}:{u}" for n in names for u in UNIT_CHOICES if f"layer:{n}:{u}" not in timings]
-    if missing or "call_overhead" not in timings or "fixed:input" not in timings:
-        raise ValueError(f"no timing for part(s) {(missing or ['call_overhead or fixed:input'])[:3]}")
+    names, missing = layers_of(timings), missing_parts(timings)
+    if missing:
+        raise ValueError(f"no timing for part(s) {missing[:3]}")
     layers = [{"name": n, "none": 0.0, **{u: timings[f"layer:{n}:{u}"] for u in UNIT_CHOICES},
                **({"flops": f} if f else {})} for n, f in zip(names, layer_flops)]
     fixed = {label.split(":", 1)[1]: ms for label, ms in timings.items() if label.startswith("fixed:")}
@@ -345,9 +344,27 @@ def assemble_table(backbone, num_classes, clip, timings, flops, runtime, repeats
             **({"fixed_flops": fixed_flops} if fixed_flops else {}), "layers": layers}
 
 
-def _layer_names_of(timings):
-    """The fusion layers of ``timings``' labels, in order of first appearance."""
-    return list(dict.fromkeys(label.split(":")[1] for label in timings if label.startswith("layer:")))
+def layers_of(labels):
+    """The fusion layers that ``Part`` labels name, in order of first appearance."""
+    return list(dict.fromkeys(label.split(":")[1] for label in labels if label.startswith("layer:")))
+
+
+def missing_parts(labels):
+    """The labels a table needs that ``labels`` lack: every unit of every layer they
+    name, the empty call and the input step."""
+    needed = ["call_overhead", "fixed:input", *(f"layer:{n}:{u}" for n in layers_of(labels) for u in UNIT_CHOICES)]
+    return [label for label in needed if label not in labels]
+
+
+def labels_flops(backbone, num_classes, clip, labels):
+    """``table_flops`` of the parts that ``Part`` labels name."""
+    fixed = [label.split(":", 1)[1] for label in labels if label.startswith("fixed:")]
+    return table_flops(backbone, num_classes, clip, layers_of(labels), fixed)
+
+
+def is_clip(clip):
+    """Whether ``clip`` is a table's ``[frames, height, width, 3]`` (a list of positive integers)."""
+    return isinstance(clip, list) and len(clip) == 4 and all(isinstance(n, int) and n > 0 for n in clip)
 
 
 def build_table(backbone, num_classes, clip, runtime=None, repeats=10, log=print):
@@ -358,8 +375,7 @@ def build_table(backbone, num_classes, clip, runtime=None, repeats=10, log=print
     _check_runtime(runtime.name)
     clip = tuple(clip)
     timings = time_parts(backbone, num_classes, clip, runtime, repeats, log)
-    fixed = [label.split(":", 1)[1] for label in timings if label.startswith("fixed:")]
-    flops = table_flops(backbone, num_classes, clip, _layer_names_of(timings), fixed)
+    flops = labels_flops(backbone, num_classes, clip, list(timings))
     return assemble_table(backbone, num_classes, clip, timings, flops, runtime, repeats)
 
 
@@ -396,9 +412,7 @@ def export_parts(backbone, num_classes, clip, runtime, folder, log=print):
         entries.append({"label": part.label, "file": name, "inputs": [s.name for s in specs],
                         "shapes": [list(shape) for shape in part.shapes], "dtype": part.dtype})
     log(f"latency: {backbone}: {len(entries)} parts converted for {runtime.name} into {folder}")
-    labels = [e["label"] for e in entries]
-    fixed = [label.split(":", 1)[1] for label in labels if label.startswith("fixed:")]
-    layer_flops, fixed_flops = table_flops(backbone, num_classes, clip, _layer_names_of(labels), fixed)
+    layer_flops, fixed_flops = labels_flops(backbone, num_classes, clip, [e["label"] for e in entries])
     atomic_write_json(os.path.join(folder, PARTS_MANIFEST), {
         "format": PARTS_FORMAT, "backbone": backbone, "num_classes": num_classes, "clip": list(clip),
         "runtime": runtime.name, "precision": runtime.precision, "method": runtime.method,
@@ -437,7 +451,7 @@ def check_table(table, where="latency table"):
         raise ValueError(f"{where}: field(s) {missing} missing; rebuild the table with python -m "
                          "tf_stfusion.latency_table")
     clip = table["clip"]
-    if not (isinstance(clip, list) and len(clip) == 4 and all(isinstance(n, int) and n > 0 for n in clip)):
+    if not is_clip(clip):
         raise ValueError(f"{where}: field 'clip' must be [frames, height, width, 3], got {clip!r}")
     _check_runtime(table["runtime"], f"{where}: field 'runtime'")
     try:

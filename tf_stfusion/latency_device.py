@@ -62,10 +62,11 @@ def read_parts(folder):
 def _check_network(manifest, path):
     """One-line ``ValueError`` unless the manifest's class count, clip and FLOPs are
     what ``export_parts`` writes: the table would carry them, and the search refuse it."""
+    from tf_stfusion.latency import is_clip, layers_of
+
     clip, classes, layer_flops = manifest["clip"], manifest["num_classes"], manifest["layer_flops"]
-    layers = {label.split(":")[1] for label in (part["label"] for part in manifest["parts"]) if
-              label.startswith("layer:")}
-    if not (isinstance(clip, list) and len(clip) == 4 and all(isinstance(d, int) and d > 0 for d in clip)):
+    layers = layers_of(part["label"] for part in manifest["parts"])
+    if not is_clip(clip):
         raise ValueError(f"{path}: field 'clip' must be [frames, height, width, 3], got {clip!r}; {REWRITE}")
     if not isinstance(classes, int) or classes < 1:
         raise ValueError(f"{path}: field 'num_classes' must be an integer >= 1, got {classes!r}; {REWRITE}")
@@ -97,7 +98,7 @@ def _check_labels(labels, path):
     """One-line ``ValueError`` for a label that is not a table part, one repeated, or
     a part the table needs that is absent (every layer in every unit, the empty call
     and the input step) -- before minutes of timing, not after."""
-    from tf_stfusion.latency import UNIT_CHOICES
+    from tf_stfusion.latency import UNIT_CHOICES, missing_parts
 
     for label in labels:
         kind, _, rest = label.partition(":")
@@ -107,9 +108,7 @@ def _check_labels(labels, path):
             raise ValueError(f"{path}: label {label!r} is not a part of a latency table (call_overhead, "
                              f"fixed:NAME, layer:NAME:UNIT with UNIT in {UNIT_CHOICES}); {REWRITE}")
     repeated = sorted({label for label in labels if labels.count(label) > 1})
-    layers = dict.fromkeys(label.split(":")[1] for label in labels if label.startswith("layer:"))
-    needed = ["call_overhead", "fixed:input", *(f"layer:{n}:{u}" for n in layers for u in UNIT_CHOICES)]
-    absent = [label for label in needed if label not in labels]
+    absent = missing_parts(labels)
     if repeated or absent:
         raise ValueError(f"{path}: part(s) {(repeated or absent)[:3]} {'repeated' if repeated else 'missing'}; "
                          f"{REWRITE}")

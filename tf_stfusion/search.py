@@ -564,12 +564,12 @@ def latency_budget(search):
     """best.json's and report.md's record of the latency budget: the budget, the
     table, what it was measured on and its validated relative error (None: never
     validated), which the export allows the shipped file over the budget."""
-    table = search.latency
+    table, note = search.latency, precision_note(search)
     return {"max_latency_ms": search.config.max_latency_ms,
             "latency_table": os.path.abspath(search.config.latency_table),
             "latency_runtime": f"{table['runtime']} {table['runtime_version']}", "latency_machine": table["machine"],
             "latency_validated_error": (table.get("validated_error") or {}).get("relative"),
-            **({"latency_precision_note": precision_note(search)} if precision_note(search) else {})}
+            **({"latency_precision_note": note} if note else {})}
 
 
 def precision_note(search):
@@ -604,8 +604,8 @@ def open_latency_table(config, context, log=print):
         raise ValueError(f"{config.latency_table}: a table of {table['backbone']} at clip {table['clip']} with "
                          f"{classes} classes, but the run is {spec.backbone} at {clip} with {spec.num_classes}; build "
                          f"it with python -m tf_stfusion.latency_table --model_dir={config.model_dir}")
-    if unscaled_note(table):
-        log(f"warning: {config.latency_table}: {unscaled_note(table)}")
+    if note := unscaled_note(table):
+        log(f"warning: {config.latency_table}: {note}")
     return table
 
 
@@ -667,8 +667,8 @@ def _check_latency_budget(search, planned):
     sampled strategy is predicted to meet (the predictions need only the table)."""
     if not search.config.max_latency_ms:
         return
-    if precision_note(search):
-        search.log(f"warning: {precision_note(search)}")
+    if note := precision_note(search):
+        search.log(f"warning: {note}")
     fastest = min(search.latency_of(s) for _, kind, s in planned if kind == "sampled")
     if fastest > search.config.max_latency_ms:
         raise ValueError(f"--max_latency_ms={search.config.max_latency_ms}: no sampled strategy is predicted to "
